@@ -1,0 +1,55 @@
+# magicapture_pipeline: the two promises are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEBIAN_PKGS := libvulkan1 libomp5-14
+export KEDRO_DISABLE_TELEMETRY := 1
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install demo test test-fast bench ui viz lint lock clean-data
+
+install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@missing=""; for p in $(DEBIAN_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages needed by Real-ESRGAN (ncnn/Vulkan CPU):$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "  run: sudo apt-get install -y$$missing   (super-resolution is skipped until then)"; fi; \
+	fi
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+demo: install  ## run the whole MagiCapture chain on CPU with a tiny random SD and public-domain photos
+	$(BIN)/kedro run --pipelines=customize --env=demo
+	@$(BIN)/python -m magicapture_pipeline.where_to_look --env=demo
+
+test: install  ## the test suite (CPU only, tiny models, real photos)
+	$(BIN)/python -m pytest
+
+test-fast: install  ## the tests without the slow end-to-end runs
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: install  ## measure step times and ratios -> data/08_reporting/bench.{json,md}
+	$(BIN)/python -m magicapture_pipeline.benchmark
+
+ui: install  ## MLflow UI on 127.0.0.1
+	@echo "MLflow UI: http://127.0.0.1:5000  (Ctrl-C to stop)"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+viz: install  ## build the kedro-viz static site into build/
+	$(BIN)/kedro viz build
+
+lint: install
+	$(BIN)/ruff check src tests
+
+lock: $(STAMP)  ## re-pin every transitive dependency into constraints.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^magicapture' > constraints.txt

@@ -1,0 +1,17 @@
+"""Project settings. https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
+
+from kedro.config import OmegaConfigLoader
+
+from magicapture_pipeline.hooks import MlflowTrackingHook
+
+# The one place MLflow is touched: a run per `kedro run`, through MlflowClient with an explicit run id.
+HOOKS = (MlflowTrackingHook(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # `conf/demo/parameters_*.yml` only overrides the keys it names (deep merge), so the demo env
+    # inherits every paper default it does not shrink.
+    "merge_strategy": {"parameters": "soft"},
+}
