@@ -39,7 +39,7 @@ test-fast: install  ## the tests without the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: install  ## measure step times and ratios -> data/08_reporting/bench.{json,md}
-	$(BIN)/python -m magicapture_pipeline.benchmark
+	$(BIN)/python -m magicapture_pipeline.speed_bench
 
 ui: install  ## MLflow UI on 127.0.0.1
 	@echo "MLflow UI: http://127.0.0.1:5000  (Ctrl-C to stop)"
