@@ -29,6 +29,9 @@ def copy_project(dest: Path) -> Path:
         PROJECT_ROOT / "conf", dest / "conf", ignore=shutil.ignore_patterns("local")
     )
     (dest / "conf" / "local").mkdir(exist_ok=True)
+    # Kedro checks that the project's source folder exists, even though the package is imported
+    # from the editable install.
+    (dest / "src").mkdir(exist_ok=True)
     for folder in sorted((PROJECT_ROOT / "data").iterdir()):
         if folder.is_dir():
             (dest / "data" / folder.name).mkdir(parents=True, exist_ok=True)

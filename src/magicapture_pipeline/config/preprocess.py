@@ -1,0 +1,149 @@
+"""Configuration of the first stage: demo photos, preprocessing (crops, masks) and validation.
+
+Mirrors ``conf/base/parameters_sample_data.yml`` (``sample_data:``) and
+``conf/base/parameters_preprocess.yml`` (``preprocess:``, ``validation:``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SampleDataConfig(BaseModel):
+    """How many public-domain demo photos to build (MagiCapture uses 4-6 of each, Sec. 4)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_source: int = Field(
+        5, ge=1, le=6,
+        description="Demo source photos (astronaut variants); the paper uses 4-6 per person.",
+    )
+    n_reference: int = Field(
+        5, ge=1, le=6,
+        description="Demo reference (style) images; the paper uses 4-6 per style.",
+    )
+
+
+class PreprocessConfig(BaseModel):
+    """Decoding, face detection, crops and face masks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resolution: int = Field(
+        512, ge=64, multiple_of=8,
+        description="Side of crops and image masks in px (SD 1.5 trains at 512, paper Sec. 4).",
+    )
+    crop_scale: float = Field(
+        2.2, gt=1.0, le=6.0,
+        description="Source crop side = this x the detected face box side (head and shoulders).",
+    )
+    detection_model: Literal[0, 1] = Field(
+        1,
+        description="mediapipe face detector: 0 short-range (<2 m), 1 full-range (finds "
+        "several faces in wide photos).",
+    )
+    min_detection_confidence: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Detections below this score are not counted as faces (mediapipe default).",
+    )
+    min_mesh_confidence: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Confidence the face mesh's own detector needs on the crop (mediapipe "
+        "default).",
+    )
+    max_mesh_faces: int = Field(
+        4, ge=1, le=10,
+        description="Faces the mesh may return per crop; the one nearest the centre is used.",
+    )
+    mask_dilation: float = Field(
+        0.0, ge=-0.5, le=0.5,
+        description="Grow (>0) or shrink (<0) the face mask by this fraction of the face size; "
+        "0 keeps the face-oval region like the paper's face parser.",
+    )
+    mask_feather: float = Field(
+        0.0, ge=0.0, le=0.5,
+        description="Gaussian feather sigma as a fraction of the face size; 0 = hard mask.",
+    )
+    min_image_side: int = Field(
+        64, ge=1,
+        description="Decoding refuses images whose width or height is below this (px).",
+    )
+    max_image_pixels: int = Field(
+        64_000_000, ge=1,
+        description="Decompression-bomb guard: largest width x height read from the header.",
+    )
+    overlay_alpha: float = Field(
+        0.45, ge=0.0, le=1.0,
+        description="Opacity of the mask tint in the overlays people check.",
+    )
+    identity_backend: Literal["dlib", "none"] = Field(
+        "dlib",
+        description="Face embedding for the same-person rule: dlib (offline, 128-d) or none.",
+    )
+
+
+class ValidationConfig(BaseModel):
+    """Rules a photo set must pass before anything trains on it (great-expectations)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_face_score: float = Field(
+        0.7, ge=0.0, le=1.0,
+        description="Each source photo's face detection score must be at least this.",
+    )
+    min_face_area_fraction: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="Smallest face box area / photo area for a source photo (face too small).",
+    )
+    max_face_area_fraction: float = Field(
+        0.9, ge=0.0, le=1.0,
+        description="Largest face box area / photo area for a source photo (face cut off).",
+    )
+    min_image_side: int = Field(
+        256, ge=1,
+        description="Shortest photo side in px; at most 2x upscaling to a 512 px crop.",
+    )
+    min_mask_coverage: float = Field(
+        0.03, ge=0.0, le=1.0,
+        description="Smallest face-mask share of a source crop (mask missing or face tiny).",
+    )
+    max_mask_coverage: float = Field(
+        0.6, ge=0.0, le=1.0,
+        description="Largest face-mask share of a source crop (mask spilling off the face).",
+    )
+    min_phash_distance: int = Field(
+        8, ge=0, le=64,
+        description="Two images whose 64-bit pHashes differ in fewer bits are near-duplicates.",
+    )
+    max_identity_distance: float = Field(
+        0.35, gt=0.0,
+        description="Largest dlib L2 distance of a source face to the set's median embedding "
+        "(dlib's same-person threshold 0.6 is for pairs; ~half of it to the centre).",
+    )
+    min_source_images: int = Field(
+        1, ge=1, description="Fewest source photos accepted (the paper uses 4-6)."
+    )
+    max_source_images: int = Field(
+        20, ge=1, description="Most source photos accepted (the paper uses 4-6)."
+    )
+    min_reference_images: int = Field(
+        1, ge=1, description="Fewest reference (style) images accepted (the paper uses 4-6)."
+    )
+    max_reference_images: int = Field(
+        20, ge=1, description="Most reference (style) images accepted (the paper uses 4-6)."
+    )
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> ValidationConfig:
+        pairs = [
+            ("min_face_area_fraction", "max_face_area_fraction"),
+            ("min_mask_coverage", "max_mask_coverage"),
+            ("min_source_images", "max_source_images"),
+            ("min_reference_images", "max_reference_images"),
+        ]
+        for low, high in pairs:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) > {high} ({getattr(self, high)})")
+        return self

@@ -1,0 +1,216 @@
+"""Preprocess on real files: bad inputs named, raw files untouched, EXIF/GPS dropped."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.io import DataCatalog
+from kedro.runner import SequentialRunner
+from PIL import Image
+from skimage import data
+
+from conftest import run_kedro
+from magicapture_pipeline.core.sample_data import build_sample_set
+from magicapture_pipeline.core.validation import ValidationFailed
+from magicapture_pipeline.pipelines.preprocess import create_pipeline
+
+GPS_IFD = 0x8825
+PARAMS = {
+    "preprocess": {"resolution": 128, "identity_backend": "dlib"},
+    "validation": {"min_image_side": 128},
+}
+
+
+def _bytes(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _bomb_png() -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def _gps_exif(orientation: int | None = None) -> Image.Exif:
+    exif = Image.Exif()
+    exif[GPS_IFD] = {1: "N", 2: (48.0, 51.0, 24.0), 3: "E", 4: (2.0, 21.0, 3.0)}
+    if orientation:
+        exif[0x0112] = orientation
+    return exif
+
+
+def _write_sets(root: Path) -> tuple[Path, Path]:
+    """Six good photos of one person (one per tricky mode) plus every bad input of issue 2."""
+    variants = [Image.fromarray(v.pixels) for v in build_sample_set("source", 6)]
+    src, ref = root / "source", root / "reference"
+    src.mkdir(parents=True)
+    ref.mkdir()
+    files = {
+        "plain_gps.jpg": _bytes(variants[0], "JPEG", quality=92, exif=_gps_exif()),
+        # stored rotated 90 deg clockwise; Orientation 8 says rotate back: accepted upright
+        "exif_rotated.jpg": _bytes(
+            variants[1].crop((56, 0, 456, 512)).transpose(Image.Transpose.ROTATE_270), "JPEG",
+            quality=92, exif=_gps_exif(8)),
+        "cmyk.jpg": _bytes(variants[2].convert("CMYK"), "JPEG", quality=92),
+        "gray16.png": _bytes(Image.fromarray(
+            np.asarray(variants[3].convert("L"), np.uint16) * 257), "PNG"),
+        "rgba.png": _bytes(variants[4].convert("RGBA"), "PNG"),
+        "gray.png": _bytes(variants[5].convert("L"), "PNG"),
+        "two_faces.png": _bytes(Image.fromarray(np.concatenate(
+            [data.astronaut(), data.astronaut()[:, ::-1]], axis=1)), "PNG"),
+        "no_face.png": _bytes(Image.fromarray(data.coffee()), "PNG"),
+        "truncated.jpg": _bytes(variants[0], "JPEG")[:3000],
+        "notes.jpg": b"a text file named like a photo\n",
+        "empty.jpg": b"",
+        "tiny.png": _bytes(Image.new("RGB", (32, 32), "gray"), "PNG"),
+        "bomb.png": _bomb_png(),
+    }
+    for name, content in files.items():
+        (src / name).write_bytes(content)
+    for image in build_sample_set("reference", 2):
+        (ref / image.file_name).write_bytes(_bytes(Image.fromarray(image.pixels), "PNG"))
+    return src, ref
+
+
+EXPECTED_FAILURES = {
+    ("truncated.jpg", "image_decodes", "truncated"),
+    ("notes.jpg", "image_decodes", "not_an_image"),
+    ("empty.jpg", "image_decodes", "empty_file"),
+    ("tiny.png", "image_decodes", "too_small"),
+    ("bomb.png", "image_decodes", "decompression_bomb"),
+    ("two_faces.png", "exactly_one_face", "2"),
+    ("no_face.png", "exactly_one_face", "0"),
+}
+ACCEPTED = {"plain_gps", "exif_rotated", "cmyk", "gray16", "rgba", "gray"}
+
+
+def _catalog(root: Path, src: Path, ref: Path) -> DataCatalog:
+    images = {"type": "partitions.PartitionedDataset",
+              "dataset": {"type": "pillow.ImageDataset"}, "filename_suffix": ".png"}
+    raw = "magicapture_pipeline.datasets.raw_images.RawImageFolderDataset"
+    catalog = DataCatalog.from_config({
+        "source_images": {"type": raw, "path": str(src)},
+        "reference_images": {"type": raw, "path": str(ref)},
+        "face_metadata": {"type": "pandas.CSVDataset", "filepath": str(root / "meta.csv"),
+                          "save_args": {"index": False},
+                          "load_args": {"dtype": {"id": str, "phash": str, "reason": str}}},
+        "face_crops": {**images, "path": str(root / "crops")},
+        "face_masks": {**images, "path": str(root / "masks")},
+        "mask_overlays": {**images, "path": str(root / "overlays")},
+        "validation_report": {"type": "json.JSONDataset",
+                              "filepath": str(root / "report.json")},
+        "training_set": {"type": "json.JSONDataset", "filepath": str(root / "training.json")},
+    })
+    for key, value in PARAMS.items():
+        catalog[f"params:{key}"] = value
+    return catalog
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def bad_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_set")
+    src, ref = _write_sets(root / "raw")
+    before = _digests(src), _digests(ref)
+    with pytest.raises(ValidationFailed) as caught:
+        SequentialRunner().run(create_pipeline(), _catalog(root, src, ref))
+    return root, src, ref, before, caught.value
+
+
+def test_every_bad_input_is_named_with_its_rule(bad_run):
+    root, *_, error = bad_run
+    report = json.loads((root / "report.json").read_text())  # saved before the run stopped
+    assert not report["success"]
+    found = {(f["file"], f["rule"]) for f in report["failures"]}
+    for file_name, rule, detail in EXPECTED_FAILURES:
+        assert (file_name, rule) in found
+        line = next(x for x in str(error).splitlines() if x.strip().startswith(file_name + ":"))
+        assert rule in line and detail in line and "allowed" in line
+    failing_files = {f["file"] for f in report["failures"]}
+    assert not failing_files & {f"{name}.{ext}" for name in ACCEPTED for ext in ("jpg", "png")}
+    assert not (root / "training.json").exists()  # nothing trains on an invalid set
+
+
+def test_tricky_modes_and_exif_rotation_accepted(bad_run):
+    root, *_ = bad_run
+    table = pd.read_csv(root / "meta.csv", dtype={"id": str})
+    accepted = table[table["id"].isin(ACCEPTED)].set_index("id")
+    assert (accepted["status"] == "ok").all() and (accepted["n_faces"] == 1).all()
+    # stored 512 wide x 400 tall, decoded upright: 400 wide x 512 tall, face found
+    assert accepted.loc["exif_rotated", ["width", "height"]].tolist() == [400, 512]
+    assert (accepted["identity_distance"] < 0.35).all()
+
+
+def test_raw_files_unchanged(bad_run):
+    _, src, ref, before, _ = bad_run
+    assert (_digests(src), _digests(ref)) == before
+
+
+def test_written_images_carry_no_exif_or_gps(bad_run):
+    root, *_ = bad_run
+    written = [*(root / "crops").rglob("*.png"), *(root / "overlays").rglob("*.png"),
+               *(root / "masks").rglob("*.png")]
+    assert any("plain_gps" in p.name for p in written)
+    for path in written:
+        with Image.open(path) as image:
+            assert not image.getexif() and "exif" not in image.info
+    masks = sorted((root / "masks" / "latent" / "source").glob("*.png"))
+    assert masks and all(Image.open(p).size == (16, 16) and Image.open(p).mode == "L"
+                         for p in masks)
+
+
+@pytest.mark.slow
+def test_kedro_demo_run_writes_the_catalog(project_copy):
+    (project_copy / "src").mkdir(exist_ok=True)  # Kedro insists on the source dir existing
+    result = run_kedro(project_copy, "run", "--pipelines=sample_data,preprocess", "--env=demo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = [
+        "data/01_raw/demo/manifest.json", "data/03_primary/face_metadata.csv",
+        "data/08_reporting/validation_report.json", "data/05_model_input/training_set.json",
+    ]
+    for relative in expected:
+        assert (project_copy / relative).is_file(), relative
+    for folder, count in [("data/02_intermediate/face_crops", 10),
+                          ("data/02_intermediate/face_masks", 20),
+                          ("data/08_reporting/mask_overlays", 10)]:
+        assert len(list((project_copy / folder).rglob("*.png"))) == count, folder
+    report = json.loads((project_copy / "data/08_reporting/validation_report.json").read_text())
+    assert report["success"] and report["n_source"] == 5
+    training = json.loads((project_copy / "data/05_model_input/training_set.json").read_text())
+    assert training["resolution"] == 128 and len(training["items"]) == 10
+    assert "it/s]" not in result.stderr  # great-expectations progress bars silenced
+
+
+@pytest.mark.slow
+def test_kedro_run_stops_on_invalid_set(project_copy, tmp_path):
+    (project_copy / "src").mkdir(exist_ok=True)
+    src, ref = tmp_path / "src", tmp_path / "ref"
+    src.mkdir()
+    ref.mkdir()
+    for image in build_sample_set("source", 2):
+        (src / image.file_name).write_bytes(_bytes(Image.fromarray(image.pixels), "PNG"))
+    (src / "holiday.jpg").write_bytes(b"")
+    (ref / "style.png").write_bytes(_bytes(Image.fromarray(data.coffee()), "PNG"))
+    result = run_kedro(project_copy, "run", "--pipelines=preprocess", "--env=demo",
+                       f"--params=source_dir={src},reference_dir={ref}")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "holiday.jpg: image_decodes" in output and "empty_file" in output
+    assert (project_copy / "data/08_reporting/validation_report.json").is_file()
+    assert not (project_copy / "data/05_model_input/training_set.json").exists()
