@@ -1,0 +1,221 @@
+"""Configuration of the base model and the two training stages (``parameters_model.yml``,
+``parameters_train_stage_one.yml``, ``parameters_train_stage_two.yml``).
+
+Defaults are the paper's (MagiCapture, arXiv 2309.06895 v2, "paper") or, where the paper is silent,
+the authors' code (junhahyung/MagiCapture, "official"); each ``description`` says which.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TinyModelConfig(_Strict):
+    """Architecture of the tiny random SD built for the CPU demo (never used with SD 1.5)."""
+
+    seed: int = Field(0, description="Seed of the random weights (same seed, same model).")
+    sample_size: int = Field(128, description="Image size in pixels the model is laid out for.")
+    unet_channels: list[int] = Field(
+        [32, 64], description="UNet block_out_channels (diffusers' test UNet: 32, 64)."
+    )
+    layers_per_block: int = Field(1, description="Resnet layers per UNet block.")
+    down_block_types: list[str] = Field(
+        ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        description="UNet down blocks; cross-attention at both levels so AR has a map to read.",
+    )
+    up_block_types: list[str] = Field(
+        ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], description="UNet up blocks."
+    )
+    attention_head_dim: int = Field(8, description="UNet attention head dimension.")
+    norm_num_groups: int = Field(8, description="GroupNorm groups in the UNet and the VAE.")
+    vae_channels: list[int] = Field(
+        [8, 16, 32, 32], description="VAE block channels; 4 levels = x8 downsampling like SD."
+    )
+    text_hidden_size: int = Field(
+        32, description="CLIP text hidden size = UNet cross_attention_dim."
+    )
+    text_layers: int = Field(2, description="CLIP text encoder layers.")
+    text_heads: int = Field(4, description="CLIP text encoder attention heads.")
+    extra_words: list[str] = Field(
+        [], description="Words beyond the built-in template words that get their own token."
+    )
+
+
+class ModelConfig(_Strict):
+    """The base model (``params:model``)."""
+
+    pretrained: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="Diffusers folder or hub id of the base model (paper: Stable Diffusion 1.5).",
+    )
+    revision: str | None = Field(None, description="Hub revision; ignored for a local folder.")
+    tiny: TinyModelConfig | None = Field(
+        None, description="Demo only: build a tiny random SD at `pretrained` when it is missing."
+    )
+
+
+class TokensConfig(_Strict):
+    """Placeholder tokens [V1] (person) and [V2] (style)."""
+
+    person: str = Field("<v1>", description="Text of [V1], the person token.")
+    style: str = Field("<v2>", description="Text of [V2], the style token.")
+    person_init: str = Field(
+        "person", description="Word whose embedding initialises [V1] (official: 'person')."
+    )
+    style_init: str = Field(
+        "painting",
+        description="Word whose embedding initialises [V2] (paper/official unspecified; "
+        "'painting' matches the reference template).",
+    )
+
+
+class StageOneConfig(_Strict):
+    """Stage one: only the [V1]/[V2] embedding rows train (paper Sec. 3.2, 'two-phase')."""
+
+    seed: int = Field(0, description="Seed of sampling, augmentation and noise.")
+    tokens: TokensConfig = Field(default_factory=TokensConfig, description="Placeholder tokens.")
+    source_templates: list[str] = Field(
+        ["a photo of a {} person"], description="Prompts for source images (official)."
+    )
+    reference_templates: list[str] = Field(
+        ["a painting of a person in the style of {}"],
+        description="Prompts for reference images (official).",
+    )
+    learning_rate: float = Field(5e-4, description="AdamW lr of the embeddings (paper: 5e-4).")
+    max_steps: int = Field(1200, description="Optimiser steps (paper: 1200).")
+    gradient_accumulation_steps: int = Field(
+        4, description="Micro-batches of one image per optimiser step (paper: batch 1, accum. 4)."
+    )
+    lr_scheduler: str = Field("constant", description="diffusers get_scheduler name (official).")
+    lr_warmup_steps: int = Field(0, description="Warm-up steps of the lr schedule (official: 0).")
+    adam_weight_decay: float = Field(1e-2, description="AdamW weight decay (diffusers default).")
+    max_grad_norm: float = Field(1.0, description="Gradient clipping norm (diffusers default).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "fp16", description="Accelerate mixed precision; forced to 'no' on CPU."
+    )
+    cache_latents: bool = Field(
+        True, description="Encode each augmented image once instead of every step."
+    )
+    hflip: bool = Field(True, description="Also train on horizontally flipped copies.")
+    mask_floor: float = Field(
+        0.0,
+        description="Soften masks as (M + floor) / max before Eq. 4-6 (paper: binary, 0; "
+        "official: 0.01).",
+    )
+    checkpoint_every: int = Field(0, description="Checkpoint every K steps; 0 = never.")
+    checkpoint_dir: str | None = Field(None, description="Folder of checkpoints (resume reads it).")
+    resume: bool = Field(False, description="Continue from the last checkpoint in checkpoint_dir.")
+    log_every: int = Field(1, description="History row every N optimiser steps.")
+    device: str | None = Field(None, description="Force a device; None = accelerate's choice.")
+
+
+class LoraConfigModel(_Strict):
+    """LoRA adapters of stage two."""
+
+    rank: int = Field(4, description="LoRA rank (paper: 4).")
+    alpha: float = Field(4.0, description="LoRA alpha (diffusers' scripts: alpha = rank).")
+    preset: Literal["paper", "official"] = Field(
+        "paper",
+        description="paper = UNet cross-attention q/k/v/out; official = self- and cross-attention, "
+        "feed-forward and text-encoder attention.",
+    )
+    init: Literal["gaussian", "default"] = Field(
+        "default", description="peft init_lora_weights ('default' = B zero, output unchanged)."
+    )
+
+
+class IdentityConfig(_Strict):
+    """Identity loss, Eq. 7."""
+
+    mode: Literal["single_pass", "two_pass", "off"] = Field(
+        "single_pass",
+        description="single_pass = x0 from the same UNet forward; two_pass = official extra "
+        "forward; off.",
+    )
+    weight: float = Field(1.0, description="lambda_id (paper: 1; official: 0.25).")
+    threshold_fraction: float = Field(
+        0.8, description="Identity loss only when t < T' = fraction * T (paper: 0.8)."
+    )
+    checkpoint: str | None = Field(
+        None, description="arcface_torch IResNet checkpoint; None = identity loss off (logged)."
+    )
+    arch: str = Field("r100", description="IResNet arch of the checkpoint (official: r100).")
+    random_init: bool = Field(
+        False, description="Tests/benchmarks only: use a randomly initialised IResNet."
+    )
+
+
+class AttentionConfig(_Strict):
+    """Attention refocusing, Eq. 8."""
+
+    enabled: bool = Field(True, description="Use the attention refocusing loss (paper: on).")
+    weight: float = Field(2.5, description="lambda_attn (paper: 2.5).")
+    resolution: int = Field(
+        16,
+        description="Side in latent pixels of the attn2 maps read (SD 1.5 at 512: 16, official: "
+        "down_blocks.2 + up_blocks.1).",
+    )
+
+
+class StageTwoConfig(_Strict):
+    """Stage two: LoRA + embeddings with the three tasks (paper Sec. 3)."""
+
+    seed: int = Field(0, description="Seed of sampling, augmentation and noise.")
+    tokens: TokensConfig = Field(default_factory=TokensConfig, description="Placeholder tokens.")
+    source_templates: list[str] = Field(
+        ["a photo of a {} person"], description="Prompts for source images (official)."
+    )
+    reference_templates: list[str] = Field(
+        ["a painting of a person in the style of {}"],
+        description="Prompts for reference images (official).",
+    )
+    composed_templates: list[str] = Field(
+        ["a photo of a {v1} person in the {v2} style"],
+        description="Composed prompts, pseudo-labelled by a reference image (paper Sec. 3.1).",
+    )
+    task_weights: list[float] = Field(
+        [1.0, 1.0, 1.0], description="Sampling odds of source:reference:composed (paper: 1:1:1)."
+    )
+    lora: LoraConfigModel = Field(default_factory=LoraConfigModel, description="LoRA.")
+    learning_rate: float = Field(1e-4, description="LoRA lr (paper: 1e-4).")
+    embedding_learning_rate: float = Field(1e-5, description="Embedding lr (paper: 1e-5).")
+    max_steps: int = Field(1500, description="Optimiser steps (paper: 1500).")
+    gradient_accumulation_steps: int = Field(
+        4, description="Micro-batches of one image per optimiser step (paper: batch 1; official 4)."
+    )
+    lr_scheduler: str = Field("constant", description="diffusers get_scheduler name (official).")
+    lr_warmup_steps: int = Field(0, description="Warm-up steps of the lr schedule (official: 0).")
+    adam_weight_decay: float = Field(1e-2, description="AdamW weight decay (diffusers default).")
+    max_grad_norm: float = Field(1.0, description="Gradient clipping norm (diffusers default).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "fp16", description="Accelerate mixed precision; forced to 'no' on CPU."
+    )
+    cache_latents: bool = Field(
+        True, description="Encode each augmented image once instead of every step."
+    )
+    hflip: bool = Field(True, description="Also train on horizontally flipped copies.")
+    mask_floor: float = Field(
+        0.0,
+        description="Soften masks as (M + floor) / max before Eq. 4-6 (paper: binary, 0; "
+        "official: 0.01).",
+    )
+    identity: IdentityConfig = Field(default_factory=IdentityConfig, description="Eq. 7.")
+    attention: AttentionConfig = Field(default_factory=AttentionConfig, description="Eq. 8.")
+    heatmap_every: int = Field(100, description="Attention-heatmap figure every N steps; 0 = off.")
+    checkpoint_every: int = Field(0, description="Checkpoint every K steps; 0 = never.")
+    checkpoint_dir: str | None = Field(None, description="Folder of checkpoints (resume reads it).")
+    resume: bool = Field(False, description="Continue from the last checkpoint in checkpoint_dir.")
+    log_every: int = Field(1, description="History row every N optimiser steps.")
+    device: str | None = Field(None, description="Force a device; None = accelerate's choice.")
+
+    @model_validator(mode="after")
+    def _three_tasks(self) -> StageTwoConfig:
+        if len(self.task_weights) != 3 or min(self.task_weights) < 0 or sum(self.task_weights) <= 0:
+            raise ValueError("task_weights needs three non-negative odds with a positive sum")
+        return self

@@ -1,0 +1,271 @@
+"""Stable Diffusion 1.x components: loading, the tiny random builder and the offline tokenizer.
+
+The ``base`` env loads SD 1.5 (the paper's base model) with ``from_pretrained``; the ``demo`` env
+builds a tiny random SD once in diffusers format and then loads it through the very same
+``load_components`` path, so the demo exercises exactly the code a real run uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+WORD_END = "</w>"
+MAX_LENGTH = 77  # CLIP's context length, the same as SD 1.5's tokenizer
+
+# Words of the prompt templates (stage one, stage two, generation) and their initialisers: each
+# becomes a single token in the offline vocabulary, so a tiny model sees real words, not bytes.
+DEFAULT_WORDS: tuple[str, ...] = (
+    "a", "an", "the", "photo", "of", "person", "in", "style", "painting", "portrait", "man",
+    "woman", "face", "art", "artwork", "picture", "image", "drawing", "sketch", "and", "with",
+    "by", "wearing", "close", "up", "high", "quality", "detailed", "background", "color",
+)  # fmt: skip
+
+
+@dataclass
+class SDComponents:
+    """The parts of an SD 1.x model that training and generation need.
+
+    Attributes:
+        tokenizer: CLIP tokenizer (placeholder tokens are added to it later).
+        text_encoder: CLIP text encoder.
+        vae: ``AutoencoderKL`` (x8 spatial compression).
+        unet: ``UNet2DConditionModel``.
+        noise_scheduler: the DDPM training scheduler built from the model's scheduler config.
+        source: the folder or hub id the components came from.
+    """
+
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    noise_scheduler: Any
+    source: str
+
+
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges (lowest rank first) to ``symbols``, as the tokenizer will."""
+    while len(symbols) > 1:
+        pairs = [
+            (ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))
+        ]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols = [*symbols[:i], symbols[i] + symbols[i + 1], *symbols[i + 2 :]]
+    return symbols
+
+
+def _word_merges(word: str, ranks: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
+    """New merges (ranked after ``ranks``) that finish turning ``word</w>`` into one symbol.
+
+    The word is first segmented with the existing merges, then its pieces are joined left to
+    right; since every new merge ranks after the old ones, earlier words still tokenize whole.
+    """
+    symbols = _bpe([*word[:-1], word[-1] + WORD_END], ranks)
+    merges = []
+    while len(symbols) > 1:
+        merges.append((symbols[0], symbols[1]))
+        symbols = [symbols[0] + symbols[1], *symbols[2:]]
+    return merges
+
+
+def build_offline_tokenizer(extra_words: Iterable[str] = ()) -> Any:
+    """Build a CLIP BPE tokenizer in code, without any download.
+
+    The vocabulary holds the 256 byte-level characters, the same with ``</w>``, one merge chain per
+    word (``DEFAULT_WORDS`` + ``extra_words``, lower-cased, letters only) and the two special
+    tokens, in the order SD's tokenizer uses (specials last). Any text still tokenizes: unknown
+    words fall back to byte-level symbols.
+
+    Args:
+        extra_words: further words that should become single tokens.
+
+    Returns:
+        A ``transformers.CLIPTokenizer`` with ``model_max_length`` 77.
+    """
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for symbol in chars + [c + WORD_END for c in chars]:
+        vocab.setdefault(symbol, len(vocab))
+    ranks: dict[tuple[str, str], int] = {}
+    words = dict.fromkeys(w.lower() for w in (*DEFAULT_WORDS, *extra_words))
+    for word in words:
+        if not word.isalpha() or not word.isascii():
+            raise ValueError(f"offline tokenizer words must be ASCII letters, got {word!r}")
+        for left, right in _word_merges(word, ranks):
+            ranks[(left, right)] = len(ranks)
+            vocab.setdefault(left + right, len(vocab))
+    for special in (BOS_TOKEN, EOS_TOKEN):
+        vocab.setdefault(special, len(vocab))
+    return CLIPTokenizer(
+        vocab=vocab,
+        merges=list(ranks),
+        unk_token=EOS_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        model_max_length=MAX_LENGTH,
+    )
+
+
+def _sd_scheduler_config() -> dict[str, Any]:
+    """SD 1.5's noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps, epsilon)."""
+    return {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "epsilon",
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        "skip_prk_steps": True,
+    }
+
+
+def build_tiny_sd(out_dir: str | Path, config: Any) -> Path:
+    """Build a tiny random Stable Diffusion and save it in diffusers format.
+
+    The layout is SD's (a cross-attention UNet, an x8 ``AutoencoderKL``, a CLIP text encoder, a
+    CLIP tokenizer and SD's noise schedule), only much smaller; weights are seeded, so the same
+    config always gives the same model. No safety checker is saved.
+
+    Args:
+        out_dir: folder to write (``model_index.json`` + one subfolder per component).
+        config: a ``TinyModelConfig`` (or anything with the same attributes).
+
+    Returns:
+        The folder written.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(config.seed)
+    tokenizer = build_offline_tokenizer(config.extra_words)
+    unet = UNet2DConditionModel(
+        sample_size=config.sample_size // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(config.unet_channels),
+        layers_per_block=config.layers_per_block,
+        down_block_types=tuple(config.down_block_types),
+        up_block_types=tuple(config.up_block_types),
+        cross_attention_dim=config.text_hidden_size,
+        attention_head_dim=config.attention_head_dim,
+        norm_num_groups=config.norm_num_groups,
+    )
+    n_vae = len(config.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(config.vae_channels),
+        down_block_types=("DownEncoderBlock2D",) * n_vae,
+        up_block_types=("UpDecoderBlock2D",) * n_vae,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=config.norm_num_groups,
+        sample_size=config.sample_size,
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.text_hidden_size,
+        intermediate_size=config.text_hidden_size * 4,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=config.text_heads,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=config.text_hidden_size,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler(**_sd_scheduler_config()),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    logger.info("Built a tiny random SD (seed %d) at %s", config.seed, out_dir)
+    return out_dir
+
+
+def is_local_model(path_or_hub_id: str | Path) -> bool:
+    """True when ``path_or_hub_id`` names an existing diffusers folder (``model_index.json``)."""
+    return (Path(path_or_hub_id) / "model_index.json").is_file()
+
+
+def load_components(
+    path_or_hub_id: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+) -> SDComponents:
+    """Load SD 1.x components with ``from_pretrained`` (one subfolder each).
+
+    A local folder is read with ``local_files_only=True``; a hub id goes through the Hugging Face
+    cache (offline when ``HF_HUB_OFFLINE=1``). The noise scheduler is a ``DDPMScheduler`` built from
+    the model's scheduler config, as diffusers' training scripts do.
+
+    Args:
+        path_or_hub_id: a diffusers folder or a hub id such as ``stable-diffusion-v1-5/...``.
+        device: where the modules go.
+        dtype: floating-point type of the modules.
+        revision: hub revision (ignored for local folders).
+
+    Returns:
+        The loaded components, every module in eval mode without gradients.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    source = str(path_or_hub_id)
+    local = Path(source).is_dir()
+    kwargs: dict[str, Any] = {"local_files_only": True} if local else {"revision": revision}
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
+    text_encoder = CLIPTextModel.from_pretrained(
+        source, subfolder="text_encoder", torch_dtype=dtype, **kwargs
+    )
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kwargs)
+    unet = UNet2DConditionModel.from_pretrained(
+        source, subfolder="unet", torch_dtype=dtype, **kwargs
+    )
+    noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
+    for module in (text_encoder, vae, unet):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(device)
+    return SDComponents(tokenizer, text_encoder, vae, unet, noise_scheduler, source)
+
+
+def token_ids(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """Tokenize ``prompts`` padded to the tokenizer's max length (77 for SD)."""
+    return tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids

@@ -1,0 +1,1 @@
+"""Small, rerunnable measurements of claims of the paper (one script each)."""

@@ -1,0 +1,74 @@
+"""Nodes of the ``train_stage_one`` pipeline: the base model and the embedding-only stage."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import Tensor
+
+from magicapture_pipeline.config.training import ModelConfig, StageOneConfig
+from magicapture_pipeline.core.models import build_tiny_sd, is_local_model, load_components
+from magicapture_pipeline.core.training import StageOneTrainer, examples_from_training_set
+
+logger = logging.getLogger(__name__)
+
+
+def _check_hub_model(hub_id: str, revision: str | None) -> None:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(hub_id, "model_index.json", revision=revision)
+    except Exception as error:  # the hub raises many types; all mean "not loadable here"
+        raise RuntimeError(
+            f"base model {hub_id!r} is neither a local diffusers folder nor reachable on the hub "
+            f"(or in the HF cache): {error}. Set model.pretrained to a folder or run with "
+            "--env=demo for the tiny model."
+        ) from error
+
+
+def prepare_base_model(params: dict[str, Any]) -> dict[str, Any]:
+    """Make sure the base model loads; in the demo build the tiny random SD first if missing.
+
+    Returns:
+        ``base_model``: ``{"path", "tiny", "revision", "built"}``.
+    """
+    config = ModelConfig(**params)
+    built = False
+    if config.tiny is not None and not is_local_model(config.pretrained):
+        build_tiny_sd(config.pretrained, config.tiny)
+        built = True
+    if config.tiny is not None or Path(config.pretrained).is_dir():
+        load_components(config.pretrained)  # the very path training takes
+    else:
+        _check_hub_model(config.pretrained, config.revision)
+    logger.info("Base model %s (%s)", config.pretrained, "tiny" if config.tiny else "SD")
+    return {
+        "path": config.pretrained,
+        "tiny": config.tiny is not None,
+        "revision": config.revision,
+        "built": built,
+    }
+
+
+def train_stage_one(
+    base_model: dict[str, Any],
+    training_set: dict[str, Any],
+    face_crops: dict[str, Any],
+    face_masks: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[dict[str, Tensor], pd.DataFrame]:
+    """Learn the [V1]/[V2] embeddings with the masked reconstruction loss (Eq. 4-5).
+
+    Returns:
+        ``stage_one_embeddings`` (``{token: tensor}``) and ``stage_one_history``.
+    """
+    config = StageOneConfig(**params)
+    components = load_components(base_model["path"], revision=base_model.get("revision"))
+    examples = examples_from_training_set(training_set, face_crops, face_masks)
+    trainer = StageOneTrainer(components, examples, config)
+    trainer.train()
+    result = trainer.result()
+    return result.embeddings, pd.DataFrame(result.history)

@@ -1,0 +1,34 @@
+"""Wiring of the ``train_stage_one`` pipeline."""
+
+from kedro.pipeline import Node, Pipeline
+
+from magicapture_pipeline.pipelines.train_stage_one.nodes import (
+    prepare_base_model,
+    train_stage_one,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """``params:model`` -> ``base_model``; training set + crops + masks -> embeddings, history."""
+    return Pipeline(
+        [
+            Node(
+                func=prepare_base_model,
+                inputs="params:model",
+                outputs="base_model",
+                name="prepare_base_model",
+            ),
+            Node(
+                func=train_stage_one,
+                inputs=[
+                    "base_model",
+                    "training_set",
+                    "face_crops",
+                    "face_masks",
+                    "params:stage_one",
+                ],
+                outputs=["stage_one_embeddings", "stage_one_history"],
+                name="train_stage_one",
+            ),
+        ]
+    )

@@ -1,0 +1,40 @@
+"""Node of the ``train_stage_two`` pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+from torch import Tensor
+
+from magicapture_pipeline.config.training import StageTwoConfig
+from magicapture_pipeline.core.models import load_components
+from magicapture_pipeline.core.training import (
+    StageTwoTrainer,
+    TrainingResult,
+    examples_from_training_set,
+)
+
+
+def train_stage_two(  # noqa: PLR0917 (Kedro passes node inputs positionally)
+    base_model: dict[str, Any],
+    stage_one_embeddings: dict[str, Tensor],
+    training_set: dict[str, Any],
+    face_crops: dict[str, Any],
+    face_masks: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[TrainingResult, pd.DataFrame, dict[str, Image.Image]]:
+    """Train LoRA + embeddings on the source, reference and composed tasks (Eq. 4-8).
+
+    Returns:
+        ``concept`` (exported by the concept dataset), ``stage_two_history`` and
+        ``attention_heatmaps`` (``{"step_<n>": figure}``).
+    """
+    config = StageTwoConfig(**params)
+    components = load_components(base_model["path"], revision=base_model.get("revision"))
+    examples = examples_from_training_set(training_set, face_crops, face_masks)
+    trainer = StageTwoTrainer(components, examples, config, stage_one_embeddings)
+    trainer.train()
+    result = trainer.result(base_model["path"], training_set.get("resolution"))
+    return result, pd.DataFrame(result.history), result.heatmaps
