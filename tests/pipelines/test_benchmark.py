@@ -1,0 +1,119 @@
+"""The benchmark harness trains each variant at a tiny budget and builds the Table 1 shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from magicapture_pipeline.config.training import TinyModelConfig
+from magicapture_pipeline.core.metrics import comparison_markdown, comparison_rows
+from magicapture_pipeline.core.models import build_tiny_sd
+from magicapture_pipeline.pipelines.benchmark.nodes import run_benchmark
+
+
+def test_comparison_keeps_backends_and_paper_apart():
+    rows = comparison_rows(
+        [
+            {
+                "name": "A",
+                "method": "magicapture",
+                "status": "scored",
+                "metrics": {"csim_dlib": 0.5, "style_similarity": 0.7, "unavailable": {}},
+                "paper": {},
+            },
+            {
+                "name": "B",
+                "method": "custom_diffusion",
+                "status": "not run: reason",
+                "metrics": None,
+                "paper": {"csim": None},
+            },
+        ]
+    )
+    assert rows[0]["csim_dlib"] == 0.5 and rows[0]["paper_csim"] is None
+    assert "csim_arcface" not in rows[0]
+    assert rows[1]["status"] == "not run: reason" and rows[1]["csim_dlib"] is None
+    text = comparison_markdown(rows, "note", {"style_similarity": "no CLIP here"})
+    assert "| A | magicapture | 0.5000 |" in text and "not run: reason" in text
+    assert "- `style_similarity`: no CLIP here" in text
+
+
+@pytest.mark.slow
+def test_benchmark_runs_every_variant_at_tiny_budget(tmp_path: Path):
+    base = build_tiny_sd(tmp_path / "sd", TinyModelConfig(sample_size=64))
+    size = 64
+    source = Image.fromarray(data.astronaut()).crop((110, 10, 350, 250)).resize((size, size))
+    reference = Image.fromarray(data.chelsea()).resize((size, size))
+    face = np.zeros((size // 8, size // 8), np.uint8)
+    face[2:6, 2:6] = 255
+    crops = {"source/s": source, "reference/r": reference}
+    masks = {
+        "latent/source/s": Image.fromarray(face),
+        "latent/reference/r": Image.fromarray(face),
+        "image/reference/r": Image.fromarray(face).resize((size, size)),
+    }
+    training_set = {"items": [{"id": "s", "role": "source"}, {"id": "r", "role": "reference"}]}
+    cpu = {"mixed_precision": "no", "device": "cpu", "gradient_accumulation_steps": 1}
+    variants = [
+        {"name": "MagiCapture", "method": "magicapture"},
+        {
+            "name": "MagiCapture + post-processing",
+            "method": "magicapture",
+            "concept_from": "MagiCapture",
+            "postprocess": True,
+        },
+        {
+            "name": "Textual Inversion",
+            "method": "textual_inversion",
+            "stage_one": {"learning_rate": 5e-3, "max_steps": 5000},
+        },
+        {
+            "name": "DreamBooth-LoRA",
+            "method": "dreambooth_lora",
+            "stage_two": {
+                "learning_rate": 1e-6,
+                "embedding_learning_rate": 0.0,
+                "task_weights": [1.0, 1.0, 0.0],
+                "attention": {"enabled": False},
+                "identity": {"mode": "off"},
+            },
+        },
+        {"name": "Custom Diffusion", "method": "custom_diffusion"},
+    ]
+    report, table, markdown, grids = run_benchmark(
+        training_set,
+        crops,
+        masks,
+        {"path": str(base)},
+        {**cpu},
+        {**cpu, "attention": {"resolution": 8}},
+        {"resolution": size, "images_per_prompt": 1, "num_inference_steps": 2, "seed": 0},
+        {"face_restoration": {"enabled": False}},
+        {"clip_model": None},
+        {"variants": variants, "max_steps": 1, "paper_note": "paper column empty (test)"},
+    )
+    status = dict(zip(table["variant"], table["status"], strict=True))
+    assert status["MagiCapture"] == "scored", report["variants"][0]
+    assert status["MagiCapture + post-processing"] == "scored"
+    assert status["Textual Inversion"] == "scored", report["variants"][2]
+    assert status["DreamBooth-LoRA"] == "scored", report["variants"][3]
+    assert status["Custom Diffusion"].startswith("not run:")
+    assert set(grids) == {
+        "magicapture",
+        "magicapture_post_processing",
+        "textual_inversion",
+        "dreambooth_lora",
+    }
+    assert grids["magicapture_post_processing"].size[0] == 4 * grids["magicapture"].size[0]
+    scored = [v for v in report["variants"] if v["status"] == "scored"]
+    for variant in scored:  # no CLIP configured: reasons, not numbers
+        assert "style_similarity" in variant["metrics"]["unavailable"]
+        assert "style_similarity" not in variant["metrics"]
+    assert "paper column empty (test)" in markdown
+    assert "csim_dlib" in table.columns  # named after its backend even when nothing was scored
+    assert "Why a metric is unavailable" in markdown
+    assert table["paper_csim"].isna().all()
