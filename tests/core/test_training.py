@@ -107,6 +107,7 @@ def test_stage_one_changes_only_placeholder_rows(tiny_dir):
             },
             2 * 4,  # two text-encoder layers x q/k/v/out
         ),
+        ("custom_diffusion", {"attn2.to_k", "attn2.to_v"}, 0),
     ],
 )  # fmt: skip
 def test_lora_targets_match_the_preset(tiny_dir, preset, unet_kinds, text_encoder_modules):

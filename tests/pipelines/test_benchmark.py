@@ -82,7 +82,16 @@ def test_benchmark_runs_every_variant_at_tiny_budget(tmp_path: Path):
                 "identity": {"mode": "off"},
             },
         },
-        {"name": "Custom Diffusion", "method": "custom_diffusion"},
+        {
+            "name": "Custom Diffusion",
+            "method": "custom_diffusion",
+            "stage_two": {
+                "lora": {"preset": "custom_diffusion"},
+                "task_weights": [1.0, 1.0, 0.0],
+                "attention": {"enabled": False},
+                "identity": {"mode": "off"},
+            },
+        },
     ]
     report, table, markdown, grids = run_benchmark(
         training_set,
@@ -101,12 +110,13 @@ def test_benchmark_runs_every_variant_at_tiny_budget(tmp_path: Path):
     assert status["MagiCapture + post-processing"] == "scored"
     assert status["Textual Inversion"] == "scored", report["variants"][2]
     assert status["DreamBooth-LoRA"] == "scored", report["variants"][3]
-    assert status["Custom Diffusion"].startswith("not run:")
+    assert status["Custom Diffusion"] == "scored", report["variants"][4]
     assert set(grids) == {
         "magicapture",
         "magicapture_post_processing",
         "textual_inversion",
         "dreambooth_lora",
+        "custom_diffusion",
     }
     assert grids["magicapture_post_processing"].size[0] == 4 * grids["magicapture"].size[0]
     scored = [v for v in report["variants"] if v["status"] == "scored"]

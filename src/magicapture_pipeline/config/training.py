@@ -120,10 +120,11 @@ class LoraConfigModel(_Strict):
 
     rank: int = Field(4, description="LoRA rank (paper: 4).")
     alpha: float = Field(4.0, description="LoRA alpha (diffusers' scripts: alpha = rank).")
-    preset: Literal["paper", "official"] = Field(
+    preset: Literal["paper", "official", "custom_diffusion"] = Field(
         "paper",
         description="paper = UNet cross-attention q/k/v/out; official = self- and cross-attention, "
-        "feed-forward and text-encoder attention.",
+        "feed-forward and text-encoder attention; custom_diffusion = cross-attention k/v only "
+        "(the Custom Diffusion baseline, as LoRA).",
     )
     init: Literal["gaussian", "default"] = Field(
         "default", description="peft init_lora_weights ('default' = B zero, output unchanged)."

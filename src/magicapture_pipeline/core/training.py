@@ -61,6 +61,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # Official (and peft/diffusers) module names of the LoRA presets.
 UNET_CROSS_ATTENTION = r".*attn2\.(to_q|to_k|to_v|to_out\.0)$"
 UNET_OFFICIAL = r".*(attn1|attn2)\.(to_q|to_k|to_v|to_out\.0)$|.*\.ff\.net\.(0\.proj|2)$"
+UNET_CROSS_ATTENTION_KV = r".*attn2\.(to_k|to_v)$"
 TEXT_ENCODER_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # ArcFace landmark order after a horizontal flip: the left eye/mouth become the right ones.
 _FLIP_LANDMARKS = [1, 0, 2, 4, 3]
@@ -483,12 +484,15 @@ def lora_targets(preset: str) -> tuple[str | list[str], list[str] | None]:
 
     ``paper``: the UNet cross-attention projections (``attn2`` q/k/v/out), nothing in the text
     encoder. ``official``: UNet self- and cross-attention and feed-forward, plus the text
-    encoder's attention projections.
+    encoder's attention projections. ``custom_diffusion``: only the key and value projections of
+    the UNet cross-attention (the weights Custom Diffusion fine-tunes; here as a LoRA baseline).
     """
     if preset == "paper":
         return UNET_CROSS_ATTENTION, None
     if preset == "official":
         return UNET_OFFICIAL, list(TEXT_ENCODER_ATTENTION)
+    if preset == "custom_diffusion":
+        return UNET_CROSS_ATTENTION_KV, None
     raise ValueError(f"unknown LoRA preset {preset!r}")
 
 

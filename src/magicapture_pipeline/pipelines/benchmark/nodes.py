@@ -82,14 +82,6 @@ def _export_embeddings_only(folder: Path, embeddings: dict[str, Any], metadata: 
     )
 
 
-def _has_preset(name: str) -> bool:
-    from typing import get_args
-
-    from magicapture_pipeline.config.training import LoraConfigModel
-
-    return name in get_args(LoraConfigModel.model_fields["preset"].annotation)
-
-
 def train_variant(
     variant: VariantConfig,
     *,
@@ -105,11 +97,6 @@ def train_variant(
     from magicapture_pipeline.core.models import load_components
     from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer
 
-    if variant.method == "custom_diffusion" and not _has_preset("custom_diffusion"):
-        return None, (
-            "not run: core.training has no LoRA/target preset for cross-attention k/v only "
-            "(lora.preset is 'paper' or 'official'); Custom Diffusion needs one"
-        )
     if not examples:
         return None, "not run: no accepted training images (training_set / face_crops / masks)"
     s1 = StageOneConfig(**{**stage_one, **_QUIET})
