@@ -24,7 +24,8 @@ def config_models() -> Iterator[type[BaseModel]]:
             continue
         module = importlib.import_module(f"{config_package.__name__}.{info.name}")
         for _, obj in inspect.getmembers(module, inspect.isclass):
-            if issubclass(obj, BaseModel) and obj.__module__ == module.__name__:
+            public = not obj.__name__.startswith("_")
+            if public and issubclass(obj, BaseModel) and obj.__module__ == module.__name__:
                 yield obj
 
 
