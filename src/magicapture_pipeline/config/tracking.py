@@ -1,0 +1,118 @@
+"""Configuration of MLflow tracking, the model registry and promotion (``parameters_registry.yml``).
+
+``params:tracking`` is read by the project hook (``hooks.py``); ``params:registry`` by the
+``register`` and ``promote`` pipelines (``registry.py``). Neither is from the paper: they are the
+project's MLOps settings.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrackingConfig(_Strict):
+    """Project hook tracking: one MLflow run per ``kedro run`` (``params:tracking``)."""
+
+    enabled: bool = Field(
+        True, description="Log runs to MLflow; the env var MAGICAPTURE_MLFLOW=0 also turns it off."
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; None = $MLFLOW_TRACKING_URI, else "
+        "sqlite:///<project root>/mlflow.db.",
+    )
+    experiment_name: str = Field(
+        "magicapture", description="MLflow experiment, one per concept: magicapture-<concept_name>."
+    )
+    history_datasets: dict[str, str] = Field(
+        {"stage_one_history": "stage_one", "stage_two_history": "stage_two"},
+        description="Loss-history DataFrames (one row per step) -> metric prefix; every numeric "
+        "column is logged per step as <prefix>/<column>.",
+    )
+    metrics_dataset: str = Field(
+        "metrics", description="JSON dataset whose numeric top-level keys are logged as metrics."
+    )
+    artifact_datasets: dict[str, str] = Field(
+        {
+            "validation_report": "reports",
+            "mask_overlays": "images/mask_overlays",
+            "attention_heatmaps": "images/attention_heatmaps",
+            "generation_grid": "images/samples",
+            "metrics_plot": "images/metrics",
+            "postprocess_report": "reports",
+            "generation_records": "reports",
+            "metrics": "reports",
+            "per_image_metrics": "reports",
+            "stage_one_history": "reports",
+            "stage_two_history": "reports",
+        },
+        description="Datasets whose saved files are logged as artifacts -> artifact folder.",
+    )
+    max_files_per_dataset: int = Field(
+        200, description="At most this many files of one folder dataset are logged (first by name)."
+    )
+    option_datasets: list[str] = Field(
+        ["concept", "metrics", "postprocess_report", "generation_records"],
+        description="Datasets read after saving for which optional parts ran (identity loss, "
+        "metric and post-processing backends); found keys become magicapture.* tags.",
+    )
+
+
+class PromotionGates(_Strict):
+    """What a model version must show in its metric tags to become ``champion``."""
+
+    required_metrics: list[str] = Field(
+        ["csim_arcface"],
+        description="Metrics that must be present (computed, not 'unavailable'); the paper's "
+        "CSIM is ArcFace cosine similarity (csim_arcface).",
+    )
+    min_metrics: dict[str, float | None] = Field(
+        {"csim_arcface": 0.4},
+        description="Lower bounds (null: none; envs deep-merge, so null switches one off); "
+        "the paper's MagiCapture reaches CSIM 0.566 (Table 1).",
+    )
+    max_metrics: dict[str, float | None] = Field(
+        {}, description="Upper bounds (e.g. a distance metric); null: none."
+    )
+    note: str = Field("", description="Why these gates (shown when a promotion is refused).")
+
+
+class RegistryConfig(_Strict):
+    """The concept as an MLflow pyfunc: registration and promotion (``params:registry``)."""
+
+    enabled: bool = Field(True, description="Register the concept at the end of `customize`.")
+    model_name: str = Field(
+        "magicapture-concept", description="Registered model name: magicapture-<concept_name>."
+    )
+    artifact_path: str = Field("concept_model", description="Run artifact folder of the pyfunc.")
+    candidate_alias: str = Field("candidate", description="Alias set on every new version.")
+    champion_alias: str = Field("champion", description="Alias that serving loads (@champion).")
+    previous_alias: str = Field(
+        "previous", description="Alias kept on the former champion; rollback returns to it."
+    )
+    resolution: int | None = Field(
+        None, description="Image side predict samples at (None: the base model's own size)."
+    )
+    default_steps: int = Field(30, description="Sampling steps when a predict row gives none.")
+    guidance_scale: float = Field(7.5, description="Classifier-free guidance of predict.")
+    gates: PromotionGates = Field(
+        default_factory=PromotionGates, description="Promotion gates on the version's metrics."
+    )
+
+
+class PromoteRequest(_Strict):
+    """One command of the ``promote`` pipeline (``--params=model_name=...,model_version=...``)."""
+
+    action: Literal["promote", "rollback"] = Field(
+        "promote", description="promote a version to champion, or roll champion back to previous."
+    )
+    model_name: str = Field(..., description="Registered model name (magicapture-<concept>).")
+    model_version: int | None = Field(
+        None, description="Version to promote; None = the version holding the candidate alias."
+    )

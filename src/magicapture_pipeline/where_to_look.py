@@ -1,0 +1,101 @@
+"""Where the results of a run are: ``python -m magicapture_pipeline.where_to_look --env=demo``.
+
+The last line of ``make demo``: the MLflow UI command, the reports the run wrote, and the registered
+model with its aliases. Read-only; it never fails the build (missing pieces are reported as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+REPORTS = Path("data/08_reporting")
+
+
+def _params(project: Path, env: str) -> dict[str, Any]:
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env) as session:
+        return dict(session.load_context().params)
+
+
+def _registry_lines(tracking_uri: str, model_name: str, env: str) -> list[str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        model = client.get_registered_model(model_name)
+    except Exception:  # noqa: BLE001 - nothing registered yet
+        return [f"    {model_name}: not registered yet"]
+    aliases = model.aliases or {}
+    lines = [
+        f"    {model_name}: "
+        + (", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "no aliases")
+    ]
+    lines.append(
+        f"    load it: mlflow.pyfunc.load_model('models:/{model_name}@champion')"
+        if "champion" in aliases
+        else f"    promote it: kedro run --pipelines=promote --env={env}   (moves @champion)"
+    )
+    return lines
+
+
+def summary(project: Path, env: str) -> str:
+    """The text printed at the end of ``make demo``."""
+    from magicapture_pipeline.hooks import resolve_tracking_uri
+
+    params = _params(project, env)
+    tracking = params.get("tracking") or {}
+    tracking = tracking.model_dump() if hasattr(tracking, "model_dump") else tracking
+    registry = params.get("registry") or {}
+    registry = registry.model_dump() if hasattr(registry, "model_dump") else registry
+    uri = resolve_tracking_uri(project, tracking.get("tracking_uri"))
+    lines = [
+        "",
+        "Where to look",
+        f"  MLflow UI:   make ui   -> http://127.0.0.1:5000  (store: {uri})",
+        f"  experiment:  {tracking.get('experiment_name', '?')}",
+        "  reports:",
+    ]
+    reports = sorted((project / REPORTS).glob("*")) if (project / REPORTS).is_dir() else []
+    lines += [
+        f"    {p.relative_to(project)}{'/' if p.is_dir() else ''}"
+        for p in reports
+        if not p.name.startswith(".")
+    ] or ["    (none yet)"]
+    metrics_file = project / REPORTS / "metrics.json"
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        lines.append(f"  metrics:     {numbers}")
+    lines += ["  registered model:"]
+    try:
+        lines += _registry_lines(uri, registry.get("model_name", "?"), env)
+    except Exception as error:  # noqa: BLE001 - the summary must not fail
+        lines.append(f"  (registry unreadable: {error})")
+    lines += [
+        "  pipelines:   kedro viz run --no-browser --host 127.0.0.1   (or `make viz` for build/)",
+        "  notebook:    notebooks/inspect_last_run.ipynb",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the summary for ``--env`` (default demo) of the project in the working directory."""
+    parser = argparse.ArgumentParser(prog="python -m magicapture_pipeline.where_to_look")
+    parser.add_argument("--env", default="demo")
+    parser.add_argument("--project", type=Path, default=Path.cwd())
+    args = parser.parse_args(argv)
+    logging.disable(logging.INFO)
+    sys.stdout.write(summary(args.project.resolve(), args.env) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""DVC: the project's dvc.yaml matches the Kedro pipelines and catalog; repro is idempotent and a
+parameter change reruns only what is downstream of it.
+
+The repro behaviour is checked fast on a small self-contained dvc.yaml in a temporary git repo; the
+real chain (``dvc repro`` on the demo env in a copy of the project) is the slow test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PROJECT_ROOT
+
+DVC_ENV = {
+    **os.environ,
+    "DVC_NO_ANALYTICS": "1",
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+}
+
+
+def run(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        list(args),
+        cwd=cwd,
+        env=DVC_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, f"{args}: {done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def git_repo(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    run(folder, "git", "init", "-q")
+    run(folder, "git", "config", "user.email", "test@example.com")
+    run(folder, "git", "config", "user.name", "test")
+    run(folder, "dvc", "init", "-q")
+    run(folder, "dvc", "config", "core.analytics", "false")
+    return folder
+
+
+def dvc_stages() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def out_paths(stage: dict) -> set[str]:
+    paths = set()
+    for section in ("outs", "metrics", "plots"):
+        for entry in stage.get(section, []):
+            paths.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    return paths
+
+
+def catalog_paths(env: str = "base") -> dict[str, str]:
+    """Dataset name -> its ``filepath``/``path`` relative to the project, for ``env``."""
+    from kedro.config import OmegaConfigLoader
+
+    loader = OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"),
+        base_env="base",
+        default_run_env=env,
+        merge_strategy={"parameters": "soft"},
+    )
+    paths = {}
+    for name, entry in loader["catalog"].items():
+        if isinstance(entry, dict) and not name.startswith("_"):
+            location = entry.get("filepath") or entry.get("path")
+            if location:
+                paths[name] = str(location).removeprefix(f"{PROJECT_ROOT}/")
+    return paths
+
+
+def test_dvc_params_file_selects_the_demo_env():
+    assert yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()) == {"kedro_env": "demo"}
+    assert "analytics = false" in (PROJECT_ROOT / ".dvc" / "config").read_text()
+
+
+def test_every_stage_runs_its_pipeline_in_the_chosen_env():
+    from magicapture_pipeline.pipeline_registry import CUSTOMIZE_CHAIN
+
+    stages = dvc_stages()
+    assert list(stages) == list(CUSTOMIZE_CHAIN)
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"kedro run --pipelines={name} --env=${{kedro_env}}"
+        assert {"params.yaml": ["kedro_env"]} in stage["params"]
+        assert not any(str(p).startswith("data/01_raw") for p in out_paths(stage))
+    assert stages["evaluate"]["metrics"] == ["data/08_reporting/metrics.json"]
+
+
+def test_outs_are_catalog_paths_and_never_versioned():
+    from kedro.config import OmegaConfigLoader
+
+    catalog = catalog_paths()
+    known = set(catalog.values())
+    for name, stage in dvc_stages().items():
+        missing = {p for p in out_paths(stage) if p not in known}
+        assert not missing, f"stage {name}: outs not in the catalog: {missing}"
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="demo")
+    for name, entry in loader["catalog"].items():
+        assert not (isinstance(entry, dict) and entry.get("versioned")), name
+
+
+def test_each_stage_lists_what_its_pipeline_writes():
+    """Every file output of a pipeline is an out of its stage (else DVC would miss a change)."""
+    from kedro.framework.project import pipelines
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(PROJECT_ROOT)
+    catalog = catalog_paths()
+    for name, stage in dvc_stages().items():
+        if name not in pipelines:
+            pytest.skip(f"pipeline {name} not written yet")
+        written = {catalog[d] for d in pipelines[name].outputs() if d in catalog}
+        written -= {p for p in written if p.startswith("data/01_raw")}
+        assert written <= out_paths(stage), f"stage {name} misses {written - out_paths(stage)}"
+        deps = set(stage["deps"])
+        for dataset in pipelines[name].inputs():
+            if dataset in catalog and not catalog[dataset].startswith("data/01_raw"):
+                assert catalog[dataset] in deps, f"stage {name} misses dep {catalog[dataset]}"
+
+
+TOY_DVC = """
+stages:
+  prepare:
+    cmd: python prepare.py
+    deps: [prepare.py, raw.txt]
+    params: [prepare.size]
+    outs: [prepared.txt]
+  train:
+    cmd: python train.py
+    deps: [train.py, prepared.txt]
+    params: [train.lr]
+    outs: [model.txt]
+    metrics:
+      - metrics.json:
+          cache: false
+"""
+PREPARE = """import yaml
+size = yaml.safe_load(open("params.yaml"))["prepare"]["size"]
+open("prepared.txt", "w").write(open("raw.txt").read() * size)
+"""
+TRAIN = """import json, yaml
+lr = yaml.safe_load(open("params.yaml"))["train"]["lr"]
+open("model.txt", "w").write(f"{open('prepared.txt').read()}:{lr}")
+json.dump({"lr": lr}, open("metrics.json", "w"))
+"""
+
+
+def test_repro_is_idempotent_and_reruns_only_downstream(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    (repo / "dvc.yaml").write_text(TOY_DVC)
+    (repo / "prepare.py").write_text(PREPARE)
+    (repo / "train.py").write_text(TRAIN)
+    (repo / "params.yaml").write_text("prepare:\n  size: 2\ntrain:\n  lr: 0.1\n")
+    (repo / "raw.txt").write_text("ab")
+    first = run(repo, "dvc", "repro").stdout
+    assert "Running stage 'prepare'" in first and "Running stage 'train'" in first
+    assert (repo / "model.txt").read_text() == "abab:0.1"
+    second = run(repo, "dvc", "repro").stdout
+    assert "Running stage" not in second
+    (repo / "params.yaml").write_text("prepare:\n  size: 2\ntrain:\n  lr: 0.2\n")
+    third = run(repo, "dvc", "repro").stdout
+    assert "Running stage 'train'" in third and "Running stage 'prepare'" not in third
+    assert (repo / "model.txt").read_text() == "abab:0.2"
+    assert '"lr": 0.2' in run(repo, "dvc", "metrics", "show", "--json").stdout
+    # a local remote: push, lose the outputs, pull them back
+    run(repo, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    run(repo, "dvc", "push")
+    (repo / "model.txt").unlink()
+    run(repo, "dvc", "pull")
+    assert (repo / "model.txt").read_text() == "abab:0.2"
+
+
+@pytest.mark.slow
+def test_real_chain_repro_then_noop_then_partial(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    ignore = shutil.ignore_patterns(
+        ".venv",
+        ".git",
+        "data",
+        "mlflow.db",
+        "mlartifacts",
+        "build",
+        "__pycache__",
+        "*.egg-info",
+        "local",
+    )
+    shutil.copytree(PROJECT_ROOT, project, ignore=ignore)
+    for folder in (PROJECT_ROOT / "data").iterdir():
+        if folder.is_dir():
+            (project / "data" / folder.name).mkdir(parents=True, exist_ok=True)
+    (project / "conf" / "local").mkdir(exist_ok=True)
+    shutil.rmtree(project / ".dvc", ignore_errors=True)
+    (project / ".dvcignore").unlink(missing_ok=True)
+    git_repo(project)
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "copy")
+    monkeypatch.setitem(DVC_ENV, "MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    first = run(project, "dvc", "repro", timeout=3000).stdout
+    for stage in dvc_stages():
+        assert f"Running stage '{stage}'" in first
+    assert "Running stage" not in run(project, "dvc", "repro", timeout=600).stdout
+    registry = project / "conf" / "demo" / "parameters_registry.yml"
+    registry.write_text(registry.read_text().replace("default_steps: 10", "default_steps: 11"))
+    third = run(project, "dvc", "repro", timeout=600).stdout
+    assert "Running stage 'register'" in third
+    assert "Running stage 'preprocess'" not in third and "Running stage 'evaluate'" not in third
