@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-fast bench ui viz lint lock clean-data
+.PHONY: install demo test test-fast bench promote rollback ui viz lint lock
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -40,6 +40,12 @@ test-fast: install  ## the tests without the slow end-to-end runs
 
 bench: install  ## measure step times and ratios -> data/08_reporting/bench.{json,md}
 	$(BIN)/python -m magicapture_pipeline.speed_bench
+
+promote: install  ## move @champion to the @candidate version if it passes the gates (ENV=demo, VERSION=n)
+	$(BIN)/kedro run --pipelines=promote --env=$(or $(ENV),demo) $(if $(VERSION),--params=model_version=$(VERSION))
+
+rollback: install  ## give @champion back to @previous
+	$(BIN)/kedro run --pipelines=promote --env=$(or $(ENV),demo) --params=action=rollback
 
 ui: install  ## MLflow UI on 127.0.0.1
 	@echo "MLflow UI: http://127.0.0.1:5000  (Ctrl-C to stop)"

@@ -185,7 +185,8 @@ def _signature() -> Any:
 def _save_pyfunc(local: Path, concept_dir: str | Path, base_model: str, config: RegistryConfig):
     mlflow.pyfunc.save_model(
         path=local,
-        python_model=ConceptModel(),
+        # Models from code: the model is rebuilt by running pyfunc_model.py, never unpickled.
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
         artifacts={CONCEPT_ARTIFACT: str(concept_dir)},
         model_config={
             "base_model": base_model,
