@@ -1,0 +1,1102 @@
+"""What each part of MagiCapture costs per step, against its baseline, in one run (``make bench``).
+
+``python -m magicapture_pipeline.speed_bench`` measures, for each model size, one optimiser step of
+
+* stage one (embeddings only, masked loss) with cached latents and with a VAE encode every step;
+* stage two (LoRA + embeddings, composed-prompt task with the non-face mask):
+  ``plain`` (masked loss only, SDPA everywhere), ``full`` (+ attention refocusing, Eq. 8, capture
+  at one attn2 resolution), ``id_single_pass`` (``full`` + identity loss, Eq. 7, from the same UNet
+  forward) and ``id_two_pass`` (``full`` + identity from a second UNet forward, as the official
+  code does);
+
+and the per-image costs of preprocessing, generation and evaluation. Each figure is the median of
+repeated steps after warm-up; variants are interleaved round-robin so that machine noise hits
+every variant alike, and each ratio divides two medians of the same run. Each size runs in its own
+process so its peak RSS is its own. Where a goal is missed a ``torch.profiler`` table of the two
+compared steps is written beside the figures. Results: ``data/08_reporting/bench.json`` and
+``bench.md``. Nothing here asserts a time: the benchmark reports, it does not fail.
+
+By default the steps are the project's own trainers (``core.training.StageOneTrainer`` /
+``StageTwoTrainer``, :class:`TrainerBench`) with a batch of 1 and gradient accumulation 1 (the
+paper's micro-batch); ``--engine harness`` times the same steps assembled here from the core
+functions (:class:`StepBench`), which is also the fallback when the trainers fail. The identity
+variants force ``t < T'`` so the identity branch always runs (its cost when active).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPORT_DIR = Path("data/08_reporting")
+GOALS = {
+    "stage2_full_over_plain": 1.15,
+    "id_single_pass_over_no_id": 1.3,
+    "cached_over_uncached_stage1": 0.7,
+}
+PREPROCESS_GOAL = 100.0
+PERSON, STYLE = "<v1>", "<v2>"
+SOURCE_PROMPT = "a photo of a <v1> person"
+COMPOSED_PROMPT = "a photo of a <v1> person in the <v2> style"
+AR_WEIGHT = 2.5  # paper
+ID_WEIGHT = 1.0  # paper
+ID_THRESHOLD = 0.8  # paper: T' = 0.8 T
+ALIGNED_SHARE = 0.53  # side of ArcFace's aligned square / side of the training crop
+AR_RESOLUTION = 16  # the attn2 layers the official code reads (16x16 for SD 1.5 at 512 px)
+
+SD15_UNET: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
+    "up_block_types": (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ),
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+SD15_VAE: dict[str, Any] = {
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+}
+SD15_TEXT: dict[str, Any] = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "vocab_size": 49410,  # SD's vocabulary + [V1], [V2]: the embedding matrix AdamW updates
+    "hidden_act": "quick_gelu",
+}
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """One model size of the benchmark."""
+
+    description: str
+    resolution: int
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text: dict[str, Any]
+    arcface_arch: str
+    repeats: int
+    warmup: int = 1
+    stage_one: bool = True
+
+
+SIZES: dict[str, SizeSpec] = {
+    "tiny": SizeSpec(
+        description="the demo's tiny random SD (core.models.build_tiny_sd defaults) at 128 px",
+        resolution=128,
+        unet={},
+        vae={},
+        text={},
+        arcface_arch="r100",
+        repeats=15,
+        warmup=2,
+    ),
+    "sd_like_256": SizeSpec(
+        description="an SD-like model (SD block layout, channels 64-256, x8 VAE) at 256 px",
+        resolution=256,
+        unet={**SD15_UNET, "block_out_channels": (64, 128, 256, 256), "cross_attention_dim": 256},
+        vae={
+            "block_out_channels": (32, 64, 128, 128),
+            "layers_per_block": 2,
+            "norm_num_groups": 32,
+        },
+        text={
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+        },
+        arcface_arch="r100",
+        repeats=7,
+    ),
+    "sd15_unet_256": SizeSpec(
+        description="SD 1.5's UNet, VAE and CLIP-L text encoder architectures, random weights, "
+        "at 256 px",
+        resolution=256,
+        unet=SD15_UNET,
+        vae=SD15_VAE,
+        text=SD15_TEXT,
+        arcface_arch="r100",
+        repeats=5,
+    ),
+}
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class BenchModel:
+    """The components one size trains, plus the synthetic batch."""
+
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    scheduler: Any
+    resolution: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _tiny_model(spec: SizeSpec) -> BenchModel:
+    from magicapture_pipeline.config.training import TinyModelConfig
+    from magicapture_pipeline.core.models import build_tiny_sd, load_components
+
+    config = TinyModelConfig(sample_size=spec.resolution)
+    with tempfile.TemporaryDirectory() as folder:
+        build_tiny_sd(Path(folder) / "tiny_sd", config)
+        parts = load_components(Path(folder) / "tiny_sd")
+    return BenchModel(
+        parts.tokenizer,
+        parts.text_encoder,
+        parts.vae,
+        parts.unet,
+        parts.noise_scheduler,
+        spec.resolution,
+        {"tiny_config": config.model_dump()},
+    )
+
+
+def _random_model(spec: SizeSpec) -> BenchModel:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from magicapture_pipeline.core.models import build_offline_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_offline_tokenizer()
+    text = {"vocab_size": len(tokenizer), **spec.text}
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **text,
+        )
+    )
+    levels = len(spec.vae["block_out_channels"])
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        latent_channels=4,
+        **{"sample_size": spec.resolution, **spec.vae},
+    )
+    unet = UNet2DConditionModel(**spec.unet)
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+    )
+    for module in (text_encoder, vae, unet):
+        module.requires_grad_(False)
+    return BenchModel(tokenizer, text_encoder, vae, unet, scheduler, spec.resolution)
+
+
+def build_model(name: str) -> BenchModel:
+    """Build the components of benchmark size ``name`` (random weights, seeded)."""
+    spec = SIZES[name]
+    model = _tiny_model(spec) if name == "tiny" else _random_model(spec)
+    model.info["parameters_m"] = {
+        part: round(sum(p.numel() for p in getattr(model, part).parameters()) / 1e6, 2)
+        for part in ("unet", "vae", "text_encoder")
+    }
+    return model
+
+
+# --------------------------------------------------------------------------- one training step
+
+
+def _face_mask(resolution: int) -> torch.Tensor:
+    """An ellipse face mask ``(1, 1, R, R)`` in the middle of the image."""
+    axis = torch.linspace(-1.0, 1.0, resolution)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    return ((xx / 0.45) ** 2 + (yy / 0.6) ** 2 <= 1.0).float()[None, None]
+
+
+class StepBench:
+    """One size's training steps, built from the core functions, ready to be timed."""
+
+    def __init__(self, model: BenchModel, arcface_arch: str) -> None:
+        from magicapture_pipeline.core.arcface import FaceIdentityEncoder, build_iresnet
+
+        self.m = model
+        tokenizer = model.tokenizer
+        tokenizer.add_tokens([PERSON, STYLE])
+        model.text_encoder.resize_token_embeddings(len(tokenizer))
+        self.embeddings = model.text_encoder.get_input_embeddings().weight
+        self.placeholder_ids = tokenizer.convert_tokens_to_ids([PERSON, STYLE])
+        self.frozen_rows = torch.ones(self.embeddings.shape[0], dtype=torch.bool)
+        self.frozen_rows[self.placeholder_ids] = False
+        self.original_rows = self.embeddings.detach().clone()
+
+        def ids(prompt: str) -> torch.Tensor:
+            return tokenizer(
+                prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+            ).input_ids
+
+        self.source_ids, self.composed_ids = ids(SOURCE_PROMPT), ids(COMPOSED_PROMPT)
+        positions = [self.composed_ids[0].tolist().index(i) for i in self.placeholder_ids]
+        self.token_positions = torch.tensor([positions])
+
+        resolution = model.resolution
+        generator = torch.Generator().manual_seed(0)
+        self.pixels = torch.rand(1, 3, resolution, resolution, generator=generator) * 2 - 1
+        face = _face_mask(resolution)
+        latent = resolution // 8
+        self.face_latent = torch.nn.functional.adaptive_avg_pool2d(face, latent)
+        self.region_masks = torch.cat([self.face_latent, 1 - self.face_latent], dim=1)
+        self.scaling = float(model.vae.config.scaling_factor)
+        with torch.no_grad():
+            self.latents = model.vae.encode(self.pixels).latent_dist.sample() * self.scaling
+        self.landmarks = _bench_landmarks(resolution)
+        self.identity = FaceIdentityEncoder(build_iresnet(arcface_arch))
+        self.encoder = self.identity
+        with torch.no_grad():
+            self.source_embedding = self.identity(self.pixels, self.landmarks)[0]
+        self.alphas_cumprod = model.scheduler.alphas_cumprod
+        self.num_timesteps = int(model.scheduler.config.num_train_timesteps)
+        self.capture: Any = None
+        self.minimum: dict[str, float] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.stage = ""
+
+    # setup of the two stages ------------------------------------------------------------
+    def setup_stage_one(self) -> None:
+        """Only the embedding matrix trains (frozen rows restored after each step)."""
+        self.m.text_encoder.requires_grad_(False)
+        self.embeddings.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW([self.embeddings], lr=5e-4)
+        self.m.unet.train()
+        self.stage = "one"
+
+    def setup_stage_two(self) -> None:
+        """peft LoRA (paper preset: cross-attention projections) + the embeddings."""
+        from peft import LoraConfig
+
+        from magicapture_pipeline.core.attention import CrossAttentionCapture
+
+        self.m.unet.add_adapter(
+            LoraConfig(
+                r=4,
+                lora_alpha=4,
+                init_lora_weights="gaussian",
+                target_modules=["attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"],
+            )
+        )
+        lora = [p for p in self.m.unet.parameters() if p.requires_grad]
+        self.embeddings.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": lora, "lr": 1e-4}, {"params": [self.embeddings], "lr": 1e-5}]
+        )
+        self.m.unet.train()
+        try:
+            self.capture = CrossAttentionCapture(self.m.unet, resolution=AR_RESOLUTION)
+        except ValueError:
+            self.capture = CrossAttentionCapture(self.m.unet)
+        self.stage = "two"
+
+    # the steps --------------------------------------------------------------------------
+    def _noisy(self, latents: torch.Tensor, max_t: int) -> tuple[torch.Tensor, ...]:
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, max_t, (latents.shape[0],))
+        return self.m.scheduler.add_noise(latents, noise, t), noise, t
+
+    def _identity_term(
+        self,
+        noisy: torch.Tensor,
+        pred: torch.Tensor,
+        t: torch.Tensor,
+        crop: bool = False,
+        bf16: bool = False,
+    ) -> torch.Tensor:
+        from magicapture_pipeline.config.training import IdentityConfig
+        from magicapture_pipeline.core.arcface import face_latent_window
+        from magicapture_pipeline.core.losses import identity_loss, one_step_x0_estimate
+
+        x0 = one_step_x0_estimate(noisy, pred, t, self.alphas_cumprod)
+        landmarks = self.landmarks
+        if crop:
+            margin = IdentityConfig().window_margin
+            top, bottom, left, right = face_latent_window(
+                landmarks, tuple(x0.shape[-2:]), margin=margin
+            )
+            x0 = x0[..., top:bottom, left:right]
+            landmarks = landmarks - torch.tensor([left * 8.0, top * 8.0])
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            image = self.m.vae.decode(x0 / self.scaling).sample
+            embedding = self.identity(image, landmarks)
+        return identity_loss(embedding.float(), self.source_embedding)
+
+    def _finish(self, loss: torch.Tensor) -> float:
+        assert self.optimizer is not None
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            self.embeddings[self.frozen_rows] = self.original_rows[self.frozen_rows]
+        return float(loss.detach())
+
+    def stage_one_step(self, cached: bool) -> float:
+        """Stage one on a source image: Eq. 4 with the face mask."""
+        from magicapture_pipeline.core.losses import masked_reconstruction_loss
+
+        if cached:
+            latents = self.latents
+        else:
+            with torch.no_grad():
+                latents = self.m.vae.encode(self.pixels).latent_dist.sample() * self.scaling
+        noisy, noise, t = self._noisy(latents, self.num_timesteps)
+        text = self.m.text_encoder(self.source_ids)[0]
+        pred = self.m.unet(noisy, t, text).sample
+        return self._finish(masked_reconstruction_loss(pred, noise, self.face_latent))
+
+    def stage_two_step(self, refocus: bool, identity: str) -> float:
+        """Stage two, composed-prompt task (Eq. 6), optionally + Eq. 8 and Eq. 7.
+
+        Args:
+            refocus: add the attention refocusing loss (capture installed by the caller).
+            identity: ``off``, ``single_pass``, ``single_pass_crop`` (decode only the face's
+                latent window, ``core.arcface.face_latent_window``), ``single_pass_crop_bf16``
+                (the same, decode and ArcFace under CPU bfloat16 autocast) or ``two_pass``.
+        """
+        from magicapture_pipeline.core.losses import (
+            attention_refocusing_loss,
+            masked_reconstruction_loss,
+        )
+
+        max_t = self.num_timesteps if identity == "off" else int(ID_THRESHOLD * self.num_timesteps)
+        noisy, noise, t = self._noisy(self.latents, max_t)
+        text = self.m.text_encoder(self.composed_ids)[0]
+        pred = self.m.unet(noisy, t, text).sample
+        loss = masked_reconstruction_loss(pred, noise, 1 - self.face_latent)
+        if refocus:
+            maps = self.capture.token_maps(self.token_positions)
+            loss = loss + AR_WEIGHT * attention_refocusing_loss(maps, self.region_masks)
+        if identity.startswith("single_pass"):
+            crop, bf16 = "crop" in identity, "bf16" in identity
+            loss = loss + ID_WEIGHT * self._identity_term(noisy, pred, t, crop=crop, bf16=bf16)
+        elif identity == "two_pass":
+            noisy2, _, t2 = self._noisy(self.latents, max_t)
+            if self.capture is not None:
+                self.capture.enabled = False
+            pred2 = self.m.unet(noisy2, t2, text).sample
+            if self.capture is not None:
+                self.capture.enabled = True
+            # the trainer's defaults (face window, bf16), as in TrainerBench
+            loss = loss + ID_WEIGHT * self._identity_term(noisy2, pred2, t2, crop=True, bf16=True)
+        return self._finish(loss)
+
+    def variant(self, name: str) -> tuple[Callable[[], float], contextlib.AbstractContextManager]:
+        """The step function of a figure and the context it runs in (capture on or off)."""
+        capture = self.capture if self.stage == "two" else None
+        with_capture = capture if capture is not None else contextlib.nullcontext()
+        table: dict[str, tuple[Callable[[], float], Any]] = {
+            "stage1_step_s": (lambda: self.stage_one_step(True), _stage_one_context(self)),
+            "stage1_uncached_step_s": (
+                lambda: self.stage_one_step(False),
+                _stage_one_context(self),
+            ),
+            "plain_lora_step_s": (
+                lambda: self.stage_two_step(False, "off"),
+                contextlib.nullcontext(),
+            ),
+            "stage2_full_step_s": (lambda: self.stage_two_step(True, "off"), with_capture),
+            # the trainer's defaults: face window + bf16 (IdentityConfig)
+            "stage2_id_single_pass_step_s": (
+                lambda: self.stage_two_step(True, "single_pass_crop_bf16"),
+                with_capture,
+            ),
+            "stage2_id_single_pass_window_fp32_step_s": (
+                lambda: self.stage_two_step(True, "single_pass_crop"),
+                with_capture,
+            ),
+            "stage2_id_single_pass_full_step_s": (
+                lambda: self.stage_two_step(True, "single_pass"),
+                with_capture,
+            ),
+            "stage2_id_two_pass_step_s": (
+                lambda: self.stage_two_step(True, "two_pass"),
+                with_capture,
+            ),
+        }
+        return table[name]
+
+
+@contextlib.contextmanager
+def _stage_one_context(bench: Any):
+    """Stage one as it runs: once stage two is set up, its LoRA and capture are switched off."""
+    capture = bench.capture if bench.stage == "two" else None
+    if capture is None:
+        yield
+        return
+    capture.enabled = False
+    bench.m.unet.disable_adapters()
+    try:
+        yield
+    finally:
+        bench.m.unet.enable_adapters()
+        capture.enabled = True
+
+
+class TrainerBench:
+    """The same figures measured with the project's own trainers (``core.training``).
+
+    One :class:`StageOneTrainer` per latent mode (cached / encoded every step) and one
+    :class:`StageTwoTrainer` (composed task only, gradient accumulation 1) whose switches are
+    flipped between variants: the capture processor installed or not (Eq. 8), the ArcFace encoder
+    attached or not and ``identity.mode`` (Eq. 7). ``identity.threshold_fraction`` is set to 1 so
+    the identity branch runs on every step (its cost when active). The identity variants set
+    ``identity.decode_region`` / ``identity.autocast_dtype``: the defaults (``face_window``,
+    ``bf16``) for ``stage2_id_single_pass_step_s`` and ``two_pass``, ``face_window`` without
+    autocast for ``..._window_fp32``, ``full`` without autocast (the official decode, the
+    previous default) for ``..._full``.
+    """
+
+    def __init__(self, model: BenchModel, arcface_arch: str) -> None:
+        from magicapture_pipeline.core.models import SDComponents
+        from magicapture_pipeline.core.training import TrainingExample
+
+        self.m = model
+        self.arcface_arch = arcface_arch
+        self.components = SDComponents(
+            model.tokenizer, model.text_encoder, model.vae, model.unet, model.scheduler, "bench"
+        )
+        resolution = model.resolution
+        generator = torch.Generator().manual_seed(0)
+        face = torch.nn.functional.adaptive_avg_pool2d(_face_mask(resolution), resolution // 8)
+        landmarks = _bench_landmarks(resolution)[0]
+        self.examples = [
+            TrainingExample(
+                f"{role}{index}",
+                role,
+                torch.rand(3, resolution, resolution, generator=generator) * 2 - 1,
+                face[0].clone(),
+                landmarks.clone(),
+            )
+            for role in ("source", "reference")
+            for index in range(2)
+        ]
+        self.minimum: dict[str, float] = {}
+        self.one: dict[bool, Any] = {}
+        self.two: Any = None
+        self.capture: Any = None
+        self.encoder: Any = None
+        self.stage = ""
+
+    def setup_stage_one(self) -> None:
+        """A cached and an uncached stage-one trainer on the same components."""
+        from magicapture_pipeline.config.training import StageOneConfig
+        from magicapture_pipeline.core.training import StageOneTrainer
+
+        for cached in (True, False):
+            config = StageOneConfig(
+                gradient_accumulation_steps=1,
+                cache_latents=cached,
+                hflip=False,
+                mixed_precision="no",
+                device="cpu",
+            )
+            self.one[cached] = StageOneTrainer(self.components, self.examples, config)
+        self.stage = "one"
+
+    def setup_stage_two(self) -> None:
+        """One stage-two trainer, composed task only, AR and identity (random IResNet) on."""
+        from magicapture_pipeline.config.training import (
+            AttentionConfig,
+            IdentityConfig,
+            StageTwoConfig,
+        )
+        from magicapture_pipeline.core.attention import cross_attention_resolutions
+        from magicapture_pipeline.core.training import StageTwoTrainer
+
+        sizes = set(cross_attention_resolutions(self.m.unet).values())
+        resolution = AR_RESOLUTION if AR_RESOLUTION in sizes else min(v for v in sizes if v >= 4)
+        config = StageTwoConfig(
+            gradient_accumulation_steps=1,
+            task_weights=[0.0, 0.0, 1.0],
+            hflip=False,
+            mixed_precision="no",
+            device="cpu",
+            heatmap_every=0,
+            identity=IdentityConfig(
+                mode="single_pass",
+                random_init=True,
+                arch=self.arcface_arch,
+                threshold_fraction=1.0,
+            ),
+            attention=AttentionConfig(enabled=True, resolution=resolution),
+        )
+        self.two = StageTwoTrainer(self.components, self.examples, config)
+        self.capture = self.two.capture
+        self.encoder = self.two.face_encoder
+        self.stage = "two"
+
+    @contextlib.contextmanager
+    def _switched(
+        self, refocus: bool, identity: str, decode_region: str | None, autocast: str | None
+    ):
+        trainer = self.two
+        settings = trainer.config.identity
+        saved = (settings.decode_region, settings.autocast_dtype)
+        if refocus:
+            self.capture.install()
+            trainer.capture = self.capture
+        else:
+            self.capture.remove()
+            trainer.capture = None
+        trainer.face_encoder = self.encoder if identity != "off" else None
+        if identity != "off":
+            trainer.config.identity.mode = "two_pass" if identity == "two_pass" else "single_pass"
+        if decode_region is not None:
+            settings.decode_region = decode_region
+        if autocast is not None:
+            settings.autocast_dtype = autocast
+        try:
+            yield
+        finally:
+            settings.decode_region, settings.autocast_dtype = saved
+            self.capture.install()
+            trainer.capture = self.capture
+            trainer.face_encoder = self.encoder
+
+    def variant(self, name: str) -> tuple[Callable[[], Any], contextlib.AbstractContextManager]:
+        """The step function of a figure and the context that configures the trainer for it."""
+        if name in STAGE_ONE_FIGURES:
+            return self.one[name == "stage1_step_s"].step, _stage_one_context(self)
+        # (refocus, identity mode, decode_region, autocast_dtype); None = the config's default
+        refocus, identity, region, autocast = {
+            "plain_lora_step_s": (False, "off", None, None),
+            "stage2_full_step_s": (True, "off", None, None),
+            "stage2_id_single_pass_step_s": (True, "single_pass", None, None),
+            "stage2_id_two_pass_step_s": (True, "two_pass", None, None),
+            "stage2_id_single_pass_window_fp32_step_s": (
+                True, "single_pass", "face_window", "none",
+            ),
+            "stage2_id_single_pass_full_step_s": (True, "single_pass", "full", "none"),
+        }[name]  # fmt: skip
+        return self.two.step, self._switched(refocus, identity, region, autocast)
+
+
+STAGE_ONE_FIGURES = ("stage1_step_s", "stage1_uncached_step_s")
+STAGE_TWO_FIGURES = (
+    "plain_lora_step_s",
+    "stage2_full_step_s",
+    "stage2_id_single_pass_step_s",
+    "stage2_id_two_pass_step_s",
+    "stage2_id_single_pass_window_fp32_step_s",
+    "stage2_id_single_pass_full_step_s",
+)
+RATIOS = {
+    "stage2_full_over_plain": ("stage2_full_step_s", "plain_lora_step_s"),
+    "id_single_pass_over_no_id": ("stage2_id_single_pass_step_s", "stage2_full_step_s"),
+    "id_two_pass_over_no_id": ("stage2_id_two_pass_step_s", "stage2_full_step_s"),
+    "cached_over_uncached_stage1": ("stage1_step_s", "stage1_uncached_step_s"),
+    "id_single_pass_window_fp32_over_no_id": (
+        "stage2_id_single_pass_window_fp32_step_s",
+        "stage2_full_step_s",
+    ),
+    "id_single_pass_full_over_no_id": ("stage2_id_single_pass_full_step_s", "stage2_full_step_s"),
+}
+
+
+def _interleaved_medians(
+    bench: StepBench, names: tuple[str, ...], repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median seconds per step of each variant, run round-robin after warm-up."""
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(warmup + repeats):
+        for name in names:
+            step, context = bench.variant(name)
+            with context:
+                start = time.perf_counter()
+                step()
+                elapsed = time.perf_counter() - start
+            if round_index >= warmup:
+                samples[name].append(elapsed)
+    bench.minimum.update({name: min(values) for name, values in samples.items()})
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _profile(bench: StepBench, name: str, rows: int = 8) -> dict[str, Any]:
+    """Wall time and the top operators by self CPU time of one profiled step of ``name``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step, context = bench.variant(name)
+    with context:
+        step()  # warm
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        wall = time.perf_counter() - start
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    top = [
+        {
+            "op": event.key,
+            "self_cpu_s": round(event.self_cpu_time_total / 1e6, 4),
+            "share": round(event.self_cpu_time_total / total, 3),
+            "calls": event.count,
+        }
+        for event in events[:rows]
+    ]
+    return {"wall_s": round(wall, 4), "self_cpu_total_s": round(total / 1e6, 4), "top": top}
+
+
+def _component_breakdown(
+    model: BenchModel, encoder: Any, landmarks: torch.Tensor, repeats: int
+) -> dict[str, float]:
+    """Median seconds of the parts a step is made of (each part alone, gradients as in a step)."""
+    resolution = model.resolution
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.rand(1, 3, resolution, resolution, generator=generator) * 2 - 1
+    scaling = float(model.vae.config.scaling_factor)
+    with torch.no_grad():
+        latents = model.vae.encode(pixels).latent_dist.sample() * scaling
+    latents.requires_grad_(True)
+    image = pixels.clone().requires_grad_(True)
+    ids = model.tokenizer(
+        COMPOSED_PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    t = torch.tensor([500])
+
+    def unet_fwd_bwd() -> None:
+        text = model.text_encoder(ids)[0]
+        model.unet(latents, t, text).sample.square().mean().backward()
+
+    def vae_decode_fwd_bwd() -> None:
+        model.vae.decode(latents / scaling).sample.square().mean().backward()
+
+    def arcface_fwd_bwd() -> None:
+        encoder(image, landmarks).sum().backward()
+
+    def vae_encode() -> None:
+        with torch.no_grad():
+            model.vae.encode(pixels).latent_dist.sample()
+
+    parts = {
+        "unet_fwd_bwd_s": unet_fwd_bwd,
+        "vae_decode_fwd_bwd_s": vae_decode_fwd_bwd,
+        "arcface_fwd_bwd_s": arcface_fwd_bwd,
+        "vae_encode_s": vae_encode,
+    }
+    samples: dict[str, list[float]] = {name: [] for name in parts}
+    for round_index in range(1 + repeats):
+        for name, part in parts.items():
+            start = time.perf_counter()
+            part()
+            if round_index:
+                samples[name].append(time.perf_counter() - start)
+    for parameter in (*model.unet.parameters(), *model.text_encoder.parameters()):
+        parameter.grad = None
+    return {name: round(statistics.median(values), 5) for name, values in samples.items()}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _figures(bench: Any, spec: SizeSpec) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    if spec.stage_one:
+        bench.setup_stage_one()
+        figures.update(_interleaved_medians(bench, STAGE_ONE_FIGURES, spec.repeats, spec.warmup))
+    bench.setup_stage_two()
+    figures.update(_interleaved_medians(bench, STAGE_TWO_FIGURES, spec.repeats, spec.warmup))
+    return figures
+
+
+def measure_size(name: str, profile_missed: bool = True, engine: str = "trainer") -> dict[str, Any]:
+    """Every step figure of one size, its ratios, peak RSS and profiles of missed goals.
+
+    Args:
+        name: a key of :data:`SIZES`.
+        profile_missed: profile both steps of every ratio that misses its goal.
+        engine: ``trainer`` (the project's ``core.training`` trainers) or ``harness`` (the steps
+            assembled here from the core functions); when the trainers fail, the harness is used
+            and the failure is recorded under ``engine_error``.
+    """
+    spec = SIZES[name]
+    started = time.perf_counter()
+    engine_error = None
+    if engine == "trainer":
+        try:
+            model = build_model(name)
+            bench: Any = TrainerBench(model, spec.arcface_arch)
+            figures = _figures(bench, spec)
+        except Exception as error:  # noqa: BLE001 - fall back to the harness, and say so
+            engine_error = f"{type(error).__name__}: {error}"
+            engine = "harness"
+    if engine == "harness":
+        model = build_model(name)
+        bench = StepBench(model, spec.arcface_arch)
+        figures = _figures(bench, spec)
+    ratios = {
+        key: figures[a] / figures[b]
+        for key, (a, b) in RATIOS.items()
+        if a in figures and b in figures
+    }
+    landmarks = _bench_landmarks(model.resolution)
+    breakdown = _component_breakdown(model, bench.encoder, landmarks, spec.repeats)
+    profiles: dict[str, Any] = {}
+    if profile_missed:
+        missed = [key for key, goal in GOALS.items() if key in ratios and ratios[key] > goal]
+        for key in missed:
+            numerator, denominator = RATIOS[key]
+            profiles[key] = {
+                numerator: _profile(bench, numerator),
+                denominator: _profile(bench, denominator),
+            }
+    result = {
+        "size": name,
+        "description": spec.description,
+        "engine": engine,
+        "resolution": spec.resolution,
+        "arcface_arch": spec.arcface_arch,
+        "repeats": spec.repeats,
+        "warmup": spec.warmup,
+        "capture_layers": bench.capture.layer_names if bench.capture else [],
+        **{key: round(value, 5) for key, value in figures.items()},
+        **{key: round(value, 4) for key, value in ratios.items()},
+        "min_s": {key: round(value, 5) for key, value in bench.minimum.items()},
+        "breakdown_s": breakdown,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "seconds_total": round(time.perf_counter() - started, 1),
+        "model": model.info,
+        "profiles": profiles,
+    }
+    if engine_error:
+        result["engine_error"] = engine_error
+    return result
+
+
+def _bench_landmarks(resolution: int) -> torch.Tensor:
+    """ArcFace landmarks ``(1, 5, 2)`` of a centred face whose aligned square covers 0.53 of the
+    side, as measured on the demo's astronaut crop (``core.faces.analyze_source``)."""
+    from magicapture_pipeline.core.arcface import ARCFACE_TEMPLATE_112
+
+    scale = ALIGNED_SHARE * resolution / 112
+    centre = torch.tensor([resolution / 2, resolution / 2])
+    return ((ARCFACE_TEMPLATE_112 - 56.0) * scale + centre)[None]
+
+
+# --------------------------------------------------------------------------- per-image figures
+
+
+def measure_preprocess(repeats: int = 20) -> dict[str, Any]:
+    """Images per second of detection + mesh + mask + crop on a decoded 512 px photo."""
+    try:
+        from skimage import data
+
+        from magicapture_pipeline.core.faces import FaceAnalyzer, analyze_source
+    except ImportError as error:
+        return {"preprocess_images_per_s": None, "reason": f"not measured: {error}"}
+    rgb = data.astronaut()  # 512x512, decoded once: decode is excluded
+    times: dict[str, list[float]] = {"total": [], "detect": [], "mesh": []}
+    with FaceAnalyzer() as analyzer:
+        for index in range(repeats + 2):
+            start = time.perf_counter()
+            analyze_source(rgb, analyzer, resolution=512)
+            middle = time.perf_counter()
+            analyzer.detect(rgb)
+            detected = time.perf_counter()
+            analyzer.mesh(rgb)
+            meshed = time.perf_counter()
+            if index >= 2:
+                times["total"].append(middle - start)
+                times["detect"].append(detected - middle)
+                times["mesh"].append(meshed - detected)
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    return {
+        "preprocess_images_per_s": round(1.0 / medians["total"], 2),
+        "preprocess_breakdown_s": {
+            "analyze_source": round(medians["total"], 5),
+            "detect": round(medians["detect"], 5),
+            "mesh_478": round(medians["mesh"], 5),
+        },
+    }
+
+
+def measure_generation(steps: int = 20, repeats: int = 3) -> dict[str, Any]:
+    """Seconds per generated image with the tiny model at the demo resolution."""
+    try:
+        from diffusers import StableDiffusionPipeline
+
+        from magicapture_pipeline.core.generation import generate_images
+    except ImportError as error:
+        return {"generate_s_per_image": None, "reason": f"not measured: {error}"}
+    model = build_model("tiny")
+    pipe = StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=model.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    generate_images(pipe, [("{}", "a photo of a person")], images_per_prompt=1, seed=0,
+                    num_inference_steps=steps, guidance_scale=7.5,
+                    resolution=model.resolution, progress=False)  # fmt: skip
+    images = generate_images(pipe, [("{}", "a photo of a person")], images_per_prompt=repeats,
+                             seed=1, num_inference_steps=steps, guidance_scale=7.5,
+                             resolution=model.resolution, progress=False)  # fmt: skip
+    return {
+        "generate_s_per_image": round(statistics.median(i.seconds for i in images), 4),
+        "generate_setting": f"tiny model, {model.resolution} px, {steps} steps, CFG 7.5",
+    }
+
+
+def measure_evaluation(repeats: int = 5) -> dict[str, Any]:
+    """Seconds per image of the identity metric (CSIM) with the offline dlib embedder."""
+    try:
+        from PIL import Image
+        from skimage import data
+
+        from magicapture_pipeline.core.metrics import csim, load_identity_embedder
+    except ImportError as error:
+        return {"evaluate_s_per_image": None, "reason": f"not measured: {error}"}
+    embedder, reason = load_identity_embedder("dlib", None)
+    if embedder is None:
+        return {"evaluate_s_per_image": None, "reason": f"not measured: {reason}"}
+    image = Image.fromarray(data.astronaut())
+    generated = {f"g{i}": image for i in range(repeats)}
+    csim(embedder, {"warm": image}, [image])
+    start = time.perf_counter()
+    csim(embedder, generated, [image])
+    per_image = (time.perf_counter() - start) / (repeats + 1)  # + the one source embedding
+    return {
+        "evaluate_s_per_image": round(per_image, 4),
+        "evaluate_setting": "CSIM (dlib, offline) on 512 px images; CLIP style and aesthetic "
+        "scores need weights that are not obtainable offline",
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _environment() -> dict[str, Any]:
+    import diffusers
+
+    return {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _run_size_in_child(name: str, profile: bool, engine: str) -> dict[str, Any]:
+    """Measure one size in a fresh interpreter so its peak RSS is its own."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        out = Path(handle.name)
+    command = [
+        sys.executable,
+        "-m",
+        "magicapture_pipeline.speed_bench",
+        "--child",
+        name,
+        "--child-out",
+        str(out),
+        "--engine",
+        engine,
+    ]
+    command += [] if profile else ["--no-profile"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {"size": name, "error": f"not measured: child failed: {' | '.join(tail)}"}
+    result = json.loads(out.read_text())
+    out.unlink(missing_ok=True)
+    return result
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    sizes = report["sizes"]
+    names = list(sizes)
+    lines = [
+        "# MagiCapture step benchmark",
+        "",
+        f"{report['environment']['date_utc']} · torch {report['environment']['torch']} · "
+        f"{report['environment']['device']} · {report['environment']['torch_threads']} thread(s)."
+        " Median seconds per optimiser step (batch 1); ratios of medians of the same run.",
+        "",
+        "| figure | " + " | ".join(names) + " | goal |",
+        "|---|" + "---|" * len(names) + "---|",
+    ]
+    keys = [*STAGE_ONE_FIGURES, *STAGE_TWO_FIGURES, *RATIOS, "peak_rss_mb"]
+    for key in keys:
+        cells = []
+        for name in names:
+            value = sizes[name].get(key)
+            cells.append("-" if value is None else f"{value:g}")
+        goal = f"<= {GOALS[key]}" if key in GOALS else ""
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {goal} |")
+    lines += ["", "Parts of a step, each alone (median s):", ""]
+    lines += ["| part | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    parts = [k for k in ("unet_fwd_bwd_s", "vae_decode_fwd_bwd_s", "arcface_fwd_bwd_s",
+                         "vae_encode_s")]  # fmt: skip
+    for key in parts:
+        cells = [f"{sizes[n].get('breakdown_s', {}).get(key, '-')}" for n in names]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "| per-image figure | value |", "|---|---|"]
+    for key in ("preprocess_images_per_s", "generate_s_per_image", "evaluate_s_per_image"):
+        value = report.get(key)
+        shown = report.get("not_measured", {}).get(key, "-") if value is None else f"{value:g}"
+        lines.append(f"| {key} | {shown} |")
+    lines += ["", "## Sizes", ""]
+    for name in names:
+        size = sizes[name]
+        if "error" in size:
+            lines.append(f"- **{name}**: {size['error']}")
+            continue
+        engine = size.get("engine", "?")
+        if size.get("engine_error"):
+            engine += f" (trainers failed: {size['engine_error']})"
+        lines.append(
+            f"- **{name}**: {size['description']}; parameters (M) {size['model']['parameters_m']};"
+            f" ArcFace {size['arcface_arch']}; AR capture {size['capture_layers']}; steps timed "
+            f"with: {engine}; {size.get('repeats')} timed rounds after {size.get('warmup')} "
+            "warm-up."
+        )
+    lines += [
+        "",
+        "Notes: identity figures are the cost of a step in which Eq. 7 runs (t < T' forced); in"
+        " training it runs only on composed micro-batches with t < T'. `id_single_pass` and"
+        " `id_two_pass` use the trainer's defaults: VAE decode of the face's latent window only"
+        " (`identity.decode_region: face_window`) and decode + ArcFace under bfloat16 autocast"
+        " (`identity.autocast_dtype: bf16`); `window_fp32` is the window without autocast, `full`"
+        " the whole-image fp32 decode of the official code (the previous default). Ratios under ~1.2 move by several percent between runs on a shared 2-core"
+        " machine.",
+    ]
+    for name in names:
+        for ratio, tables in sizes[name].get("profiles", {}).items():
+            lines += ["", f"## Profile: {name}, {ratio} missed", ""]
+            for figure, table in tables.items():
+                lines += [
+                    f"`{figure}`: profiled step {table['wall_s']} s (self CPU total "
+                    f"{table['self_cpu_total_s']} s); top ops by self CPU time:",
+                    "",
+                    "| op | s | share |",
+                    "|---|---|---|",
+                ]
+                lines += [f"| {r['op']} | {r['self_cpu_s']} | {r['share']} |" for r in table["top"]]
+                lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    sizes: list[str], out_dir: Path, profile: bool = True, engine: str = "trainer"
+) -> dict[str, Any]:
+    """Measure every size (each in its own process) and the per-image figures; write reports."""
+    report: dict[str, Any] = {"environment": _environment(), "goals": GOALS, "sizes": {}}
+    for name in sizes:
+        print(f"[bench] size {name} ...", flush=True)  # noqa: T201 - CLI progress
+        report["sizes"][name] = _run_size_in_child(name, profile, engine)
+    not_measured: dict[str, str] = {}
+    for measure in (measure_preprocess, measure_generation, measure_evaluation):
+        print(f"[bench] {measure.__name__} ...", flush=True)  # noqa: T201
+        try:
+            result = measure()
+        except Exception as error:  # noqa: BLE001 - a figure that fails is reported, not fatal
+            key = {"measure_preprocess": "preprocess_images_per_s",
+                   "measure_generation": "generate_s_per_image",
+                   "measure_evaluation": "evaluate_s_per_image"}[measure.__name__]  # fmt: skip
+            result = {key: None, "reason": f"not measured: {type(error).__name__}: {error}"}
+        reason = result.pop("reason", None)
+        for key, value in result.items():
+            report[key] = value
+            if value is None and reason:
+                not_measured[key] = reason
+    headline = next((n for n in reversed(sizes) if "error" not in report["sizes"][n]), None)
+    if headline:
+        report["headline_size"] = headline
+        for key in (*STAGE_ONE_FIGURES, *STAGE_TWO_FIGURES, *RATIOS):
+            if key in report["sizes"][headline]:
+                report[key] = report["sizes"][headline][key]
+    report["peak_rss_mb"] = {n: s.get("peak_rss_mb") for n, s in report["sizes"].items()}
+    if report.get("preprocess_images_per_s") is not None:
+        report["preprocess_goal_met"] = report["preprocess_images_per_s"] >= PREPROCESS_GOAL
+    report["goals_met"] = {
+        name: {k: s[k] <= g for k, g in GOALS.items() if k in s}
+        for name, s in report["sizes"].items()
+    }
+    report["not_measured"] = not_measured
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "bench.md").write_text(_markdown(report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m magicapture_pipeline.speed_bench [--sizes a,b] [--out DIR]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated sizes")
+    parser.add_argument("--out", default=str(REPORT_DIR), help="folder of bench.json / bench.md")
+    parser.add_argument("--no-profile", action="store_true", help="skip profiles of missed goals")
+    parser.add_argument(
+        "--engine",
+        choices=("trainer", "harness"),
+        default="trainer",
+        help="time core.training's trainers (default) or the steps assembled in this module",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        result = measure_size(args.child, profile_missed=not args.no_profile, engine=args.engine)
+        Path(args.child_out).write_text(json.dumps(result))
+        return
+    sizes = [s for s in args.sizes.split(",") if s]
+    unknown = sorted(set(sizes) - set(SIZES))
+    if unknown:
+        parser.error(f"unknown sizes {unknown}; choose from {sorted(SIZES)}")
+    run(sizes, Path(args.out), profile=not args.no_profile, engine=args.engine)
+    print((Path(args.out) / "bench.md").read_text())  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
