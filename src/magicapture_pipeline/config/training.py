@@ -75,8 +75,8 @@ class TokensConfig(_Strict):
     )
 
 
-class StageOneConfig(_Strict):
-    """Stage one: only the [V1]/[V2] embedding rows train (paper Sec. 3.2, 'two-phase')."""
+class _TrainingLoopConfig(_Strict):
+    """What the two training stages share: prompts, optimiser loop, augmentation, checkpoints."""
 
     seed: int = Field(0, description="Seed of sampling, augmentation and noise.")
     tokens: TokensConfig = Field(default_factory=TokensConfig, description="Placeholder tokens.")
@@ -87,10 +87,10 @@ class StageOneConfig(_Strict):
         ["a painting of a person in the style of {}"],
         description="Prompts for reference images (official).",
     )
-    learning_rate: float = Field(5e-4, description="AdamW lr of the embeddings (paper: 5e-4).")
-    max_steps: int = Field(1200, description="Optimiser steps (paper: 1200).")
     gradient_accumulation_steps: int = Field(
-        4, description="Micro-batches of one image per optimiser step (paper: batch 1, accum. 4)."
+        4,
+        description="Micro-batches of one image per optimiser step (paper: batch 1, "
+        "accumulation 4 as in the official code).",
     )
     lr_scheduler: str = Field("constant", description="diffusers get_scheduler name (official).")
     lr_warmup_steps: int = Field(0, description="Warm-up steps of the lr schedule (official: 0).")
@@ -113,6 +113,13 @@ class StageOneConfig(_Strict):
     resume: bool = Field(False, description="Continue from the last checkpoint in checkpoint_dir.")
     log_every: int = Field(1, description="History row every N optimiser steps.")
     device: str | None = Field(None, description="Force a device; None = accelerate's choice.")
+
+
+class StageOneConfig(_TrainingLoopConfig):
+    """Stage one: only the [V1]/[V2] embedding rows train (paper Sec. 3.2, 'two-phase')."""
+
+    learning_rate: float = Field(5e-4, description="AdamW lr of the embeddings (paper: 5e-4).")
+    max_steps: int = Field(1200, description="Optimiser steps (paper: 1200).")
 
 
 class LoraConfigModel(_Strict):
@@ -150,6 +157,24 @@ class IdentityConfig(_Strict):
     random_init: bool = Field(
         False, description="Tests/benchmarks only: use a randomly initialised IResNet."
     )
+    decode_region: Literal["face_window", "full"] = Field(
+        "face_window",
+        description="face_window = VAE-decode only the latent window around the face ArcFace "
+        "reads (core.arcface.face_latent_window; ~2x cheaper at SD size); full = decode the "
+        "whole x0 estimate (official).",
+    )
+    window_margin: int = Field(
+        4,
+        ge=0,
+        description="Latent pixels added on each side of the face window (VAE decoder receptive "
+        "field); only for decode_region: face_window.",
+    )
+    autocast_dtype: Literal["none", "bf16", "fp16"] = Field(
+        "bf16",
+        description="Autocast of the identity branch only (VAE decode + ArcFace; alignment stays "
+        "fp32): bf16 (fp32 range, no loss scaling, CPU and CUDA); fp16 (CUDA only, else off); "
+        "none = the trainer's own mixed precision.",
+    )
 
 
 class AttentionConfig(_Strict):
@@ -164,18 +189,9 @@ class AttentionConfig(_Strict):
     )
 
 
-class StageTwoConfig(_Strict):
+class StageTwoConfig(_TrainingLoopConfig):
     """Stage two: LoRA + embeddings with the three tasks (paper Sec. 3)."""
 
-    seed: int = Field(0, description="Seed of sampling, augmentation and noise.")
-    tokens: TokensConfig = Field(default_factory=TokensConfig, description="Placeholder tokens.")
-    source_templates: list[str] = Field(
-        ["a photo of a {} person"], description="Prompts for source images (official)."
-    )
-    reference_templates: list[str] = Field(
-        ["a painting of a person in the style of {}"],
-        description="Prompts for reference images (official).",
-    )
     composed_templates: list[str] = Field(
         ["a photo of a {v1} person in the {v2} style"],
         description="Composed prompts, pseudo-labelled by a reference image (paper Sec. 3.1).",
@@ -187,33 +203,9 @@ class StageTwoConfig(_Strict):
     learning_rate: float = Field(1e-4, description="LoRA lr (paper: 1e-4).")
     embedding_learning_rate: float = Field(1e-5, description="Embedding lr (paper: 1e-5).")
     max_steps: int = Field(1500, description="Optimiser steps (paper: 1500).")
-    gradient_accumulation_steps: int = Field(
-        4, description="Micro-batches of one image per optimiser step (paper: batch 1; official 4)."
-    )
-    lr_scheduler: str = Field("constant", description="diffusers get_scheduler name (official).")
-    lr_warmup_steps: int = Field(0, description="Warm-up steps of the lr schedule (official: 0).")
-    adam_weight_decay: float = Field(1e-2, description="AdamW weight decay (diffusers default).")
-    max_grad_norm: float = Field(1.0, description="Gradient clipping norm (diffusers default).")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
-        "fp16", description="Accelerate mixed precision; forced to 'no' on CPU."
-    )
-    cache_latents: bool = Field(
-        True, description="Encode each augmented image once instead of every step."
-    )
-    hflip: bool = Field(True, description="Also train on horizontally flipped copies.")
-    mask_floor: float = Field(
-        0.0,
-        description="Soften masks as (M + floor) / max before Eq. 4-6 (paper: binary, 0; "
-        "official: 0.01).",
-    )
     identity: IdentityConfig = Field(default_factory=IdentityConfig, description="Eq. 7.")
     attention: AttentionConfig = Field(default_factory=AttentionConfig, description="Eq. 8.")
     heatmap_every: int = Field(100, description="Attention-heatmap figure every N steps; 0 = off.")
-    checkpoint_every: int = Field(0, description="Checkpoint every K steps; 0 = never.")
-    checkpoint_dir: str | None = Field(None, description="Folder of checkpoints (resume reads it).")
-    resume: bool = Field(False, description="Continue from the last checkpoint in checkpoint_dir.")
-    log_every: int = Field(1, description="History row every N optimiser steps.")
-    device: str | None = Field(None, description="Force a device; None = accelerate's choice.")
 
     @model_validator(mode="after")
     def _three_tasks(self) -> StageTwoConfig:
