@@ -75,7 +75,7 @@ class PromotionGates(_Strict):
     min_metrics: dict[str, float | None] = Field(
         {"csim_arcface": 0.4},
         description="Lower bounds (null: none; envs deep-merge, so null switches one off); "
-        "the paper's MagiCapture reaches CSIM 0.566 (Table 1).",
+        "0.4 is a starting gate, not a paper figure: set it from your own baseline runs.",
     )
     max_metrics: dict[str, float | None] = Field(
         {}, description="Upper bounds (e.g. a distance metric); null: none."
