@@ -32,14 +32,6 @@ from magicapture_pipeline.hooks import (
     option_tags,
 )
 
-
-@pytest.fixture
-def project_copy(project_copy: Path) -> Path:
-    """The shared project copy plus an empty ``src/`` (``kedro`` checks that the folder exists)."""
-    (project_copy / "src").mkdir(exist_ok=True)
-    return project_copy
-
-
 PARAMETERS = {
     "tracking": {"experiment_name": "magicapture-toy"},
     "stage_one": {"steps": 3, "lr": 0.005, "prompt": "x" * 7000, "tokens": {"person": "<v1>"}},

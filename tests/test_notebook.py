@@ -18,13 +18,6 @@ from conftest import PROJECT_ROOT, run_kedro
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "inspect_last_run.ipynb"
 
 
-@pytest.fixture
-def project_copy(project_copy: Path) -> Path:
-    """The shared project copy plus an empty ``src/`` (``kedro`` checks that the folder exists)."""
-    (project_copy / "src").mkdir(exist_ok=True)
-    return project_copy
-
-
 def execute(project: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
     """Execute a copy of the notebook inside ``project/notebooks`` and return it with outputs."""
     folder = project / "notebooks"

@@ -29,14 +29,6 @@ from magicapture_pipeline.registry import (
     rollback,
 )
 
-
-@pytest.fixture
-def project_copy(project_copy: Path) -> Path:
-    """The shared project copy plus an empty ``src/`` (``kedro`` checks that the folder exists)."""
-    (project_copy / "src").mkdir(exist_ok=True)
-    return project_copy
-
-
 MODEL = "magicapture-test"
 
 

@@ -49,7 +49,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipelines = discover_pipelines()
     missing = [name for name in CUSTOMIZE_CHAIN if name not in pipelines]
     if missing:
-        raise ImportError(f"the main job needs the pipelines {missing}, which are not in pipelines/")
+        raise ImportError(f"the main job needs the pipelines {missing}; none is in pipelines/")
     pipelines["customize"] = sum((pipelines[name] for name in CUSTOMIZE_CHAIN), Pipeline([]))
     pipelines["__default__"] = pipelines["customize"]
     return pipelines

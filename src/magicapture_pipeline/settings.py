@@ -4,7 +4,7 @@ from kedro.config import OmegaConfigLoader
 
 from magicapture_pipeline.hooks import MlflowTrackingHook
 
-# The one place MLflow is touched: a run per `kedro run`, through MlflowClient with an explicit run id.
+# The one place MLflow is touched: one run per `kedro run`, via MlflowClient and an explicit run id.
 HOOKS = (MlflowTrackingHook(),)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader

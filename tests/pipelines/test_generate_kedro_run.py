@@ -54,7 +54,6 @@ def _write(path: Path, image: Image.Image) -> None:
 def test_kedro_run_generate_postprocess_evaluate(project_copy: Path, monkeypatch):
     monkeypatch.setenv("MAGICAPTURE_MLFLOW", "0")
     # Kedro's bootstrap needs the source folder to exist; the package comes from the install.
-    (project_copy / "src").mkdir(exist_ok=True)
     models = project_copy / "data/06_models"
     build_tiny_sd(models / "tiny_sd", TinyModelConfig(sample_size=64))
     (models / "base_model.json").write_text(json.dumps({"path": "data/06_models/tiny_sd"}))

@@ -82,7 +82,6 @@ def test_two_stage_run_on_the_demo_photos(tmp_path):
 @pytest.mark.slow
 def test_kedro_demo_run_writes_the_concept(project_copy):
     """The issue's done criterion: the demo chain up to stage two through the Kedro CLI."""
-    (project_copy / "src").mkdir(exist_ok=True)  # Kedro checks that the source dir exists
     result = run_kedro(
         project_copy,
         "run",

@@ -1,4 +1,6 @@
-"""Render every configuration model as a markdown reference: ``python -m magicapture_pipeline.config.docs``.
+"""Render every configuration model as a markdown reference.
+
+Run ``python -m magicapture_pipeline.config.docs > docs/parameters.md``.
 
 The typed models in this package are the single source of truth for each knob's type, default and
 help line; ``docs/parameters.md`` is generated from them so the two never drift apart.
