@@ -178,3 +178,47 @@ def test_measure_throughput_reports_both_rates(astronaut):
     rates = faces.measure_throughput([astronaut], resolution=128, repeats=1)
     assert set(rates) == {"detect_mesh_mask", "full"}
     assert all(rate > 1.0 for rate in rates.values())  # far slower means graphs rebuilt per image
+
+
+def test_detection_keypoints_are_in_image_pixels(analyzer, astronaut):
+    found = analyzer.detect(astronaut)[0]
+    assert len(found.keypoints) == 6
+    x, y, w, h = found.box
+    (lex, ley), (rex, rey) = found.keypoints[:2]
+    assert x < lex < rex < x + w and y < ley < y + h and y < rey < y + h
+
+
+def test_mesh_from_detection_matches_the_self_detecting_mesh(analyzer, astronaut_result):
+    """The source path meshes from the detection (one detector pass) and lands where the
+    mesh with its own detector does; a detection without keypoints falls back to it."""
+    crop = astronaut_result.crop
+    found = analyzer.detect(crop)[0]
+    from_detection = analyzer.mesh_at(crop, found)
+    own = analyzer.mesh(crop)
+    assert from_detection.shape == own.shape == (478, 2)
+    assert float(np.abs(from_detection - own).mean()) < 3.0  # px at 512
+    bare = faces.Detection(found.score, found.box)
+    assert np.array_equal(analyzer.mesh_at(crop, bare), own)
+
+
+def test_overlay_is_drawn_only_when_read(analyzer, astronaut):
+    result = faces.analyze_source(astronaut, analyzer, 128)
+    assert result._overlay is None
+    drawn = result.overlay
+    assert drawn.shape == (128, 128, 3) and result.overlay is drawn
+    assert not np.array_equal(drawn, result.crop)
+
+
+def test_sharpness_is_the_laplacian_variance(astronaut):
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
+    expected = float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    assert faces.sharpness(astronaut) == pytest.approx(expected, rel=1e-9)
+    assert faces.sharpness(gray) == pytest.approx(expected, rel=1e-9)
+    assert faces.sharpness(np.full((64, 64, 3), 7, np.uint8)) == 0.0
+
+
+def test_measure_stages_names_every_part(astronaut):
+    stages = faces.measure_stages(astronaut, resolution=128, repeats=1)
+    assert set(stages) == {"detect", "crop", "mesh", "mask", "sharpness", "analyze_source",
+                           "overlay", "phash"}
+    assert all(value > 0.0 for value in stages.values())

@@ -50,7 +50,8 @@ class PreprocessConfig(BaseModel):
     )
     min_mesh_confidence: float = Field(
         0.5, ge=0.0, le=1.0,
-        description="Confidence the face mesh's own detector needs on the crop (mediapipe "
+        description="Source photos: face-presence score the mesh needs on the detected face; "
+        "reference images: score the mesh's own detector needs to confirm a face (mediapipe "
         "default).",
     )
     max_mesh_faces: int = Field(
