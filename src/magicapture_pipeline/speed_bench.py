@@ -1009,7 +1009,8 @@ def _markdown(report: dict[str, Any]) -> str:
         " `id_two_pass` use the trainer's defaults: VAE decode of the face's latent window only"
         " (`identity.decode_region: face_window`) and decode + ArcFace under bfloat16 autocast"
         " (`identity.autocast_dtype: bf16`); `window_fp32` is the window without autocast, `full`"
-        " the whole-image fp32 decode of the official code (the previous default). Ratios under ~1.2 move by several percent between runs on a shared 2-core"
+        " the whole-image fp32 decode of the official code (the previous default). Ratios under"
+        " ~1.2 move by several percent between runs on a shared 2-core"
         " machine.",
     ]
     for name in names:

@@ -9,6 +9,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from magicapture_pipeline.core.models import build_offline_tokenizer
 from magicapture_pipeline.core.tokens import (
     FrozenRows,
+    PlaceholderRows,
     add_placeholder_tokens,
     embedding_matrix,
     get_placeholder_embeddings,
@@ -90,3 +91,40 @@ def test_frozen_rows_keep_everything_but_placeholders(tok_and_encoder):
         frozen.restore()
     changed = (weight.detach() != before).any(dim=1).nonzero().flatten().tolist()
     assert changed == ids
+
+
+def test_placeholder_rows_train_only_their_rows(tok_and_encoder):
+    tokenizer, encoder = tok_and_encoder
+    ids = add_placeholder_tokens(tokenizer, encoder, ["<v1>", "<v2>"], ["person", "style"])
+    encoder.requires_grad_(False)
+    weight = embedding_matrix(encoder)
+    before = weight.detach().clone()
+    prompt = tokenizer(["a photo of a <v1> person in <v2>"], return_tensors="pt").input_ids
+    reference = encoder(prompt)[0]
+    rows = PlaceholderRows(encoder, ids)
+    rows.attach()
+    assert rows.rows.shape == (2, 16) and not weight.requires_grad
+    assert torch.equal(encoder(prompt)[0], reference)  # same values through the hook
+    optimizer = torch.optim.AdamW([rows.rows], lr=0.1, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        encoder(prompt)[0].sum().backward()
+        optimizer.step()
+        rows.sync()
+    changed = (weight.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == ids
+    assert torch.equal(weight.detach()[ids], rows.rows.detach())
+    hooked = encoder(prompt)[0]
+    rows.detach()
+    assert not rows.attached
+    assert torch.equal(encoder(prompt)[0], hooked)  # the matrix holds the synced rows
+    # a second object replaces the first one's hook; reload reads the matrix back
+    other = PlaceholderRows(encoder, ids)
+    rows.attach()
+    other.attach()
+    assert other.attached and not rows.attached
+    with torch.no_grad():
+        other.rows.zero_()
+    other.reload()
+    assert torch.equal(other.rows.detach(), weight.detach()[ids])
+    other.detach()

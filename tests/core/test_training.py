@@ -17,6 +17,7 @@ from magicapture_pipeline.config.training import (
     StageTwoConfig,
     TinyModelConfig,
 )
+from magicapture_pipeline.core.arcface import face_latent_window
 from magicapture_pipeline.core.models import build_tiny_sd, load_components
 from magicapture_pipeline.core.tokens import embedding_matrix
 from magicapture_pipeline.core.training import (
@@ -256,3 +257,93 @@ def test_examples_from_training_set_reads_the_catalog_contract():
     assert a.landmarks5.shape == (5, 2) and b.landmarks5 is None
     with pytest.raises(ValueError, match="no accepted items"):
         examples_from_training_set({"items": []}, crops, masks)
+
+
+def test_only_the_placeholder_rows_are_optimised(tiny_dir):
+    for kind in ("one", "two"):
+        trainer = _trainer(kind, tiny_dir)
+        groups = {g["name"]: g["params"] for g in trainer.optimizer.param_groups}
+        (rows,) = groups["embedding"]
+        assert rows.shape == (len(trainer.token_ids), 32)
+        assert not embedding_matrix(trainer.text_encoder).requires_grad
+        trainer.step()
+        assert torch.equal(embedding_matrix(trainer.text_encoder).detach()[trainer.token_ids], rows)
+
+
+def test_old_whole_matrix_optimizer_state_keeps_the_placeholder_rows(tiny_dir):
+    trainer = _trainer("one", tiny_dir)
+    vocab = embedding_matrix(trainer.text_encoder).shape[0]
+    moments = torch.arange(vocab * 32, dtype=torch.float32).reshape(vocab, 32)
+    state = {
+        "state": {0: {"step": torch.tensor(2.0), "exp_avg": moments, "exp_avg_sq": moments}},
+        "param_groups": [{"name": "embedding", "params": [0]}],
+    }
+    slot = trainer._placeholder_row_state(state)["state"][0]
+    assert torch.equal(slot["exp_avg"], moments[trainer.token_ids])
+    assert slot["step"].ndim == 0
+
+
+def _window_trainer(tiny_dir, **identity):
+    """Stage two at 256 px with a 64 px face off the corners (a strict, shifted latent window)."""
+    examples = make_examples(res=256)
+    for example in examples:
+        example.landmarks5 = torch.tensor(LANDMARKS) + torch.tensor([150.0, 120.0])
+    settings = {"random_init": True, "arch": "r18", "threshold_fraction": 1.0, **identity}
+    return StageTwoTrainer(
+        load_components(tiny_dir),
+        examples,
+        stage_two_config(
+            identity=IdentityConfig(**settings), task_weights=[0, 0, 1], hflip=False,
+            attention=AttentionConfig(enabled=False, resolution=8),
+        ),
+    )  # fmt: skip
+
+
+def _identity_inputs(trainer):
+    example = trainer.variants["reference"][0][0].example
+    latents = trainer._latents(trainer.variants["reference"][0][0])
+    noisy, _, timesteps = trainer._noisy(latents, 300)
+    _, hidden = trainer._encode_prompt("a photo of a <v1> person in the <v2> style")
+    return noisy, timesteps, hidden, example
+
+
+def test_face_window_identity_gradient_reaches_the_unet(tiny_dir):
+    trainer = _window_trainer(tiny_dir)  # defaults: face_window, bf16
+    assert trainer.config.identity.decode_region == "face_window"
+    decoded = []
+    decode = trainer.vae.decode
+    trainer.vae.decode = lambda z, *a, **k: decoded.append(z.shape) or decode(z, *a, **k)
+    noisy, timesteps, hidden, example = _identity_inputs(trainer)
+    pred = trainer.unet(noisy, timesteps, hidden).sample
+    loss = trainer._identity_term(noisy, pred, timesteps, example)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert max(decoded[0][-2:]) < 32 == noisy.shape[-1]  # only a window of the latent decoded
+    grads = [p.grad for n, p in trainer.unet.named_parameters() if "lora" in n]
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+
+
+def test_face_window_shifts_the_landmarks_into_the_window(tiny_dir):
+    """With a local "decoder" (nearest x8 upsampling) the window's aligned face is the full
+    image's, so the loss must not change when only the window is decoded."""
+    trainer = _window_trainer(tiny_dir, autocast_dtype="none")
+    sizes = []
+
+    def local_decode(z, *args, **kwargs):
+        sizes.append(tuple(z.shape[-2:]))
+        upsampled = torch.nn.functional.interpolate(z[:, :3], scale_factor=8, mode="nearest")
+        return type("Decoded", (), {"sample": torch.tanh(upsampled)})()
+
+    trainer.vae.decode = local_decode
+    noisy, timesteps, hidden, example = _identity_inputs(trainer)
+    with torch.no_grad():
+        pred = trainer.unet(noisy, timesteps, hidden).sample
+        window = trainer._identity_term(noisy, pred, timesteps, example)
+        trainer.config.identity.decode_region = "full"
+        full = trainer._identity_term(noisy, pred, timesteps, example)
+    assert max(sizes[0]) < 32 and sizes[1] == (32, 32)
+    top, _, left, _ = face_latent_window(
+        example.landmarks5.unsqueeze(0), (32, 32), margin=trainer.config.identity.window_margin
+    )
+    assert top > 0 and left > 0  # the landmarks really had to move
+    assert float(window) == pytest.approx(float(full), abs=1e-5)

@@ -1,8 +1,11 @@
 """Placeholder tokens [V1] (the person) and [V2] (the style) in the CLIP text encoder.
 
-Only the placeholder rows of the token-embedding matrix learn; :class:`FrozenRows` copies every
-other row back after each optimiser step, so the rest of the vocabulary stays bit-for-bit unchanged
-(weight decay and Adam's momentum would otherwise move them).
+Only the placeholder rows of the token-embedding matrix learn. The trainers keep them in a small
+:class:`PlaceholderRows` parameter (K x hidden) that a forward hook splices into the embedding
+lookup, so AdamW (weight decay included) and gradient clipping only ever see those K rows and the
+rest of the vocabulary is never touched; the rows are written back into the matrix after each
+optimiser step (:meth:`PlaceholderRows.sync`). :class:`FrozenRows` is the older alternative
+(optimise the whole matrix, then copy every other row back).
 """
 
 from __future__ import annotations
@@ -109,3 +112,77 @@ class FrozenRows:
     def restore(self) -> None:
         """Copy the frozen rows back from the saved copy."""
         self.weight[self.frozen] = self.original[self.frozen]
+
+
+class PlaceholderRows(torch.nn.Module):
+    """The trainable rows of the placeholder tokens, spliced into the token-embedding output.
+
+    ``rows`` (K x hidden, float32) is the only embedding tensor that requires grad. While attached,
+    a forward hook on the text encoder's input-embedding module replaces the looked-up vectors of
+    the placeholder ids by ``rows`` (``torch.where`` on the id mask), so every forward reads the
+    current rows and gradients reach only them; the embedding matrix itself stays frozen. Call
+    :meth:`sync` after each optimiser step so that everything reading the matrix (export, saved
+    checkpoints, a detached encoder) sees the same values.
+
+    Args:
+        text_encoder: CLIP text encoder whose placeholder rows already hold their start values.
+        token_ids: the placeholder ids, in the order of ``rows``.
+    """
+
+    _HANDLE = "_placeholder_rows_hook"
+
+    def __init__(self, text_encoder: Any, token_ids: Sequence[int]) -> None:
+        super().__init__()
+        self.module = [text_encoder.get_input_embeddings()]  # a list: not a registered submodule
+        weight = self.module[0].weight
+        self.token_ids = list(token_ids)
+        self.rows = torch.nn.Parameter(weight.detach()[self.token_ids].float().clone())
+        slots = torch.full((weight.shape[0],), -1, dtype=torch.long, device=weight.device)
+        slots[self.token_ids] = torch.arange(len(self.token_ids), device=weight.device)
+        self.slots = slots
+
+    @property
+    def attached(self) -> bool:
+        """Whether this object's hook is the one on the embedding module."""
+        handle = getattr(self.module[0], self._HANDLE, None)
+        return handle is not None and handle[1] is self
+
+    def attach(self) -> None:
+        """Install the hook (replacing one another :class:`PlaceholderRows` left there)."""
+        if self.attached:
+            return
+        self.detach_any(self.module[0])
+        handle = self.module[0].register_forward_hook(self._splice)
+        setattr(self.module[0], self._HANDLE, (handle, self))
+
+    @classmethod
+    def detach_any(cls, module: Any) -> None:
+        """Remove whatever :class:`PlaceholderRows` hook ``module`` carries."""
+        found = getattr(module, cls._HANDLE, None)
+        if found is not None:
+            found[0].remove()
+            delattr(module, cls._HANDLE)
+
+    def detach(self) -> None:
+        """Remove the hook (the matrix keeps the values of the last :meth:`sync`)."""
+        if self.attached:
+            self.detach_any(self.module[0])
+
+    def _splice(self, module: Any, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        input_ids = args[0] if args else None
+        if input_ids is None:
+            return output
+        slot = self.slots.to(input_ids.device)[input_ids]
+        picked = self.rows.to(output.device, output.dtype)[slot.clamp_min(0)]
+        return torch.where((slot >= 0).unsqueeze(-1), picked, output)
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Write ``rows`` into the embedding matrix."""
+        weight = self.module[0].weight
+        weight[self.token_ids] = self.rows.detach().to(weight.device, weight.dtype)
+
+    @torch.no_grad()
+    def reload(self) -> None:
+        """Read ``rows`` back from the embedding matrix (after a checkpoint restored it)."""
+        self.rows.copy_(self.module[0].weight.detach()[self.token_ids].float())

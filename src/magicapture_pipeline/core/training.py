@@ -45,7 +45,7 @@ from torch import Tensor
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.models import SDComponents, token_ids
 from magicapture_pipeline.core.tokens import (
-    FrozenRows,
+    PlaceholderRows,
     add_placeholder_tokens,
     embedding_matrix,
     get_placeholder_embeddings,
@@ -277,6 +277,7 @@ class _Trainer:
             The history row: step, tasks, the mean of every loss term, learning rates.
         """
         accumulation = self.config.gradient_accumulation_steps
+        self.placeholder_rows.attach()
         sums: dict[str, float] = {}
         tasks = []
         for _ in range(accumulation):
@@ -296,7 +297,7 @@ class _Trainer:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.frozen_rows.restore()
+        self.placeholder_rows.sync()
         self.global_step += 1
         row: dict[str, Any] = {"step": self.global_step, "task": "+".join(tasks)}
         row.update({key: value / accumulation for key, value in sums.items()})
@@ -358,7 +359,9 @@ class _Trainer:
         with torch.no_grad():
             for name, value in tensors.items():
                 current[name].copy_(value.to(current[name].device, current[name].dtype))
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        self.placeholder_rows.reload()
+        optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True)
+        self.optimizer.load_state_dict(self._placeholder_row_state(optimizer_state))
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         rng = load_file(folder / "rng.safetensors")
         self.generator.set_state(rng["generator"])
@@ -367,6 +370,27 @@ class _Trainer:
         self.global_step = int(state["step"])
         self.history = list(state["history"])
         logger.info("Resumed %s from %s (step %d)", self.stage, folder, self.global_step)
+
+    def _placeholder_row_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Optimiser state of a checkpoint written before only the placeholder rows were
+        optimised (AdamW moments over the whole vocabulary): keep the placeholder rows' moments."""
+        vocab = embedding_matrix(self.text_encoder).shape[0]
+        for group in state.get("param_groups", []):
+            if group.get("name") != "embedding":
+                continue
+            for index in group["params"]:
+                slot = state["state"].get(index, {})
+                for key, value in list(slot.items()):
+                    if torch.is_tensor(value) and value.ndim == 2 and value.shape[0] == vocab:
+                        slot[key] = value[self.token_ids].clone()
+        return state
+
+    def _train_placeholder_rows(self) -> torch.nn.Parameter:
+        """The K trainable placeholder rows (the embedding matrix itself stays frozen)."""
+        embedding_matrix(self.text_encoder).requires_grad_(False)
+        self.placeholder_rows = PlaceholderRows(self.text_encoder, self.token_ids)
+        self.placeholder_rows.attach()
+        return self.placeholder_rows.rows
 
     # the loop -----------------------------------------------------------------------------
     def _after_step(self, row: dict[str, Any]) -> None:
@@ -440,13 +464,9 @@ class StageOneTrainer(_Trainer):
         super().__init__(components, examples, config)
         self.unet.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
-        weight = embedding_matrix(self.text_encoder)
-        weight.requires_grad_(True)
+        rows = self._train_placeholder_rows()
         self.text_encoder.train()
-        self.frozen_rows = FrozenRows(self.text_encoder, self.token_ids)
-        self._build_optimizer(
-            [{"params": [weight], "lr": config.learning_rate, "name": "embedding"}]
-        )
+        self._build_optimizer([{"params": [rows], "lr": config.learning_rate, "name": "embedding"}])
 
     def _trainable(self) -> dict[str, Tensor]:
         return {"token_embedding": embedding_matrix(self.text_encoder)}
@@ -471,7 +491,8 @@ class StageOneTrainer(_Trainer):
         return loss, {"loss": loss.item(), "loss_recon": loss.item()}, role
 
     def result(self) -> TrainingResult:
-        """The learnt embeddings and the history."""
+        """The learnt embeddings and the history (the placeholder-row hook is removed)."""
+        self.placeholder_rows.detach()
         return TrainingResult(
             self.placeholder_embeddings(),
             list(self.history),
@@ -578,9 +599,7 @@ class StageTwoTrainer(_Trainer):
             )
         self.unet.train()
         self.text_encoder.train()
-        weight = embedding_matrix(self.text_encoder)
-        weight.requires_grad_(True)
-        self.frozen_rows = FrozenRows(self.text_encoder, self.token_ids)
+        rows = self._train_placeholder_rows()
         lora_params = [p for p in self.unet.parameters() if p.requires_grad]
         lora_params += [
             p for n, p in self.text_encoder.named_parameters() if p.requires_grad and "lora" in n
@@ -588,11 +607,14 @@ class StageTwoTrainer(_Trainer):
         self._build_optimizer(
             [
                 {"params": lora_params, "lr": config.learning_rate, "name": "lora"},
-                {"params": [weight], "lr": config.embedding_learning_rate, "name": "embedding"},
+                {"params": [rows], "lr": config.embedding_learning_rate, "name": "embedding"},
             ]
         )
         self.task_odds = torch.tensor(config.task_weights, dtype=torch.float64)
         self.identity = identity_status(config.identity)
+        self._warned: set[str] = set()
+        # image pixels per latent pixel (diffusers' vae_scale_factor)
+        self.latent_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.face_encoder = None
         self.source_embedding: Tensor | None = None
         if self.identity["enabled"]:
@@ -636,9 +658,40 @@ class StageTwoTrainer(_Trainer):
             marks = torch.stack([e.landmarks5 for e in sources]).float().to(self.device)
             self.source_embedding = F.normalize(self.face_encoder(images, marks).mean(0), dim=-1)
 
+    def _identity_autocast(self) -> Any:
+        """The autocast context of the identity branch (``identity.autocast_dtype``)."""
+        import contextlib
+
+        wanted = self.config.identity.autocast_dtype
+        kind = self.device.type
+        if wanted == "none":
+            return contextlib.nullcontext()
+        if wanted == "fp16" and kind != "cuda":
+            self._warn_once("identity.autocast_dtype fp16 needs CUDA; identity branch left as is")
+            return contextlib.nullcontext()
+        if kind not in ("cpu", "cuda"):
+            self._warn_once(f"identity.autocast_dtype {wanted} not supported on {kind}; off")
+            return contextlib.nullcontext()
+        if wanted == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+            self._warn_once("this GPU has no bfloat16; identity.autocast_dtype bf16 left off")
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if wanted == "bf16" else torch.float16
+        return torch.autocast(device_type=kind, dtype=dtype)
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            logger.warning(message)
+
     def _identity_term(
         self, noisy: Tensor, pred: Tensor, timesteps: Tensor, example: TrainingExample
     ) -> Tensor:
+        """Eq. 7 on the one-step x0 estimate: VAE decode (the whole latent, or only the face's
+        latent window, ``identity.decode_region``), align by the 5 landmarks (fp32) and embed
+        with ArcFace, decode and ArcFace under ``identity.autocast_dtype``."""
+        from magicapture_pipeline.core.arcface import align_faces, face_latent_window
+
+        cfg = self.config.identity
         x0 = losses.one_step_x0_estimate(
             noisy,
             pred,
@@ -646,9 +699,24 @@ class StageTwoTrainer(_Trainer):
             self.noise_scheduler.alphas_cumprod,
             self.noise_scheduler.config.prediction_type,
         )
-        image = self.vae.decode(x0.to(self.vae.dtype) / self.scaling).sample.float()
         marks = example.landmarks5.float().unsqueeze(0).to(self.device)
-        return losses.identity_loss(self.face_encoder(image, marks), self.source_embedding)
+        if cfg.decode_region == "face_window":
+            factor = self.latent_factor
+            top, bottom, left, right = face_latent_window(
+                marks, tuple(x0.shape[-2:]), latent_factor=factor, margin=cfg.window_margin
+            )
+            x0 = x0[..., top:bottom, left:right]
+            # landmarks into the decoded window's pixel frame
+            marks = marks - marks.new_tensor([left * factor, top * factor])
+        with self._identity_autocast():
+            image = self.vae.decode(x0.to(self.vae.dtype) / self.scaling).sample
+        # the similarity warp stays fp32 (bf16 grid coordinates would be off by ~1 px)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            aligned = align_faces(image.float(), marks)
+        with self._identity_autocast():
+            features = self.face_encoder.backbone(aligned)
+        embedding = F.normalize(features.float(), dim=-1)
+        return losses.identity_loss(embedding, self.source_embedding)
 
     def _identity_ready(self, example: TrainingExample) -> bool:
         return self.face_encoder is not None and example.landmarks5 is not None
@@ -867,7 +935,8 @@ class StageTwoTrainer(_Trainer):
         }
 
     def close(self) -> None:
-        """Remove the attention capture (processors back to SDPA)."""
+        """Remove the attention capture (processors back to SDPA) and the placeholder-row hook."""
+        self.placeholder_rows.detach()
         if self.capture is not None:
             self.capture.remove()
             self.capture = None
