@@ -45,3 +45,27 @@ def write_test_concept(base: Path, out: Path) -> Path:
         json.dumps({"base_model": str(base), "resolution": 64, "tokens": tokens})
     )
     return out
+
+
+def tiny_clip_vision() -> tuple[object, object]:
+    """A random CLIP vision tower with projection (the real classes): 32 px input, 16-d output.
+
+    Returns the model (eval mode) and its image processor.
+    """
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
+    model = CLIPVisionModelWithProjection(config).eval()
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    return model, processor

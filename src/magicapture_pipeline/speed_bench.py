@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from magicapture_pipeline.core.models import SD15_TEXT, SD15_UNET, SD15_VAE
+
 REPORT_DIR = Path("data/08_reporting")
 GOALS = {
     "stage2_full_over_plain": 1.15,
@@ -58,43 +60,6 @@ ID_WEIGHT = 1.0  # paper
 ID_THRESHOLD = 0.8  # paper: T' = 0.8 T
 ALIGNED_SHARE = 0.53  # side of ArcFace's aligned square / side of the training crop
 AR_RESOLUTION = 16  # the attn2 layers the official code reads (16x16 for SD 1.5 at 512 px)
-
-SD15_UNET: dict[str, Any] = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": (
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ),
-    "up_block_types": (
-        "UpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-    ),
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-}
-SD15_VAE: dict[str, Any] = {
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-}
-SD15_TEXT: dict[str, Any] = {
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "vocab_size": 49410,  # SD's vocabulary + [V1], [V2]: the embedding matrix AdamW updates
-    "hidden_act": "quick_gelu",
-}
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,9 @@ from magicapture_pipeline.core.attention import (
     CrossAttentionCapture,
     cross_attention_layers,
 )
+from magicapture_pipeline.core.models import SD15_UNET
 
-SD15_UNET_BLOCKS = {
-    "down_block_types": (
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ),
-    "up_block_types": (
-        "UpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-    ),
-}
+SD15_UNET_BLOCKS = {key: SD15_UNET[key] for key in ("down_block_types", "up_block_types")}
 
 
 def _tiny_unet(**overrides) -> UNet2DConditionModel:

@@ -11,6 +11,7 @@ from skimage import data
 
 from magicapture_pipeline.core import metrics as m
 from magicapture_pipeline.core.identity import ArcFaceOnnxEmbedder, DlibFaceEmbedder
+from tiny_concept import tiny_clip_vision
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +28,7 @@ def hopper() -> Image.Image:
 @pytest.fixture(scope="module")
 def tiny_clip():
     """A random CLIP vision tower with projection (the real class), 32 px input, 16-d output."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        projection_dim=16,
-    )
-    model = CLIPVisionModelWithProjection(config).eval()
-    processor = CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    )
+    model, processor = tiny_clip_vision()
     return m.ClipEmbedder(model, processor)
 
 

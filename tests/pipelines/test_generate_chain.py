@@ -20,7 +20,7 @@ from magicapture_pipeline.core.metrics import AestheticMLP, FaceRegions
 from magicapture_pipeline.core.models import build_tiny_sd
 from magicapture_pipeline.core.postprocess import verify_provenance
 from magicapture_pipeline.pipelines import evaluate, generate, postprocess
-from tiny_concept import write_test_concept
+from tiny_concept import tiny_clip_vision, write_test_concept
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -35,22 +35,9 @@ def _params(file: str, key: str) -> dict:
 
 
 def _save_tiny_clip(folder: Path) -> None:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        projection_dim=16,
-    )
-    CLIPVisionModelWithProjection(config).save_pretrained(folder)
-    CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(folder)
+    model, processor = tiny_clip_vision()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
 
 
 @pytest.mark.slow

@@ -31,6 +31,46 @@ DEFAULT_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+# Stable Diffusion 1.5's architectures (UNet, VAE, CLIP-L text encoder), for random-weight models
+# of the real size: the speed benchmark and tests build them with diffusers/transformers classes.
+SD15_UNET: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
+    "up_block_types": (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ),
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+SD15_VAE: dict[str, Any] = {
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+}
+SD15_TEXT: dict[str, Any] = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "vocab_size": 49410,  # SD's vocabulary + [V1], [V2]
+    "hidden_act": "quick_gelu",
+}
+
+
 @dataclass
 class SDComponents:
     """The parts of an SD 1.x model that training and generation need.
