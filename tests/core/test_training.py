@@ -347,3 +347,23 @@ def test_face_window_shifts_the_landmarks_into_the_window(tiny_dir):
     )
     assert top > 0 and left > 0  # the landmarks really had to move
     assert float(window) == pytest.approx(float(full), abs=1e-5)
+
+
+def test_loss_curves_figure_draws_every_loss_term():
+    import pandas as pd
+
+    from magicapture_pipeline.core.training import loss_curves_figure
+
+    history = pd.DataFrame(
+        {
+            "step": [1, 2, 3],
+            "task": ["source", "reference", "composed"],
+            "loss": [1.0, 0.8, 0.6],
+            "loss_attn": [0.2, 0.1, 0.05],
+            "lr_lora": [1e-4] * 3,
+        }
+    )
+    image = loss_curves_figure(history, "stage two")
+    assert image.mode == "RGB" and image.width > 300 and image.height > 200
+    # the plot is not blank: a drawn figure has many distinct colours
+    assert len(image.getcolors(maxcolors=1_000_000)) > 20

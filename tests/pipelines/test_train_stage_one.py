@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from kedro_datasets.pandas import CSVDataset
+from kedro_datasets.pillow import ImageDataset
 from PIL import Image
 
 from magicapture_pipeline.core.faces import FaceAnalyzer, analyze_reference, analyze_source
@@ -80,7 +82,9 @@ def test_stage_one_pipeline_on_the_demo_photos(tmp_path):
                 {"max_steps": 4, "gradient_accumulation_steps": 1, "mixed_precision": "no"}
             ),
             "stage_one_embeddings": SafetensorsDataset(filepath=str(tmp_path / "emb.safetensors")),
-            "stage_one_history": MemoryDataset(),
+            # a file, not a MemoryDataset: Kedro releases that once the plot node has read it
+            "stage_one_history": CSVDataset(filepath=str(tmp_path / "history.csv")),
+            "stage_one_loss_curves": ImageDataset(filepath=str(tmp_path / "curves.png")),
         }
     )
     SequentialRunner().run(create_pipeline(), catalog)
@@ -89,3 +93,4 @@ def test_stage_one_pipeline_on_the_demo_photos(tmp_path):
     history = catalog["stage_one_history"].load()
     assert list(history["step"]) == [1, 2, 3, 4]
     assert np.isfinite(history["loss"]).all() and set(history["task"]) <= {"source", "reference"}
+    assert catalog["stage_one_loss_curves"].load().width > 300

@@ -51,6 +51,8 @@ class TrackingConfig(_Strict):
             "per_image_metrics": "reports",
             "stage_one_history": "reports",
             "stage_two_history": "reports",
+            "stage_one_loss_curves": "images/losses",
+            "stage_two_loss_curves": "images/losses",
         },
         description="Datasets whose saved files are logged as artifacts -> artifact folder.",
     )

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -1037,6 +1038,45 @@ def heatmap_figure(report: Mapping[str, Any], step: int) -> Any:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def loss_curves_figure(history: pd.DataFrame, title: str, smooth: int = 10) -> Any:
+    """A PIL image of every loss term against the optimiser step (raw, and a running mean).
+
+    Args:
+        history: the per-step table a trainer returns (``step`` plus ``loss*`` columns).
+        title: the figure title (e.g. the stage).
+        smooth: window of the running mean drawn over the raw curve.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from PIL import Image
+
+    columns = [c for c in history.columns if c.startswith("loss")]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for column in columns:
+        values = pd.to_numeric(history[column], errors="coerce")
+        (line,) = ax.plot(history["step"], values, alpha=0.25, linewidth=0.8)
+        ax.plot(
+            history["step"],
+            values.rolling(smooth, min_periods=1).mean(),
+            color=line.get_color(),
+            label=column,
+        )
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    if columns:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")

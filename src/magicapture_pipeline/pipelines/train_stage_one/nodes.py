@@ -7,11 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from PIL import Image
 from torch import Tensor
 
 from magicapture_pipeline.config.training import ModelConfig, StageOneConfig
 from magicapture_pipeline.core.models import build_tiny_sd, is_local_model, load_components
-from magicapture_pipeline.core.training import StageOneTrainer, examples_from_training_set
+from magicapture_pipeline.core.training import (
+    StageOneTrainer,
+    examples_from_training_set,
+    loss_curves_figure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +77,8 @@ def train_stage_one(
     trainer.train()
     result = trainer.result()
     return result.embeddings, pd.DataFrame(result.history)
+
+
+def plot_stage_one_losses(history: pd.DataFrame) -> Image.Image:
+    """Loss curves of stage one (raw and running mean) for a person to look at."""
+    return loss_curves_figure(history, "stage one: loss terms per optimiser step")

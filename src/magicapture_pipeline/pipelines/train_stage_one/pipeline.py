@@ -3,6 +3,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from magicapture_pipeline.pipelines.train_stage_one.nodes import (
+    plot_stage_one_losses,
     prepare_base_model,
     train_stage_one,
 )
@@ -29,6 +30,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["stage_one_embeddings", "stage_one_history"],
                 name="train_stage_one",
+            ),
+            Node(
+                func=plot_stage_one_losses,
+                inputs="stage_one_history",
+                outputs="stage_one_loss_curves",
+                name="plot_stage_one_losses",
             ),
         ]
     )

@@ -14,6 +14,7 @@ from magicapture_pipeline.core.training import (
     StageTwoTrainer,
     TrainingResult,
     examples_from_training_set,
+    loss_curves_figure,
 )
 
 
@@ -38,3 +39,8 @@ def train_stage_two(  # noqa: PLR0917 (Kedro passes node inputs positionally)
     trainer.train()
     result = trainer.result(base_model["path"], training_set.get("resolution"))
     return result, pd.DataFrame(result.history), result.heatmaps
+
+
+def plot_stage_two_losses(history: pd.DataFrame) -> Image.Image:
+    """Loss curves of stage two (raw and running mean) for a person to look at."""
+    return loss_curves_figure(history, "stage two: loss terms per optimiser step")

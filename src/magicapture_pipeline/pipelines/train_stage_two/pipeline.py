@@ -2,7 +2,10 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from magicapture_pipeline.pipelines.train_stage_two.nodes import train_stage_two
+from magicapture_pipeline.pipelines.train_stage_two.nodes import (
+    plot_stage_two_losses,
+    train_stage_two,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -21,6 +24,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["concept", "stage_two_history", "attention_heatmaps"],
                 name="train_stage_two",
-            )
+            ),
+            Node(
+                func=plot_stage_two_losses,
+                inputs="stage_two_history",
+                outputs="stage_two_loss_curves",
+                name="plot_stage_two_losses",
+            ),
         ]
     )
