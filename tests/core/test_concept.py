@@ -151,3 +151,17 @@ def test_lora_scale_zero_is_the_base_unet(tiny_dir, tmp_path):
     off.unload_lora_weights()
     np.testing.assert_allclose(off_image, _generate(off), atol=1e-6)
     assert np.abs(_generate(full) - off_image).max() > 1e-3
+
+
+def test_embeddings_only_concept_loads_without_lora(tiny_dir, tmp_path):
+    """Textual Inversion's export: no LoRA file, and stock loading adds only the tokens."""
+    embeddings = {"<v1>": torch.randn(32), "<v2>": torch.randn(32)}
+    info = export(tmp_path, embeddings, None, None, {"base_model": str(tiny_dir)})
+    assert info["lora"] is None and not (tmp_path / LORA_FILE).exists()
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, local_files_only=True)
+    loaded = load_concept(pipe, tmp_path)
+    assert [t["token"] for t in loaded["tokens"]] == ["<v1>", "<v2>"]
+    row = pipe.tokenizer.convert_tokens_to_ids("<v1>")
+    weight = pipe.text_encoder.get_input_embeddings().weight[row]
+    assert torch.allclose(weight, embeddings["<v1>"])
+    assert not getattr(pipe.unet, "peft_config", None)

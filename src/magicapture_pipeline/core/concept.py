@@ -49,7 +49,7 @@ def token_filename(index: int, token: str) -> str:
 def export(
     concept_dir: str | Path,
     embeddings: Mapping[str, Tensor],
-    unet_lora: Mapping[str, Tensor],
+    unet_lora: Mapping[str, Tensor] | None,
     text_encoder_lora: Mapping[str, Tensor] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -59,7 +59,8 @@ def export(
         concept_dir: target folder (created; files of an earlier export are overwritten).
         embeddings: ``{token: embedding}``, [V1] first.
         unet_lora: diffusers-format UNet LoRA state dict
-            (``convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))``).
+            (``convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))``), or ``None``
+            for an embeddings-only concept (Textual Inversion): no LoRA file, ``"lora": null``.
         text_encoder_lora: the same for the text encoder, or ``None``.
         metadata: extra fields for ``concept.json`` (``base_model``, ``resolution``, ``preset``,
             ``identity_loss``, ...).
@@ -72,13 +73,14 @@ def export(
 
     folder = Path(concept_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    StableDiffusionPipeline.save_lora_weights(
-        folder,
-        unet_lora_layers=dict(unet_lora),
-        text_encoder_lora_layers=dict(text_encoder_lora) if text_encoder_lora else None,
-        weight_name=LORA_FILE,
-        safe_serialization=True,
-    )
+    if unet_lora is not None:
+        StableDiffusionPipeline.save_lora_weights(
+            folder,
+            unet_lora_layers=dict(unet_lora),
+            text_encoder_lora_layers=dict(text_encoder_lora) if text_encoder_lora else None,
+            weight_name=LORA_FILE,
+            safe_serialization=True,
+        )
     tokens = []
     for index, (token, value) in enumerate(embeddings.items(), start=1):
         name = token_filename(index, token)
@@ -92,8 +94,8 @@ def export(
         "preset": None,
         **dict(metadata or {}),
         "tokens": tokens,
-        "lora": LORA_FILE,
-        "text_encoder_lora": bool(text_encoder_lora),
+        "lora": LORA_FILE if unet_lora is not None else None,
+        "text_encoder_lora": unet_lora is not None and bool(text_encoder_lora),
         "commit": (metadata or {}).get("commit") or git_commit(Path(__file__).resolve().parent),
     }
     (folder / CONCEPT_JSON).write_text(json.dumps(info, indent=2, default=str))
@@ -123,6 +125,8 @@ def load_concept(pipe: Any, concept_dir: str | Path, lora_scale: float = 1.0) ->
     info = read_concept(folder)
     for item in info["tokens"]:
         pipe.load_textual_inversion(str(folder / item["file"]), token=item["token"])
+    if info.get("lora", LORA_FILE) is None:  # embeddings-only concept
+        return info
     adapter = "magicapture"
     pipe.load_lora_weights(
         str(folder), weight_name=info.get("lora", LORA_FILE), adapter_name=adapter

@@ -64,24 +64,6 @@ METHOD_NOTES = {
 }
 
 
-def _export_embeddings_only(folder: Path, embeddings: dict[str, Any], metadata: dict) -> None:
-    import json
-
-    from safetensors.torch import save_file
-
-    from magicapture_pipeline.core.concept import CONCEPT_JSON, token_filename
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = []
-    for index, (token, value) in enumerate(embeddings.items(), start=1):
-        name = token_filename(index, token)
-        save_file({token: value.detach().cpu().float().reshape(1, -1).contiguous()}, folder / name)
-        tokens.append({"token": token, "file": name})
-    (folder / CONCEPT_JSON).write_text(
-        json.dumps({**metadata, "tokens": tokens, "lora": None}, indent=2, default=str)
-    )
-
-
 def train_variant(
     variant: VariantConfig,
     *,
@@ -108,7 +90,7 @@ def train_variant(
         first.train(progress=False)
         embeddings = first.result().embeddings
     if variant.method == "textual_inversion":
-        _export_embeddings_only(out_dir, embeddings, {**metadata, "steps": s1.max_steps})
+        concept_io.export(out_dir, embeddings, None, None, {**metadata, "steps": s1.max_steps})
         return out_dir, None
     second = StageTwoTrainer(load_components(base), examples, s2, embeddings)
     second.train(progress=False)
