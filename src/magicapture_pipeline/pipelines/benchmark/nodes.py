@@ -5,10 +5,6 @@ with the same generation settings and scored by the same evaluation functions (i
 from __future__ import annotations
 
 import logging
-import re
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -19,155 +15,18 @@ from magicapture_pipeline.config.generation import (
     EvaluationConfig,
     GenerationConfig,
     PostprocessConfig,
-    VariantConfig,
 )
-from magicapture_pipeline.core.generation import make_grid, run_generation
+from magicapture_pipeline.core.baselines import run_variants
 from magicapture_pipeline.core.metrics import (
     comparison_markdown,
     comparison_rows,
-    evaluate_with,
     load_metric_models,
     unavailable_reasons,
 )
-from magicapture_pipeline.core.postprocess import mark, postprocess_images, provenance_record
 from magicapture_pipeline.pipelines.evaluate.nodes import inputs_from_preprocess
 from magicapture_pipeline.pipelines.generate.nodes import base_model_path
 
 logger = logging.getLogger(__name__)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-# Settings every benchmark run shares: no checkpoints, no resume, no heatmaps.
-_QUIET = {"checkpoint_every": 0, "resume": False, "checkpoint_dir": None}
-
-# What each baseline is, in terms of this project's trainers (stated in the results).
-METHOD_NOTES = {
-    "magicapture": "stage one + stage two (core.training), exported with core.concept.export",
-    "textual_inversion": "embeddings only: the stage-one trainer (masked reconstruction, Eq. 4-5) "
-    "at the paper's TI settings; no LoRA",
-    "dreambooth_lora": "DreamBooth-LoRA, not the paper's full fine-tune: the stage-two trainer "
-    "without stage one, composed prompts, identity or attention losses; embeddings frozen",
-    "custom_diffusion": "cross-attention k/v + modifier tokens",
-}
-
-
-def train_variant(
-    variant: VariantConfig,
-    *,
-    examples: list[Any],
-    base: str,
-    stage_one: dict[str, Any],
-    stage_two: dict[str, Any],
-    out_dir: Path,
-) -> tuple[Path | None, str | None]:
-    """Train one variant into a concept folder, or say why it was not run."""
-    from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
-    from magicapture_pipeline.core import concept as concept_io
-    from magicapture_pipeline.core.models import load_components
-    from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer
-
-    if not examples:
-        return None, "not run: no accepted training images (training_set / face_crops / masks)"
-    s1 = StageOneConfig(**{**stage_one, **_QUIET})
-    s2 = StageTwoConfig(**{**stage_two, **_QUIET, "heatmap_every": 0})
-    metadata = {"base_model": base, "benchmark_variant": variant.name, "method": variant.method}
-    embeddings = None
-    if variant.method in ("magicapture", "textual_inversion"):
-        first = StageOneTrainer(load_components(base), examples, s1)
-        first.train(progress=False)
-        embeddings = first.result().embeddings
-    if variant.method == "textual_inversion":
-        concept_io.export(out_dir, embeddings, None, None, {**metadata, "steps": s1.max_steps})
-        return out_dir, None
-    second = StageTwoTrainer(load_components(base), examples, s2, embeddings)
-    second.train(progress=False)
-    result = second.result(base_model=base)
-    concept_io.export(
-        out_dir,
-        result.embeddings,
-        result.unet_lora,
-        result.text_encoder_lora,
-        {**result.metadata, **metadata},
-    )
-    return out_dir, None
-
-
-def _score_variant(
-    variant: VariantConfig,
-    *,
-    concept: Path,
-    base: str,
-    generation: GenerationConfig,
-    postprocess: PostprocessConfig,
-    models: Any,
-    data: dict[str, list[Any]],
-    mask_face: bool,
-) -> tuple[dict[str, Any], Image.Image]:
-    run = run_generation(base, concept, generation)
-    images = {item.key: item.image for item in run.images}
-    if variant.postprocess:
-        sr = postprocess.super_resolution
-        result = postprocess_images(
-            images,
-            super_resolution=sr.enabled,
-            upscaler_kwargs={"model": sr.model, "gpuid": sr.gpuid, "tilesize": sr.tilesize},
-            restorer=None,
-        )
-        images = result.images
-    evaluation = evaluate_with(
-        models,
-        images,
-        data["sources"],
-        data["references"],
-        reference_masks=data["masks"],
-        source_landmarks=data["landmarks"],
-        mask_face_for_style=mask_face,
-    )
-    grid = make_grid(list(images.values()), list(images), generation.grid_columns)
-    return evaluation.as_json(), grid
-
-
-def _train_or_reuse(
-    variant: VariantConfig,
-    *,
-    trained: dict[str, Path],
-    examples: list[Any],
-    base: str,
-    stage_one: dict[str, Any],
-    stage_two: dict[str, Any],
-    cap: dict[str, Any],
-    work: Path,
-) -> tuple[Path | None, str | None]:
-    if variant.concept_from is not None:
-        concept = trained.get(variant.concept_from)
-        if concept is None:
-            return None, f"not run: variant {variant.concept_from!r} has no trained concept"
-        return concept, None
-    try:
-        return train_variant(
-            variant,
-            examples=examples,
-            base=base,
-            stage_one={**_deep_merge(stage_one, variant.stage_one), **cap},
-            stage_two={**_deep_merge(stage_two, variant.stage_two), **cap},
-            out_dir=work / _slug(variant.name),
-        )
-    except Exception as error:  # noqa: BLE001 - one failing variant must not lose the table
-        logger.exception("Benchmark variant %s failed", variant.name)
-        return None, f"failed: {type(error).__name__}: {error}"
 
 
 def run_benchmark(  # noqa: PLR0917 - Kedro passes node inputs positionally
@@ -211,59 +70,20 @@ def run_benchmark(  # noqa: PLR0917 - Kedro passes node inputs positionally
         examples = []
     cap = {"max_steps": config.max_steps} if config.max_steps is not None else {}
     models = load_metric_models(eval_config)
-    results: list[dict[str, Any]] = []
-    grids: dict[str, Image.Image] = {}
-    trained: dict[str, Path] = {}
     try:
-        with tempfile.TemporaryDirectory(prefix="magicapture-benchmark-") as work:
-            for variant in config.variants:
-                entry: dict[str, Any] = {
-                    "name": variant.name,
-                    "method": variant.method,
-                    "paper": variant.paper,
-                    "metrics": None,
-                    "method_note": METHOD_NOTES[variant.method],
-                }
-                start = time.perf_counter()
-                concept, reason = _train_or_reuse(
-                    variant,
-                    trained=trained,
-                    examples=examples,
-                    base=base,
-                    stage_one=stage_one,
-                    stage_two=stage_two,
-                    cap=cap,
-                    work=Path(work),
-                )
-                entry["train_seconds"] = round(time.perf_counter() - start, 2)
-                if concept is None:
-                    entry["status"] = reason
-                    logger.warning("Benchmark variant %s %s", variant.name, reason)
-                else:
-                    trained[variant.name] = concept
-                    metrics, grid = _score_variant(
-                        variant,
-                        concept=concept,
-                        base=base,
-                        generation=gen_config,
-                        postprocess=post_config,
-                        models=models,
-                        data=data,
-                        mask_face=eval_config.mask_face_for_style,
-                    )
-                    entry["metrics"], entry["status"] = metrics, "scored"
-                    grids[_slug(variant.name)] = mark(
-                        grid,
-                        provenance_record(
-                            concept=f"{gen_config.concept_name}:{variant.name}",
-                            base_model=base,
-                            prompt=None,
-                            seed=gen_config.seed,
-                            stage="benchmark_contact_sheet",
-                        ),
-                        None,
-                    )
-                results.append(entry)
+        results, grids = run_variants(
+            config.variants,
+            examples=examples,
+            base=base,
+            stage_one=stage_one,
+            stage_two=stage_two,
+            cap=cap,
+            generation=gen_config,
+            postprocess=post_config,
+            models=models,
+            data=data,
+            mask_face=eval_config.mask_face_for_style,
+        )
     finally:
         models.close()
     rows = comparison_rows(results)
