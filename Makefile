@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-fast bench promote rollback ui viz lint lock
+.PHONY: install demo test test-fast bench bench-gpu promote rollback ui viz lint lock
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -40,6 +40,9 @@ test-fast: install  ## the tests without the slow end-to-end runs
 
 bench: install  ## measure step times and ratios -> data/08_reporting/bench.{json,md}
 	$(BIN)/python -m magicapture_pipeline.speed_bench
+
+bench-gpu: install  ## the same on CUDA in fp16, + SD 1.5 at 512 px -> data/08_reporting/bench_cuda/
+	$(BIN)/python -m magicapture_pipeline.speed_bench --device cuda --mixed-precision fp16 --out data/08_reporting/bench_cuda
 
 promote: install  ## move @champion to the @candidate version if it passes the gates (ENV=demo, VERSION=n)
 	$(BIN)/kedro run --pipelines=promote --env=$(or $(ENV),demo) $(if $(VERSION),--params=model_version=$(VERSION))

@@ -44,3 +44,33 @@ def test_markdown_lists_sizes_figures_and_missing_reasons():
     assert "| stage2_full_over_plain | 1 | - | <= 1.15 |" in text
     assert "not measured: no mediapipe" in text
     assert "**broken**: not measured: boom" in text
+
+
+@pytest.mark.parametrize(
+    ("device", "has_512"),
+    [("cpu", False), ("cuda", True), ("cuda:1", True)],
+)
+def test_default_sizes_leave_the_gpu_size_to_gpus(device, has_512):
+    sizes = speed_bench.default_sizes(device)
+    assert ("sd15_512" in sizes) is has_512
+    assert {"tiny", "sd_like_256", "sd15_unet_256"} <= set(sizes)
+    assert speed_bench.SIZES["sd15_512"].resolution == 512
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only refusal")
+def test_cuda_without_a_gpu_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        speed_bench.main(["--device", "cuda", "--out", str(tmp_path)])
+    assert "sees no CUDA device" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_markdown_shows_gpu_name_precision_and_peak_memory():
+    size = {key: 1.0 for key in (*speed_bench.STAGE_TWO_FIGURES, *speed_bench.RATIOS)}
+    size.update(description="d", model={"parameters_m": {}}, arcface_arch="r100",
+                capture_layers=[], peak_gpu_mb={"stage2_full_step_s": 5120.5})  # fmt: skip
+    env = {"date_utc": "now", "torch": "x", "device": "NVIDIA H100", "torch_threads": 16,
+           "cuda": "12.8", "mixed_precision": "fp16"}  # fmt: skip
+    text = speed_bench._markdown({"environment": env, "sizes": {"sd15_512": size}})
+    assert "NVIDIA H100 (CUDA 12.8, mixed precision fp16)" in text
+    assert "| stage2_full_step_s | 5120.5 |" in text

@@ -21,6 +21,12 @@ By default the steps are the project's own trainers (``core.training.StageOneTra
 paper's micro-batch); ``--engine harness`` times the same steps assembled here from the core
 functions (:class:`StepBench`), which is also the fallback when the trainers fail. The identity
 variants force ``t < T'`` so the identity branch always runs (its cost when active).
+
+On a GPU (``--device cuda --mixed-precision fp16``, ``make bench-gpu``) the same steps run through
+the trainers with accelerate's mixed precision; each step is bracketed by
+``torch.cuda.synchronize``, the peak allocated GPU memory of each variant is reported, profiles
+rank operators by GPU time, and the default sizes add ``sd15_512`` (SD 1.5's architectures at the
+paper's 512 px). The per-image figures stay CPU figures.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ class SizeSpec:
     repeats: int
     warmup: int = 1
     stage_one: bool = True
+    gpu_only: bool = False  # left out of the default sizes on CPU (minutes per step there)
 
 
 SIZES: dict[str, SizeSpec] = {
@@ -116,7 +123,25 @@ SIZES: dict[str, SizeSpec] = {
         arcface_arch="r100",
         repeats=5,
     ),
+    "sd15_512": SizeSpec(
+        description="SD 1.5's UNet, VAE and CLIP-L text encoder architectures, random weights, "
+        "at 512 px (the paper's resolution; a GPU size)",
+        resolution=512,
+        unet=SD15_UNET,
+        vae=SD15_VAE,
+        text=SD15_TEXT,
+        arcface_arch="r100",
+        repeats=10,
+        warmup=3,
+        gpu_only=True,
+    ),
 }
+
+
+def default_sizes(device: str) -> list[str]:
+    """Every size on a GPU; on CPU the sizes that take seconds, not minutes, per step."""
+    on_gpu = torch.device(device).type == "cuda"
+    return [name for name, spec in SIZES.items() if on_gpu or not spec.gpu_only]
 
 
 # --------------------------------------------------------------------------- models
@@ -214,12 +239,16 @@ def _face_mask(resolution: int) -> torch.Tensor:
 
 
 class StepBench:
-    """One size's training steps, built from the core functions, ready to be timed."""
+    """One size's training steps, built from the core functions, ready to be timed (CPU only)."""
 
     def __init__(self, model: BenchModel, arcface_arch: str) -> None:
         from magicapture_pipeline.core.arcface import FaceIdentityEncoder, build_iresnet
+        from magicapture_pipeline.core.models import build_tiny_autoencoder
 
         self.m = model
+        self.device = torch.device("cpu")
+        self.mixed_precision = "no"
+        self.tiny_decoder = build_tiny_autoencoder()
         tokenizer = model.tokenizer
         tokenizer.add_tokens([PERSON, STYLE])
         model.text_encoder.resize_token_embeddings(len(tokenizer))
@@ -257,6 +286,7 @@ class StepBench:
         self.num_timesteps = int(model.scheduler.config.num_train_timesteps)
         self.capture: Any = None
         self.minimum: dict[str, float] = {}
+        self.peak_gpu_mb: dict[str, float] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self.stage = ""
 
@@ -308,6 +338,7 @@ class StepBench:
         t: torch.Tensor,
         crop: bool = False,
         bf16: bool = False,
+        tiny: bool = False,
     ) -> torch.Tensor:
         from magicapture_pipeline.config.training import IdentityConfig
         from magicapture_pipeline.core.arcface import face_latent_window
@@ -324,7 +355,10 @@ class StepBench:
             landmarks = landmarks - torch.tensor([left * 8.0, top * 8.0])
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with autocast:
-            image = self.m.vae.decode(x0 / self.scaling).sample
+            if tiny:  # TAESD reads the scaled latents (scaling_factor 1)
+                image = self.tiny_decoder.decode(x0).sample
+            else:
+                image = self.m.vae.decode(x0 / self.scaling).sample
             embedding = self.identity(image, landmarks)
         return identity_loss(embedding.float(), self.source_embedding)
 
@@ -358,7 +392,8 @@ class StepBench:
             refocus: add the attention refocusing loss (capture installed by the caller).
             identity: ``off``, ``single_pass``, ``single_pass_crop`` (decode only the face's
                 latent window, ``core.arcface.face_latent_window``), ``single_pass_crop_bf16``
-                (the same, decode and ArcFace under CPU bfloat16 autocast) or ``two_pass``.
+                (the same, decode and ArcFace under CPU bfloat16 autocast),
+                ``single_pass_crop_bf16_tiny`` (the same, TAESD decoding) or ``two_pass``.
         """
         from magicapture_pipeline.core.losses import (
             attention_refocusing_loss,
@@ -374,8 +409,8 @@ class StepBench:
             maps = self.capture.token_maps(self.token_positions)
             loss = loss + AR_WEIGHT * attention_refocusing_loss(maps, self.region_masks)
         if identity.startswith("single_pass"):
-            crop, bf16 = "crop" in identity, "bf16" in identity
-            loss = loss + ID_WEIGHT * self._identity_term(noisy, pred, t, crop=crop, bf16=bf16)
+            flags = {flag: flag in identity for flag in ("crop", "bf16", "tiny")}
+            loss = loss + ID_WEIGHT * self._identity_term(noisy, pred, t, **flags)
         elif identity == "two_pass":
             noisy2, _, t2 = self._noisy(self.latents, max_t)
             if self.capture is not None:
@@ -415,6 +450,10 @@ class StepBench:
                 lambda: self.stage_two_step(True, "single_pass"),
                 with_capture,
             ),
+            "stage2_id_single_pass_tiny_decoder_step_s": (
+                lambda: self.stage_two_step(True, "single_pass_crop_bf16_tiny"),
+                with_capture,
+            ),
             "stage2_id_two_pass_step_s": (
                 lambda: self.stage_two_step(True, "two_pass"),
                 with_capture,
@@ -450,15 +489,32 @@ class TrainerBench:
     ``identity.decode_region`` / ``identity.autocast_dtype``: the defaults (``face_window``,
     ``bf16``) for ``stage2_id_single_pass_step_s`` and ``two_pass``, ``face_window`` without
     autocast for ``..._window_fp32``, ``full`` without autocast (the official decode, the
-    previous default) for ``..._full``.
+    previous default) for ``..._full``, and the defaults with ``identity.decoder:
+    tiny_autoencoder`` (a TAESD-architecture decoder, random weights) for ``..._tiny_decoder``.
+
+    Args:
+        model: the size's components (moved to ``device`` by the trainers).
+        arcface_arch: IResNet of the identity loss.
+        device: ``cpu`` or ``cuda[:n]``.
+        mixed_precision: the trainers' ``mixed_precision`` (``no``/``fp16``/``bf16``; forced to
+            ``no`` on CPU by ``core.training.build_accelerator``).
     """
 
-    def __init__(self, model: BenchModel, arcface_arch: str) -> None:
+    def __init__(
+        self,
+        model: BenchModel,
+        arcface_arch: str,
+        device: str = "cpu",
+        mixed_precision: str = "no",
+    ) -> None:
         from magicapture_pipeline.core.models import SDComponents
         from magicapture_pipeline.core.training import TrainingExample
 
         self.m = model
         self.arcface_arch = arcface_arch
+        self.device = torch.device(device)
+        self.mixed_precision = mixed_precision if self.device.type == "cuda" else "no"
+        self.tiny_decoder: Any = None
         self.components = SDComponents(
             model.tokenizer, model.text_encoder, model.vae, model.unet, model.scheduler, "bench"
         )
@@ -478,6 +534,7 @@ class TrainerBench:
             for index in range(2)
         ]
         self.minimum: dict[str, float] = {}
+        self.peak_gpu_mb: dict[str, float] = {}
         self.one: dict[bool, Any] = {}
         self.two: Any = None
         self.capture: Any = None
@@ -494,8 +551,8 @@ class TrainerBench:
                 gradient_accumulation_steps=1,
                 cache_latents=cached,
                 hflip=False,
-                mixed_precision="no",
-                device="cpu",
+                mixed_precision=self.mixed_precision,
+                device=str(self.device),
             )
             self.one[cached] = StageOneTrainer(self.components, self.examples, config)
         self.stage = "one"
@@ -508,6 +565,7 @@ class TrainerBench:
             StageTwoConfig,
         )
         from magicapture_pipeline.core.attention import cross_attention_resolutions
+        from magicapture_pipeline.core.models import build_tiny_autoencoder
         from magicapture_pipeline.core.training import StageTwoTrainer
 
         sizes = set(cross_attention_resolutions(self.m.unet).values())
@@ -516,8 +574,8 @@ class TrainerBench:
             gradient_accumulation_steps=1,
             task_weights=[0.0, 0.0, 1.0],
             hflip=False,
-            mixed_precision="no",
-            device="cpu",
+            mixed_precision=self.mixed_precision,
+            device=str(self.device),
             heatmap_every=0,
             identity=IdentityConfig(
                 mode="single_pass",
@@ -530,11 +588,17 @@ class TrainerBench:
         self.two = StageTwoTrainer(self.components, self.examples, config)
         self.capture = self.two.capture
         self.encoder = self.two.face_encoder
+        self.tiny_decoder = build_tiny_autoencoder().to(self.two.device)
         self.stage = "two"
 
     @contextlib.contextmanager
     def _switched(
-        self, refocus: bool, identity: str, decode_region: str | None, autocast: str | None
+        self,
+        refocus: bool,
+        identity: str,
+        decode_region: str | None,
+        autocast: str | None,
+        decoder: str = "vae",
     ):
         trainer = self.two
         settings = trainer.config.identity
@@ -552,10 +616,12 @@ class TrainerBench:
             settings.decode_region = decode_region
         if autocast is not None:
             settings.autocast_dtype = autocast
+        trainer.identity_decoder = self.tiny_decoder if decoder == "tiny_autoencoder" else None
         try:
             yield
         finally:
             settings.decode_region, settings.autocast_dtype = saved
+            trainer.identity_decoder = None
             self.capture.install()
             trainer.capture = self.capture
             trainer.face_encoder = self.encoder
@@ -564,8 +630,8 @@ class TrainerBench:
         """The step function of a figure and the context that configures the trainer for it."""
         if name in STAGE_ONE_FIGURES:
             return self.one[name == "stage1_step_s"].step, _stage_one_context(self)
-        # (refocus, identity mode, decode_region, autocast_dtype); None = the config's default
-        refocus, identity, region, autocast = {
+        # (refocus, identity mode, decode_region, autocast_dtype[, decoder]); None = default
+        switches = {
             "plain_lora_step_s": (False, "off", None, None),
             "stage2_full_step_s": (True, "off", None, None),
             "stage2_id_single_pass_step_s": (True, "single_pass", None, None),
@@ -574,8 +640,11 @@ class TrainerBench:
                 True, "single_pass", "face_window", "none",
             ),
             "stage2_id_single_pass_full_step_s": (True, "single_pass", "full", "none"),
+            "stage2_id_single_pass_tiny_decoder_step_s": (
+                True, "single_pass", None, None, "tiny_autoencoder",
+            ),
         }[name]  # fmt: skip
-        return self.two.step, self._switched(refocus, identity, region, autocast)
+        return self.two.step, self._switched(*switches)
 
 
 STAGE_ONE_FIGURES = ("stage1_step_s", "stage1_uncached_step_s")
@@ -586,6 +655,7 @@ STAGE_TWO_FIGURES = (
     "stage2_id_two_pass_step_s",
     "stage2_id_single_pass_window_fp32_step_s",
     "stage2_id_single_pass_full_step_s",
+    "stage2_id_single_pass_tiny_decoder_step_s",
 )
 RATIOS = {
     "stage2_full_over_plain": ("stage2_full_step_s", "plain_lora_step_s"),
@@ -597,59 +667,105 @@ RATIOS = {
         "stage2_full_step_s",
     ),
     "id_single_pass_full_over_no_id": ("stage2_id_single_pass_full_step_s", "stage2_full_step_s"),
+    "id_single_pass_tiny_decoder_over_no_id": (
+        "stage2_id_single_pass_tiny_decoder_step_s",
+        "stage2_full_step_s",
+    ),
 }
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so the clock reads finished steps (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _interleaved_medians(
-    bench: StepBench, names: tuple[str, ...], repeats: int, warmup: int
+    bench: Any, names: tuple[str, ...], repeats: int, warmup: int
 ) -> dict[str, float]:
-    """Median seconds per step of each variant, run round-robin after warm-up."""
+    """Median seconds per step of each variant, run round-robin after warm-up.
+
+    On CUDA each step is bracketed by ``torch.cuda.synchronize`` and the peak allocated GPU memory
+    of each variant's last step goes to ``bench.peak_gpu_mb``.
+    """
+    device = bench.device
+    on_gpu = device.type == "cuda"
     samples: dict[str, list[float]] = {name: [] for name in names}
+    last = warmup + repeats - 1
     for round_index in range(warmup + repeats):
         for name in names:
             step, context = bench.variant(name)
             with context:
+                if on_gpu and round_index == last:
+                    torch.cuda.reset_peak_memory_stats(device)
+                _synchronize(device)
                 start = time.perf_counter()
                 step()
+                _synchronize(device)
                 elapsed = time.perf_counter() - start
+                if on_gpu and round_index == last:
+                    bench.peak_gpu_mb[name] = torch.cuda.max_memory_allocated(device) / 2**20
             if round_index >= warmup:
                 samples[name].append(elapsed)
     bench.minimum.update({name: min(values) for name, values in samples.items()})
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def _profile(bench: StepBench, name: str, rows: int = 8) -> dict[str, Any]:
-    """Wall time and the top operators by self CPU time of one profiled step of ``name``."""
+def _profile(bench: Any, name: str, rows: int = 8) -> dict[str, Any]:
+    """Wall time and the top operators of one profiled step of ``name``: by self CPU time on
+    CPU, by self GPU (device) time on CUDA."""
     from torch.profiler import ProfilerActivity, profile
 
+    on_gpu = bench.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     step, context = bench.variant(name)
     with context:
         step()  # warm
+        _synchronize(bench.device)
         start = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=activities) as prof:
             step()
+            _synchronize(bench.device)
         wall = time.perf_counter() - start
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
+
+    def self_us(event: Any) -> float:
+        return float(event.self_device_time_total if on_gpu else event.self_cpu_time_total)
+
+    events = sorted(prof.key_averages(), key=self_us, reverse=True)
+    total = sum(self_us(e) for e in events) or 1.0
     top = [
         {
             "op": event.key,
-            "self_cpu_s": round(event.self_cpu_time_total / 1e6, 4),
-            "share": round(event.self_cpu_time_total / total, 3),
+            "self_cpu_s": round(self_us(event) / 1e6, 4),
+            "share": round(self_us(event) / total, 3),
             "calls": event.count,
         }
         for event in events[:rows]
     ]
-    return {"wall_s": round(wall, 4), "self_cpu_total_s": round(total / 1e6, 4), "top": top}
+    return {
+        "wall_s": round(wall, 4),
+        "self_cpu_total_s": round(total / 1e6, 4),
+        "clock": "self GPU time" if on_gpu else "self CPU time",
+        "top": top,
+    }
 
 
 def _component_breakdown(
-    model: BenchModel, encoder: Any, landmarks: torch.Tensor, repeats: int
+    model: BenchModel,
+    encoder: Any,
+    landmarks: torch.Tensor,
+    repeats: int,
+    tiny_decoder: Any = None,
+    device: torch.device | None = None,
+    mixed_precision: str = "no",
 ) -> dict[str, float]:
-    """Median seconds of the parts a step is made of (each part alone, gradients as in a step)."""
+    """Median seconds of the parts a step is made of (each part alone, gradients as in a step,
+    under the step's autocast on CUDA)."""
+    device = device or torch.device("cpu")
     resolution = model.resolution
     generator = torch.Generator().manual_seed(1)
-    pixels = torch.rand(1, 3, resolution, resolution, generator=generator) * 2 - 1
+    pixels = (torch.rand(1, 3, resolution, resolution, generator=generator) * 2 - 1).to(device)
+    landmarks = landmarks.to(device)
     scaling = float(model.vae.config.scaling_factor)
     with torch.no_grad():
         latents = model.vae.encode(pixels).latent_dist.sample() * scaling
@@ -657,21 +773,38 @@ def _component_breakdown(
     image = pixels.clone().requires_grad_(True)
     ids = model.tokenizer(
         COMPOSED_PROMPT, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-    ).input_ids
-    t = torch.tensor([500])
+    ).input_ids.to(device)
+    t = torch.tensor([500], device=device)
+    amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=amp))
+        if device.type == "cuda" and amp is not None
+        else contextlib.nullcontext
+    )
 
     def unet_fwd_bwd() -> None:
-        text = model.text_encoder(ids)[0]
-        model.unet(latents, t, text).sample.square().mean().backward()
+        with autocast():
+            text = model.text_encoder(ids)[0]
+            out = model.unet(latents, t, text).sample
+        out.float().square().mean().backward()
 
     def vae_decode_fwd_bwd() -> None:
-        model.vae.decode(latents / scaling).sample.square().mean().backward()
+        with autocast():
+            out = model.vae.decode(latents / scaling).sample
+        out.float().square().mean().backward()
+
+    def tiny_decode_fwd_bwd() -> None:
+        with autocast():
+            out = tiny_decoder.decode(latents).sample
+        out.float().square().mean().backward()
 
     def arcface_fwd_bwd() -> None:
-        encoder(image, landmarks).sum().backward()
+        with autocast():
+            out = encoder(image, landmarks)
+        out.float().sum().backward()
 
     def vae_encode() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             model.vae.encode(pixels).latent_dist.sample()
 
     parts = {
@@ -680,11 +813,15 @@ def _component_breakdown(
         "arcface_fwd_bwd_s": arcface_fwd_bwd,
         "vae_encode_s": vae_encode,
     }
+    if tiny_decoder is not None:
+        parts["tiny_decoder_fwd_bwd_s"] = tiny_decode_fwd_bwd
     samples: dict[str, list[float]] = {name: [] for name in parts}
     for round_index in range(1 + repeats):
         for name, part in parts.items():
+            _synchronize(device)
             start = time.perf_counter()
             part()
+            _synchronize(device)
             if round_index:
                 samples[name].append(time.perf_counter() - start)
     for parameter in (*model.unet.parameters(), *model.text_encoder.parameters()):
@@ -706,25 +843,39 @@ def _figures(bench: Any, spec: SizeSpec) -> dict[str, float]:
     return figures
 
 
-def measure_size(name: str, profile_missed: bool = True, engine: str = "trainer") -> dict[str, Any]:
-    """Every step figure of one size, its ratios, peak RSS and profiles of missed goals.
+def measure_size(
+    name: str,
+    profile_missed: bool = True,
+    engine: str = "trainer",
+    device: str = "cpu",
+    mixed_precision: str = "no",
+) -> dict[str, Any]:
+    """Every step figure of one size, its ratios, peak memory and profiles of missed goals.
 
     Args:
         name: a key of :data:`SIZES`.
         profile_missed: profile both steps of every ratio that misses its goal.
         engine: ``trainer`` (the project's ``core.training`` trainers) or ``harness`` (the steps
-            assembled here from the core functions); when the trainers fail, the harness is used
-            and the failure is recorded under ``engine_error``.
+            assembled here from the core functions, CPU only); when the trainers fail on CPU,
+            the harness is used and the failure is recorded under ``engine_error``.
+        device: ``cpu`` or ``cuda[:n]`` (trainer engine only).
+        mixed_precision: ``no``/``fp16``/``bf16``, the trainers' accelerate mixed precision
+            (CUDA only; CPU runs fp32 with the identity branch's own bf16 autocast).
     """
     spec = SIZES[name]
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu and engine != "trainer":
+        raise ValueError("--engine harness runs on CPU only; use the trainer engine on CUDA")
     started = time.perf_counter()
     engine_error = None
     if engine == "trainer":
         try:
             model = build_model(name)
-            bench: Any = TrainerBench(model, spec.arcface_arch)
+            bench: Any = TrainerBench(model, spec.arcface_arch, device, mixed_precision)
             figures = _figures(bench, spec)
         except Exception as error:  # noqa: BLE001 - fall back to the harness, and say so
+            if on_gpu:
+                raise
             engine_error = f"{type(error).__name__}: {error}"
             engine = "harness"
     if engine == "harness":
@@ -737,7 +888,10 @@ def measure_size(name: str, profile_missed: bool = True, engine: str = "trainer"
         if a in figures and b in figures
     }
     landmarks = _bench_landmarks(model.resolution)
-    breakdown = _component_breakdown(model, bench.encoder, landmarks, spec.repeats)
+    breakdown = _component_breakdown(
+        model, bench.encoder, landmarks, spec.repeats, bench.tiny_decoder, bench.device,
+        bench.mixed_precision,
+    )  # fmt: skip
     profiles: dict[str, Any] = {}
     if profile_missed:
         missed = [key for key, goal in GOALS.items() if key in ratios and ratios[key] > goal]
@@ -761,10 +915,15 @@ def measure_size(name: str, profile_missed: bool = True, engine: str = "trainer"
         "min_s": {key: round(value, 5) for key, value in bench.minimum.items()},
         "breakdown_s": breakdown,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "device": str(bench.device),
+        "mixed_precision": bench.mixed_precision,
         "seconds_total": round(time.perf_counter() - started, 1),
         "model": model.info,
         "profiles": profiles,
     }
+    if on_gpu:
+        result["peak_gpu_mb"] = {k: round(v, 1) for k, v in bench.peak_gpu_mb.items()}
+        result["peak_gpu_mb_max"] = round(torch.cuda.max_memory_allocated(bench.device) / 2**20, 1)
     if engine_error:
         result["engine_error"] = engine_error
     return result
@@ -876,9 +1035,10 @@ def measure_evaluation(repeats: int = 5) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
-def _environment() -> dict[str, Any]:
+def _environment(device: str = "cpu", mixed_precision: str = "no") -> dict[str, Any]:
     import diffusers
 
+    on_gpu = torch.device(device).type == "cuda"
     return {
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
@@ -886,12 +1046,17 @@ def _environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": torch.cuda.get_device_name(torch.device(device)) if on_gpu else "cpu",
+        "torch_device": device,
+        "mixed_precision": mixed_precision if on_gpu else "no",
+        "cuda": torch.version.cuda if on_gpu else None,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def _run_size_in_child(name: str, profile: bool, engine: str) -> dict[str, Any]:
+def _run_size_in_child(
+    name: str, profile: bool, engine: str, device: str = "cpu", mixed_precision: str = "no"
+) -> dict[str, Any]:
     """Measure one size in a fresh interpreter so its peak RSS is its own."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = Path(handle.name)
@@ -905,6 +1070,10 @@ def _run_size_in_child(name: str, profile: bool, engine: str) -> dict[str, Any]:
         str(out),
         "--engine",
         engine,
+        "--device",
+        device,
+        "--mixed-precision",
+        mixed_precision,
     ]
     command += [] if profile else ["--no-profile"]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -919,11 +1088,17 @@ def _run_size_in_child(name: str, profile: bool, engine: str) -> dict[str, Any]:
 def _markdown(report: dict[str, Any]) -> str:
     sizes = report["sizes"]
     names = list(sizes)
+    env = report["environment"]
+    precision = env.get("mixed_precision", "no")
+    where = (
+        f"{env['device']} (CUDA {env.get('cuda')}, mixed precision {precision})"
+        if env.get("cuda")
+        else f"{env['device']} · {env['torch_threads']} thread(s)"
+    )
     lines = [
         "# MagiCapture step benchmark",
         "",
-        f"{report['environment']['date_utc']} · torch {report['environment']['torch']} · "
-        f"{report['environment']['device']} · {report['environment']['torch_threads']} thread(s)."
+        f"{env['date_utc']} · torch {env['torch']} · {where}."
         " Median seconds per optimiser step (batch 1); ratios of medians of the same run.",
         "",
         "| figure | " + " | ".join(names) + " | goal |",
@@ -937,14 +1112,20 @@ def _markdown(report: dict[str, Any]) -> str:
             cells.append("-" if value is None else f"{value:g}")
         goal = f"<= {GOALS[key]}" if key in GOALS else ""
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {goal} |")
+    if any("peak_gpu_mb" in sizes[n] for n in names):
+        lines += ["", "Peak allocated GPU memory of one step (MiB):", ""]
+        lines += ["| step | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for key in (*STAGE_ONE_FIGURES, *STAGE_TWO_FIGURES):
+            cells = [f"{sizes[n].get('peak_gpu_mb', {}).get(key, '-')}" for n in names]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "Parts of a step, each alone (median s):", ""]
     lines += ["| part | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    parts = [k for k in ("unet_fwd_bwd_s", "vae_decode_fwd_bwd_s", "arcface_fwd_bwd_s",
-                         "vae_encode_s")]  # fmt: skip
+    parts = ("unet_fwd_bwd_s", "vae_decode_fwd_bwd_s", "tiny_decoder_fwd_bwd_s",
+             "arcface_fwd_bwd_s", "vae_encode_s")  # fmt: skip
     for key in parts:
         cells = [f"{sizes[n].get('breakdown_s', {}).get(key, '-')}" for n in names]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    lines += ["", "| per-image figure | value |", "|---|---|"]
+    lines += ["", "| per-image figure (CPU) | value |", "|---|---|"]
     for key in ("preprocess_images_per_s", "generate_s_per_image", "evaluate_s_per_image"):
         value = report.get(key)
         shown = report.get("not_measured", {}).get(key, "-") if value is None else f"{value:g}"
@@ -971,17 +1152,19 @@ def _markdown(report: dict[str, Any]) -> str:
         " `id_two_pass` use the trainer's defaults: VAE decode of the face's latent window only"
         " (`identity.decode_region: face_window`) and decode + ArcFace under bfloat16 autocast"
         " (`identity.autocast_dtype: bf16`); `window_fp32` is the window without autocast, `full`"
-        " the whole-image fp32 decode of the official code (the previous default). Ratios under"
-        " ~1.2 move by several percent between runs on a shared 2-core"
-        " machine.",
+        " the whole-image fp32 decode of the official code (the previous default), `tiny_decoder`"
+        " the defaults with TAESD decoding the window (`identity.decoder: tiny_autoencoder`;"
+        " random weights of TAESD's architecture, so its cost, not its quality). Ratios under"
+        " ~1.2 move by several percent between runs on a shared 2-core machine.",
     ]
     for name in names:
         for ratio, tables in sizes[name].get("profiles", {}).items():
             lines += ["", f"## Profile: {name}, {ratio} missed", ""]
             for figure, table in tables.items():
+                clock = table.get("clock", "self CPU time")
                 lines += [
-                    f"`{figure}`: profiled step {table['wall_s']} s (self CPU total "
-                    f"{table['self_cpu_total_s']} s); top ops by self CPU time:",
+                    f"`{figure}`: profiled step {table['wall_s']} s ({clock} total "
+                    f"{table['self_cpu_total_s']} s); top ops by {clock}:",
                     "",
                     "| op | s | share |",
                     "|---|---|---|",
@@ -992,13 +1175,25 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def run(
-    sizes: list[str], out_dir: Path, profile: bool = True, engine: str = "trainer"
+    sizes: list[str],
+    out_dir: Path,
+    profile: bool = True,
+    engine: str = "trainer",
+    device: str = "cpu",
+    mixed_precision: str = "no",
 ) -> dict[str, Any]:
-    """Measure every size (each in its own process) and the per-image figures; write reports."""
-    report: dict[str, Any] = {"environment": _environment(), "goals": GOALS, "sizes": {}}
+    """Measure every size (each in its own process) and the per-image figures; write reports.
+
+    The per-image figures (preprocess, generation, evaluation) are CPU figures on any device.
+    """
+    report: dict[str, Any] = {
+        "environment": _environment(device, mixed_precision),
+        "goals": GOALS,
+        "sizes": {},
+    }
     for name in sizes:
         print(f"[bench] size {name} ...", flush=True)  # noqa: T201 - CLI progress
-        report["sizes"][name] = _run_size_in_child(name, profile, engine)
+        report["sizes"][name] = _run_size_in_child(name, profile, engine, device, mixed_precision)
     not_measured: dict[str, str] = {}
     for measure in (measure_preprocess, measure_generation, measure_evaluation):
         print(f"[bench] {measure.__name__} ...", flush=True)  # noqa: T201
@@ -1021,6 +1216,8 @@ def run(
             if key in report["sizes"][headline]:
                 report[key] = report["sizes"][headline][key]
     report["peak_rss_mb"] = {n: s.get("peak_rss_mb") for n, s in report["sizes"].items()}
+    if torch.device(device).type == "cuda":
+        report["peak_gpu_mb"] = {n: s.get("peak_gpu_mb_max") for n, s in report["sizes"].items()}
     if report.get("preprocess_images_per_s") is not None:
         report["preprocess_goal_met"] = report["preprocess_images_per_s"] >= PREPROCESS_GOAL
     report["goals_met"] = {
@@ -1037,7 +1234,12 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m magicapture_pipeline.speed_bench [--sizes a,b] [--out DIR]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated sizes")
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help=f"comma-separated sizes of {sorted(SIZES)}; default: every size on CUDA, all but "
+        "the GPU-only ones on CPU",
+    )
     parser.add_argument("--out", default=str(REPORT_DIR), help="folder of bench.json / bench.md")
     parser.add_argument("--no-profile", action="store_true", help="skip profiles of missed goals")
     parser.add_argument(
@@ -1046,18 +1248,48 @@ def main(argv: list[str] | None = None) -> None:
         default="trainer",
         help="time core.training's trainers (default) or the steps assembled in this module",
     )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda[:n]")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("no", "fp16", "bf16"),
+        default="no",
+        help="the trainers' mixed precision on CUDA (the paper's recipe: fp16); ignored on CPU",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        result = measure_size(args.child, profile_missed=not args.no_profile, engine=args.engine)
+        result = measure_size(
+            args.child,
+            profile_missed=not args.no_profile,
+            engine=args.engine,
+            device=args.device,
+            mixed_precision=args.mixed_precision,
+        )
         Path(args.child_out).write_text(json.dumps(result))
         return
-    sizes = [s for s in args.sizes.split(",") if s]
+    on_gpu = torch.device(args.device).type == "cuda"
+    if on_gpu and not torch.cuda.is_available():
+        parser.error(
+            f"--device {args.device}: this torch build ({torch.__version__}) sees no CUDA device;"
+            " on a GPU machine install a CUDA build of the same torch (constraints.txt pins the"
+            " CPU build): pip install --force-reinstall torch==" + torch.__version__.split("+")[0]
+        )
+    if on_gpu and args.engine != "trainer":
+        parser.error("--engine harness runs on CPU only")
+    chosen = args.sizes or ",".join(default_sizes(args.device))
+    sizes = [s for s in chosen.split(",") if s]
     unknown = sorted(set(sizes) - set(SIZES))
     if unknown:
         parser.error(f"unknown sizes {unknown}; choose from {sorted(SIZES)}")
-    run(sizes, Path(args.out), profile=not args.no_profile, engine=args.engine)
+    run(
+        sizes,
+        Path(args.out),
+        profile=not args.no_profile,
+        engine=args.engine,
+        device=args.device,
+        mixed_precision=args.mixed_precision,
+    )
     print((Path(args.out) / "bench.md").read_text())  # noqa: T201
 
 

@@ -9,10 +9,14 @@ from magicapture_pipeline.config.training import TinyModelConfig
 from magicapture_pipeline.core.models import (
     DEFAULT_WORDS,
     build_offline_tokenizer,
+    build_tiny_autoencoder,
     build_tiny_sd,
+    check_decoder_matches,
     is_local_model,
     load_components,
+    load_tiny_autoencoder,
     token_ids,
+    upsampling_factor,
 )
 
 
@@ -87,3 +91,39 @@ def test_every_word_is_one_token():
     tok = build_offline_tokenizer(extra_words=extra)
     for word in (*DEFAULT_WORDS, *extra):
         assert tok.tokenize(word) == [f"{word}</w>"], word
+
+
+def test_taesd_stand_in_loads_through_from_pretrained(tmp_path, tiny_dir):
+    built = build_tiny_autoencoder(seed=3)
+    built.save_pretrained(tmp_path / "taesd", safe_serialization=True)
+    loaded = load_tiny_autoencoder(tmp_path / "taesd")
+    assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
+    for (name, a), (_, b) in zip(built.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    vae = load_components(tiny_dir).vae
+    check_decoder_matches(loaded, vae)  # TAESD's x8, 4 channels fit the tiny SD's VAE
+    latents = torch.randn(1, 4, 6, 5)
+    image = loaded.decode(latents).sample
+    assert image.shape == (1, 3, 48, 40) and bool(torch.isfinite(image).all())
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"decoder_block_out_channels": (64, 64, 64)}, "x4"),
+        ({"latent_channels": 8}, "8-channel"),
+    ],
+)
+def test_taesd_that_cannot_decode_the_model_is_refused(tiny_dir, config, message):
+    from diffusers import AutoencoderTiny
+
+    levels = len(config.get("decoder_block_out_channels", (64,) * 4))
+    other = AutoencoderTiny(num_decoder_blocks=(3,) * (levels - 1) + (1,), **config)
+    assert upsampling_factor(other) == 2 ** (levels - 1)
+    with pytest.raises(ValueError, match=message):
+        check_decoder_matches(other, load_components(tiny_dir).vae)
+
+
+def test_missing_taesd_names_the_source_and_the_ways_out(tmp_path):
+    with pytest.raises(OSError, match=r"(?s)nowhere.*identity.decoder: vae"):
+        load_tiny_autoencoder(tmp_path / "nowhere")

@@ -188,6 +188,15 @@ def test_identity_status(identity, enabled):
     assert identity_status(IdentityConfig(**identity))["enabled"] is enabled
 
 
+def test_tiny_autoencoder_without_a_source_needs_random_init():
+    with pytest.raises(ValueError, match="identity.tiny_autoencoder"):
+        IdentityConfig(decoder="tiny_autoencoder", tiny_autoencoder=None)
+    status = identity_status(
+        IdentityConfig(decoder="tiny_autoencoder", tiny_autoencoder=None, random_init=True)
+    )
+    assert status["decoder"] == "tiny_autoencoder: random TAESD (tests only)"
+
+
 @pytest.mark.parametrize("mode", ["single_pass", "two_pass"])
 def test_identity_loss_reaches_lora(tiny_dir, mode):
     identity = IdentityConfig(mode=mode, random_init=True, arch="r18", threshold_fraction=1.0)
@@ -307,18 +316,25 @@ def _identity_inputs(trainer):
     return noisy, timesteps, hidden, example
 
 
-def test_face_window_identity_gradient_reaches_the_unet(tiny_dir):
-    trainer = _window_trainer(tiny_dir)  # defaults: face_window, bf16
+@pytest.mark.parametrize("decoder", ["vae", "tiny_autoencoder"])
+def test_face_window_identity_gradient_reaches_the_unet(tiny_dir, decoder):
+    # defaults: face_window, bf16; the TAESD stand-in has random weights (tiny_autoencoder null)
+    trainer = _window_trainer(tiny_dir, decoder=decoder, tiny_autoencoder=None)
     assert trainer.config.identity.decode_region == "face_window"
-    decoded = []
-    decode = trainer.vae.decode
-    trainer.vae.decode = lambda z, *a, **k: decoded.append(z.shape) or decode(z, *a, **k)
+    assert (trainer.identity_decoder is None) == (decoder == "vae")
+    decoded: dict[str, list] = {"vae": [], "tiny_autoencoder": []}
+    for name, module in (("vae", trainer.vae), ("tiny_autoencoder", trainer.identity_decoder)):
+        if module is not None:
+            module.decode = lambda z, *a, _n=name, _f=module.decode, **k: (
+                decoded[_n].append(z.shape) or _f(z, *a, **k)
+            )
     noisy, timesteps, hidden, example = _identity_inputs(trainer)
     pred = trainer.unet(noisy, timesteps, hidden).sample
     loss = trainer._identity_term(noisy, pred, timesteps, example)
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert max(decoded[0][-2:]) < 32 == noisy.shape[-1]  # only a window of the latent decoded
+    assert len(decoded[decoder]) == 1 and sum(map(len, decoded.values())) == 1  # only that one
+    assert max(decoded[decoder][0][-2:]) < 32 == noisy.shape[-1]  # only a window decoded
     grads = [p.grad for n, p in trainer.unet.named_parameters() if "lora" in n]
     assert any(g is not None and bool(g.abs().sum() > 0) for g in grads)
 

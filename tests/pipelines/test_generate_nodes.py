@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from magicapture_pipeline.pipelines.evaluate.nodes import inputs_from_preprocess
-from magicapture_pipeline.pipelines.generate.nodes import base_model_path, concept_dir
+from magicapture_pipeline.pipelines.generate.nodes import concept_dir
+from magicapture_pipeline.pipelines.shared import base_model_path, inputs_from_preprocess
 
 
 @pytest.mark.parametrize(

@@ -155,7 +155,20 @@ class IdentityConfig(_Strict):
     )
     arch: str = Field("r100", description="IResNet arch of the checkpoint (official: r100).")
     random_init: bool = Field(
-        False, description="Tests/benchmarks only: use a randomly initialised IResNet."
+        False,
+        description="Tests/benchmarks only: a randomly initialised IResNet (and TAESD decoder "
+        "when identity.tiny_autoencoder is null).",
+    )
+    decoder: Literal["vae", "tiny_autoencoder"] = Field(
+        "vae",
+        description="What decodes the x0 estimate for ArcFace: vae = the base model's VAE "
+        "(paper); tiny_autoencoder = a distilled TAESD decoder (diffusers AutoencoderTiny, ~10x "
+        "cheaper decode, an approximate image).",
+    )
+    tiny_autoencoder: str | None = Field(
+        "madebyollin/taesd",
+        description="Folder or hub id of the AutoencoderTiny for decoder: tiny_autoencoder (TAESD "
+        "for SD 1.x, MIT licence); null = random weights (needs random_init).",
     )
     decode_region: Literal["face_window", "full"] = Field(
         "face_window",
@@ -175,6 +188,16 @@ class IdentityConfig(_Strict):
         "fp32): bf16 (fp32 range, no loss scaling, CPU and CUDA); fp16 (CUDA only, else off); "
         "none = the trainer's own mixed precision.",
     )
+
+    @model_validator(mode="after")
+    def _decoder_source(self) -> IdentityConfig:
+        needs_source = self.decoder == "tiny_autoencoder" and self.tiny_autoencoder is None
+        if needs_source and not self.random_init:
+            raise ValueError(
+                "identity.decoder: tiny_autoencoder needs identity.tiny_autoencoder (a folder "
+                "or hub id of TAESD); null is allowed only with random_init (tests)"
+            )
+        return self
 
 
 class AttentionConfig(_Strict):

@@ -309,3 +309,69 @@ def token_ids(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
         truncation=True,
         return_tensors="pt",
     ).input_ids
+
+
+# --------------------------------------------------------------------------- TAESD
+
+
+def build_tiny_autoencoder(seed: int = 0) -> Any:
+    """A randomly initialised ``AutoencoderTiny`` with TAESD's architecture (diffusers' defaults:
+    four 64-channel levels, x8, 4 latent channels). Tests and the benchmark stand-in for the real
+    TAESD weights, which cannot be downloaded here."""
+    from diffusers import AutoencoderTiny
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoencoderTiny()
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def load_tiny_autoencoder(
+    path_or_hub_id: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """Load an ``AutoencoderTiny`` (TAESD, ``madebyollin/taesd`` for SD 1.x) with
+    ``from_pretrained``: a local folder with ``local_files_only=True``, a hub id through the
+    Hugging Face cache. Frozen, in eval mode.
+
+    Raises:
+        OSError: naming the source and the two ways out, when it cannot be loaded.
+    """
+    from diffusers import AutoencoderTiny
+
+    source = str(path_or_hub_id)
+    kwargs: dict[str, Any] = {"local_files_only": True} if Path(source).is_dir() else {}
+    try:
+        model = AutoencoderTiny.from_pretrained(source, torch_dtype=dtype, **kwargs)
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"identity.tiny_autoencoder {source!r} could not be loaded ({error}). Download it "
+            f"where there is a network (`hf download {source} --local-dir models/taesd`) and "
+            "point identity.tiny_autoencoder at the folder, or set identity.decoder: vae."
+        ) from error
+    model.requires_grad_(False)
+    return model.eval().to(device)
+
+
+def upsampling_factor(decoder: Any) -> int:
+    """Image pixels per latent pixel of an ``AutoencoderKL`` or ``AutoencoderTiny``."""
+    config = decoder.config
+    if "decoder_block_out_channels" in config:  # AutoencoderTiny
+        levels = len(config.decoder_block_out_channels)
+        return int(config.upsampling_scaling_factor) ** (levels - 1)
+    return 2 ** (len(config.block_out_channels) - 1)
+
+
+def check_decoder_matches(decoder: Any, vae: Any) -> None:
+    """Raise when ``decoder`` cannot stand in for ``vae``'s decoder (latent channels, scale)."""
+    theirs = (int(decoder.config.latent_channels), upsampling_factor(decoder))
+    ours = (int(vae.config.latent_channels), upsampling_factor(vae))
+    if theirs != ours:
+        raise ValueError(
+            f"the tiny autoencoder decodes {theirs[0]}-channel latents x{theirs[1]}, the base "
+            f"model's VAE {ours[0]}-channel latents x{ours[1]}: it cannot decode this model's "
+            "latents (identity.decoder: tiny_autoencoder needs the TAESD of the base model's "
+            "family, e.g. madebyollin/taesd for SD 1.x)"
+        )

@@ -545,7 +545,15 @@ def identity_status(config: Any) -> dict[str, Any]:
             "reason": f"ArcFace checkpoint not found: {config.checkpoint}",
         }
     source = "random IResNet (tests only)" if config.checkpoint is None else config.checkpoint
-    return {"enabled": True, "mode": mode, "reason": f"ArcFace {config.arch}: {source}"}
+    decoder = "vae"
+    if config.decoder == "tiny_autoencoder":
+        decoder = f"tiny_autoencoder: {config.tiny_autoencoder or 'random TAESD (tests only)'}"
+    return {
+        "enabled": True,
+        "mode": mode,
+        "decoder": decoder,
+        "reason": f"ArcFace {config.arch}: {source}",
+    }
 
 
 class StageTwoTrainer(_Trainer):
@@ -617,6 +625,7 @@ class StageTwoTrainer(_Trainer):
         # image pixels per latent pixel (diffusers' vae_scale_factor)
         self.latent_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.face_encoder = None
+        self.identity_decoder = None  # TAESD when identity.decoder is tiny_autoencoder
         self.source_embedding: Tensor | None = None
         if self.identity["enabled"]:
             self._setup_identity()
@@ -646,6 +655,15 @@ class StageTwoTrainer(_Trainer):
         else:
             backbone = arcface.freeze(arcface.build_iresnet(cfg.arch))
         self.face_encoder = arcface.FaceIdentityEncoder(backbone).to(self.device)
+        if cfg.decoder == "tiny_autoencoder":
+            from magicapture_pipeline.core import models
+
+            if cfg.tiny_autoencoder is None:
+                decoder = models.build_tiny_autoencoder()
+            else:
+                decoder = models.load_tiny_autoencoder(cfg.tiny_autoencoder)
+            models.check_decoder_matches(decoder, self.vae)
+            self.identity_decoder = decoder.to(self.device)
         sources = [
             v[0].example for v in self.variants[SOURCE] if v[0].example.landmarks5 is not None
         ]
@@ -687,9 +705,10 @@ class StageTwoTrainer(_Trainer):
     def _identity_term(
         self, noisy: Tensor, pred: Tensor, timesteps: Tensor, example: TrainingExample
     ) -> Tensor:
-        """Eq. 7 on the one-step x0 estimate: VAE decode (the whole latent, or only the face's
-        latent window, ``identity.decode_region``), align by the 5 landmarks (fp32) and embed
-        with ArcFace, decode and ArcFace under ``identity.autocast_dtype``."""
+        """Eq. 7 on the one-step x0 estimate: decode (the whole latent, or only the face's
+        latent window, ``identity.decode_region``; by the VAE or TAESD, ``identity.decoder``),
+        align by the 5 landmarks (fp32) and embed with ArcFace; decode and ArcFace under
+        ``identity.autocast_dtype``."""
         from magicapture_pipeline.core.arcface import align_faces, face_latent_window
 
         cfg = self.config.identity
@@ -710,7 +729,7 @@ class StageTwoTrainer(_Trainer):
             # landmarks into the decoded window's pixel frame
             marks = marks - marks.new_tensor([left * factor, top * factor])
         with self._identity_autocast():
-            image = self.vae.decode(x0.to(self.vae.dtype) / self.scaling).sample
+            image = self._decode_for_identity(x0)
         # the similarity warp stays fp32 (bf16 grid coordinates would be off by ~1 px)
         with torch.autocast(device_type=self.device.type, enabled=False):
             aligned = align_faces(image.float(), marks)
@@ -718,6 +737,15 @@ class StageTwoTrainer(_Trainer):
             features = self.face_encoder.backbone(aligned)
         embedding = F.normalize(features.float(), dim=-1)
         return losses.identity_loss(embedding, self.source_embedding)
+
+    def _decode_for_identity(self, latents: Tensor) -> Tensor:
+        """Pixels in [-1, 1] of (scaled) ``latents``: the base VAE, or TAESD when configured
+        (TAESD takes the scaled latents the UNet sees; its ``scaling_factor`` is 1)."""
+        if self.identity_decoder is not None:
+            decoder = self.identity_decoder
+            scale = float(decoder.config.scaling_factor)
+            return decoder.decode(latents.to(decoder.dtype) / scale).sample
+        return self.vae.decode(latents.to(self.vae.dtype) / self.scaling).sample
 
     def _identity_ready(self, example: TrainingExample) -> bool:
         return self.face_encoder is not None and example.landmarks5 is not None

@@ -23,8 +23,7 @@ from magicapture_pipeline.core.metrics import (
     load_metric_models,
     unavailable_reasons,
 )
-from magicapture_pipeline.pipelines.evaluate.nodes import inputs_from_preprocess
-from magicapture_pipeline.pipelines.generate.nodes import base_model_path
+from magicapture_pipeline.pipelines.shared import base_model_path, inputs_from_preprocess
 
 logger = logging.getLogger(__name__)
 

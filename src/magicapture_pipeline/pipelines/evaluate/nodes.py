@@ -2,61 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from magicapture_pipeline.config.generation import EvaluationConfig
 from magicapture_pipeline.core.metrics import Evaluation, evaluate_with, load_metric_models
+from magicapture_pipeline.pipelines.shared import inputs_from_preprocess, materialise
 
 logger = logging.getLogger(__name__)
 
 POSTPROCESSED_PREFIX = "postprocessed_"
-
-
-def _load(value: Image.Image | Callable[[], Any]) -> Any:
-    return value() if callable(value) else value
-
-
-def inputs_from_preprocess(
-    face_crops: Mapping[str, Any],
-    face_masks: Mapping[str, Any],
-    training_set: dict[str, Any] | None,
-) -> dict[str, list[Any]]:
-    """Source photos (+ landmarks), reference images and their face masks.
-
-    Only the items accepted into ``training_set`` are used when it lists them; otherwise every
-    ``source/<id>`` and ``reference/<id>`` crop.
-    """
-    items = (training_set or {}).get("items") or []
-    if items:
-        chosen = [(item["role"], str(item["id"]), item.get("landmarks5")) for item in items]
-    else:
-        chosen = [(*key.split("/", 1), None) for key in sorted(face_crops) if "/" in key]
-    out: dict[str, list[Any]] = {"sources": [], "landmarks": [], "references": [], "masks": []}
-    for role, ident, raw_landmarks in chosen:
-        crop = face_crops.get(f"{role}/{ident}")
-        if crop is None:
-            continue
-        image = _load(crop).convert("RGB")
-        if role == "source":
-            lm = raw_landmarks
-            if isinstance(lm, str):  # face_metadata keeps landmarks5 as JSON text
-                lm = json.loads(lm) if lm.strip() else None
-            out["sources"].append(image)
-            out["landmarks"].append(
-                np.asarray(lm, dtype=np.float32).reshape(5, 2) if lm is not None else None
-            )
-        elif role == "reference":
-            mask = face_masks.get(f"image/reference/{ident}")
-            out["references"].append(image)
-            out["masks"].append(_load(mask) if mask is not None else None)
-    return out
 
 
 def _per_image_rows(evaluation: Evaluation, image_set: str) -> list[dict[str, Any]]:
@@ -92,7 +50,7 @@ def evaluate_generated(  # noqa: PLR0917 - Kedro passes node inputs positionally
     rows: list[dict[str, Any]] = []
     try:
         for name, images in sets.items():
-            loaded = {k: _load(v).convert("RGB") for k, v in sorted(images.items())}
+            loaded = {k: materialise(v).convert("RGB") for k, v in sorted(images.items())}
             result = evaluate_with(
                 models,
                 loaded,

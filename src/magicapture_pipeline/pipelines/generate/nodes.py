@@ -13,6 +13,7 @@ from magicapture_pipeline.config.generation import GenerationConfig
 from magicapture_pipeline.core.concept import git_commit
 from magicapture_pipeline.core.generation import make_grid, run_generation
 from magicapture_pipeline.core.postprocess import mark, provenance_record
+from magicapture_pipeline.pipelines.shared import base_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +27,6 @@ def concept_dir(concept: Any) -> Path:
             if concept.get(key):
                 return Path(concept[key])
     raise TypeError(f"cannot find the concept folder in {type(concept).__name__}: {concept!r:.200}")
-
-
-def base_model_path(base_model: dict[str, Any] | str) -> str:
-    """The folder or hub id recorded by the ``base_model`` dataset."""
-    return base_model["path"] if isinstance(base_model, dict) else str(base_model)
 
 
 def generate_images(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
@@ -15,12 +14,9 @@ from magicapture_pipeline.core.postprocess import (
     postprocess_images,
     read_provenance,
 )
+from magicapture_pipeline.pipelines.shared import materialise
 
 logger = logging.getLogger(__name__)
-
-
-def _load(value: Image.Image | Callable[[], Image.Image]) -> Image.Image:
-    return value() if callable(value) else value
 
 
 def _face_masker() -> tuple[Any, str | None]:
@@ -42,7 +38,7 @@ def postprocess_generated(
         ``unavailable: {step: reason}``).
     """
     config = PostprocessConfig(**params)
-    originals = {key: _load(value) for key, value in sorted(generated_images.items())}
+    originals = {key: materialise(value) for key, value in sorted(generated_images.items())}
     restoration = config.face_restoration
     restorer = None
     masker = None
