@@ -44,7 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from magicapture_pipeline.core import losses
-from magicapture_pipeline.core.models import SDComponents, token_ids
+from magicapture_pipeline.core.models import (
+    SDComponents,
+    build_tiny_autoencoder,
+    check_decoder_matches,
+    load_tiny_autoencoder,
+    token_ids,
+    upsampling_factor,
+)
 from magicapture_pipeline.core.tokens import (
     PlaceholderRows,
     add_placeholder_tokens,
@@ -622,8 +629,7 @@ class StageTwoTrainer(_Trainer):
         self.task_odds = torch.tensor(config.task_weights, dtype=torch.float64)
         self.identity = identity_status(config.identity)
         self._warned: set[str] = set()
-        # image pixels per latent pixel (diffusers' vae_scale_factor)
-        self.latent_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_factor = upsampling_factor(self.vae)  # diffusers' vae_scale_factor
         self.face_encoder = None
         self.identity_decoder = None  # TAESD when identity.decoder is tiny_autoencoder
         self.source_embedding: Tensor | None = None
@@ -656,13 +662,11 @@ class StageTwoTrainer(_Trainer):
             backbone = arcface.freeze(arcface.build_iresnet(cfg.arch))
         self.face_encoder = arcface.FaceIdentityEncoder(backbone).to(self.device)
         if cfg.decoder == "tiny_autoencoder":
-            from magicapture_pipeline.core import models
-
             if cfg.tiny_autoencoder is None:
-                decoder = models.build_tiny_autoencoder()
+                decoder = build_tiny_autoencoder()
             else:
-                decoder = models.load_tiny_autoencoder(cfg.tiny_autoencoder)
-            models.check_decoder_matches(decoder, self.vae)
+                decoder = load_tiny_autoencoder(cfg.tiny_autoencoder)
+            check_decoder_matches(decoder, self.vae)
             self.identity_decoder = decoder.to(self.device)
         sources = [
             v[0].example for v in self.variants[SOURCE] if v[0].example.landmarks5 is not None
@@ -739,8 +743,8 @@ class StageTwoTrainer(_Trainer):
         return losses.identity_loss(embedding, self.source_embedding)
 
     def _decode_for_identity(self, latents: Tensor) -> Tensor:
-        """Pixels in [-1, 1] of (scaled) ``latents``: the base VAE, or TAESD when configured
-        (TAESD takes the scaled latents the UNet sees; its ``scaling_factor`` is 1)."""
+        """Pixels (about [-1, 1]) of the scaled ``latents`` the UNet sees: the base VAE, or TAESD
+        when configured (its ``scaling_factor`` is 1: it reads those latents as they are)."""
         if self.identity_decoder is not None:
             decoder = self.identity_decoder
             scale = float(decoder.config.scaling_factor)
