@@ -45,6 +45,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from magicapture_pipeline.config.tracking import TrackingConfig
+from magicapture_pipeline.pipelines.shared import materialise
 
 logger = logging.getLogger(__name__)
 
@@ -533,7 +534,7 @@ def _write_in_memory(data: Any, folder: Path, name: str) -> list[Path]:
         if all(hasattr(v, "save") or callable(v) for v in data.values()):
             written = []
             for key, value in sorted(data.items()):
-                image = value() if callable(value) else value
+                image = materialise(value)
                 target = folder / f"{str(key).replace('/', '__')}.png"
                 image.save(target)
                 written.append(target)
