@@ -368,7 +368,7 @@ def test_face_window_shifts_the_landmarks_into_the_window(tiny_dir):
 def test_loss_curves_figure_draws_every_loss_term():
     import pandas as pd
 
-    from magicapture_pipeline.core.training import loss_curves_figure
+    from magicapture_pipeline.core.figures import loss_curves_figure
 
     history = pd.DataFrame(
         {

@@ -11,11 +11,11 @@ from PIL import Image
 from torch import Tensor
 
 from magicapture_pipeline.config.training import ModelConfig, StageOneConfig
+from magicapture_pipeline.core.figures import loss_curves_figure
 from magicapture_pipeline.core.models import build_tiny_sd, is_local_model, load_components
 from magicapture_pipeline.core.training import (
     StageOneTrainer,
     examples_from_training_set,
-    loss_curves_figure,
 )
 
 logger = logging.getLogger(__name__)

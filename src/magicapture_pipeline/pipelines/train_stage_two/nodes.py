@@ -9,12 +9,12 @@ from PIL import Image
 from torch import Tensor
 
 from magicapture_pipeline.config.training import StageTwoConfig
+from magicapture_pipeline.core.figures import loss_curves_figure
 from magicapture_pipeline.core.models import load_components
 from magicapture_pipeline.core.training import (
     StageTwoTrainer,
     TrainingResult,
     examples_from_training_set,
-    loss_curves_figure,
 )
 
 

@@ -1,0 +1,129 @@
+"""Training examples: what the trainers read, and how they are built from the training set.
+
+Roles and tasks (Sec. 3): ``source`` images show the person, ``reference`` images the style;
+stage two samples three tasks, the third (``composed``) pseudo-labelled by a reference image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SOURCE, REFERENCE, COMPOSED = "source", "reference", "composed"
+TASKS = (SOURCE, REFERENCE, COMPOSED)
+# ArcFace landmark order after a horizontal flip: the left eye/mouth become the right ones.
+_FLIP_LANDMARKS = [1, 0, 2, 4, 3]
+
+
+@dataclass
+class TrainingExample:
+    """One accepted training image, ready for the trainers.
+
+    Attributes:
+        id: the image id of the training set.
+        role: ``"source"`` (the person) or ``"reference"`` (the style).
+        image: ``(3, H, W)`` float in ``[-1, 1]``.
+        face_mask: ``(1, h, w)`` float in ``[0, 1]`` at latent resolution (``H / 8``), 1 = face.
+        landmarks5: ``(5, 2)`` ArcFace-order landmarks in image pixels, or ``None``.
+    """
+
+    id: str
+    role: str
+    image: Tensor
+    face_mask: Tensor
+    landmarks5: Tensor | None = None
+
+    def flipped(self) -> TrainingExample:
+        """The horizontally mirrored example (image, mask and landmarks)."""
+        landmarks = None
+        if self.landmarks5 is not None:
+            width = self.image.shape[-1]
+            mirrored = self.landmarks5.clone()
+            mirrored[:, 0] = width - 1 - mirrored[:, 0]
+            landmarks = mirrored[_FLIP_LANDMARKS]
+        return TrainingExample(
+            self.id, self.role, self.image.flip(-1), self.face_mask.flip(-1), landmarks
+        )
+
+
+@dataclass
+class _Variant:
+    """An (augmented) example with its cached latent distribution (mean, std) or ``None``."""
+
+    example: TrainingExample
+    latent_mean: Tensor | None = None
+    latent_std: Tensor | None = None
+
+
+def _materialise(value: Any) -> Any:
+    """A partition value: the object itself or, for lazy partitions, what calling it returns."""
+    return value() if callable(value) else value
+
+
+def _landmarks(value: Any) -> Tensor | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else None
+    return None if value is None else torch.tensor(value, dtype=torch.float32).reshape(5, 2)
+
+
+def example_from_images(
+    ident: str, role: str, image: Any, latent_mask: Any, landmarks5: Any = None
+) -> TrainingExample:
+    """A :class:`TrainingExample` from a PIL crop and a PIL (mode L, 255 = face) latent mask."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    mask = np.asarray(latent_mask.convert("L"), dtype=np.float32) / 255.0
+    return TrainingExample(
+        id=str(ident),
+        role=str(role),
+        image=torch.from_numpy(pixels).permute(2, 0, 1).contiguous(),
+        face_mask=torch.from_numpy(mask).unsqueeze(0),
+        landmarks5=_landmarks(landmarks5),
+    )
+
+
+def examples_from_training_set(
+    training_set: Mapping[str, Any],
+    face_crops: Mapping[str, Any],
+    face_masks: Mapping[str, Any],
+) -> list[TrainingExample]:
+    """The accepted items of ``training_set`` as examples (catalog contract of the preprocess
+    pipeline): the crop under ``item["crop"]`` (default ``<role>/<id>``), the latent mask under
+    ``item["latent_mask"]`` (default ``latent/<role>/<id>``; else the image mask ``item["mask"]`` /
+    ``image/<role>/<id>`` area-downsampled x8), ``landmarks5`` in crop pixels.
+
+    Partition values may be loaded objects or the lazy callables ``PartitionedDataset`` returns.
+    """
+    items = training_set.get("items") if isinstance(training_set, Mapping) else None
+    if not items:
+        raise ValueError("training_set lists no accepted items: nothing to train on")
+    examples = []
+    for item in items:
+        role, ident = str(item["role"]), str(item["id"])
+        crop_key = str(item.get("crop") or f"{role}/{ident}")
+        if crop_key not in face_crops:
+            raise KeyError(f"face_crops has no {crop_key}")
+        image = _materialise(face_crops[crop_key])
+        latent_key = str(item.get("latent_mask") or f"latent/{role}/{ident}")
+        image_key = str(item.get("mask") or f"image/{role}/{ident}")
+        if latent_key in face_masks:
+            mask = _materialise(face_masks[latent_key])
+        elif image_key in face_masks:
+            from PIL import Image
+
+            full = _materialise(face_masks[image_key]).convert("L")
+            size = (max(full.width // 8, 1), max(full.height // 8, 1))
+            mask = full.resize(size, Image.Resampling.BOX)
+        else:
+            raise KeyError(f"face_masks has no {latent_key} (nor {image_key})")
+        examples.append(example_from_images(ident, role, image, mask, item.get("landmarks5")))
+    return examples

@@ -1,0 +1,299 @@
+"""The loop both stages share: accelerator, data variants, noise, the optimiser step and ``train``.
+
+Every random draw of a trainer goes through one CPU ``torch.Generator`` whose state is
+checkpointed with the torch and python RNG states (:mod:`.checkpoints`), so a resumed run on CPU
+reaches bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from magicapture_pipeline.core import losses
+from magicapture_pipeline.core.models import SDComponents, token_ids
+from magicapture_pipeline.core.tokens import (
+    PlaceholderRows,
+    add_placeholder_tokens,
+    embedding_matrix,
+    get_placeholder_embeddings,
+    placeholder_ids,
+)
+from magicapture_pipeline.core.training import checkpoints
+from magicapture_pipeline.core.training.examples import (
+    REFERENCE,
+    SOURCE,
+    TrainingExample,
+    _Variant,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingResult:
+    """What a training stage hands back.
+
+    Attributes:
+        embeddings: ``{token: (hidden,) tensor}`` of the placeholder tokens.
+        history: one dict per logged optimiser step.
+        heatmaps: ``{name: PIL image}`` attention figures (stage two).
+        unet_lora: diffusers-format LoRA state dict of the UNet (stage two).
+        text_encoder_lora: the same for the text encoder (``official`` preset) or ``None``.
+        metadata: what produced it (preset, identity-loss status, base model, ...).
+    """
+
+    embeddings: dict[str, Tensor]
+    history: list[dict[str, Any]]
+    heatmaps: dict[str, Any] = field(default_factory=dict)
+    unet_lora: dict[str, Tensor] | None = None
+    text_encoder_lora: dict[str, Tensor] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def build_accelerator(mixed_precision: str, device: str | None) -> Any:
+    """An ``Accelerator`` for device placement; mixed precision is forced off on CPU."""
+    from accelerate import Accelerator
+
+    cpu = device == "cpu" or not torch.cuda.is_available()
+    return Accelerator(mixed_precision="no" if cpu else mixed_precision, cpu=cpu)
+
+
+def _pick(generator: torch.Generator, count: int) -> int:
+    return int(torch.randint(count, (1,), generator=generator))
+
+
+class _Trainer:
+    """Shared machinery: data variants, noise, text encoding, the optimiser step and checkpoints."""
+
+    stage = "base"
+
+    def __init__(self, components: SDComponents, examples: Sequence[TrainingExample], config: Any):
+        self.config = config
+        self.components = components
+        self.tokenizer = components.tokenizer
+        self.noise_scheduler = components.noise_scheduler
+        self.accelerator = build_accelerator(config.mixed_precision, config.device)
+        self.device = self.accelerator.device
+        # One stream per process, so data-parallel workers draw different samples.
+        self.generator = torch.Generator().manual_seed(config.seed + self.accelerator.process_index)
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.text_encoder = components.text_encoder.to(self.device)
+        self.unet = components.unet.to(self.device)
+        self.vae = components.vae.to(self.device)
+        self.vae.requires_grad_(False)
+        self.scaling = float(self.vae.config.scaling_factor)
+        self.tokens = [config.tokens.person, config.tokens.style]
+        self._ensure_tokens()
+        self.token_ids = placeholder_ids(self.tokenizer, self.tokens)
+        self.variants = self._build_variants(examples)
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+
+    # setup --------------------------------------------------------------------------------
+    def _ensure_tokens(self) -> None:
+        vocab = self.tokenizer.get_vocab()
+        if all(token in vocab for token in self.tokens):
+            return
+        add_placeholder_tokens(
+            self.tokenizer,
+            self.text_encoder,
+            self.tokens,
+            [self.config.tokens.person_init, self.config.tokens.style_init],
+        )
+
+    def _build_variants(
+        self, examples: Sequence[TrainingExample]
+    ) -> dict[str, list[list[_Variant]]]:
+        """``{role: [[variant per augmentation] per example]}``, latents cached when asked."""
+        by_role: dict[str, list[list[_Variant]]] = {SOURCE: [], REFERENCE: []}
+        for example in examples:
+            if example.role not in by_role:
+                raise ValueError(f"unknown role {example.role!r} of {example.id}")
+            augmented = [example, example.flipped()] if self.config.hflip else [example]
+            variants = [_Variant(item) for item in augmented]
+            if self.config.cache_latents:
+                for variant in variants:
+                    variant.latent_mean, variant.latent_std = self._encode(variant.example.image)
+            by_role[example.role].append(variants)
+        for role, items in by_role.items():
+            if not items:
+                raise ValueError(f"no {role} images to train on")
+        return by_role
+
+    @torch.no_grad()
+    def _encode(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        dist = self.vae.encode(image.unsqueeze(0).to(self.device, self.vae.dtype)).latent_dist
+        return dist.mean.float().cpu(), dist.std.float().cpu()
+
+    # sampling -----------------------------------------------------------------------------
+    def _sample_variant(self, role: str) -> _Variant:
+        items = self.variants[role]
+        options = items[_pick(self.generator, len(items))]
+        return options[_pick(self.generator, len(options))]
+
+    def _latents(self, variant: _Variant) -> Tensor:
+        if variant.latent_mean is None:
+            mean, std = self._encode(variant.example.image)
+        else:
+            mean, std = variant.latent_mean, variant.latent_std
+        eps = torch.randn(mean.shape, generator=self.generator)
+        return ((mean + std * eps) * self.scaling).to(self.device)
+
+    def _noisy(self, latents: Tensor, timestep: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        noise = torch.randn(latents.shape, generator=self.generator).to(self.device)
+        if timestep is None:
+            timestep = _pick(self.generator, self.noise_scheduler.config.num_train_timesteps)
+        timesteps = torch.tensor([timestep], device=self.device, dtype=torch.long)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        return noisy, noise, timesteps
+
+    def _target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        raise ValueError(f"unsupported prediction_type {kind!r}")
+
+    def _template(self, templates: Sequence[str]) -> str:
+        return templates[_pick(self.generator, len(templates))]
+
+    def _encode_prompt(self, prompt: str) -> tuple[Tensor, Tensor]:
+        ids = token_ids(self.tokenizer, [prompt]).to(self.device)
+        return ids, self.text_encoder(ids)[0]
+
+    def _region_mask(self, example: TrainingExample, inside_face: bool) -> Tensor:
+        mask = example.face_mask if inside_face else 1.0 - example.face_mask
+        mask = mask.unsqueeze(0).to(self.device)
+        if self.config.mask_floor > 0:
+            mask = losses.soften_mask(mask, floor=self.config.mask_floor)
+        return mask
+
+    # the optimiser step -------------------------------------------------------------------
+    def _micro_step(self) -> tuple[Tensor, dict[str, float], str]:
+        raise NotImplementedError
+
+    def _trainable(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def step(self) -> dict[str, Any]:
+        """One optimiser step over ``gradient_accumulation_steps`` micro-batches.
+
+        Returns:
+            The history row: step, tasks, the mean of every loss term, learning rates.
+        """
+        accumulation = self.config.gradient_accumulation_steps
+        self.placeholder_rows.attach()
+        sums: dict[str, float] = {}
+        tasks = []
+        for _ in range(accumulation):
+            with self.accelerator.autocast():
+                loss, terms, task = self._micro_step()
+            self.accelerator.backward(loss / accumulation)
+            tasks.append(task)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.accelerator.num_processes > 1:  # data parallel: average the gradients
+            for param in params:
+                if param.grad is not None:
+                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+        if self.config.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.placeholder_rows.sync()
+        self.global_step += 1
+        row: dict[str, Any] = {"step": self.global_step, "task": "+".join(tasks)}
+        row.update({key: value / accumulation for key, value in sums.items()})
+        for group in self.optimizer.param_groups:
+            row[f"lr_{group.get('name', 'params')}"] = float(group["lr"])
+        return row
+
+    def _build_optimizer(self, groups: list[dict[str, Any]]) -> None:
+        from diffusers.optimization import get_scheduler
+
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.config.adam_weight_decay)
+        scheduler = get_scheduler(
+            self.config.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=self.config.lr_warmup_steps,
+            num_training_steps=self.config.max_steps,
+        )
+        # Prepared so fp16 loss scaling (unscale before clipping, skipped steps) is handled.
+        self.optimizer, self.lr_scheduler = self.accelerator.prepare(optimizer, scheduler)
+
+    # checkpoints (core.training.checkpoints) ----------------------------------------------
+    def save_checkpoint(self, root: str | Path) -> Path:
+        """Write ``root/checkpoint-<step>/`` (:func:`checkpoints.save_checkpoint`)."""
+        return checkpoints.save_checkpoint(self, root)
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        """Restore what :meth:`save_checkpoint` wrote (same trainer setup required)."""
+        checkpoints.load_checkpoint(self, folder)
+
+    def _placeholder_row_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        return checkpoints.placeholder_row_state(self, state)
+
+    def _train_placeholder_rows(self) -> torch.nn.Parameter:
+        """The K trainable placeholder rows (the embedding matrix itself stays frozen)."""
+        embedding_matrix(self.text_encoder).requires_grad_(False)
+        self.placeholder_rows = PlaceholderRows(self.text_encoder, self.token_ids)
+        self.placeholder_rows.attach()
+        return self.placeholder_rows.rows
+
+    # the loop -----------------------------------------------------------------------------
+    def _after_step(self, row: dict[str, Any]) -> None:
+        """Hook for per-step extras (stage two: heatmaps)."""
+
+    def train(self, progress: bool = True, until: int | None = None) -> list[dict[str, Any]]:
+        """Run to ``max_steps`` (resuming first when configured); returns the history.
+
+        ``until`` stops early after that step (an interruption, for tests and benchmarks); the
+        lr schedule still spans ``max_steps``.
+        """
+        from tqdm.auto import tqdm
+
+        config = self.config
+        if config.resume:
+            found = checkpoints.last_checkpoint(config.checkpoint_dir)
+            if found is None:
+                logger.warning(
+                    "resume: no checkpoint under %s, starting fresh", config.checkpoint_dir
+                )
+            else:
+                self.load_checkpoint(found)
+        bar = tqdm(
+            total=config.max_steps,
+            initial=self.global_step,
+            desc=self.stage,
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        stop = config.max_steps if until is None else min(until, config.max_steps)
+        while self.global_step < stop:
+            row = self.step()
+            if self.global_step % max(config.log_every, 1) == 0:
+                self.history.append(row)
+            self._after_step(row)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k.startswith("loss")})
+            every = config.checkpoint_every
+            if every and config.checkpoint_dir and self.global_step % every == 0:
+                self.save_checkpoint(config.checkpoint_dir)
+        bar.close()
+        return self.history
+
+    def placeholder_embeddings(self) -> dict[str, Tensor]:
+        """``{token: embedding}`` as they are now."""
+        return get_placeholder_embeddings(self.tokenizer, self.text_encoder, self.tokens)

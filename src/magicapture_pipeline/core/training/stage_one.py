@@ -1,0 +1,65 @@
+"""Stage one: only the [V1]/[V2] embedding rows learn (Eq. 4 on source, Eq. 5 on reference)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor
+
+from magicapture_pipeline.core import losses
+from magicapture_pipeline.core.models import SDComponents
+from magicapture_pipeline.core.tokens import embedding_matrix
+from magicapture_pipeline.core.training.examples import REFERENCE, SOURCE, TrainingExample
+from magicapture_pipeline.core.training.loop import TrainingResult, _pick, _Trainer
+
+
+class StageOneTrainer(_Trainer):
+    """Stage one: only the placeholder rows of the token embedding learn (Eq. 4-5).
+
+    Args:
+        components: the base model (the tokenizer / text encoder get the placeholder tokens).
+        examples: source and reference training examples.
+        config: a ``StageOneConfig``.
+    """
+
+    stage = "stage_one"
+
+    def __init__(self, components: SDComponents, examples: Sequence[TrainingExample], config: Any):
+        super().__init__(components, examples, config)
+        self.unet.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        rows = self._train_placeholder_rows()
+        self.text_encoder.train()
+        self._build_optimizer([{"params": [rows], "lr": config.learning_rate, "name": "embedding"}])
+
+    def _trainable(self) -> dict[str, Tensor]:
+        return {"token_embedding": embedding_matrix(self.text_encoder)}
+
+    def _micro_step(self) -> tuple[Tensor, dict[str, float], str]:
+        config = self.config
+        counts = [len(self.variants[SOURCE]), len(self.variants[REFERENCE])]
+        role = SOURCE if _pick(self.generator, sum(counts)) < counts[0] else REFERENCE
+        variant = self._sample_variant(role)
+        if role == SOURCE:
+            prompt = self._template(config.source_templates).format(config.tokens.person)
+        else:
+            prompt = self._template(config.reference_templates).format(config.tokens.style)
+        latents = self._latents(variant)
+        noisy, noise, timesteps = self._noisy(latents)
+        _, hidden = self._encode_prompt(prompt)
+        pred = self.unet(noisy, timesteps, hidden).sample
+        mask = self._region_mask(variant.example, inside_face=role == SOURCE)
+        loss = losses.masked_reconstruction_loss(
+            pred.float(), self._target(latents, noise, timesteps).float(), mask
+        )
+        return loss, {"loss": loss.item(), "loss_recon": loss.item()}, role
+
+    def result(self) -> TrainingResult:
+        """The learnt embeddings and the history (the placeholder-row hook is removed)."""
+        self.placeholder_rows.detach()
+        return TrainingResult(
+            self.placeholder_embeddings(),
+            list(self.history),
+            metadata={"stage": self.stage, "tokens": self.tokens, "steps": self.global_step},
+        )
