@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-fast bench bench-gpu promote rollback ui viz lint lock
+.PHONY: install demo test test-fast check-config bench bench-gpu promote rollback ui viz lint lock
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -37,6 +37,9 @@ test: install  ## the test suite (CPU only, tiny models, real photos)
 
 test-fast: install  ## the tests without the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
+
+check-config: install  ## check every parameter a run reads, without running (ENV=demo PIPELINES=customize PARAMS=k=v,...)
+	$(BIN)/python -m magicapture_pipeline.check_config --env=$(or $(ENV),local) --pipelines=$(or $(PIPELINES),customize) $(if $(PARAMS),--params=$(PARAMS))
 
 bench: install  ## measure step times and ratios -> data/08_reporting/bench.{json,md}
 	$(BIN)/python -m magicapture_pipeline.speed_bench

@@ -2,10 +2,12 @@
 
 from kedro.config import OmegaConfigLoader
 
+from magicapture_pipeline.check_config import ParameterCheckHook
 from magicapture_pipeline.hooks import MlflowTrackingHook
 
-# The one place MLflow is touched: one run per `kedro run`, via MlflowClient and an explicit run id.
-HOOKS = (MlflowTrackingHook(),)
+# ParameterCheckHook: every parameter section the run reads is checked before the first node.
+# MlflowTrackingHook: the one place MLflow is touched (one run per `kedro run`, explicit run id).
+HOOKS = (ParameterCheckHook(), MlflowTrackingHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from pydantic import BaseModel
 
 import magicapture_pipeline.config as config_package
+from magicapture_pipeline.config.ranges import field_range
 
 
 def config_models() -> Iterator[type[BaseModel]]:
     """Yield every pydantic model defined in a module of this package, module by module."""
     for info in sorted(pkgutil.iter_modules(config_package.__path__), key=lambda m: m.name):
-        if info.name == "docs":
+        if info.name in ("docs", "ranges", "sections"):
             continue
         module = importlib.import_module(f"{config_package.__name__}.{info.name}")
         for _, obj in inspect.getmembers(module, inspect.isclass):
@@ -48,18 +49,28 @@ def render_markdown() -> str:
         "Generated from `src/magicapture_pipeline/config/` by "
         "`python -m magicapture_pipeline.config.docs`; do not edit by hand.",
         "",
+        "*allowed* is checked for every section a run reads before its first node runs "
+        "(`make check-config ENV=... PARAMS=...` checks without running); rules that tie "
+        "several fields together are in each model's description.",
+        "",
     ]
     for model in config_models():
         lines += [f"## `{model.__module__.rsplit('.', 1)[-1]}.{model.__name__}`", ""]
         doc = inspect.getdoc(model)
         if doc:
             lines += [doc.splitlines()[0], ""]
-        lines += ["| field | type | default | help |", "|---|---|---|---|"]
+        lines += [
+            "| field | type | default | allowed | help |",
+            "|---|---|---|---|---|",
+        ]
         for name, field in model.model_fields.items():
             annotation = getattr(field.annotation, "__name__", str(field.annotation))
             annotation = annotation.replace("typing.", "").replace("|", "\\|")
             help_text = (field.description or "").replace("|", "\\|")
-            lines.append(f"| `{name}` | {annotation} | {_default_text(field)} | {help_text} |")
+            allowed = field_range(field).replace("|", "\\|")
+            lines.append(
+                f"| `{name}` | {annotation} | {_default_text(field)} | {allowed} | {help_text} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

