@@ -19,12 +19,18 @@ class _Strict(BaseModel):
 class TinyModelConfig(_Strict):
     """Architecture of the tiny random SD built for the CPU demo (never used with SD 1.5)."""
 
-    seed: int = Field(0, description="Seed of the random weights (same seed, same model).")
-    sample_size: int = Field(128, description="Image size in pixels the model is laid out for.")
-    unet_channels: list[int] = Field(
-        [32, 64], description="UNet block_out_channels (diffusers' test UNet: 32, 64)."
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="Seed of the random weights (same seed, same model)."
     )
-    layers_per_block: int = Field(1, description="Resnet layers per UNet block.")
+    sample_size: int = Field(
+        128, ge=8, multiple_of=8, description="Image size in pixels the model is laid out for."
+    )
+    unet_channels: list[int] = Field(
+        [32, 64],
+        min_length=1,
+        description="UNet block_out_channels (diffusers' test UNet: 32, 64).",
+    )
+    layers_per_block: int = Field(1, ge=1, description="Resnet layers per UNet block.")
     down_block_types: list[str] = Field(
         ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
         description="UNet down blocks; cross-attention at both levels so AR has a map to read.",
@@ -32,19 +38,37 @@ class TinyModelConfig(_Strict):
     up_block_types: list[str] = Field(
         ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], description="UNet up blocks."
     )
-    attention_head_dim: int = Field(8, description="UNet attention head dimension.")
-    norm_num_groups: int = Field(8, description="GroupNorm groups in the UNet and the VAE.")
+    attention_head_dim: int = Field(8, ge=1, description="UNet attention head dimension.")
+    norm_num_groups: int = Field(8, ge=1, description="GroupNorm groups in the UNet and the VAE.")
     vae_channels: list[int] = Field(
-        [8, 16, 32, 32], description="VAE block channels; 4 levels = x8 downsampling like SD."
+        [8, 16, 32, 32],
+        min_length=1,
+        description="VAE block channels; 4 levels = x8 downsampling like SD.",
     )
     text_hidden_size: int = Field(
-        32, description="CLIP text hidden size = UNet cross_attention_dim."
+        32, ge=1, description="CLIP text hidden size = UNet cross_attention_dim."
     )
-    text_layers: int = Field(2, description="CLIP text encoder layers.")
-    text_heads: int = Field(4, description="CLIP text encoder attention heads.")
+    text_layers: int = Field(2, ge=1, description="CLIP text encoder layers.")
+    text_heads: int = Field(4, ge=1, description="CLIP text encoder attention heads.")
     extra_words: list[str] = Field(
         [], description="Words beyond the built-in template words that get their own token."
     )
+
+    @model_validator(mode="after")
+    def _divisible(self) -> TinyModelConfig:
+        if self.text_hidden_size % self.text_heads:
+            raise ValueError(
+                f"text_hidden_size ({self.text_hidden_size}) must be a multiple of text_heads "
+                f"({self.text_heads})"
+            )
+        for name in ("unet_channels", "vae_channels"):
+            bad = [c for c in getattr(self, name) if c < 1 or c % self.norm_num_groups]
+            if bad:
+                raise ValueError(
+                    f"{name} {getattr(self, name)}: each must be a positive multiple of "
+                    f"norm_num_groups ({self.norm_num_groups}); {bad} are not"
+                )
+        return self
 
 
 class ModelConfig(_Strict):
@@ -78,7 +102,7 @@ class TokensConfig(_Strict):
 class _TrainingLoopConfig(_Strict):
     """What the two training stages share: prompts, optimiser loop, augmentation, checkpoints."""
 
-    seed: int = Field(0, description="Seed of sampling, augmentation and noise.")
+    seed: int = Field(0, ge=0, lt=2**32, description="Seed of sampling, augmentation and noise.")
     tokens: TokensConfig = Field(default_factory=TokensConfig, description="Placeholder tokens.")
     source_templates: list[str] = Field(
         ["a photo of a {} person"], description="Prompts for source images (official)."
@@ -89,13 +113,20 @@ class _TrainingLoopConfig(_Strict):
     )
     gradient_accumulation_steps: int = Field(
         4,
+        ge=1,
         description="Micro-batches of one image per optimiser step (paper: batch 1, "
         "accumulation 4 as in the official code).",
     )
     lr_scheduler: str = Field("constant", description="diffusers get_scheduler name (official).")
-    lr_warmup_steps: int = Field(0, description="Warm-up steps of the lr schedule (official: 0).")
-    adam_weight_decay: float = Field(1e-2, description="AdamW weight decay (diffusers default).")
-    max_grad_norm: float = Field(1.0, description="Gradient clipping norm (diffusers default).")
+    lr_warmup_steps: int = Field(
+        0, ge=0, description="Warm-up steps of the lr schedule (official: 0)."
+    )
+    adam_weight_decay: float = Field(
+        1e-2, ge=0.0, description="AdamW weight decay (diffusers default)."
+    )
+    max_grad_norm: float = Field(
+        1.0, gt=0.0, description="Gradient clipping norm (diffusers default)."
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "fp16", description="Accelerate mixed precision; forced to 'no' on CPU."
     )
@@ -105,28 +136,32 @@ class _TrainingLoopConfig(_Strict):
     hflip: bool = Field(True, description="Also train on horizontally flipped copies.")
     mask_floor: float = Field(
         0.0,
+        ge=0.0,
+        le=1.0,
         description="Soften masks as (M + floor) / max before Eq. 4-6 (paper: binary, 0; "
         "official: 0.01).",
     )
-    checkpoint_every: int = Field(0, description="Checkpoint every K steps; 0 = never.")
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every K steps; 0 = never.")
     checkpoint_dir: str | None = Field(None, description="Folder of checkpoints (resume reads it).")
     resume: bool = Field(False, description="Continue from the last checkpoint in checkpoint_dir.")
-    log_every: int = Field(1, description="History row every N optimiser steps.")
+    log_every: int = Field(1, ge=1, description="History row every N optimiser steps.")
     device: str | None = Field(None, description="Force a device; None = accelerate's choice.")
 
 
 class StageOneConfig(_TrainingLoopConfig):
     """Stage one: only the [V1]/[V2] embedding rows train (paper Sec. 3.2, 'two-phase')."""
 
-    learning_rate: float = Field(5e-4, description="AdamW lr of the embeddings (paper: 5e-4).")
-    max_steps: int = Field(1200, description="Optimiser steps (paper: 1200).")
+    learning_rate: float = Field(
+        5e-4, gt=0.0, description="AdamW lr of the embeddings (paper: 5e-4)."
+    )
+    max_steps: int = Field(1200, ge=1, description="Optimiser steps (paper: 1200).")
 
 
 class LoraConfigModel(_Strict):
     """LoRA adapters of stage two."""
 
-    rank: int = Field(4, description="LoRA rank (paper: 4).")
-    alpha: float = Field(4.0, description="LoRA alpha (diffusers' scripts: alpha = rank).")
+    rank: int = Field(4, ge=1, description="LoRA rank (paper: 4).")
+    alpha: float = Field(4.0, gt=0.0, description="LoRA alpha (diffusers' scripts: alpha = rank).")
     preset: Literal["paper", "official", "custom_diffusion"] = Field(
         "paper",
         description="paper = UNet cross-attention q/k/v/out; official = self- and cross-attention, "
@@ -146,9 +181,12 @@ class IdentityConfig(_Strict):
         description="single_pass = x0 from the same UNet forward; two_pass = official extra "
         "forward; off.",
     )
-    weight: float = Field(1.0, description="lambda_id (paper: 1; official: 0.25).")
+    weight: float = Field(1.0, ge=0.0, description="lambda_id (paper: 1; official: 0.25).")
     threshold_fraction: float = Field(
-        0.8, description="Identity loss only when t < T' = fraction * T (paper: 0.8)."
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Identity loss only when t < T' = fraction * T (paper: 0.8).",
     )
     checkpoint: str | None = Field(
         None, description="arcface_torch IResNet checkpoint; None = identity loss off (logged)."
@@ -204,9 +242,10 @@ class AttentionConfig(_Strict):
     """Attention refocusing, Eq. 8."""
 
     enabled: bool = Field(True, description="Use the attention refocusing loss (paper: on).")
-    weight: float = Field(2.5, description="lambda_attn (paper: 2.5).")
+    weight: float = Field(2.5, ge=0.0, description="lambda_attn (paper: 2.5).")
     resolution: int = Field(
         16,
+        ge=1,
         description="Side in latent pixels of the attn2 maps read (SD 1.5 at 512: 16, official: "
         "down_blocks.2 + up_blocks.1).",
     )
@@ -220,15 +259,22 @@ class StageTwoConfig(_TrainingLoopConfig):
         description="Composed prompts, pseudo-labelled by a reference image (paper Sec. 3.1).",
     )
     task_weights: list[float] = Field(
-        [1.0, 1.0, 1.0], description="Sampling odds of source:reference:composed (paper: 1:1:1)."
+        [1.0, 1.0, 1.0],
+        min_length=3,
+        max_length=3,
+        description="Sampling odds of source:reference:composed (paper: 1:1:1).",
     )
     lora: LoraConfigModel = Field(default_factory=LoraConfigModel, description="LoRA.")
-    learning_rate: float = Field(1e-4, description="LoRA lr (paper: 1e-4).")
-    embedding_learning_rate: float = Field(1e-5, description="Embedding lr (paper: 1e-5).")
-    max_steps: int = Field(1500, description="Optimiser steps (paper: 1500).")
+    learning_rate: float = Field(1e-4, gt=0.0, description="LoRA lr (paper: 1e-4).")
+    embedding_learning_rate: float = Field(
+        1e-5, ge=0.0, description="Embedding lr (paper: 1e-5); 0 freezes the embeddings."
+    )
+    max_steps: int = Field(1500, ge=1, description="Optimiser steps (paper: 1500).")
     identity: IdentityConfig = Field(default_factory=IdentityConfig, description="Eq. 7.")
     attention: AttentionConfig = Field(default_factory=AttentionConfig, description="Eq. 8.")
-    heatmap_every: int = Field(100, description="Attention-heatmap figure every N steps; 0 = off.")
+    heatmap_every: int = Field(
+        100, ge=0, description="Attention-heatmap figure every N steps; 0 = off."
+    )
 
     @model_validator(mode="after")
     def _three_tasks(self) -> StageTwoConfig:
