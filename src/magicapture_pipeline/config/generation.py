@@ -68,7 +68,8 @@ class GenerationConfig(BaseModel):
     device: str = Field(default="cpu", description="Torch device ('cpu', 'cuda', 'cuda:0').")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         default="float32",
-        description="Weights dtype (the official code samples in float16 on GPU).",
+        description="Weights dtype (the official code samples in float16 on GPU); SDXL's VAE "
+        "still decodes in float32 (diffusers' force_upcast: it overflows in float16).",
     )
     grid_columns: int = Field(default=4, ge=1, description="Columns of the contact sheet.")
     concept_name: str = Field(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from magicapture_pipeline.core.concept import LORA_FILE, read_concept
+from magicapture_pipeline.core.concept import LORA_FILE, load_embeddings, read_concept
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +70,24 @@ def concept_tokens(concept: dict[str, Any]) -> tuple[str, str]:
 def load_base_pipeline(
     path_or_hub_id: str | Path, device: str = "cpu", dtype: str = "float32"
 ) -> Any:
-    """``StableDiffusionPipeline.from_pretrained`` without the safety checker.
+    """The family's pipeline (``core.models.model_family``) with ``from_pretrained``:
+    ``StableDiffusionPipeline`` without the safety checker, or ``StableDiffusionXLPipeline``
+    (whose VAE decodes in fp32 even when ``dtype`` is float16: its ``force_upcast``).
 
     A local folder is read with ``local_files_only=True``; a hub id goes through the HF cache.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from magicapture_pipeline.core.models import SDXL, model_family
 
     source = str(path_or_hub_id)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        source,
-        dtype=DTYPES[dtype],
-        safety_checker=None,
-        requires_safety_checker=False,
-        local_files_only=Path(source).is_dir(),
-    )
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "local_files_only": Path(source).is_dir()}
+    if model_family(source) == SDXL:
+        pipe = StableDiffusionXLPipeline.from_pretrained(source, **kwargs)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, safety_checker=None, requires_safety_checker=False, **kwargs
+        )
     return pipe.to(device)
 
 
@@ -103,24 +107,28 @@ def attach_concept(
 ) -> dict[str, Any]:
     """Load an exported concept onto ``pipe`` through diffusers' stock loaders.
 
-    Every token's embedding goes through ``load_textual_inversion(file, token=...)``; the LoRA
-    (UNet and, when present, text encoder) through ``load_lora_weights`` as adapter
-    ``magicapture``, then ``set_adapters`` applies the per-component scales.
+    Every token's embedding goes through ``load_textual_inversion`` (per encoder for SDXL,
+    ``core.concept.load_embeddings``); the LoRA (UNet and, when present, the text encoders)
+    through ``load_lora_weights`` as adapter ``magicapture``, then ``set_adapters`` applies the
+    per-component scales (both SDXL text encoders get the text-encoder scale).
 
     Returns:
         The concept's ``concept.json``.
     """
     concept_dir = Path(concept_dir)
     concept = read_concept(concept_dir)
-    for entry in concept.get("tokens", []):
-        pipe.load_textual_inversion(str(concept_dir / entry["file"]), token=entry["token"])
+    load_embeddings(pipe, concept_dir, concept)
     lora_name = concept.get("lora", LORA_FILE)  # None for an embeddings-only concept
     if lora_name and (concept_dir / lora_name).is_file():
         pipe.load_lora_weights(
             str(concept_dir), weight_name=lora_name, adapter_name=CONCEPT_ADAPTER
         )
         present = {name for name, adapters in pipe.get_list_adapters().items() if adapters}
-        weights = {"unet": lora_scale_unet, "text_encoder": lora_scale_text_encoder}
+        weights = {
+            "unet": lora_scale_unet,
+            "text_encoder": lora_scale_text_encoder,
+            "text_encoder_2": lora_scale_text_encoder,
+        }
         pipe.set_adapters(CONCEPT_ADAPTER, {k: v for k, v in weights.items() if k in present})
     else:
         logger.warning("Concept %s has no LoRA file: embeddings only", concept_dir)

@@ -1,12 +1,15 @@
-"""Stable Diffusion 1.x components: loading, the tiny random builder and the offline tokenizer.
+"""Base-model components: loading, the tiny random builder and the offline tokenizer.
 
 The ``base`` env loads SD 1.5 (the paper's base model) with ``from_pretrained``; the ``demo`` env
 builds a tiny random SD once in diffusers format and then loads it through the very same
-``load_components`` path, so the demo exercises exactly the code a real run uses.
+``load_components`` path, so the demo exercises exactly the code a real run uses. Which family a
+model belongs to (SD 1.x or SDXL, :func:`model_family`) is read from its ``model_index.json``;
+SDXL's second tokenizer / text encoder and its tiny builder live in ``core.sdxl``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -71,17 +74,31 @@ SD15_TEXT: dict[str, Any] = {
 }
 
 
+SD15 = "sd15"
+SDXL = "sdxl"
+# ``model_index.json`` ``_class_name`` -> family. Every SD 1.x/2.x text-to-image folder names
+# ``StableDiffusionPipeline``; SDXL base folders name ``StableDiffusionXLPipeline``.
+PIPELINE_FAMILIES: dict[str, str] = {
+    "StableDiffusionPipeline": SD15,
+    "StableDiffusionXLPipeline": SDXL,
+}
+
+
 @dataclass
 class SDComponents:
-    """The parts of an SD 1.x model that training and generation need.
+    """The parts of a base model that training and generation need.
 
     Attributes:
         tokenizer: CLIP tokenizer (placeholder tokens are added to it later).
-        text_encoder: CLIP text encoder.
+        text_encoder: CLIP text encoder (SDXL: CLIP ViT-L, 768-d).
         vae: ``AutoencoderKL`` (x8 spatial compression).
         unet: ``UNet2DConditionModel``.
         noise_scheduler: the DDPM training scheduler built from the model's scheduler config.
         source: the folder or hub id the components came from.
+        family: ``"sd15"`` or ``"sdxl"`` (from ``model_index.json``).
+        tokenizer_2: SDXL's second tokenizer (``None`` for SD 1.x).
+        text_encoder_2: SDXL's ``CLIPTextModelWithProjection`` (OpenCLIP bigG, 1280-d; ``None``
+            for SD 1.x).
     """
 
     tokenizer: Any
@@ -90,6 +107,19 @@ class SDComponents:
     unet: Any
     noise_scheduler: Any
     source: str
+    family: str = SD15
+    tokenizer_2: Any = None
+    text_encoder_2: Any = None
+
+    def text_pairs(self) -> list[tuple[str, Any, Any]]:
+        """``[(name, tokenizer, text encoder)]``: one pair for SD 1.x, two for SDXL. The names
+        are the keys of an SDXL embedding file (``clip_l``, ``clip_g``)."""
+        if self.text_encoder_2 is None:
+            return [("clip_l", self.tokenizer, self.text_encoder)]
+        return [
+            ("clip_l", self.tokenizer, self.text_encoder),
+            ("clip_g", self.tokenizer_2, self.text_encoder_2),
+        ]
 
 
 def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
@@ -119,7 +149,7 @@ def _word_merges(word: str, ranks: dict[tuple[str, str], int]) -> list[tuple[str
     return merges
 
 
-def build_offline_tokenizer(extra_words: Iterable[str] = ()) -> Any:
+def build_offline_tokenizer(extra_words: Iterable[str] = (), pad_token: str = EOS_TOKEN) -> Any:
     """Build a CLIP BPE tokenizer in code, without any download.
 
     The vocabulary holds the 256 byte-level characters, the same with ``</w>``, one merge chain per
@@ -129,6 +159,8 @@ def build_offline_tokenizer(extra_words: Iterable[str] = ()) -> Any:
 
     Args:
         extra_words: further words that should become single tokens.
+        pad_token: the padding token (SD and SDXL's first tokenizer: ``<|endoftext|>``; SDXL's
+            second tokenizer: ``!``, a byte-level symbol already in the vocabulary).
 
     Returns:
         A ``transformers.CLIPTokenizer`` with ``model_max_length`` 77.
@@ -156,7 +188,7 @@ def build_offline_tokenizer(extra_words: Iterable[str] = ()) -> Any:
         unk_token=EOS_TOKEN,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
+        pad_token=pad_token,
         model_max_length=MAX_LENGTH,
     )
 
@@ -197,6 +229,8 @@ def build_tiny_sd(out_dir: str | Path, config: Any) -> Path:
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    if getattr(config, "family", SD15) != SD15:
+        raise ValueError(f"build_tiny_sd builds SD 1.x, not {config.family} (core.sdxl)")
     out_dir = Path(out_dir)
     torch.manual_seed(config.seed)
     tokenizer = build_offline_tokenizer(config.extra_words)
@@ -257,17 +291,50 @@ def is_local_model(path_or_hub_id: str | Path) -> bool:
     return (Path(path_or_hub_id) / "model_index.json").is_file()
 
 
+def model_family(path_or_hub_id: str | Path, revision: str | None = None) -> str:
+    """The family (``"sd15"`` / ``"sdxl"``) of a diffusers model, from its ``model_index.json``.
+
+    A local folder is read directly; a hub id through the Hugging Face cache (offline when
+    ``HF_HUB_OFFLINE=1``), so the family always follows the files, never a separate flag.
+
+    Raises:
+        ValueError: naming the file and its ``_class_name`` when it is no supported pipeline.
+    """
+    source = str(path_or_hub_id)
+    if Path(source).is_dir():
+        index = Path(source) / "model_index.json"
+        if not index.is_file():
+            raise ValueError(f"{source}: a folder without model_index.json, not a diffusers model")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        index = Path(hf_hub_download(source, "model_index.json", revision=revision))
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{index}: not valid JSON ({error})") from error
+    if class_name not in PIPELINE_FAMILIES:
+        raise ValueError(
+            f"{index}: _class_name {class_name!r} is not a supported base model; expected one of "
+            f"{sorted(PIPELINE_FAMILIES)}"
+        )
+    return PIPELINE_FAMILIES[class_name]
+
+
 def load_components(
     path_or_hub_id: str | Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     revision: str | None = None,
 ) -> SDComponents:
-    """Load SD 1.x components with ``from_pretrained`` (one subfolder each).
+    """Load SD 1.x or SDXL components with ``from_pretrained`` (one subfolder each).
 
     A local folder is read with ``local_files_only=True``; a hub id goes through the Hugging Face
     cache (offline when ``HF_HUB_OFFLINE=1``). The noise scheduler is a ``DDPMScheduler`` built from
-    the model's scheduler config, as diffusers' training scripts do.
+    the model's scheduler config, as diffusers' training scripts do. The family comes from
+    ``model_index.json`` (:func:`model_family`); SDXL adds ``tokenizer_2`` and
+    ``text_encoder_2`` (``CLIPTextModelWithProjection``). The VAE is loaded in ``dtype`` like the
+    rest; SDXL's VAE overflows in fp16, so the trainers encode in fp32 (its ``force_upcast``).
 
     Args:
         path_or_hub_id: a diffusers folder or a hub id such as ``stable-diffusion-v1-5/...``.
@@ -279,11 +346,12 @@ def load_components(
         The loaded components, every module in eval mode without gradients.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     source = str(path_or_hub_id)
     local = Path(source).is_dir()
     kwargs: dict[str, Any] = {"local_files_only": True} if local else {"revision": revision}
+    family = model_family(source, revision)
     tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kwargs)
     text_encoder = CLIPTextModel.from_pretrained(
         source, subfolder="text_encoder", torch_dtype=dtype, **kwargs
@@ -293,11 +361,29 @@ def load_components(
         source, subfolder="unet", torch_dtype=dtype, **kwargs
     )
     noise_scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)
-    for module in (text_encoder, vae, unet):
+    tokenizer_2 = text_encoder_2 = None
+    if family == SDXL:
+        tokenizer_2 = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2", **kwargs)
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+            source, subfolder="text_encoder_2", torch_dtype=dtype, **kwargs
+        )
+    for module in (text_encoder, text_encoder_2, vae, unet):
+        if module is None:
+            continue
         module.requires_grad_(False)
         module.eval()
         module.to(device)
-    return SDComponents(tokenizer, text_encoder, vae, unet, noise_scheduler, source)
+    return SDComponents(
+        tokenizer,
+        text_encoder,
+        vae,
+        unet,
+        noise_scheduler,
+        source,
+        family=family,
+        tokenizer_2=tokenizer_2,
+        text_encoder_2=text_encoder_2,
+    )
 
 
 def token_ids(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:

@@ -1,0 +1,73 @@
+"""The tiny random SDXL of the tests (SDXL's layout: no attention at the first level, two text
+encoders of different widths so a mixed-up table shows as a shape error), and a random SDXL
+concept written with the same diffusers/peft calls an export uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from magicapture_pipeline.config.training import TinyModelConfig
+
+TINY_SDXL = TinyModelConfig(
+    family="sdxl",
+    sample_size=64,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+)
+TOKENS = ("<v1>", "<v2>")
+
+
+def lora_state(model: torch.nn.Module, targets, seed: int) -> dict[str, torch.Tensor]:
+    """Inject a random (gaussian) rank-4 LoRA into ``model`` and return it in diffusers format."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets)
+    if hasattr(model, "add_adapter") and hasattr(model, "set_adapters"):  # diffusers UNet
+        model.add_adapter(config)
+    else:
+        inject_adapter_in_model(config, model)
+    with torch.no_grad():  # gaussian init leaves B at zero: give B values so the LoRA shows
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+
+
+def write_sdxl_concept(base: Path, out: Path) -> tuple[dict, object]:
+    """Export a random SDXL concept (UNet + both text encoders LoRA, both token tables) with the
+    project's ``core.concept.export``; returns ``concept.json`` and the in-memory components
+    (adapters attached) that the concept was taken from."""
+    from magicapture_pipeline.core.concept import export
+    from magicapture_pipeline.core.families import FamilyAdapter
+    from magicapture_pipeline.core.models import load_components
+
+    parts = load_components(base)
+    adapter = FamilyAdapter(parts)
+    adapter.add_placeholder_tokens(TOKENS, ["person", "painting"])
+    generator = torch.Generator().manual_seed(3)
+    embeddings = {
+        token: {
+            name: torch.randn(enc.config.hidden_size, generator=generator)
+            for name, _, enc in adapter.tables
+        }
+        for token in TOKENS
+    }
+    adapter.set_embeddings(embeddings)
+    attention = ["q_proj", "k_proj", "v_proj", "out_proj"]
+    unet_lora = lora_state(parts.unet, r".*attn2\.(to_q|to_k|to_v|to_out\.0)$", 0)
+    te_lora = lora_state(parts.text_encoder, attention, 1)
+    te2_lora = lora_state(parts.text_encoder_2, attention, 2)
+    info = export(
+        out,
+        embeddings,
+        unet_lora,
+        te_lora,
+        {"base_model": str(base), "family": "sdxl", "resolution": 64},
+        text_encoder_2_lora=te2_lora,
+    )
+    return info, parts
