@@ -10,7 +10,12 @@ from PIL import Image
 from skimage import data
 
 from magicapture_pipeline.core import metrics as m
-from magicapture_pipeline.core.identity import ArcFaceOnnxEmbedder, DlibFaceEmbedder
+from magicapture_pipeline.core.evaluation import evaluate_images
+from magicapture_pipeline.core.identity import (
+    ArcFaceOnnxEmbedder,
+    DlibFaceEmbedder,
+    IResNetEmbedder,
+)
 from tiny_concept import tiny_clip_vision
 
 
@@ -105,7 +110,123 @@ def test_arcface_unavailable_with_reason(backend, arcface_model, expected):
     assert embedder is None and expected in reason and reason.startswith("csim_arcface")
 
 
+class _TableEmbedder:
+    """A recognizer stand-in: each image's embedding is looked up by its top-left pixel value."""
+
+    backend = "arcface"
+
+    def __init__(self, table: dict[int, list[float] | None]) -> None:
+        self.table = table
+
+    def embed(self, image_rgb, landmarks5=None):
+        vector = self.table[int(np.asarray(image_rgb)[0, 0, 0])]
+        return None if vector is None else np.asarray(vector, dtype=np.float64)
+
+
+def _tagged(value: int) -> Image.Image:
+    return Image.new("RGB", (8, 8), (value, 0, 0))
+
+
+def test_csim_is_the_mean_pairwise_cosine_not_the_cosine_to_the_mean():
+    """Sources e1 and e2, generated e1: pairs give (1 + 0) / 2 = 0.5 by hand; the cosine to the
+    mean source embedding would give 1 / sqrt(2) = 0.7071 (the inflation issue 10 names)."""
+    embedder = _TableEmbedder({1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 0.0]})
+    result = m.csim(embedder, {"g": _tagged(3)}, [_tagged(1), _tagged(2)])
+    assert result.per_image["g"] == pytest.approx(0.5, abs=1e-9)
+    assert result.mean == pytest.approx(0.5, abs=1e-9)
+    # unequal norms do not matter (cosines), and the set's mean is the mean over all pairs
+    embedder.table[4] = [3.0, 4.0]  # cos to e1 = 0.6, to e2 = 0.8
+    both = m.csim(embedder, {"g": _tagged(3), "h": _tagged(4)}, [_tagged(1), _tagged(2)])
+    assert both.per_image["h"] == pytest.approx(0.7, abs=1e-9)
+    assert both.mean == pytest.approx((1.0 + 0.0 + 0.6 + 0.8) / 4, abs=1e-9)
+
+
+def test_heldout_csim_and_copy_check_by_hand():
+    """Training photos e1, e2; held-out photo (0.6, 0.8); one generated face that copies e1."""
+    embedder = _TableEmbedder({1: [1, 0, 0], 2: [0, 1, 0], 5: [0.6, 0.8, 0], 3: [1, 0, 0]})
+    report = m.identity_report(embedder, {"g": _tagged(3)}, [_tagged(1), _tagged(2)],
+                               [_tagged(5)])
+    out = report.metrics()
+    assert out["csim_arcface"] == pytest.approx(0.5)
+    assert out["csim_arcface_heldout"] == pytest.approx(0.6)
+    assert out["copy_check_arcface_nearest_training"] == pytest.approx(1.0)
+    assert out["copy_check_arcface_heldout"] == pytest.approx(0.6)
+    assert out["copy_check_arcface_gap"] == pytest.approx(0.4)
+    # the held-out real photo's own nearest training photo: max(0.6, 0.8)
+    assert out["copy_check_arcface_heldout_photo_nearest_training"] == pytest.approx(0.8)
+    assert not report.same_as_loss and "csim_arcface_same_as_loss" not in out
+
+
+def test_csim_of_the_identity_loss_network_is_labelled_same_as_loss(astronaut):
+    """The same IResNet as recognizer and loss network -> only ``csim_arcface_same_as_loss``;
+    an independently initialised one -> the plain key."""
+    from magicapture_pipeline.core.arcface import build_iresnet
+
+    torch.manual_seed(0)
+    loss_net = build_iresnet("r18")
+    torch.manual_seed(1)
+    other_net = build_iresnet("r18")
+    landmarks = np.array([[180, 120], [250, 115], [215, 160], [190, 200], [245, 195]], np.float32)
+    recognizer = IResNetEmbedder(loss_net, landmark_finder=lambda image: landmarks)
+    recognizer.backend = "arcface"
+    loss = (IResNetEmbedder(loss_net), None)
+
+    def run(loss_recognizer):
+        return evaluate_images(
+            {"g": astronaut}, [astronaut], [], identity=(recognizer, None),
+            clip=(None, "none"), aesthetic=(None, "none"), face_mask_fn=None,
+            face_detect_fn=None, source_landmarks=[landmarks], loss_recognizer=loss_recognizer,
+        )
+
+    same = run(loss)
+    assert "csim_arcface" not in same.metrics
+    assert same.metrics["csim_arcface_same_as_loss"] == pytest.approx(1.0, abs=1e-5)
+    assert "identity loss" in same.unavailable["csim_arcface"]
+    assert same.info["csim_loss_network_agreement"] == pytest.approx(1.0, abs=1e-5)
+    different = run((IResNetEmbedder(other_net), None))
+    assert "csim_arcface" in different.metrics
+    assert "csim_arcface_same_as_loss" not in different.metrics
+    assert different.info["csim_loss_network_agreement"] < m.SAME_NETWORK_AGREEMENT
+    unknown = run((None, "checkpoint unreadable"))  # cannot compare: labelled, to be safe
+    assert "csim_arcface_same_as_loss" in unknown.metrics and "csim_arcface" not in unknown.metrics
+    assert "csim_arcface" in run(None).metrics  # no identity loss ran
+
+
+def test_loss_recognizer_loads_the_configured_checkpoint(tmp_path):
+    from magicapture_pipeline.core.arcface import build_iresnet
+
+    assert m.load_loss_recognizer({"mode": "off", "checkpoint": "x"}) is None
+    assert m.load_loss_recognizer({"checkpoint": None}) is None
+    torch.manual_seed(0)
+    torch.save(build_iresnet("r18").state_dict(), tmp_path / "backbone.pth")
+    embedder, reason = m.load_loss_recognizer(
+        {"mode": "single_pass", "checkpoint": str(tmp_path / "backbone.pth"), "arch": "r18"}
+    )
+    assert reason is None and isinstance(embedder, IResNetEmbedder)
+    embedder, reason = m.load_loss_recognizer(
+        {"mode": "single_pass", "checkpoint": str(tmp_path / "backbone.pth"), "arch": "r50"}
+    )
+    assert embedder is None and "backbone.pth" in reason
+
+
 # ----------------------------------------------------------------------------- style
+
+
+class _TableClip:
+    """A CLIP stand-in for the style formula: embeddings looked up by the top-left pixel."""
+
+    def __init__(self, table: dict[int, list[float]]) -> None:
+        self.table = table
+
+    def embed(self, images):
+        return np.stack([self.table[int(np.asarray(i)[0, 0, 0])] for i in images])
+
+
+def test_style_is_the_mean_pairwise_cosine_over_reference_x_generated():
+    clip = _TableClip({1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 0.0]})
+    result = m.style_similarity(clip, {"g": _tagged(3)}, [_tagged(1), _tagged(2)])
+    assert result.per_image["g"] == pytest.approx(0.5, abs=1e-9)  # not 0.7071
+
 
 
 def test_style_identical_images_score_one(tiny_clip, astronaut):
@@ -157,7 +278,7 @@ def test_metrics_without_weights_are_unavailable_with_reasons(astronaut):
     clip = m.load_clip("/nonexistent/clip-vit-large-patch14", local_files_only=True)
     aesthetic = m.load_aesthetic(None)
     assert clip[0] is None and "could not be loaded" in clip[1]
-    evaluation = m.evaluate_images(
+    evaluation = evaluate_images(
         {"g": astronaut},
         [astronaut],
         [astronaut],

@@ -10,7 +10,7 @@ from PIL import Image
 from skimage import data
 
 from magicapture_pipeline.config.training import TinyModelConfig
-from magicapture_pipeline.core.metrics import comparison_markdown, comparison_rows
+from magicapture_pipeline.core.comparison import comparison_markdown, comparison_rows
 from magicapture_pipeline.core.models import build_tiny_sd
 from magicapture_pipeline.pipelines.benchmark.nodes import run_benchmark
 

@@ -74,6 +74,7 @@ def test_generate_postprocess_evaluate_chain(tmp_path, monkeypatch):
             "num_inference_steps": 3,
         },
         "params:postprocess": _params("postprocess", "postprocess"),
+        "params:stage_two": {},
         "params:evaluation": {
             **_params("evaluate", "evaluation"),
             "clip_model": str(tmp_path / "clip"),

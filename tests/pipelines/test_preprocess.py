@@ -193,7 +193,11 @@ def test_kedro_demo_run_writes_the_catalog(project_copy):
     report = json.loads((project_copy / "data/08_reporting/validation_report.json").read_text())
     assert report["success"] and report["n_source"] == 5
     training = json.loads((project_copy / "data/05_model_input/training_set.json").read_text())
-    assert training["resolution"] == 128 and len(training["items"]) == 10
+    # 5 source photos: one is held out before training (never in "items", which training reads)
+    assert training["resolution"] == 128 and len(training["items"]) == 9
+    assert [item["role"] for item in training["held_out"]] == ["source"]
+    held = training["held_out"][0]["id"]
+    assert held not in {item["id"] for item in training["items"] if item["role"] == "source"}
     assert "it/s]" not in result.stderr  # great-expectations progress bars silenced
 
 
@@ -214,3 +218,30 @@ def test_kedro_run_stops_on_invalid_set(project_copy, tmp_path):
     assert "holiday.jpg: image_decodes" in output and "empty_file" in output
     assert (project_copy / "data/08_reporting/validation_report.json").is_file()
     assert not (project_copy / "data/05_model_input/training_set.json").exists()
+
+
+def test_accepted_set_holds_a_source_photo_out_of_training():
+    """With 5 source photos one is held out before training (issue 10): the examples training
+    builds never include it; with 4 every photo trains."""
+    from magicapture_pipeline.core.validation import split_heldout_sources
+    from magicapture_pipeline.pipelines.preprocess.nodes import accept_training_set
+
+    assert split_heldout_sources(["b", "a", "c", "e", "d"], 1, 5) == (["a", "b", "c", "d"], ["e"])
+    assert split_heldout_sources(["a", "b", "c", "d"], 1, 5) == (["a", "b", "c", "d"], [])
+    assert split_heldout_sources(["a", "b", "c", "d", "e"], 0, 5)[1] == []
+    rows = [{"id": f"s{i}", "role": "source", "landmarks5": None} for i in range(5)]
+    rows += [{"id": "r0", "role": "reference", "landmarks5": None}]
+    report = {"success": True, "failures": []}
+    training = accept_training_set(report, pd.DataFrame(rows), {"resolution": 64})
+    trained = {i["id"] for i in training["items"]}
+    assert [i["id"] for i in training["held_out"]] == ["s4"]
+    assert trained == {"s0", "s1", "s2", "s3", "r0"}
+    four = accept_training_set(report, pd.DataFrame(rows[1:]), {"resolution": 64})
+    assert four["held_out"] == [] and len(four["items"]) == 5
+    from magicapture_pipeline.pipelines.shared import inputs_from_preprocess
+
+    crops = {f"source/s{i}": Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(5)}
+    crops["reference/r0"] = Image.new("RGB", (8, 8))
+    data_in = inputs_from_preprocess(crops, {}, training)
+    assert len(data_in["sources"]) == 4 and len(data_in["heldout"]) == 1
+    assert data_in["heldout"][0].getpixel((0, 0)) == (4, 0, 0)

@@ -83,6 +83,16 @@ class PreprocessConfig(BaseModel):
         "dlib",
         description="Face embedding for the same-person rule: dlib (offline, 128-d) or none.",
     )
+    heldout_sources: int = Field(
+        1, ge=0,
+        description="Source photos split off before training (never trained on) to score "
+        "identity on unseen photos (csim_*_heldout); ours, issue 10. 0 = none.",
+    )
+    heldout_min_sources: int = Field(
+        5, ge=2,
+        description="Hold photos out only when at least this many source photos are accepted "
+        "(ours: with 4 or fewer, every photo trains).",
+    )
 
 
 class ValidationConfig(BaseModel):

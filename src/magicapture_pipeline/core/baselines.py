@@ -25,8 +25,8 @@ from magicapture_pipeline.config.generation import (
 )
 from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core import concept as concept_io
+from magicapture_pipeline.core.evaluation import evaluate_with
 from magicapture_pipeline.core.generation import make_grid, run_generation
-from magicapture_pipeline.core.metrics import evaluate_with
 from magicapture_pipeline.core.models import load_components
 from magicapture_pipeline.core.postprocess import mark, postprocess_images, provenance_record
 from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer
@@ -128,6 +128,8 @@ def _score_variant(
         reference_masks=data["masks"],
         source_landmarks=data["landmarks"],
         mask_face_for_style=mask_face,
+        heldout=data.get("heldout", ()),
+        heldout_landmarks=data.get("heldout_landmarks"),
     )
     grid = make_grid(list(images.values()), list(images), generation.grid_columns)
     return evaluation.as_json(), grid

@@ -167,3 +167,42 @@ def distances_to_centre(embeddings: dict[str, np.ndarray]) -> dict[str, float]:
     stacked = np.stack([np.asarray(v, dtype=np.float64) for v in embeddings.values()])
     centre = np.median(stacked, axis=0)
     return {key: l2_distance(vector, centre) for key, vector in embeddings.items()}
+
+
+class IResNetEmbedder:
+    """The identity loss's own network (an arcface_torch IResNet) as a ``FaceEmbedder``.
+
+    Used to tell whether the CSIM recognizer is the network the identity loss (Eq. 7) trained
+    against: the face is aligned with the same differentiable warp the loss uses
+    (``core.arcface.align_faces``), so the two see the same 112x112 crop.
+
+    Args:
+        model: a loaded IResNet (``core.arcface.load_arcface``) or any module mapping
+            ``(B, 3, 112, 112)`` in ``[-1, 1]`` to ``(B, D)``.
+    """
+
+    backend = "arcface_loss"
+
+    def __init__(self, model, landmark_finder=None) -> None:
+        self.model = model.eval()
+        self.landmark_finder = landmark_finder
+
+    def embed(
+        self, image_rgb: np.ndarray, landmarks5: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """L2-normalised embedding of the face at ``landmarks5`` (None without landmarks)."""
+        import torch
+
+        from magicapture_pipeline.core.arcface import align_faces
+
+        if landmarks5 is None and self.landmark_finder is not None:
+            landmarks5 = self.landmark_finder(image_rgb)
+        if landmarks5 is None:
+            return None
+        pixels = torch.from_numpy(np.asarray(image_rgb, dtype=np.float32)).permute(2, 0, 1)
+        images = (pixels / 127.5 - 1.0).unsqueeze(0)
+        points = torch.as_tensor(np.asarray(landmarks5, np.float32).reshape(1, 5, 2))
+        with torch.no_grad():
+            feature = self.model(align_faces(images, points)).float().reshape(-1).numpy()
+        norm = float(np.linalg.norm(feature))
+        return feature / norm if norm > 0 else feature

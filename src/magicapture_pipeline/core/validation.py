@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,6 +251,21 @@ def _expectation(gxe: Any, rule: Rule) -> Any:
     return gxe.ExpectColumnValuesToBeBetween(
         column=rule.column, min_value=rule.low, max_value=rule.high, meta=meta
     )
+
+
+def split_heldout_sources(
+    source_ids: Sequence[str], n_heldout: int, min_sources: int
+) -> tuple[list[str], list[str]]:
+    """Source ids to train on and to hold out (the last ``n_heldout`` in sorted id order).
+
+    Nothing is held out below ``min_sources`` photos, and at least ``min_sources - n_heldout``
+    (never fewer than one) photos always train.
+    """
+    ordered = sorted(str(i) for i in source_ids)
+    if n_heldout <= 0 or len(ordered) < min_sources:
+        return ordered, []
+    keep = max(1, len(ordered) - n_heldout)
+    return ordered[:keep], ordered[keep:]
 
 
 def _reason(table: pd.DataFrame, key: str) -> str:

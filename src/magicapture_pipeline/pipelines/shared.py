@@ -22,28 +22,36 @@ def inputs_from_preprocess(
     face_masks: Mapping[str, Any],
     training_set: dict[str, Any] | None,
 ) -> dict[str, list[Any]]:
-    """Source photos (+ landmarks), reference images and their face masks.
+    """Training source photos (+ landmarks), held-out source photos, reference images and masks.
 
-    Only the items accepted into ``training_set`` are used when it lists them; otherwise every
-    ``source/<id>`` and ``reference/<id>`` crop.
+    Only the items accepted into ``training_set`` are used when it lists them (``items`` trained,
+    ``held_out`` never trained on); otherwise every ``source/<id>`` and ``reference/<id>`` crop.
     """
     items = (training_set or {}).get("items") or []
     if items:
         chosen = [(item["role"], str(item["id"]), item.get("landmarks5")) for item in items]
     else:
         chosen = [(*key.split("/", 1), None) for key in sorted(face_crops) if "/" in key]
-    out: dict[str, list[Any]] = {"sources": [], "landmarks": [], "references": [], "masks": []}
-    for role, ident, raw_landmarks in chosen:
-        crop = face_crops.get(f"{role}/{ident}")
+    held = [
+        ("held_out", str(item["id"]), item.get("landmarks5"))
+        for item in (training_set or {}).get("held_out") or []
+    ]
+    out: dict[str, list[Any]] = {
+        "sources": [], "landmarks": [], "references": [], "masks": [],
+        "heldout": [], "heldout_landmarks": [],
+    }
+    for role, ident, raw_landmarks in chosen + held:
+        crop = face_crops.get(f"{'source' if role == 'held_out' else role}/{ident}")
         if crop is None:
             continue
         image = materialise(crop).convert("RGB")
-        if role == "source":
+        if role in ("source", "held_out"):
             lm = raw_landmarks
             if isinstance(lm, str):  # face_metadata keeps landmarks5 as JSON text
                 lm = json.loads(lm) if lm.strip() else None
-            out["sources"].append(image)
-            out["landmarks"].append(
+            prefix = "" if role == "source" else "heldout_"
+            out["heldout" if prefix else "sources"].append(image)
+            out[f"{prefix}landmarks"].append(
                 np.asarray(lm, dtype=np.float32).reshape(5, 2) if lm is not None else None
             )
         elif role == "reference":

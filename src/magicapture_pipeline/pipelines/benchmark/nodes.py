@@ -17,12 +17,12 @@ from magicapture_pipeline.config.generation import (
     PostprocessConfig,
 )
 from magicapture_pipeline.core.baselines import run_variants
-from magicapture_pipeline.core.metrics import (
+from magicapture_pipeline.core.comparison import (
     comparison_markdown,
     comparison_rows,
-    load_metric_models,
     unavailable_reasons,
 )
+from magicapture_pipeline.core.evaluation import load_metric_models
 from magicapture_pipeline.pipelines.shared import base_model_path, inputs_from_preprocess
 
 logger = logging.getLogger(__name__)

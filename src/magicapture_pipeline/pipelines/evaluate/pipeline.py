@@ -17,6 +17,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "face_crops",
                     "face_masks",
                     "training_set",
+                    "concept",
+                    "params:stage_two",
                     "params:evaluation",
                 ],
                 outputs=["metrics", "per_image_metrics"],

@@ -11,7 +11,11 @@ from PIL import Image
 from magicapture_pipeline.config.preprocess import PreprocessConfig, ValidationConfig
 from magicapture_pipeline.core.faces import analyze_image_set
 from magicapture_pipeline.core.images import RawImage, to_pil
-from magicapture_pipeline.core.validation import raise_if_failed, validate_face_metadata
+from magicapture_pipeline.core.validation import (
+    raise_if_failed,
+    split_heldout_sources,
+    validate_face_metadata,
+)
 
 METADATA_COLUMNS = [
     "id", "role", "path", "width", "height", "n_faces", "face_score", "bbox",
@@ -65,14 +69,17 @@ def accept_training_set(
         params: the ``preprocess`` parameters (for the resolution).
 
     Returns:
-        ``{"resolution", "latent_resolution", "mask_convention", "items": [...]}``.
+        ``{"resolution", "latent_resolution", "mask_convention", "items": [...],
+        "held_out": [...]}``: training reads ``items`` only; ``held_out`` source photos (split
+        off here, before any training) are for the held-out identity score.
 
     Raises:
         ValidationFailed: one line per offending file.
     """
     raise_if_failed(validation_report)
-    resolution = PreprocessConfig.model_validate(params).resolution
-    items = [
+    config = PreprocessConfig.model_validate(params)
+    resolution = config.resolution
+    everything = [
         {
             "id": str(row.id),
             "role": row.role,
@@ -83,12 +90,21 @@ def accept_training_set(
         }
         for row in face_metadata.itertuples()
     ]
+    sources = [item["id"] for item in everything if item["role"] == "source"]
+    _, heldout_ids = split_heldout_sources(
+        sources, config.heldout_sources, config.heldout_min_sources
+    )
+    held = set(heldout_ids)
+    items = [i for i in everything if not (i["role"] == "source" and i["id"] in held)]
     return {
         "resolution": resolution,
         "latent_resolution": resolution // 8,
         "mask_convention": "masks are the face region (255 = face); source images train on the "
         "face mask, reference images on its complement (all-ones when no face)",
         "items": items,
+        "held_out": [i for i in everything if i["role"] == "source" and i["id"] in held],
+        "held_out_rule": f"the last {config.heldout_sources} source photo(s) in id order when "
+        f"at least {config.heldout_min_sources} are accepted; never trained on",
     }
 
 
