@@ -109,6 +109,20 @@ def test_reference_mask_is_face_or_empty(analyzer, image, has_face):
         assert not result.mask.any() and "whole image" in result.reason
 
 
+def test_reference_face_the_mesh_misses_is_masked_by_its_box(analyzer):
+    """scikit-image's cameraman (a real photo): the detector finds his face (score ~0.9), the
+    mesh does not outline it. The face must not stay in the style region (issue 10 §4)."""
+    camera = np.ascontiguousarray(np.stack([data.camera()] * 3, axis=-1))
+    result = faces.analyze_reference(camera, analyzer, 128)
+    assert result.n_faces == 1 and result.mask_source == "detection_box"
+    assert "could not outline" in result.reason
+    x, y, w, h = (v * 128 / 512 for v in result.bbox)  # crop = whole 512 px image here
+    inside = result.mask[int(np.ceil(y)) : int(y + h), int(np.ceil(x)) : int(x + w)]
+    assert inside.size > 0 and (inside == 255).all()
+    assert result.mask_coverage == pytest.approx(w * h / 128**2, rel=0.15)
+    assert result.mask[:, :40].max() == 0  # far from the face: style region
+
+
 @pytest.mark.parametrize(
     ("box", "size", "scale", "expected"),
     [
@@ -177,7 +191,8 @@ def test_face_oval_is_one_closed_polygon():
 def test_measure_throughput_reports_both_rates(astronaut):
     rates = faces.measure_throughput([astronaut], resolution=128, repeats=1)
     assert set(rates) == {"detect_mesh_mask", "full"}
-    assert all(rate > 1.0 for rate in rates.values())  # far slower means graphs rebuilt per image
+    # rates only: speed belongs in `make bench`, not in a test (FINDINGS)
+    assert all(np.isfinite(rate) and rate > 0 for rate in rates.values())
 
 
 def test_detection_keypoints_are_in_image_pixels(analyzer, astronaut):

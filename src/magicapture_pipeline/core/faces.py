@@ -3,7 +3,8 @@
 The face mask stands in for the face parser of the paper (MagiCapture, Sec. 3.2 / Eq. 4-6): the
 region inside the mesh's face oval (skin, brows, eyes, nose, mouth, lips), which leaves hair above
 the hairline and the neck below the jaw outside. Source images use the mask as is; reference
-(style) images use its complement, so a reference image without a face has an all-ones style mask.
+(style) images use its complement, so a reference image without a face has an all-ones style mask;
+one whose face the detector finds but the mesh cannot outline has its detection box masked.
 
 Everything runs offline on the models bundled in mediapipe 0.10.21. One :class:`FaceAnalyzer`
 holds the mediapipe graphs and is reused for a whole image set (building them per image would
@@ -354,6 +355,25 @@ def ellipse_mask(
     return _grow_and_soften(mask, dilation, feather)
 
 
+def box_mask(
+    boxes: list[tuple[float, float, float, float]],
+    size: int,
+    dilation: float = 0.0,
+    feather: float = 0.0,
+) -> np.ndarray:
+    """Mask of whole detection boxes (255 inside), for a face the mesh could not outline.
+
+    The box, not the inscribed ellipse: on a reference image the face must stay out of the style
+    region, so the cruder shape errs on the side of masking too much.
+    """
+    mask = np.zeros((size, size), dtype=np.uint8)
+    for x, y, w, h in boxes:
+        x0, y0 = max(0, int(np.floor(x))), max(0, int(np.floor(y)))
+        x1, y1 = min(size, int(np.ceil(x + w))), min(size, int(np.ceil(y + h)))
+        mask[y0:y1, x0:x1] = 255
+    return _grow_and_soften(mask, dilation, feather)
+
+
 def _grow_and_soften(mask: np.ndarray, dilation: float, feather: float) -> np.ndarray:
     if dilation == 0.0 and feather <= 0.0:
         return mask
@@ -542,15 +562,18 @@ def analyze_reference(
         mask = face_mask(points, resolution, mask_dilation, mask_feather)
         return _result(crop, mask, reason="", five=landmarks5(points), mask_source="face_mesh",
                        **common)
-    # A detection the mesh cannot confirm is usually a false face in a stylised scene (seen on
-    # the rocket and camera demo images), so it leaves the style mask whole.
-    mask = np.zeros((resolution, resolution), dtype=np.uint8)
     if detections:
-        reason = (f"{len(detections)} detection(s) (best score {detections[0].score:.2f}) not "
-                  "confirmed by the face mesh: treated as no face, the style mask covers the "
-                  "whole image")
-    else:
-        reason = "no face: the style mask covers the whole image"
+        # The detector found a face the mesh could not outline (seen on scikit-image's cameraman,
+        # a real face at score 0.90): without a mask there, [V2] would learn that face as style.
+        # The detection boxes are masked instead (a false face in a stylised scene then costs a
+        # small patch of style region, never a leaked face).
+        mask = box_mask([d.box for d in detections], resolution, mask_dilation, mask_feather)
+        reason = (f"{len(detections)} face detection(s) (best score {detections[0].score:.2f}) "
+                  "the face mesh could not outline: the detection box(es) are masked out of the "
+                  "style region")
+        return _result(crop, mask, reason=reason, mask_source="detection_box", **common)
+    mask = np.zeros((resolution, resolution), dtype=np.uint8)
+    reason = "no face: the style mask covers the whole image"
     return _result(crop, mask, reason=reason, **common)
 
 
