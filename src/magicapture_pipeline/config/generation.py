@@ -179,14 +179,39 @@ class EvaluationConfig(BaseModel):
     )
 
 
+class PaperFigures(BaseModel):
+    """The paper's own numbers for one benchmark row (never ours)."""
+
+    model_config = _FROZEN
+
+    csim: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="The paper's CSIM (ArcFace) for the row."
+    )
+    style: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="The paper's masked CLIP style similarity for the row.",
+    )
+    aesthetic: float | None = Field(
+        default=None, ge=0.0, le=10.0, description="The paper's LAION aesthetic score for the row."
+    )
+    source: str | None = Field(
+        default=None, description="Where the figures are printed (e.g. 'paper Table 1')."
+    )
+
+
 class VariantConfig(BaseModel):
     """One row of the Table-1-shaped comparison."""
 
     model_config = _FROZEN
 
     name: str = Field(description="Row label in the comparison table.")
-    method: Literal["magicapture", "textual_inversion", "dreambooth_lora", "custom_diffusion"] = (
-        Field(description="Training recipe.")
+    method: Literal[
+        "magicapture", "textual_inversion", "dreambooth_lora", "custom_diffusion_lora"
+    ] = Field(
+        description="Training recipe; the *_lora baselines are LoRA variants of DreamBooth and "
+        "Custom Diffusion, not the papers' full fine-tunes (see core.baselines.METHOD_NOTES)."
     )
     stage_one: dict[str, Any] = Field(
         default={}, description="Overrides of params:stage_one for this variant."
@@ -194,15 +219,34 @@ class VariantConfig(BaseModel):
     stage_two: dict[str, Any] = Field(
         default={}, description="Overrides of params:stage_two for this variant."
     )
-    postprocess: bool = Field(default=False, description="Post-process before scoring.")
+    postprocess: bool = Field(
+        default=False,
+        description="Post-process (params:postprocess: super-resolution + face restoration) "
+        "before scoring.",
+    )
     concept_from: str | None = Field(
         default=None,
         description="Reuse the concept trained for this earlier variant instead of training.",
     )
-    paper: dict[str, float | None] = Field(
-        default={},
-        description="The paper's Table 1 numbers for this row (csim, style, aesthetic); "
-        "empty when not transcribed.",
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="Sampling CFG for this row (None: params:generation's); baselines: 7.5.",
+    )
+    num_inference_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Sampling steps for this row (None: params:generation's); baselines: 50.",
+    )
+    settings_source: str = Field(
+        default="",
+        description="Where this row's training and sampling settings come from (paper / "
+        "authors' code / ours + reason); shown in the table.",
+    )
+    paper: PaperFigures = Field(
+        default_factory=PaperFigures,
+        description="The paper's figures for this row (Table 1 / Table 3); empty where the "
+        "paper prints none.",
     )
 
 
@@ -216,7 +260,10 @@ class BenchmarkConfig(BaseModel):
         default=None, ge=1, description="Overrides generation.images_per_prompt for every variant."
     )
     num_inference_steps: int | None = Field(
-        default=None, ge=1, description="Overrides generation.num_inference_steps."
+        default=None,
+        ge=1,
+        description="Overrides every variant's sampling steps (generation's and the row's; "
+        "a demo budget).",
     )
     max_steps: int | None = Field(
         default=None,

@@ -56,9 +56,13 @@ METHOD_NOTES = {
     "magicapture": "stage one + stage two (core.training), exported with core.concept.export",
     "textual_inversion": "embeddings only: the stage-one trainer (masked reconstruction, Eq. 4-5) "
     "at the paper's TI settings; no LoRA",
-    "dreambooth_lora": "DreamBooth-LoRA, not the paper's full fine-tune: the stage-two trainer "
-    "without stage one, composed prompts, identity or attention losses; embeddings frozen",
-    "custom_diffusion": "cross-attention k/v + modifier tokens",
+    "dreambooth_lora": "DreamBooth as a rank-4 LoRA, NOT the paper's DreamBooth (full UNet + text "
+    "encoder fine-tune with prior preservation, lr 1e-6): the stage-two trainer without stage "
+    "one, composed prompts, identity or attention losses, embeddings frozen, no prior "
+    "preservation, at a LoRA learning rate",
+    "custom_diffusion_lora": "Custom Diffusion as a rank-4 LoRA on cross-attention k/v plus the "
+    "[V1]/[V2] modifier tokens, NOT the paper's Custom Diffusion (full k/v fine-tune, lr 5e-6): "
+    "at a LoRA learning rate",
 }
 
 
@@ -108,18 +112,37 @@ def _score_variant(
     models: Any,
     data: dict[str, list[Any]],
     mask_face: bool,
-) -> tuple[dict[str, Any], Image.Image]:
+    steps_fixed: bool = False,
+) -> tuple[dict[str, Any], Image.Image, dict[str, Any]]:
+    generation = variant_generation(generation, variant, steps_fixed)
     run = run_generation(base, concept, generation)
     images = {item.key: item.image for item in run.images}
+    sampling = {
+        "guidance_scale": generation.guidance_scale,
+        "num_inference_steps": generation.num_inference_steps,
+        "scheduler": generation.scheduler,
+    }
     if variant.postprocess:
         sr = postprocess.super_resolution
+        restoration = postprocess.face_restoration
+        restorer = (
+            (restoration.backend, restoration.checkpoint, restoration.fidelity_weight)
+            if restoration.enabled
+            else None
+        )
+        faces = getattr(models, "faces", None)
         result = postprocess_images(
             images,
             super_resolution=sr.enabled,
             upscaler_kwargs=sr.upscaler_kwargs(),
-            restorer=None,
+            restorer=restorer,
+            face_mask_fn=faces.mask if faces is not None else None,
+            feather=restoration.blend_feather,
+            progress=False,
         )
         images = result.images
+        sampling["postprocess_steps"] = sorted({s for v in result.steps.values() for s in v})
+        sampling["postprocess_unavailable"] = dict(result.unavailable)
     evaluation = evaluate_with(
         models,
         images,
@@ -132,7 +155,23 @@ def _score_variant(
         heldout_landmarks=data.get("heldout_landmarks"),
     )
     grid = make_grid(list(images.values()), list(images), generation.grid_columns)
-    return evaluation.as_json(), grid
+    return evaluation.as_json(), grid, sampling
+
+
+def variant_generation(
+    generation: GenerationConfig, variant: VariantConfig, steps_fixed: bool = False
+) -> GenerationConfig:
+    """The sampling settings of one row: the row's CFG / steps over ``generation``'s.
+
+    ``steps_fixed``: the benchmark already set every row's steps (a demo budget); the row's own
+    ``num_inference_steps`` then yields.
+    """
+    updates: dict[str, Any] = {}
+    if variant.guidance_scale is not None:
+        updates["guidance_scale"] = variant.guidance_scale
+    if variant.num_inference_steps is not None and not steps_fixed:
+        updates["num_inference_steps"] = variant.num_inference_steps
+    return generation.model_copy(update=updates)
 
 
 def _train_or_reuse(
@@ -178,6 +217,7 @@ def run_variants(
     models: Any,
     data: dict[str, list[Any]],
     mask_face: bool,
+    steps_fixed: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Image.Image]]:
     """Train (or reuse), sample and score every variant in order.
 
@@ -193,9 +233,10 @@ def run_variants(
             entry: dict[str, Any] = {
                 "name": variant.name,
                 "method": variant.method,
-                "paper": variant.paper,
+                "paper": variant.paper.model_dump(),
                 "metrics": None,
                 "method_note": METHOD_NOTES[variant.method],
+                "settings_source": variant.settings_source,
             }
             start = time.perf_counter()
             concept, reason = _train_or_reuse(
@@ -214,7 +255,7 @@ def run_variants(
                 logger.warning("Benchmark variant %s %s", variant.name, reason)
             else:
                 trained[variant.name] = concept
-                metrics, grid = _score_variant(
+                metrics, grid, sampling = _score_variant(
                     variant,
                     concept=concept,
                     base=base,
@@ -223,8 +264,10 @@ def run_variants(
                     models=models,
                     data=data,
                     mask_face=mask_face,
+                    steps_fixed=steps_fixed,
                 )
                 entry["metrics"], entry["status"] = metrics, "scored"
+                entry["sampling"] = sampling
                 grids[_slug(variant.name)] = mark(
                     grid,
                     provenance_record(

@@ -51,6 +51,10 @@ def comparison_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
         for column in PAPER_COLUMNS:
             row[f"paper_{column}"] = paper.get(column)
         row["paper_source"] = paper.get("source")
+        sampling = result.get("sampling") or {}
+        row["cfg"] = sampling.get("guidance_scale")
+        row["steps"] = sampling.get("num_inference_steps")
+        row["settings_source"] = result.get("settings_source") or None
         row["status"] = result["status"]
         row["unavailable"] = ", ".join(sorted(metrics.get("unavailable") or {}))
         rows.append(row)

@@ -82,6 +82,7 @@ def run_benchmark(  # noqa: PLR0917 - Kedro passes node inputs positionally
             models=models,
             data=data,
             mask_face=eval_config.mask_face_for_style,
+            steps_fixed=config.num_inference_steps is not None,
         )
     finally:
         models.close()
