@@ -178,7 +178,17 @@ class _TrainingLoopConfig(_Strict):
     )
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every K steps; 0 = never.")
     checkpoint_dir: str | None = Field(None, description="Folder of checkpoints (resume reads it).")
-    resume: bool = Field(False, description="Continue from the last checkpoint in checkpoint_dir.")
+    resume: bool = Field(
+        False,
+        description="Continue from the newest complete checkpoint in checkpoint_dir (incomplete "
+        "or corrupt ones are skipped with a warning).",
+    )
+    keep_checkpoints: int = Field(
+        2,
+        ge=0,
+        description="Keep the newest K complete checkpoints of the stage, delete older ones "
+        "after each save; 0 = keep all (ours: bounds disk use on long runs).",
+    )
     log_every: int = Field(1, ge=1, description="History row every N optimiser steps.")
     device: str | None = Field(None, description="Force a device; None = accelerate's choice.")
 

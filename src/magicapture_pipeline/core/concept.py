@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from magicapture_pipeline.core import atomic
+
 CONCEPT_JSON = "concept.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 FORMAT_VERSION = 1
@@ -83,7 +85,10 @@ def export(  # noqa: PLR0913 (one optional LoRA state dict per component)
     The family is ``metadata["family"]`` (default ``sd15``); ``sdxl`` writes the SDXL formats.
 
     Args:
-        concept_dir: target folder (created; files of an earlier export are overwritten).
+        concept_dir: target folder. The concept is written to a hidden sibling and swapped in
+            whole (``core.atomic.staged_dir``): an earlier export stays intact until the new one
+            is complete, and a failure (full disk, read-only folder) raises
+            ``core.atomic.WriteFailed`` naming the folder.
         embeddings: ``{token: embedding}``, [V1] first; for SDXL ``{token: {"clip_l": row,
             "clip_g": row}}``.
         unet_lora: diffusers-format UNet LoRA state dict
@@ -105,44 +110,45 @@ def export(  # noqa: PLR0913 (one optional LoRA state dict per component)
         raise ValueError(f"metadata family {family!r}: expected {SD15!r} or {SDXL!r}")
     if text_encoder_2_lora and family != SDXL:
         raise ValueError("text_encoder_2_lora is SDXL's; this concept's family is sd15")
-    folder = Path(concept_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    if unet_lora is not None:
-        layers: dict[str, Any] = {
-            "unet_lora_layers": dict(unet_lora),
-            "text_encoder_lora_layers": dict(text_encoder_lora) if text_encoder_lora else None,
+    with atomic.staged_dir(concept_dir) as folder:
+        if unet_lora is not None:
+            layers: dict[str, Any] = {
+                "unet_lora_layers": dict(unet_lora),
+                "text_encoder_lora_layers": dict(text_encoder_lora) if text_encoder_lora else None,
+            }
+            saver = StableDiffusionPipeline
+            if family == SDXL:
+                saver = StableDiffusionXLPipeline
+                layers["text_encoder_2_lora_layers"] = (
+                    dict(text_encoder_2_lora) if text_encoder_2_lora else None
+                )
+            saver.save_lora_weights(
+                folder, weight_name=LORA_FILE, safe_serialization=True, **layers
+            )
+        tokens = []
+        for index, (token, value) in enumerate(embeddings.items(), start=1):
+            if isinstance(value, Mapping) != (family == SDXL):
+                raise ValueError(
+                    f"embedding of {token!r} does not fit family {family!r} (SDXL: one row per "
+                    f"table {SDXL_TABLES}; SD 1.x: one row)"
+                )
+            name = token_filename(index, token)
+            save_file(token_file_tensors(token, value), folder / name)
+            tokens.append({"token": token, "file": name})
+        info: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "base_model": None,
+            "resolution": None,
+            "preset": None,
+            **dict(metadata or {}),
+            "family": family,
+            "tokens": tokens,
+            "lora": LORA_FILE if unet_lora is not None else None,
+            "text_encoder_lora": unet_lora is not None and bool(text_encoder_lora),
+            "text_encoder_2_lora": unet_lora is not None and bool(text_encoder_2_lora),
+            "commit": (metadata or {}).get("commit") or git_commit(Path(__file__).resolve().parent),
         }
-        saver = StableDiffusionPipeline
-        if family == SDXL:
-            saver = StableDiffusionXLPipeline
-            layers["text_encoder_2_lora_layers"] = (
-                dict(text_encoder_2_lora) if text_encoder_2_lora else None
-            )
-        saver.save_lora_weights(folder, weight_name=LORA_FILE, safe_serialization=True, **layers)
-    tokens = []
-    for index, (token, value) in enumerate(embeddings.items(), start=1):
-        if isinstance(value, Mapping) != (family == SDXL):
-            raise ValueError(
-                f"embedding of {token!r} does not fit family {family!r} (SDXL: one row per "
-                f"table {SDXL_TABLES}; SD 1.x: one row)"
-            )
-        name = token_filename(index, token)
-        save_file(token_file_tensors(token, value), folder / name)
-        tokens.append({"token": token, "file": name})
-    info: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "base_model": None,
-        "resolution": None,
-        "preset": None,
-        **dict(metadata or {}),
-        "family": family,
-        "tokens": tokens,
-        "lora": LORA_FILE if unet_lora is not None else None,
-        "text_encoder_lora": unet_lora is not None and bool(text_encoder_lora),
-        "text_encoder_2_lora": unet_lora is not None and bool(text_encoder_2_lora),
-        "commit": (metadata or {}).get("commit") or git_commit(Path(__file__).resolve().parent),
-    }
-    (folder / CONCEPT_JSON).write_text(json.dumps(info, indent=2, default=str))
+        (folder / CONCEPT_JSON).write_text(json.dumps(info, indent=2, default=str))
     return info
 
 

@@ -235,15 +235,12 @@ class _Trainer:
 
     # checkpoints (core.training.checkpoints) ----------------------------------------------
     def save_checkpoint(self, root: str | Path) -> Path:
-        """Write ``root/checkpoint-<step>/`` (:func:`checkpoints.save_checkpoint`)."""
-        return checkpoints.save_checkpoint(self, root)
+        """Write ``root/checkpoint-<step>/`` whole (:func:`checkpoints.save_checkpoint`)."""
+        return checkpoints.save_checkpoint(self, root, keep=self.config.keep_checkpoints)
 
     def load_checkpoint(self, folder: str | Path) -> None:
         """Restore what :meth:`save_checkpoint` wrote (same trainer setup required)."""
         checkpoints.load_checkpoint(self, folder)
-
-    def _placeholder_row_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        return checkpoints.placeholder_row_state(self, state)
 
     def _train_placeholder_rows(self) -> torch.nn.Parameter:
         """The K trainable placeholder rows (the embedding matrix itself stays frozen)."""
@@ -266,13 +263,7 @@ class _Trainer:
 
         config = self.config
         if config.resume:
-            found = checkpoints.last_checkpoint(config.checkpoint_dir)
-            if found is None:
-                logger.warning(
-                    "resume: no checkpoint under %s, starting fresh", config.checkpoint_dir
-                )
-            else:
-                self.load_checkpoint(found)
+            checkpoints.resume_newest(self, config.checkpoint_dir)
         bar = tqdm(
             total=config.max_steps,
             initial=self.global_step,

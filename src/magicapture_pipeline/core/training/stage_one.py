@@ -9,7 +9,6 @@ from torch import Tensor
 
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.models import SDComponents
-from magicapture_pipeline.core.tokens import embedding_matrix
 from magicapture_pipeline.core.training.examples import REFERENCE, SOURCE, TrainingExample
 from magicapture_pipeline.core.training.loop import TrainingResult, _pick, _Trainer
 
@@ -34,7 +33,7 @@ class StageOneTrainer(_Trainer):
         self._build_optimizer([{"params": [rows], "lr": config.learning_rate, "name": "embedding"}])
 
     def _trainable(self) -> dict[str, Tensor]:
-        return {"token_embedding": embedding_matrix(self.text_encoder)}
+        return {"placeholder_rows": self.placeholder_rows.rows}
 
     def _micro_step(self) -> tuple[Tensor, dict[str, float], str]:
         config = self.config

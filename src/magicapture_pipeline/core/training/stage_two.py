@@ -13,7 +13,7 @@ from torch import Tensor
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.figures import heatmap_figure
 from magicapture_pipeline.core.models import SDComponents, upsampling_factor
-from magicapture_pipeline.core.tokens import embedding_matrix, set_placeholder_embeddings
+from magicapture_pipeline.core.tokens import set_placeholder_embeddings
 from magicapture_pipeline.core.training.attention_term import AttentionTerm
 from magicapture_pipeline.core.training.examples import (
     COMPOSED,
@@ -165,7 +165,7 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
         tensors.update(
             {f"text_encoder.{n}": p for n, p in self.text_encoder.named_parameters() if "lora" in n}
         )
-        tensors["token_embedding"] = embedding_matrix(self.text_encoder)
+        tensors["placeholder_rows"] = self.placeholder_rows.rows
         return tensors
 
     def _after_step(self, row: dict[str, Any]) -> None:
