@@ -104,13 +104,17 @@ def test_benchmark_runs_every_variant_at_tiny_budget(tmp_path: Path):
         {**cpu},
         {**cpu, "attention": {"resolution": 8}},
         {"resolution": size, "images_per_prompt": 1, "num_inference_steps": 2, "seed": 0},
-        {"face_restoration": {"enabled": False}},
+        {},  # post-processing defaults: Real-ESRGAN + CodeFormer (no checkpoint configured here)
         {"clip_model": None},
         {"variants": variants, "max_steps": 1, "paper_note": "paper column empty (test)"},
     )
     status = dict(zip(table["variant"], table["status"], strict=True))
     assert status["MagiCapture"] == "scored", report["variants"][0]
     assert status["MagiCapture + post-processing"] == "scored"
+    post = next(v for v in report["variants"] if v["name"] == "MagiCapture + post-processing")
+    assert "super_resolution" in post["sampling"]["postprocess_steps"]
+    # the restorer is part of the row: here it has no checkpoint and says so
+    assert "no checkpoint" in post["sampling"]["postprocess_unavailable"]["face_restoration"]
     assert status["Textual Inversion"] == "scored", report["variants"][2]
     assert status["DreamBooth-LoRA"] == "scored", report["variants"][3]
     assert status["Custom Diffusion-LoRA"] == "scored", report["variants"][4]

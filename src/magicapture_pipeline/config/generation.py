@@ -112,11 +112,14 @@ class FaceRestorationConfig(BaseModel):
         default=True, description="Run face restoration when a checkpoint is set."
     )
     backend: Literal["codeformer", "gfpgan"] = Field(
-        default="codeformer", description="Restorer (official code: CodeFormer)."
+        default="codeformer",
+        description="Restorer (authors' code: CodeFormer, built in code here); gfpgan cannot "
+        "run in this environment and reports why.",
     )
     checkpoint: str | None = Field(
         default=None,
-        description="Path to the user's restorer weights; none are shipped (CodeFormer licence).",
+        description="Path to the user's restorer weights (CodeFormer: codeformer.pth with "
+        "params_ema, or .safetensors); none are shipped (CodeFormer licence).",
     )
     fidelity_weight: float = Field(
         default=0.5, ge=0.0, le=1.0, description="CodeFormer w (official code: 0.5)."

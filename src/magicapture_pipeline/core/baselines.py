@@ -139,6 +139,7 @@ def _score_variant(
             face_mask_fn=faces.mask if faces is not None else None,
             feather=restoration.blend_feather,
             progress=False,
+            landmark_fn=faces.landmarks5 if faces is not None else None,
         )
         images = result.images
         sampling["postprocess_steps"] = sorted({s for v in result.steps.values() for s in v})

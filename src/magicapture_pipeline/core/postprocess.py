@@ -14,7 +14,6 @@ concept, base model, prompt, seed, commit) and, when enabled, an invisible dwtDc
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
@@ -25,6 +24,28 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+
+from magicapture_pipeline.core.face_restoration import (
+    GFPGAN_UNAVAILABLE,
+    FaceRestorer,
+    blend_face,
+    load_face_restorer,
+)
+
+__all__ = [
+    "GFPGAN_UNAVAILABLE",
+    "FaceRestorer",
+    "PostprocessResult",
+    "blend_face",
+    "load_face_restorer",
+    "load_upscaler",
+    "mark",
+    "postprocess_images",
+    "provenance_record",
+    "read_provenance",
+    "upscale",
+    "verify_provenance",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -198,78 +219,6 @@ def upscale(upscaler: Any, image: Image.Image) -> Image.Image:
     return upscaler.process_pil(image.convert("RGB")).convert("RGB")
 
 
-# --------------------------------------------------------------------------- face restoration
-
-
-@dataclass
-class FaceRestorer:
-    """A loaded restorer: ``restore(rgb uint8) -> rgb uint8`` at the input size."""
-
-    name: str
-    restore: Callable[[np.ndarray], np.ndarray]
-
-
-def load_face_restorer(
-    backend: str, checkpoint: str | None, fidelity_weight: float = 0.5
-) -> tuple[FaceRestorer | None, str | None]:
-    """A face restorer from the user's checkpoint, or ``(None, reason)``.
-
-    GFPGAN runs through the ``gfpgan`` package when it is installed; CodeFormer has no pip
-    package this project can depend on, so it is reported unavailable unless ``codeformer`` is
-    importable (then its ``inference`` helpers are expected). Weights are never downloaded.
-    """
-    if not checkpoint:
-        return None, (
-            f"{backend}: no checkpoint configured (postprocess.face_restoration.checkpoint); "
-            "weights are not bundled (non-commercial licence)"
-        )
-    if not Path(checkpoint).is_file():
-        return None, f"{backend}: checkpoint {checkpoint} does not exist"
-    if backend == "gfpgan":
-        if importlib.util.find_spec("gfpgan") is None:
-            return None, "gfpgan: the gfpgan package is not installed"
-        from gfpgan import GFPGANer
-
-        restorer = GFPGANer(
-            model_path=checkpoint, upscale=1, arch="clean", channel_multiplier=2, bg_upsampler=None
-        )
-
-        def _restore(rgb: np.ndarray) -> np.ndarray:
-            _, _, out = restorer.enhance(
-                np.ascontiguousarray(rgb[:, :, ::-1]), has_aligned=False, paste_back=True
-            )
-            return np.ascontiguousarray(out[:, :, ::-1]) if out is not None else rgb
-
-        return FaceRestorer("gfpgan", _restore), None
-    return None, (
-        "codeformer: no CodeFormer package is installed in this environment (it is distributed "
-        "as a research repository under a non-commercial licence); use backend 'gfpgan' or "
-        "install CodeFormer yourself"
-    )
-
-
-def blend_face(
-    original: Image.Image, restored: Image.Image, mask: Image.Image, feather: int = 15
-) -> Image.Image:
-    """Paste ``restored`` over ``original`` through a feathered face ``mask`` (255 = face).
-
-    Both images and the mask are brought to ``original``'s size; outside the mask the original
-    pixels are kept exactly.
-    """
-    import cv2
-
-    size = original.size
-    alpha = np.asarray(mask.convert("L").resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
-    if feather > 0:
-        k = 2 * int(feather) + 1
-        alpha = cv2.GaussianBlur(alpha, (k, k), 0) * (alpha > 0)
-    alpha = alpha[:, :, None]
-    a = np.asarray(original.convert("RGB"), dtype=np.float32)
-    b = np.asarray(restored.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32)
-    out = a * (1.0 - alpha) + b * alpha
-    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
-
-
 # --------------------------------------------------------------------------- the whole step
 
 
@@ -291,6 +240,7 @@ def postprocess_images(
     face_mask_fn: Callable[[Image.Image], Image.Image | None] | None = None,
     feather: int = 15,
     progress: bool = True,
+    landmark_fn: Callable[[np.ndarray], np.ndarray | None] | None = None,
 ) -> PostprocessResult:
     """Super-resolve, restore faces and blend them back, each step when available.
 
@@ -303,6 +253,7 @@ def postprocess_images(
             restoration result is then used as is).
         feather: blend feather in pixels.
         progress: show a tqdm bar.
+        landmark_fn: rgb -> 5 face landmarks (CodeFormer aligns the face with them).
 
     Returns:
         The processed images, the steps applied per image and ``{step: reason}`` for steps that
@@ -318,7 +269,7 @@ def postprocess_images(
             unavailable["super_resolution"] = reason
     face = None
     if restorer is not None:
-        face, reason = load_face_restorer(*restorer)
+        face, reason = load_face_restorer(*restorer, landmark_fn=landmark_fn)
         if reason:
             unavailable["face_restoration"] = reason
     for step, reason in unavailable.items():
@@ -332,8 +283,11 @@ def postprocess_images(
         if upscaler is not None:
             image = upscale(upscaler, image)
             done.append("super_resolution")
-        if face is not None:
-            restored = Image.fromarray(face.restore(np.asarray(image)))
+        restored_rgb = face.restore(np.asarray(image)) if face is not None else None
+        if face is not None and restored_rgb is None:
+            done.append(f"face_restoration:{face.name}:no_face")
+        elif face is not None:
+            restored = Image.fromarray(restored_rgb)
             mask = face_mask_fn(image) if face_mask_fn is not None else None
             if mask is not None:
                 image = blend_face(image, restored, mask, feather)

@@ -54,6 +54,7 @@ def postprocess_generated(
         restorer=restorer,
         face_mask_fn=masker.mask if masker is not None else None,
         feather=restoration.blend_feather,
+        landmark_fn=masker.landmarks5 if masker is not None else None,
     )
     if masker is not None:
         masker.close()
