@@ -302,8 +302,8 @@ def _identity_inputs(trainer):
     example = trainer.variants["reference"][0][0].example
     latents = trainer._latents(trainer.variants["reference"][0][0])
     noisy, _, timesteps = trainer._noisy(latents, 300)
-    _, hidden = trainer._encode_prompt("a photo of a <v1> person in the <v2> style")
-    return noisy, timesteps, hidden, example
+    cond = trainer._encode_prompt("a photo of a <v1> person in the <v2> style")
+    return noisy, timesteps, cond, example
 
 
 @pytest.mark.parametrize("decoder", ["vae", "tiny_autoencoder"])
@@ -318,8 +318,8 @@ def test_face_window_identity_gradient_reaches_the_unet(tiny_dir, decoder):
             module.decode = lambda z, *a, _n=name, _f=module.decode, **k: (
                 decoded[_n].append(z.shape) or _f(z, *a, **k)
             )
-    noisy, timesteps, hidden, example = _identity_inputs(trainer)
-    pred = trainer.unet(noisy, timesteps, hidden).sample
+    noisy, timesteps, cond, example = _identity_inputs(trainer)
+    pred = trainer._predict(noisy, timesteps, cond)
     loss = trainer._identity_term(noisy, pred, timesteps, example)
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -341,9 +341,9 @@ def test_face_window_shifts_the_landmarks_into_the_window(tiny_dir):
         return type("Decoded", (), {"sample": torch.tanh(upsampled)})()
 
     trainer.vae.decode = local_decode
-    noisy, timesteps, hidden, example = _identity_inputs(trainer)
+    noisy, timesteps, cond, example = _identity_inputs(trainer)
     with torch.no_grad():
-        pred = trainer.unet(noisy, timesteps, hidden).sample
+        pred = trainer._predict(noisy, timesteps, cond)
         window = trainer._identity_term(noisy, pred, timesteps, example)
         trainer.config.identity.decode_region = "full"
         full = trainer._identity_term(noisy, pred, timesteps, example)

@@ -291,8 +291,17 @@ class AttentionConfig(_Strict):
     resolution: int = Field(
         16,
         ge=1,
-        description="Side in latent pixels of the attn2 maps read (SD 1.5 at 512: 16, official: "
-        "down_blocks.2 + up_blocks.1).",
+        description="Side in latent pixels (at the UNet's sample_size) of the attn2 maps read. "
+        "SD 1.5 at 512 px: 16 (official: down_blocks.2 + up_blocks.1). SDXL at 1024 px (ours): "
+        "32 = down_blocks.2 + up_blocks.0, the same 1/32 of the image side as SD 1.5's 16/512 and "
+        "SDXL's deepest cross-attention level (its 64x64 level is 1/16 and holds 10 of 60 "
+        "down/up attn2 layers).",
+    )
+    layers: list[str] = Field(
+        [],
+        description="Explicit attn2 module names to read instead of `resolution` (e.g. "
+        "'up_blocks.0.attentions.1.transformer_blocks.3.attn2'); empty = every down/up attn2 "
+        "at `resolution`.",
     )
 
 

@@ -87,7 +87,8 @@ def train_variant(
         first.train(progress=False)
         embeddings = first.result().embeddings
     if variant.method == "textual_inversion":
-        concept_io.export(out_dir, embeddings, None, None, {**metadata, "steps": s1.max_steps})
+        info = {**metadata, "steps": s1.max_steps, "family": first.family}
+        concept_io.export(out_dir, embeddings, None, None, info)
         return out_dir, None
     second = StageTwoTrainer(load_components(base), examples, s2, embeddings)
     second.train(progress=False)
@@ -98,6 +99,7 @@ def train_variant(
         result.unet_lora,
         result.text_encoder_lora,
         {**result.metadata, **metadata},
+        text_encoder_2_lora=result.text_encoder_2_lora,
     )
     return out_dir, None
 

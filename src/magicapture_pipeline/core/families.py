@@ -54,6 +54,41 @@ class Conditioning:
     pooled: Tensor | None = None
 
 
+class TableRows:
+    """The :class:`PlaceholderRows` of every token table, attached / synced / reloaded together.
+
+    Args:
+        tables: one per table, in table order (``FamilyAdapter.placeholder_rows``).
+    """
+
+    def __init__(self, tables: Sequence[PlaceholderRows]) -> None:
+        self.tables = list(tables)
+
+    def params(self) -> list[torch.nn.Parameter]:
+        """The trainable rows, one ``(K, width)`` parameter per table."""
+        return [table.rows for table in self.tables]
+
+    def attach(self) -> None:
+        """Install every table's hook."""
+        for table in self.tables:
+            table.attach()
+
+    def detach(self) -> None:
+        """Remove every table's hook."""
+        for table in self.tables:
+            table.detach()
+
+    def sync(self) -> None:
+        """Write the rows into their embedding matrices (after each optimiser step)."""
+        for table in self.tables:
+            table.sync()
+
+    def reload(self) -> None:
+        """Read the rows back from the matrices (after a checkpoint restored them)."""
+        for table in self.tables:
+            table.reload()
+
+
 class FamilyAdapter:
     """The family-specific half of training and generation for one loaded base model.
 
@@ -161,3 +196,33 @@ def build_tiny_model(out_dir: Any, config: Any) -> Any:
     if getattr(config, "family", SD15) == SDXL:
         return sdxl.build_tiny_sdxl(out_dir, config)
     return build_tiny_sd(out_dir, config)
+
+
+TABLE_SEPARATOR = "/"
+
+
+def embeddings_to_tensors(embeddings: Embeddings) -> dict[str, Tensor]:
+    """Stage one's embeddings as one flat ``{name: tensor}`` (a safetensors file): SD 1.x keys
+    are the tokens; SDXL keys are ``<table>/<token>`` (``clip_l/<v1>``, ``clip_g/<v1>``, ...)."""
+    flat: dict[str, Tensor] = {}
+    for token, value in embeddings.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{name}{TABLE_SEPARATOR}{token}": row for name, row in value.items()})
+        else:
+            flat[token] = value
+    return flat
+
+
+def embeddings_from_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Any]:
+    """The inverse of :func:`embeddings_to_tensors` (token order kept)."""
+    tables = ("clip_l", "clip_g")
+    nested = [key.partition(TABLE_SEPARATOR) for key in tensors]
+    if not any(table in tables and sep for table, sep, _ in nested):
+        return dict(tensors)
+    out: dict[str, dict[str, Tensor]] = {}
+    for (table, sep, token), value in zip(nested, tensors.values(), strict=True):
+        if table not in tables or not sep:
+            key = f"{table}{sep}{token}"
+            raise ValueError(f"embedding key {key!r}: expected '<clip_l|clip_g>/<token>'")
+        out.setdefault(token, {})[table] = value
+    return out

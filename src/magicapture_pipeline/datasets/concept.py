@@ -46,6 +46,7 @@ class ConceptDataset(AbstractDataset[Any, dict[str, Any]]):
             unet_lora=data.unet_lora,
             text_encoder_lora=data.text_encoder_lora,
             metadata=data.metadata,
+            text_encoder_2_lora=getattr(data, "text_encoder_2_lora", None),
         )
 
     def _exists(self) -> bool:

@@ -89,13 +89,13 @@ class AttentionTerm:
         else:
             prompt = cfg.source_templates[0].format(person)
         generator = torch.Generator().manual_seed(seed)
-        ids, hidden = self._encode_prompt(prompt)
-        positions = self._token_positions(ids)
+        cond = self._encode_prompt(prompt)
+        positions = self._token_positions(cond.ids)
         t = int(timestep_fraction * self.noise_scheduler.config.num_train_timesteps)
         timesteps = torch.tensor([t], device=self.device)
         own = self.capture is None
         capture = self.capture or CrossAttentionCapture(
-            self.unet, resolution=cfg.attention.resolution
+            self.unet, resolution=cfg.attention.resolution, layer_names=cfg.attention.layers or None
         )
         if own:
             capture.install()
@@ -108,8 +108,8 @@ class AttentionTerm:
                     mean, _ = self._encode(variant.example.image)
                 latents = (mean * self.scaling).to(self.device)
                 noise = torch.randn(latents.shape, generator=generator).to(self.device)
-                self.unet(
-                    self.noise_scheduler.add_noise(latents, noise, timesteps), timesteps, hidden
+                self._predict(
+                    self.noise_scheduler.add_noise(latents, noise, timesteps), timesteps, cond
                 )
                 picked = capture.token_maps([[p for p, _ in positions]]).float().cpu()[0]
                 both = torch.zeros(2, *picked.shape[-2:])

@@ -157,7 +157,8 @@ class IdentityTerm:
             decoder = self.identity_decoder
             scale = float(decoder.config.scaling_factor)
             return decoder.decode(latents.to(decoder.dtype) / scale).sample
-        return self.vae.decode(latents.to(self.vae.dtype) / self.scaling).sample
+        with self._vae_precision():  # SDXL's VAE: never under fp16 autocast
+            return self.vae.decode(latents.to(self.vae.dtype) / self.scaling).sample
 
     def _identity_ready(self, example: TrainingExample) -> bool:
         return self.face_encoder is not None and example.landmarks5 is not None
@@ -169,7 +170,7 @@ class IdentityTerm:
         timesteps: Tensor,
         *,
         latents: Tensor,
-        hidden: Tensor,
+        cond: Any,
         example: TrainingExample,
     ) -> Tensor | None:
         """Eq. 7 for a composed micro-batch.
@@ -185,5 +186,5 @@ class IdentityTerm:
             return self._identity_term(noisy, pred, timesteps, example)
         limit = max(int(cfg.threshold_fraction * total_t), 1)
         noisy2, _, timesteps2 = self._noisy(latents, _pick(self.generator, limit))
-        pred2 = self.unet(noisy2, timesteps2, hidden).sample
+        pred2 = self._predict(noisy2, timesteps2, cond)
         return self._identity_term(noisy2, pred2, timesteps2, example)

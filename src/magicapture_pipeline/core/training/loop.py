@@ -18,14 +18,9 @@ import torch
 from torch import Tensor
 
 from magicapture_pipeline.core import losses
-from magicapture_pipeline.core.models import SDComponents, token_ids
-from magicapture_pipeline.core.tokens import (
-    PlaceholderRows,
-    add_placeholder_tokens,
-    embedding_matrix,
-    get_placeholder_embeddings,
-    placeholder_ids,
-)
+from magicapture_pipeline.core.families import Conditioning, FamilyAdapter, TableRows
+from magicapture_pipeline.core.models import SDXL, SDComponents
+from magicapture_pipeline.core.tokens import placeholder_ids
 from magicapture_pipeline.core.training import checkpoints
 from magicapture_pipeline.core.training.examples import (
     REFERENCE,
@@ -42,20 +37,23 @@ class TrainingResult:
     """What a training stage hands back.
 
     Attributes:
-        embeddings: ``{token: (hidden,) tensor}`` of the placeholder tokens.
+        embeddings: ``{token: (hidden,) tensor}`` of the placeholder tokens; SDXL:
+            ``{token: {"clip_l": row, "clip_g": row}}`` (``core.families``).
         history: one dict per logged optimiser step.
         heatmaps: ``{name: PIL image}`` attention figures (stage two).
         unet_lora: diffusers-format LoRA state dict of the UNet (stage two).
         text_encoder_lora: the same for the text encoder (``official`` preset) or ``None``.
-        metadata: what produced it (preset, identity-loss status, base model, ...).
+        metadata: what produced it (preset, identity-loss status, base model, family, ...).
+        text_encoder_2_lora: SDXL's second text encoder, like ``text_encoder_lora``.
     """
 
-    embeddings: dict[str, Tensor]
+    embeddings: dict[str, Any]
     history: list[dict[str, Any]]
     heatmaps: dict[str, Any] = field(default_factory=dict)
     unet_lora: dict[str, Tensor] | None = None
     text_encoder_lora: dict[str, Tensor] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    text_encoder_2_lora: dict[str, Tensor] | None = None
 
 
 def build_accelerator(mixed_precision: str, device: str | None) -> Any:
@@ -71,7 +69,11 @@ def _pick(generator: torch.Generator, count: int) -> int:
 
 
 class _Trainer:
-    """Shared machinery: data variants, noise, text encoding, the optimiser step and checkpoints."""
+    """Shared machinery: data variants, noise, text encoding, the optimiser step and checkpoints.
+
+    What differs between SD 1.x and SDXL (token tables, prompt encoding, the UNet's extra
+    conditioning) goes through :class:`core.families.FamilyAdapter` (``self.adapter``).
+    """
 
     stage = "base"
 
@@ -86,7 +88,12 @@ class _Trainer:
         self.generator = torch.Generator().manual_seed(config.seed + self.accelerator.process_index)
         random.seed(config.seed)
         torch.manual_seed(config.seed)
+        self.adapter = FamilyAdapter(components)
+        self.family = self.adapter.family
         self.text_encoder = components.text_encoder.to(self.device)
+        self.text_encoder_2 = (
+            None if components.text_encoder_2 is None else components.text_encoder_2.to(self.device)
+        )
         self.unet = components.unet.to(self.device)
         self.vae = components.vae.to(self.device)
         self.vae.requires_grad_(False)
@@ -100,14 +107,9 @@ class _Trainer:
 
     # setup --------------------------------------------------------------------------------
     def _ensure_tokens(self) -> None:
-        vocab = self.tokenizer.get_vocab()
-        if all(token in vocab for token in self.tokens):
-            return
-        add_placeholder_tokens(
-            self.tokenizer,
-            self.text_encoder,
-            self.tokens,
-            [self.config.tokens.person_init, self.config.tokens.style_init],
+        """Add [V1]/[V2] to every token table that lacks them (SDXL: both)."""
+        self.adapter.add_placeholder_tokens(
+            self.tokens, [self.config.tokens.person_init, self.config.tokens.style_init]
         )
 
     def _build_variants(
@@ -131,8 +133,21 @@ class _Trainer:
 
     @torch.no_grad()
     def _encode(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        dist = self.vae.encode(image.unsqueeze(0).to(self.device, self.vae.dtype)).latent_dist
+        with self._vae_precision():
+            dist = self.vae.encode(image.unsqueeze(0).to(self.device, self.vae.dtype)).latent_dist
         return dist.mean.float().cpu(), dist.std.float().cpu()
+
+    def _vae_precision(self) -> Any:
+        """SDXL's VAE overflows in fp16: run it with fp16 autocast switched off (its weights are
+        fp32, ``load_components``' default), as diffusers does through ``force_upcast``. Other
+        autocasts (bf16, with fp32's range) and SD 1.x are left as they are."""
+        import contextlib
+
+        kind = self.device.type
+        fp16 = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
+        if self.family == SDXL and fp16:
+            return torch.autocast(device_type=kind, enabled=False)
+        return contextlib.nullcontext()
 
     # sampling -----------------------------------------------------------------------------
     def _sample_variant(self, role: str) -> _Variant:
@@ -167,9 +182,13 @@ class _Trainer:
     def _template(self, templates: Sequence[str]) -> str:
         return templates[_pick(self.generator, len(templates))]
 
-    def _encode_prompt(self, prompt: str) -> tuple[Tensor, Tensor]:
-        ids = token_ids(self.tokenizer, [prompt]).to(self.device)
-        return ids, self.text_encoder(ids)[0]
+    def _encode_prompt(self, prompt: str) -> Conditioning:
+        """The prompt's ids and UNet conditioning, as the family's pipeline builds them."""
+        return self.adapter.encode([prompt], self.device)
+
+    def _predict(self, noisy: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
+        """The UNet's prediction (SDXL: with its pooled embedding and time ids)."""
+        return self.adapter.predict(self.unet, noisy, timesteps, cond)
 
     def _region_mask(self, example: TrainingExample, inside_face: bool) -> Tensor:
         mask = example.face_mask if inside_face else 1.0 - example.face_mask
@@ -242,12 +261,17 @@ class _Trainer:
         """Restore what :meth:`save_checkpoint` wrote (same trainer setup required)."""
         checkpoints.load_checkpoint(self, folder)
 
-    def _train_placeholder_rows(self) -> torch.nn.Parameter:
-        """The K trainable placeholder rows (the embedding matrix itself stays frozen)."""
-        embedding_matrix(self.text_encoder).requires_grad_(False)
-        self.placeholder_rows = PlaceholderRows(self.text_encoder, self.token_ids)
-        self.placeholder_rows.attach()
-        return self.placeholder_rows.rows
+    def _train_placeholder_rows(self) -> list[torch.nn.Parameter]:
+        """The K trainable placeholder rows of each token table (one table for SD 1.x, two for
+        SDXL); the embedding matrices themselves stay frozen."""
+        self.placeholder_rows = TableRows(self.adapter.placeholder_rows(self.tokens))
+        return self.placeholder_rows.params()
+
+    def _placeholder_tensors(self) -> dict[str, Tensor]:
+        """The trainable rows by checkpoint name: ``placeholder_rows`` (SDXL also
+        ``placeholder_rows_2``, the second table's)."""
+        names = ["placeholder_rows", "placeholder_rows_2"]
+        return dict(zip(names, self.placeholder_rows.params(), strict=False))
 
     # the loop -----------------------------------------------------------------------------
     def _after_step(self, row: dict[str, Any]) -> None:
@@ -285,6 +309,6 @@ class _Trainer:
         bar.close()
         return self.history
 
-    def placeholder_embeddings(self) -> dict[str, Tensor]:
-        """``{token: embedding}`` as they are now."""
-        return get_placeholder_embeddings(self.tokenizer, self.text_encoder, self.tokens)
+    def placeholder_embeddings(self) -> dict[str, Any]:
+        """``{token: embedding}`` as they are now (SDXL: ``{token: {table: row}}``)."""
+        return self.adapter.get_embeddings(self.tokens)

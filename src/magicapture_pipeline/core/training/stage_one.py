@@ -30,10 +30,10 @@ class StageOneTrainer(_Trainer):
         self.text_encoder.requires_grad_(False)
         rows = self._train_placeholder_rows()
         self.text_encoder.train()
-        self._build_optimizer([{"params": [rows], "lr": config.learning_rate, "name": "embedding"}])
+        self._build_optimizer([{"params": rows, "lr": config.learning_rate, "name": "embedding"}])
 
     def _trainable(self) -> dict[str, Tensor]:
-        return {"placeholder_rows": self.placeholder_rows.rows}
+        return self._placeholder_tensors()
 
     def _micro_step(self) -> tuple[Tensor, dict[str, float], str]:
         config = self.config
@@ -46,8 +46,7 @@ class StageOneTrainer(_Trainer):
             prompt = self._template(config.reference_templates).format(config.tokens.style)
         latents = self._latents(variant)
         noisy, noise, timesteps = self._noisy(latents)
-        _, hidden = self._encode_prompt(prompt)
-        pred = self.unet(noisy, timesteps, hidden).sample
+        pred = self._predict(noisy, timesteps, self._encode_prompt(prompt))
         mask = self._region_mask(variant.example, inside_face=role == SOURCE)
         loss = losses.masked_reconstruction_loss(
             pred.float(), self._target(latents, noise, timesteps).float(), mask
@@ -60,5 +59,10 @@ class StageOneTrainer(_Trainer):
         return TrainingResult(
             self.placeholder_embeddings(),
             list(self.history),
-            metadata={"stage": self.stage, "tokens": self.tokens, "steps": self.global_step},
+            metadata={
+                "stage": self.stage,
+                "tokens": self.tokens,
+                "steps": self.global_step,
+                "family": self.family,
+            },
         )

@@ -13,7 +13,6 @@ from torch import Tensor
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.figures import heatmap_figure
 from magicapture_pipeline.core.models import SDComponents, upsampling_factor
-from magicapture_pipeline.core.tokens import set_placeholder_embeddings
 from magicapture_pipeline.core.training.attention_term import AttentionTerm
 from magicapture_pipeline.core.training.examples import (
     COMPOSED,
@@ -36,7 +35,8 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
         components: the base model.
         examples: source and reference training examples.
         config: a ``StageTwoConfig``.
-        embeddings: stage one's ``{token: embedding}`` (written into the placeholder rows).
+        embeddings: stage one's ``{token: embedding}`` (SDXL: ``{token: {table: row}}``),
+            written into the placeholder rows.
     """
 
     stage = "stage_two"
@@ -46,15 +46,16 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
         components: SDComponents,
         examples: Sequence[TrainingExample],
         config: Any,
-        embeddings: Mapping[str, Tensor] | None = None,
+        embeddings: Mapping[str, Any] | None = None,
     ):
         from peft import LoraConfig
 
         super().__init__(components, examples, config)
         if embeddings:
-            set_placeholder_embeddings(self.tokenizer, self.text_encoder, embeddings)
+            self.adapter.set_embeddings(embeddings)
         self.unet.requires_grad_(False)
-        self.text_encoder.requires_grad_(False)
+        for encoder in self.adapter.text_encoders:
+            encoder.requires_grad_(False)
         unet_targets, text_targets = lora_targets(config.lora.preset)
         init = True if config.lora.init == "default" else config.lora.init
         self.unet.add_adapter(
@@ -68,28 +69,32 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
         if text_targets:
             # transformers' own ``add_adapter`` wants peft >= 0.22; peft's injection is the same
             # mechanism diffusers uses when it loads text-encoder LoRA.
+            # SDXL: both text encoders, as diffusers' SDXL LoRA scripts do.
             from peft import inject_adapter_in_model
 
-            inject_adapter_in_model(
-                LoraConfig(
-                    r=config.lora.rank,
-                    lora_alpha=config.lora.alpha,
-                    init_lora_weights=init,
-                    target_modules=text_targets,
-                ),
-                self.text_encoder,
-            )
+            for encoder in self.adapter.text_encoders:
+                inject_adapter_in_model(
+                    LoraConfig(
+                        r=config.lora.rank,
+                        lora_alpha=config.lora.alpha,
+                        init_lora_weights=init,
+                        target_modules=text_targets,
+                    ),
+                    encoder,
+                )
         self.unet.train()
-        self.text_encoder.train()
+        for encoder in self.adapter.text_encoders:
+            encoder.train()
         rows = self._train_placeholder_rows()
         lora_params = [p for p in self.unet.parameters() if p.requires_grad]
-        lora_params += [
-            p for n, p in self.text_encoder.named_parameters() if p.requires_grad and "lora" in n
-        ]
+        for encoder in self.adapter.text_encoders:
+            lora_params += [
+                p for n, p in encoder.named_parameters() if p.requires_grad and "lora" in n
+            ]
         self._build_optimizer(
             [
                 {"params": lora_params, "lr": config.learning_rate, "name": "lora"},
-                {"params": [rows], "lr": config.embedding_learning_rate, "name": "embedding"},
+                {"params": rows, "lr": config.embedding_learning_rate, "name": "embedding"},
             ]
         )
         self.task_odds = torch.tensor(config.task_weights, dtype=torch.float64)
@@ -113,8 +118,13 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
         if config.attention.enabled:
             from magicapture_pipeline.core.attention import CrossAttentionCapture
 
-            self.capture = CrossAttentionCapture(self.unet, resolution=config.attention.resolution)
+            self.capture = CrossAttentionCapture(
+                self.unet,
+                resolution=config.attention.resolution,
+                layer_names=config.attention.layers or None,
+            )
             self.capture.install()
+        self.attention_layers = list(self.capture.layer_names) if self.capture else []
         self.heatmaps: dict[str, Any] = {}
 
     # one micro-batch ----------------------------------------------------------------------
@@ -137,21 +147,21 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
         prompt = self._prompt(task)
         latents = self._latents(variant)
         noisy, noise, timesteps = self._noisy(latents)
-        ids, hidden = self._encode_prompt(prompt)
-        pred = self.unet(noisy, timesteps, hidden).sample
+        cond = self._encode_prompt(prompt)
+        pred = self._predict(noisy, timesteps, cond)
         mask = self._region_mask(example, inside_face=task == SOURCE)
         recon = losses.masked_reconstruction_loss(
             pred.float(), self._target(latents, noise, timesteps).float(), mask
         )
         total = recon
         terms = {"loss_recon": recon.item(), "loss_attn": 0.0, "loss_id": 0.0, "id_active": 0.0}
-        attention = self._attention_term(ids, example)
+        attention = self._attention_term(cond.ids, example)
         if attention is not None:
             total = total + cfg.attention.weight * attention
             terms["loss_attn"] = attention.item()
         if task == COMPOSED and self._identity_ready(example):
             identity = self._composed_identity(
-                noisy, pred, timesteps, latents=latents, hidden=hidden, example=example
+                noisy, pred, timesteps, latents=latents, cond=cond, example=example
             )
             if identity is not None:
                 total = total + cfg.identity.weight * identity
@@ -165,7 +175,15 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
         tensors.update(
             {f"text_encoder.{n}": p for n, p in self.text_encoder.named_parameters() if "lora" in n}
         )
-        tensors["placeholder_rows"] = self.placeholder_rows.rows
+        if self.text_encoder_2 is not None:  # SDXL's second text encoder's LoRA
+            tensors.update(
+                {
+                    f"text_encoder_2.{n}": p
+                    for n, p in self.text_encoder_2.named_parameters()
+                    if "lora" in n
+                }
+            )
+        tensors.update(self._placeholder_tensors())
         return tensors
 
     def _after_step(self, row: dict[str, Any]) -> None:
@@ -201,20 +219,27 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
 
         unet_lora = _export(self.unet)
         text_lora = _export(self.text_encoder) if lora_module_names(self.text_encoder) else None
+        text_lora_2 = None
+        if self.text_encoder_2 is not None and lora_module_names(self.text_encoder_2):
+            text_lora_2 = _export(self.text_encoder_2)
         metadata = {
             "stage": self.stage,
             "base_model": base_model,
+            "family": self.family,
             "resolution": resolution,
             "preset": cfg.lora.preset,
             "lora_rank": cfg.lora.rank,
             "lora_alpha": cfg.lora.alpha,
             "unet_lora_modules": len(lora_module_names(self.unet)),
-            "text_encoder_lora_modules": len(lora_module_names(self.text_encoder)),
+            "text_encoder_lora_modules": sum(
+                len(lora_module_names(encoder)) for encoder in self.adapter.text_encoders
+            ),
             "identity_loss": self.identity,
             "attention_refocusing": {
                 "enabled": cfg.attention.enabled,
                 "weight": cfg.attention.weight,
                 "resolution": cfg.attention.resolution,
+                "layers": list(self.attention_layers),
             },
             "steps": self.global_step,
             "seed": cfg.seed,
@@ -223,11 +248,15 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
             embeddings=self.placeholder_embeddings(),
             history=list(self.history),
             heatmaps=dict(self.heatmaps),
-            unet_lora={k: v.detach().cpu().contiguous() for k, v in unet_lora.items()},
-            text_encoder_lora=(
-                {k: v.detach().cpu().contiguous() for k, v in text_lora.items()}
-                if text_lora
-                else None
-            ),
+            unet_lora=_cpu(unet_lora),
+            text_encoder_lora=_cpu(text_lora),
             metadata=metadata,
+            text_encoder_2_lora=_cpu(text_lora_2),
         )
+
+
+def _cpu(state: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+    """Detached contiguous CPU copies of a state dict (``None`` for an empty or absent one)."""
+    if not state:
+        return None
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}

@@ -11,8 +11,9 @@ from PIL import Image
 from torch import Tensor
 
 from magicapture_pipeline.config.training import ModelConfig, StageOneConfig
+from magicapture_pipeline.core.families import build_tiny_model, embeddings_to_tensors
 from magicapture_pipeline.core.figures import loss_curves_figure
-from magicapture_pipeline.core.models import build_tiny_sd, is_local_model, load_components
+from magicapture_pipeline.core.models import is_local_model, load_components, model_family
 from magicapture_pipeline.core.training import (
     StageOneTrainer,
     examples_from_training_set,
@@ -35,26 +36,30 @@ def _check_hub_model(hub_id: str, revision: str | None) -> None:
 
 
 def prepare_base_model(params: dict[str, Any]) -> dict[str, Any]:
-    """Make sure the base model loads; in the demo build the tiny random SD first if missing.
+    """Make sure the base model loads; in the demos build the tiny random SD / SDXL first if
+    missing.
 
     Returns:
-        ``base_model``: ``{"path", "tiny", "revision", "built"}``.
+        ``base_model``: ``{"path", "tiny", "revision", "built", "family"}`` (the family as the
+        model's ``model_index.json`` says, ``sd15`` or ``sdxl``).
     """
     config = ModelConfig(**params)
     built = False
     if config.tiny is not None and not is_local_model(config.pretrained):
-        build_tiny_sd(config.pretrained, config.tiny)
+        build_tiny_model(config.pretrained, config.tiny)
         built = True
     if config.tiny is not None or Path(config.pretrained).is_dir():
         load_components(config.pretrained)  # the very path training takes
     else:
         _check_hub_model(config.pretrained, config.revision)
-    logger.info("Base model %s (%s)", config.pretrained, "tiny" if config.tiny else "SD")
+    family = model_family(config.pretrained, config.revision)
+    logger.info("Base model %s (%s, %s)", config.pretrained, family, "tiny" if config.tiny else "")
     return {
         "path": config.pretrained,
         "tiny": config.tiny is not None,
         "revision": config.revision,
         "built": built,
+        "family": family,
     }
 
 
@@ -68,7 +73,8 @@ def train_stage_one(
     """Learn the [V1]/[V2] embeddings with the masked reconstruction loss (Eq. 4-5).
 
     Returns:
-        ``stage_one_embeddings`` (``{token: tensor}``) and ``stage_one_history``.
+        ``stage_one_embeddings`` (``{token: tensor}``; SDXL ``{"clip_l/<token>": tensor, ...}``,
+        ``core.families.embeddings_to_tensors``) and ``stage_one_history``.
     """
     config = StageOneConfig(**params)
     components = load_components(base_model["path"], revision=base_model.get("revision"))
@@ -76,7 +82,7 @@ def train_stage_one(
     trainer = StageOneTrainer(components, examples, config)
     trainer.train()
     result = trainer.result()
-    return result.embeddings, pd.DataFrame(result.history)
+    return embeddings_to_tensors(result.embeddings), pd.DataFrame(result.history)
 
 
 def plot_stage_one_losses(history: pd.DataFrame) -> Image.Image:

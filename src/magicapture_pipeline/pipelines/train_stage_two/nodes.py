@@ -9,6 +9,7 @@ from PIL import Image
 from torch import Tensor
 
 from magicapture_pipeline.config.training import StageTwoConfig
+from magicapture_pipeline.core.families import embeddings_from_tensors
 from magicapture_pipeline.core.figures import loss_curves_figure
 from magicapture_pipeline.core.models import load_components
 from magicapture_pipeline.core.training import (
@@ -35,7 +36,8 @@ def train_stage_two(  # noqa: PLR0917 (Kedro passes node inputs positionally)
     config = StageTwoConfig(**params)
     components = load_components(base_model["path"], revision=base_model.get("revision"))
     examples = examples_from_training_set(training_set, face_crops, face_masks)
-    trainer = StageTwoTrainer(components, examples, config, stage_one_embeddings)
+    embeddings = embeddings_from_tensors(stage_one_embeddings)
+    trainer = StageTwoTrainer(components, examples, config, embeddings)
     trainer.train()
     result = trainer.result(base_model["path"], training_set.get("resolution"))
     return result, pd.DataFrame(result.history), result.heatmaps
