@@ -65,11 +65,14 @@ class GenerationConfig(BaseModel):
         lt=2**32,
         description="Master seed; image i of the run uses seed + i (recorded).",
     )
-    device: str = Field(default="cpu", description="Torch device ('cpu', 'cuda', 'cuda:0').")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        default="float32",
-        description="Weights dtype (the official code samples in float16 on GPU); SDXL's VAE "
-        "still decodes in float32 (diffusers' force_upcast: it overflows in float16).",
+    device: str = Field(
+        default="auto",
+        description="Torch device: auto (CUDA when present, else CPU; ours), 'cpu', 'cuda:0'.",
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto",
+        description="Weights dtype: auto = float16 on CUDA (the official code samples in float16 "
+        "on GPU), float32 on CPU; SDXL's VAE still decodes in float32 (force_upcast).",
     )
     grid_columns: int = Field(default=4, ge=1, description="Columns of the contact sheet.")
     concept_name: str = Field(
@@ -175,7 +178,11 @@ class EvaluationConfig(BaseModel):
     local_files_only: bool = Field(
         default=True, description="Never download metric weights (offline machine)."
     )
-    device: str = Field(default="cpu", description="Torch device for CLIP and the aesthetic MLP.")
+    device: str = Field(
+        default="auto",
+        description="Torch device for CLIP and the aesthetic MLP: auto = CUDA when present "
+        "(ours); they stay float32 so scores compare across machines.",
+    )
     score_postprocessed: bool = Field(
         default=True,
         description="Also score the post-processed images (metrics prefixed 'postprocessed_').",

@@ -70,7 +70,8 @@ def concept_tokens(concept: dict[str, Any]) -> tuple[str, str]:
 def load_base_pipeline(
     path_or_hub_id: str | Path, device: str = "cpu", dtype: str = "float32"
 ) -> Any:
-    """The family's pipeline (``core.models.model_family``) with ``from_pretrained``:
+    """The family's pipeline (``core.models.model_family``) with ``from_pretrained``
+    (``device`` / ``dtype`` ``auto``: CUDA and float16 when present, see ``core.devices``):
     ``StableDiffusionPipeline`` without the safety checker, or ``StableDiffusionXLPipeline``
     (whose VAE decodes in fp32 even when ``dtype`` is float16: its ``force_upcast``).
 
@@ -78,8 +79,10 @@ def load_base_pipeline(
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from magicapture_pipeline.core.devices import resolve_device, resolve_dtype
     from magicapture_pipeline.core.models import SDXL, model_family
 
+    dtype, device = resolve_dtype(dtype, device), resolve_device(device)
     source = str(path_or_hub_id)
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "local_files_only": Path(source).is_dir()}
     if model_family(source) == SDXL:
@@ -290,6 +293,7 @@ def run_generation(base_model: str | Path, concept_dir: str | Path, config: Any)
         "lora_scale_text_encoder": config.lora_scale_text_encoder,
         "resolution": config.resolution,
         "negative_prompt": config.negative_prompt,
-        "dtype": config.dtype,
+        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "device": str(pipe.device),
     }
     return GenerationRun(images, settings, concept)

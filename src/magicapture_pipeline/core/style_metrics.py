@@ -81,6 +81,9 @@ def load_clip(
         return None, "no CLIP model configured (evaluation.clip_model)"
     from transformers import CLIPImageProcessor, CLIPModel, CLIPVisionModelWithProjection
 
+    from magicapture_pipeline.core.devices import resolve_device
+
+    device = resolve_device(device)
     errors = []
     for cls in (CLIPVisionModelWithProjection, CLIPModel):
         try:
