@@ -1,8 +1,8 @@
 """Which device and dtype to run on: ``auto`` picks CUDA (and float16 weights) when present.
 
-The paper's setting is a GPU (SD 1.5 sampled in float16 by the authors' ``inference_magicapture.py``);
-a CPU-only machine falls back to CPU and float32. An explicit device that is not there fails
-with a clear error instead of torch's.
+The paper's setting is a GPU (SD 1.5 sampled in float16 by the authors'
+``inference_magicapture.py``); a CPU-only machine falls back to CPU and float32. An explicit
+device that is not there fails with a clear error instead of torch's.
 """
 
 from __future__ import annotations
