@@ -87,7 +87,7 @@ def register(store, tiny_concept, csim: float | None) -> dict:
     uri, client, experiment = store
     base, concept = tiny_concept
     run = client.create_run(experiment)
-    metrics = {"clip_style": 0.2, "unavailable": {}}
+    metrics = {"clip_style": 0.2, "identity_loss_trained": 1.0, "unavailable": {}}
     if csim is None:
         metrics["unavailable"]["csim_arcface"] = "no face found"
     else:
@@ -114,11 +114,23 @@ def test_gates_name_what_failed():
     gates = PromotionGates(
         required_metrics=["csim"], min_metrics={"csim": 0.4, "style": None}, max_metrics={"fid": 50}
     )
-    assert failed_gates({"csim": 0.5, "fid": 10}, {}, gates) == []
-    failures = failed_gates({"csim": 0.1}, {}, gates)
+    trained = {"identity_loss_trained": 1.0}
+    assert failed_gates({"csim": 0.5, "fid": 10, **trained}, {}, gates) == []
+    failures = failed_gates({"csim": 0.1, **trained}, {}, gates)
     assert failures[0] == "gate min_metrics.csim: csim=0.1 < 0.4"
     assert failures[1] == "gate max_metrics.fid: 'fid' is missing"
     assert "unavailable: no face" in failed_gates({}, {"csim": "no face"}, gates)[0]
+
+
+def test_gate_refuses_a_concept_trained_without_the_identity_loss():
+    """base without an ArcFace checkpoint trains without Eq. 7: refused unless overridden."""
+    gates = PromotionGates(required_metrics=[], min_metrics={})
+    for metrics in ({"identity_loss_trained": 0.0}, {}):
+        (failure,) = failed_gates(metrics, {}, gates)
+        assert failure.startswith("gate identity_loss:") and "allow_without_identity_loss" in failure
+    assert failed_gates({"identity_loss_trained": 1.0}, {}, gates) == []
+    override = PromotionGates(required_metrics=[], min_metrics={}, allow_without_identity_loss=True)
+    assert failed_gates({"identity_loss_trained": 0.0}, {}, override) == []
 
 
 def test_register_promote_refuse_rollback(store, tiny_concept):

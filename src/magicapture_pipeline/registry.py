@@ -318,6 +318,14 @@ def failed_gates(
             failures.append(f"gate max_metrics.{name}: '{name}' is missing")
         elif metrics[name] > bound:
             failures.append(f"gate max_metrics.{name}: {name}={metrics[name]:.4g} > {bound}")
+    trained = metrics.get("identity_loss_trained")
+    if not gates.allow_without_identity_loss and trained != 1.0:
+        state = "missing" if trained is None else f"{trained:g}"
+        failures.append(
+            f"gate identity_loss: the concept did not train with the identity loss (Eq. 7; "
+            f"identity_loss_trained={state}); set registry.gates.allow_without_identity_loss: "
+            "true to promote it anyway"
+        )
     return failures
 
 

@@ -84,6 +84,11 @@ class PromotionGates(_Strict):
     max_metrics: dict[str, float | None] = Field(
         {}, description="Upper bounds (e.g. a distance metric); null: none."
     )
+    allow_without_identity_loss: bool = Field(
+        False,
+        description="Explicit override: promote a concept trained without the identity loss "
+        "(Eq. 7; e.g. base without an ArcFace checkpoint). Off: such a concept is refused.",
+    )
     note: str = Field("", description="Why these gates (shown when a promotion is refused).")
 
 
