@@ -127,7 +127,8 @@ def test_gate_refuses_a_concept_trained_without_the_identity_loss():
     gates = PromotionGates(required_metrics=[], min_metrics={})
     for metrics in ({"identity_loss_trained": 0.0}, {}):
         (failure,) = failed_gates(metrics, {}, gates)
-        assert failure.startswith("gate identity_loss:") and "allow_without_identity_loss" in failure
+        assert failure.startswith("gate identity_loss:")
+        assert "allow_without_identity_loss" in failure
     assert failed_gates({"identity_loss_trained": 1.0}, {}, gates) == []
     override = PromotionGates(required_metrics=[], min_metrics={}, allow_without_identity_loss=True)
     assert failed_gates({"identity_loss_trained": 0.0}, {}, override) == []
