@@ -173,3 +173,51 @@ def test_attention_mass_inside(attention_rows, mask_rows, expected):
     assert attention_mass_inside(maps, masks).item() == pytest.approx(expected)
     big_masks = torch.nn.functional.interpolate(masks, scale_factor=2, mode="nearest")
     assert attention_mass_inside(maps, big_masks).item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("setting", "dtype"),
+    [("scale", torch.float32), ("upcast", torch.bfloat16)],
+)
+def test_capture_honours_the_attention_scale_and_upcast_settings(setting, dtype):
+    """The capture computes what diffusers' own AttnProcessor computes for these settings
+    (``attn.scale``, ``upcast_attention``/``upcast_softmax``), bit for bit; a processor that
+    hand-computes ``QK^T / sqrt(d)`` in the input dtype does not."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet = _tiny_unet().to(dtype)
+    attn_names = [name for name, _ in unet.named_modules() if name.endswith("attn2")]
+    modules = dict(unet.named_modules())
+    for name in attn_names:
+        module = modules[name]
+        if setting == "scale":
+            module.scale = 0.37  # not 1/sqrt(head_dim)
+        else:
+            module.upcast_attention = module.upcast_softmax = True
+    sample, t, text = _inputs()
+    sample, text = sample.to(dtype), text.to(dtype)
+    unet.set_attn_processor(AttnProcessor())
+    with torch.no_grad():
+        reference = unet(sample, t, text).sample
+    with CrossAttentionCapture(unet, layer_names=attn_names) as capture, torch.no_grad():
+        captured = unet(sample, t, text).sample
+        assert capture.num_captured == len(attn_names)
+    torch.testing.assert_close(captured, reference, atol=0, rtol=0)
+
+
+def test_per_map_returns_every_head_of_every_layer_and_their_mean_is_the_default():
+    unet = _tiny_unet()
+    sample, t, text = _inputs()
+    heads = {name: m.heads for name, m in unet.named_modules() if name.endswith("attn2")}
+    with torch.no_grad(), CrossAttentionCapture(unet, keep_heads=True) as capture:
+        unet(sample, t, text)
+        per_head = capture.token_maps([3, 5], per_map=True)
+        mean = capture.token_maps([3, 5])
+        layers = capture.layer_names
+    assert per_head.shape == (2, 2, sum(heads[name] for name in layers), 8, 8)
+    with torch.no_grad(), CrossAttentionCapture(unet) as capture:
+        unet(sample, t, text)
+        per_layer = capture.token_maps([3, 5], per_map=True)
+        torch.testing.assert_close(capture.token_maps([3, 5]), mean)
+    assert per_layer.shape == (2, 2, len(layers), 8, 8)
+    torch.testing.assert_close(per_layer.mean(dim=2), mean)

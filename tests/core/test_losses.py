@@ -180,3 +180,65 @@ def test_ar_loss_upsamples_maps_to_mask_size_and_has_gradient():
     loss.backward()
     assert loss.item() > 0
     assert attention.grad is not None and attention.grad.abs().sum() > 0
+
+
+def _outside_peak_map() -> tuple[torch.Tensor, torch.Tensor]:
+    """An 8x8 map whose peak (0.9) lies outside the token's region (the top half)."""
+    generator = torch.Generator().manual_seed(0)
+    attention = torch.rand(1, 1, 8, 8, generator=generator) * 0.3
+    attention[0, 0, 6, 5] = 0.9  # bottom half: outside
+    return attention, _half_mask(1, 8)
+
+
+def test_ar_loss_gives_an_outside_peak_a_positive_gradient():
+    """Descent must lower a peak that lies outside the region. With a differentiable max the
+    peak's only gradient comes through the max and is negative (descent raises it)."""
+    attention, mask = _outside_peak_map()
+    attention.requires_grad_(True)
+    attention_refocusing_loss(attention, mask).backward()
+    grad = attention.grad[0, 0]
+    assert grad[6, 5] > 0
+    assert (grad[4:] >= 0).all()  # every outside pixel: pushed down (or left alone at the min)
+    assert (grad[:4] == 0).all()  # inside the region: no gradient at all
+
+
+def test_ar_descent_lowers_an_outside_peak():
+    """The toy of issue 10: 200 plain gradient-descent steps on the raw map."""
+    attention, mask = _outside_peak_map()
+    attention.requires_grad_(True)
+    optimiser = torch.optim.SGD([attention], lr=0.05)
+    for _ in range(200):
+        optimiser.zero_grad()
+        attention_refocusing_loss(attention, mask).backward()
+        optimiser.step()
+    assert attention[0, 0, 6, 5].item() < 0.85
+
+
+def test_min_max_scale_holds_min_and_max_constant():
+    maps = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]], requires_grad=True)
+    scaled = min_max_scale(maps)
+    scaled[0, 1, 1].backward()  # the maximum's own scaled value: 1 / (max - min) * d max
+    assert maps.grad[0, 1, 1].item() == pytest.approx(0.25)
+    assert maps.grad[0, 0, 0].item() == 0.0  # the minimum is a constant, too
+
+
+def test_ar_loss_orders_agree_on_one_map_and_differ_on_several():
+    mask = _half_mask(1, 4)
+    generator = torch.Generator().manual_seed(3)
+    per_map = torch.rand(1, 1, 5, 4, 4, generator=generator)
+    per_map[0, 0, 0] *= 10.0  # one loud head: scaling each map first changes the result
+    one = per_map[:, :, :1]
+    assert attention_refocusing_loss(one, mask, order="scale_then_average").item() == (
+        pytest.approx(attention_refocusing_loss(one[:, :, 0], mask).item())
+    )
+    authors = attention_refocusing_loss(per_map, mask, order="scale_then_average")
+    manual = torch.stack([min_max_scale(per_map[0, 0, m]) for m in range(5)]).mean(0)
+    expected = (manual * (1 - mask[0, 0])).pow(2).mean()
+    assert authors.item() == pytest.approx(expected.item())
+    averaged = attention_refocusing_loss(per_map, mask, order="average_then_scale")
+    assert averaged.item() == pytest.approx(
+        attention_refocusing_loss(per_map.mean(dim=2), mask).item()
+    )
+    assert abs(authors.item() - averaged.item()) > 1e-3
+    with pytest.raises(ValueError, match="order"):
+        attention_refocusing_loss(per_map, mask, order="sideways")

@@ -303,6 +303,12 @@ class AttentionConfig(_Strict):
         "'up_blocks.0.attentions.1.transformer_blocks.3.attn2'); empty = every down/up attn2 "
         "at `resolution`.",
     )
+    scale_order: Literal["average_then_scale", "scale_then_average"] = Field(
+        "average_then_scale",
+        description="Eq. 8 min-max scaling (min/max held constant either way): average the "
+        "head/layer maps then scale (paper: one map A_k per token; 1/heads the capture memory) "
+        "or scale each map then average (authors' code, magicapture_train.py loss_step).",
+    )
 
 
 class StageTwoConfig(_TrainingLoopConfig):

@@ -104,10 +104,12 @@ def cross_attention_layers(
 
 
 class _CaptureProcessor:
-    """Attention processor that hand-computes the probabilities and hands them to the capture.
+    """Attention processor that computes the probabilities explicitly and hands them to the capture.
 
-    Numerically the same computation as ``AttnProcessor2_0`` (``softmax(QK^T * scale) V``), written
-    out so the probabilities exist as a tensor (with gradient) to be stored.
+    The probabilities come from the module's own ``attn.get_attention_scores`` (diffusers'
+    classic ``AttnProcessor`` path), so the module's ``scale``, ``upcast_attention`` and
+    ``upcast_softmax`` settings and its attention mask are honoured exactly; the output is the same
+    computation as ``AttnProcessor``, with the probabilities kept (with gradient) for the loss.
     """
 
     def __init__(self, capture: CrossAttentionCapture, name: str) -> None:
@@ -147,24 +149,27 @@ class _CaptureProcessor:
         key = attn.to_k(encoder_hidden_states)
         value = attn.to_v(encoder_hidden_states)
 
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        heads = attn.heads
+        head_dim = key.shape[-1] // heads
+        query = query.view(batch, -1, heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, heads, head_dim).transpose(1, 2)
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
+        queries, keys = query.shape[2], key.shape[2]
+        mask = attn.prepare_attention_mask(attention_mask, keys, batch)
+        probs = attn.get_attention_scores(
+            query.reshape(batch * heads, queries, head_dim),
+            key.reshape(batch * heads, keys, head_dim),
+            mask,
+        )  # (B * heads, N, L): honours attn.scale and the upcast flags
+        self.capture._store(self.name, probs.view(batch, heads, queries, keys))
 
-        scores = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim))
-        if attention_mask is not None:
-            mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
-            scores = scores + mask.view(batch, attn.heads, -1, mask.shape[-1])
-        probs = scores.softmax(dim=-1).to(value.dtype)
-        self.capture._store(self.name, probs)
-
-        hidden_states = torch.matmul(probs, value)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        hidden_states = torch.bmm(probs, value.reshape(batch * heads, keys, head_dim))
+        hidden_states = hidden_states.view(batch, heads, queries, head_dim).transpose(1, 2)
+        hidden_states = hidden_states.reshape(batch, queries, heads * head_dim)
         hidden_states = attn.to_out[0](hidden_states.to(query.dtype))
         hidden_states = attn.to_out[1](hidden_states)
         if input_ndim == 4:
@@ -185,7 +190,8 @@ class CrossAttentionCapture:
 
     By default the stored probabilities are cleared at the start of every UNet forward, so they
     always belong to the latest forward pass and maps (with their autograd graph) never pile up
-    across steps; :meth:`clear` frees them early. Only the head-mean of each layer is stored. For
+    across steps; :meth:`clear` frees them early. Only the head-mean of each layer is stored
+    unless ``keep_heads``. For
     a second UNet pass whose maps are not wanted (the official two-pass identity loss), set
     :attr:`enabled` to False around it: those layers then run the fused SDPA processor and the
     first pass's maps are left as they were. With gradient
@@ -200,6 +206,9 @@ class CrossAttentionCapture:
             :func:`cross_attention_layers`).
         layer_names: explicit ``attn2`` module names instead of ``resolution``.
         clear_each_forward: clear the stored maps at the start of each UNet forward.
+        keep_heads: store every head's map instead of the head-mean (needed for Eq. 8 in the
+            authors' order, ``attention.scale_order: scale_then_average``; ``heads`` x the
+            memory).
     """
 
     def __init__(
@@ -208,8 +217,10 @@ class CrossAttentionCapture:
         resolution: int | None = None,
         layer_names: Sequence[str] | None = None,
         clear_each_forward: bool = True,
+        keep_heads: bool = False,
     ) -> None:
         self.unet = unet
+        self.keep_heads = keep_heads
         self.layer_names = (
             list(layer_names) if layer_names else cross_attention_layers(unet, resolution)
         )
@@ -279,8 +290,10 @@ class CrossAttentionCapture:
             self._maps = {}
 
     def _store(self, name: str, probs: Tensor) -> None:
-        """Keep the head-mean ``(B, N_query, L_text)`` of one layer's probabilities."""
-        self._maps.setdefault(name, []).append(probs.mean(dim=1))
+        """Keep one layer's probabilities ``(B, heads, N_query, L_text)``: every head when
+        :attr:`keep_heads`, else their mean ``(B, 1, N_query, L_text)``."""
+        kept = probs if self.keep_heads else probs.mean(dim=1, keepdim=True)
+        self._maps.setdefault(name, []).append(kept)
 
     def clear(self) -> None:
         """Forget every stored map."""
@@ -303,17 +316,22 @@ class CrossAttentionCapture:
             raise ValueError(f"cannot infer a spatial shape for {num_queries} queries")
         return side, side
 
-    def token_maps(self, token_indices: Tensor | Sequence[int] | Sequence[Sequence[int]]) -> Tensor:
+    def token_maps(
+        self,
+        token_indices: Tensor | Sequence[int] | Sequence[Sequence[int]],
+        per_map: bool = False,
+    ) -> Tensor:
         """Cross-attention maps of the given text-token positions.
-
-        Averages the stored head-mean probabilities over every captured layer call.
 
         Args:
             token_indices: positions in the 77-token text sequence: a ``(B, K)`` tensor, a list of
                 ``B`` lists of ``K`` positions, or one list of ``K`` positions for every sample.
+            per_map: return every stored map (each layer call's head-mean, or each head of each
+                layer call with :attr:`keep_heads`) instead of their mean.
 
         Returns:
-            ``(B, K, h, w)`` attention probabilities (differentiable when captured with grad).
+            ``(B, K, h, w)``: the mean over captured layer calls of each layer's head-mean; with
+            ``per_map`` ``(B, K, M, h, w)``. Differentiable when captured with grad.
 
         Raises:
             RuntimeError: nothing was captured since the last clear.
@@ -321,19 +339,24 @@ class CrossAttentionCapture:
         stored = [item for items in self._maps.values() for item in items]
         if not stored:
             raise RuntimeError("no cross-attention captured: run the UNet inside the capture")
-        shapes = {tuple(item.shape) for item in stored}
+        shapes = {(item.shape[0], *item.shape[2:]) for item in stored}
         if len(shapes) != 1:
             raise ValueError(f"captured layers differ in shape: {sorted(shapes)}")
-        mean = torch.stack(stored).mean(dim=0)  # (B, N, L)
-        batch, num_queries, _ = mean.shape
-        index = torch.as_tensor(token_indices, dtype=torch.long, device=mean.device)
+        if per_map:
+            maps = torch.cat(stored, dim=1)  # (B, M, N, L)
+        else:
+            maps = torch.stack([item.mean(dim=1) for item in stored]).mean(dim=0).unsqueeze(1)
+        batch, count, num_queries, _ = maps.shape
+        index = torch.as_tensor(token_indices, dtype=torch.long, device=maps.device)
         if index.ndim == 1:
             index = index.unsqueeze(0).expand(batch, -1)
         if index.shape[0] != batch:
             raise ValueError(f"token_indices has {index.shape[0]} rows for a batch of {batch}")
-        picked = torch.gather(mean, 2, index.unsqueeze(1).expand(-1, num_queries, -1))
+        tokens = index.shape[1]
+        picked = torch.gather(maps, 3, index[:, None, None, :].expand(-1, count, num_queries, -1))
         h, w = self._spatial_shape(num_queries)
-        return picked.transpose(1, 2).reshape(batch, index.shape[1], h, w)
+        picked = picked.permute(0, 3, 1, 2).reshape(batch, tokens, count, h, w)
+        return picked if per_map else picked[:, :, 0]
 
 
 def attention_mass_inside(attention_maps: Tensor, region_masks: Tensor) -> Tensor:

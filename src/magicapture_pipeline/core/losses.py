@@ -16,10 +16,13 @@ mask and prompt the caller passes, so they share one home: :func:`masked_reconst
   one-step (Tweedie) estimate ``x̂_0`` (:func:`one_step_x0_estimate`) and the source face, applied
   only for ``t < T'`` (:func:`identity_loss_active`).
 * Eq. 8 - attention refocusing: ``E_k ||A_k - A_k ⊙ M_k||²`` with min-max scaled cross-attention
-  maps ``A_k`` of the placeholder tokens and their region masks ``M_k``.
+  maps ``A_k`` of the placeholder tokens (min and max held constant, as the authors' code does)
+  and their region masks ``M_k``.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -166,53 +169,83 @@ def identity_loss_active(
     return timesteps < threshold_fraction * num_train_timesteps
 
 
-def min_max_scale(maps: Tensor) -> Tensor:
-    """Scale each map of ``(..., h, w)`` to ``[0, 1]`` by its own minimum and maximum.
+ScaleOrder = Literal["average_then_scale", "scale_then_average"]
 
-    A constant map becomes all zeros. Used by Eq. 8 (the paper scales each attention map).
+
+def min_max_scale(maps: Tensor) -> Tensor:
+    """Scale each map of ``(..., h, w)`` to ``[0, 1]`` by its own minimum and maximum, both held
+    constant (no gradient flows through them).
+
+    The authors' code subtracts ``map.min().item()`` and divides by ``map.max().item()``
+    (``lora_diffusion_/magicapture_train.py``, ``loss_step``), i.e. with constants. That matters
+    for Eq. 8: with a differentiable maximum, a peak outside the token's region is pushed *up*
+    (its own scaled value is always 1, so its only gradient comes through the maximum, and a
+    larger maximum shrinks every other outside pixel), so descent raises the very peak it should
+    lower. With the range held constant, each pixel's gradient is ``2 A (1 - M) / (max - min)``,
+    positive outside the region. A constant map becomes all zeros.
 
     Args:
         maps: tensor whose last two dimensions are spatial.
 
     Returns:
-        The scaled maps, same shape, differentiable.
+        The scaled maps, same shape; differentiable w.r.t. ``maps`` with min and max constant.
     """
     flat = maps.flatten(-2)
-    low = flat.amin(dim=-1, keepdim=True)
-    high = flat.amax(dim=-1, keepdim=True)
+    low = flat.amin(dim=-1, keepdim=True).detach()
+    high = flat.amax(dim=-1, keepdim=True).detach()
     scaled = (flat - low) / (high - low).clamp_min(_EPS)
     return scaled.view_as(maps)
 
 
-def attention_refocusing_loss(attention_maps: Tensor, region_masks: Tensor) -> Tensor:
+def attention_refocusing_loss(
+    attention_maps: Tensor,
+    region_masks: Tensor,
+    order: ScaleOrder = "average_then_scale",
+) -> Tensor:
     """Attention Refocusing loss of Eq. 8: ``E_k ||A_k - A_k ⊙ M_k||²``.
 
-    ``A_k`` is the cross-attention map of placeholder token ``k`` (averaged over heads and the
-    captured layers), min-max scaled to ``[0, 1]`` per map; ``M_k`` is its region (the face mask
-    for [V1], the non-face mask for [V2]). The squared attention is penalised only where the mask
-    is 0, so the loss is zero when the token attends only inside its region. When the masks are
-    larger than the maps (the official code compares at latent resolution, e.g. 64x64 for 16x16
+    ``A_k`` is the cross-attention map of placeholder token ``k``, min-max scaled to ``[0, 1]``
+    (:func:`min_max_scale`, min and max held constant); ``M_k`` is its region (the face mask for
+    [V1], the non-face mask for [V2]). The squared attention is penalised only where the mask is
+    0, so the loss is zero when the token attends only inside its region. When the masks are
+    larger than the maps (the authors' code compares at latent resolution, e.g. 64x64 for 16x16
     maps) the maps are first upsampled bilinearly, then scaled.
 
-    The official code min-max scales every head/layer map before averaging them; here the averaged
-    map is scaled (what the paper states), which is also what lets the capture keep only the
-    head-mean.
+    Two orders of scaling and averaging over the ``M`` head/layer maps of a token:
+
+    * ``average_then_scale`` (default): average the maps, then scale the mean, which is the
+      paper's wording (Eq. 8 reads one map ``A_k`` per token) and lets the capture keep only
+      the head-mean of each layer (8x less memory on SD 1.5);
+    * ``scale_then_average``: scale each head/layer map, then average (the authors' code:
+      ``loss_step`` scales each of the 40 maps of SD 1.5 at 16x16, then ``maps.mean(dim=1)``).
 
     Args:
-        attention_maps: ``(B, K, h, w)`` attention probabilities of ``K`` tokens.
+        attention_maps: ``(B, K, h, w)`` attention probabilities of ``K`` tokens (already
+            averaged), or ``(B, K, M, h, w)`` with the ``M`` head/layer maps of each token.
         region_masks: ``(B, K, H, W)`` in ``[0, 1]``, one mask per token (``(B, 1, H, W)`` is
             broadcast to every token).
+        order: ``average_then_scale`` or ``scale_then_average`` (needs the 5-d input to differ).
 
     Returns:
         Scalar: mean over pixels, tokens and batch of ``(A_k (1 - M_k))²``.
     """
-    if attention_maps.ndim != 4 or region_masks.ndim != 4:
-        raise ValueError("attention_maps and region_masks must be (B, K, h, w)")
-    maps = attention_maps.float()
-    if maps.shape[-2:] != region_masks.shape[-2:]:
-        maps = F.interpolate(
-            maps, size=region_masks.shape[-2:], mode="bilinear", align_corners=False
+    if order not in ("average_then_scale", "scale_then_average"):
+        raise ValueError(f"unknown order {order!r}: average_then_scale or scale_then_average")
+    if attention_maps.ndim not in (4, 5) or region_masks.ndim != 4:
+        raise ValueError(
+            "attention_maps must be (B, K, h, w) or (B, K, M, h, w) and region_masks (B, K, H, W)"
         )
-    scaled = min_max_scale(maps)
+    maps = attention_maps.float()
+    if maps.ndim == 4:
+        maps = maps.unsqueeze(2)
+    batch, tokens, count, height, width = maps.shape
+    if order == "average_then_scale":
+        maps, count = maps.mean(dim=2, keepdim=True), 1
+    size = tuple(region_masks.shape[-2:])
+    if (height, width) != size:
+        flat = maps.reshape(batch * tokens, count, height, width)
+        flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+        maps = flat.view(batch, tokens, count, *size)
+    scaled = min_max_scale(maps).mean(dim=2)
     outside = 1.0 - region_masks.to(device=scaled.device, dtype=scaled.dtype)
     return (scaled * outside).pow(2).mean()

@@ -49,11 +49,14 @@ class AttentionTerm:
         ]
         if not positions:
             return None
-        maps = self.capture.token_maps([[p for p, _ in positions]])
+        order = self.config.attention.scale_order
+        maps = self.capture.token_maps(
+            [[p for p, _ in positions]], per_map=order == "scale_then_average"
+        )
         masks = torch.cat(
             [self._region_mask(example, inside_face=k == 0) for _, k in positions], dim=1
         )
-        return losses.attention_refocusing_loss(maps.float(), masks.float())
+        return losses.attention_refocusing_loss(maps.float(), masks.float(), order=order)
 
     @torch.no_grad()
     def attention_report(

@@ -229,7 +229,8 @@ class _Trainer:
         if self.config.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
         self.optimizer.step()
-        self.lr_scheduler.step()
+        if not getattr(self.optimizer, "step_was_skipped", False):  # fp16 overflow: no step
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.placeholder_rows.sync()
         self.global_step += 1
@@ -249,8 +250,13 @@ class _Trainer:
             num_warmup_steps=self.config.lr_warmup_steps,
             num_training_steps=self.config.max_steps,
         )
-        # Prepared so fp16 loss scaling (unscale before clipping, skipped steps) is handled.
-        self.optimizer, self.lr_scheduler = self.accelerator.prepare(optimizer, scheduler)
+        # The optimiser is prepared so fp16 loss scaling (unscale before clipping, skipped steps)
+        # is handled. The scheduler is not: accelerate's AcceleratedScheduler steps
+        # num_processes times per call (it assumes a dataloader split over processes), so under
+        # N processes a schedule spanning max_steps would end after max_steps / N steps. It is
+        # stepped once per optimiser step instead, and not when fp16 skipped the step.
+        self.optimizer = self.accelerator.prepare(optimizer)
+        self.lr_scheduler = scheduler
 
     # checkpoints (core.training.checkpoints) ----------------------------------------------
     def save_checkpoint(self, root: str | Path) -> Path:

@@ -122,6 +122,7 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
                 self.unet,
                 resolution=config.attention.resolution,
                 layer_names=config.attention.layers or None,
+                keep_heads=config.attention.scale_order == "scale_then_average",
             )
             self.capture.install()
         self.attention_layers = list(self.capture.layer_names) if self.capture else []
