@@ -39,8 +39,6 @@ from tiny_sdxl import TINY_SDXL, TOKENS
 PROMPT = "a photo of a <v1> person in the <v2> style"
 # The tiny SDXL at 64 px: latents 8x8; cross-attention runs at 4x4 (down_blocks.1, up_blocks.0).
 ATTENTION = AttentionConfig(resolution=4)
-STEPS = 40
-
 
 @pytest.fixture(scope="module")
 def tiny_xl(tmp_path_factory):
@@ -145,7 +143,12 @@ def test_identity_loss_alone_reaches_the_unet_lora_on_sdxl(tiny_xl):
 
 def test_attention_refocusing_moves_v1_into_its_region_on_sdxl_maps(tiny_xl):
     """Eq. 8 alone, LoRA on attn2, [V1]'s region = the left half: its attention share there rises
-    (the SD 1.5 version of this measurement is in FINDINGS: 0.50 -> 0.93 with the fixed scaling)."""
+    (the SD 1.5 version of this measurement is in FINDINGS: 0.50 -> 0.93 with the fixed scaling).
+
+    Measured with min/max held constant: 0.50 -> 0.87 after 20 steps. Left running on Eq. 8
+    alone, the loss reaches exactly 0 and AdamW's momentum then drives the token's attention
+    towards 0 everywhere (0.00 at step 40): the scaled loss is blind to a global shrink, so the
+    check stops at 20 steps."""
     from peft import LoraConfig
 
     parts = load_components(tiny_xl)
@@ -167,7 +170,7 @@ def test_attention_refocusing_moves_v1_into_its_region_on_sdxl_maps(tiny_xl):
     timesteps = torch.tensor([500])
     shares = []
     with CrossAttentionCapture(parts.unet, resolution=4) as capture:
-        for step in range(STEPS + 1):
+        for step in range(21):
             adapter.predict(parts.unet, latents, timesteps, cond)
             maps = capture.token_maps([position])
             if step % 20 == 0:
@@ -177,7 +180,7 @@ def test_attention_refocusing_moves_v1_into_its_region_on_sdxl_maps(tiny_xl):
             loss.backward()
             optimizer.step()
     assert maps.shape == (1, 1, 4, 4)
-    assert shares[-1] > shares[0] + 0.05, shares  # measured 0.50 -> 0.57 (40 steps)
+    assert shares[-1] > shares[0] + 0.2, shares
 
 
 def test_sdxl_vae_runs_outside_fp16_autocast(tiny_xl):
