@@ -190,6 +190,7 @@ def test_csim_of_the_identity_loss_network_is_labelled_same_as_loss(astronaut):
     unknown = run((None, "checkpoint unreadable"))  # cannot compare: labelled, to be safe
     assert "csim_arcface_same_as_loss" in unknown.metrics and "csim_arcface" not in unknown.metrics
     assert "csim_arcface" in run(None).metrics  # no identity loss ran
+    assert "no held-out source photo" in run(None).unavailable["csim_arcface_heldout"]
 
 
 def test_loss_recognizer_loads_the_configured_checkpoint(tmp_path):

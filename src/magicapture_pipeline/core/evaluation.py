@@ -180,8 +180,15 @@ def _add_identity(
     if report.heldout is not None:
         for key, value in report.heldout.per_image.items():
             per_image[key][report.heldout.name] = value
-        if report.heldout.reason:
-            unavailable[report.heldout.name] = report.heldout.reason
+        if report.heldout.reason or report.heldout.mean is None:
+            unavailable[report.heldout.name] = (
+                report.heldout.reason or "no face found in any generated image"
+            )
+    else:
+        unavailable[f"{name}_heldout"] = (
+            "no held-out source photo (preprocessing holds one out when at least "
+            "preprocess.heldout_min_sources photos are accepted)"
+        )
     for key, values in report.copy_check.items():
         per_image[key].update({f"copy_check_{k}": v for k, v in values.items()})
     if report.training.reason:
