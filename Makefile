@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-fast check-config bench bench-gpu promote rollback ui viz lint lock
+.PHONY: install demo demo-sdxl test test-fast check-config bench bench-gpu promote rollback ui viz lint lock
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -31,6 +31,10 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 demo: install  ## run the whole MagiCapture chain on CPU with a tiny random SD and public-domain photos
 	$(BIN)/kedro run --pipelines=customize --env=demo
 	@$(BIN)/python -m magicapture_pipeline.where_to_look --env=demo
+
+demo-sdxl: install  ## the same chain on a tiny random SDXL (two text encoders, text_time UNet)
+	$(BIN)/kedro run --pipelines=customize --env=demo-sdxl
+	@$(BIN)/python -m magicapture_pipeline.where_to_look --env=demo-sdxl
 
 test: install  ## the test suite (CPU only, tiny models, real photos)
 	$(BIN)/python -m pytest

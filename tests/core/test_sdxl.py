@@ -338,3 +338,26 @@ def test_family_mismatch_is_refused(xl_concept, tmp_path):
     pipe = StableDiffusionPipeline.from_pretrained(sd, local_files_only=True)
     with pytest.raises(ValueError, match=r"concept.json: family 'sdxl', but the pipeline"):
         load_concept(pipe, folder)
+
+
+def test_registered_pyfunc_serves_an_sdxl_concept(tiny_xl, xl_concept):
+    """The registry's pyfunc loads the base model by family and the SDXL concept's both tables."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from magicapture_pipeline.registry import CONCEPT_ARTIFACT, ConceptModel, decode_image
+
+    folder, _, _ = xl_concept
+    model = ConceptModel()
+    model.load_context(
+        SimpleNamespace(
+            artifacts={CONCEPT_ARTIFACT: str(folder)},
+            model_config={"base_model": str(tiny_xl), "default_steps": 2, "resolution": 64},
+        )
+    )
+    assert type(model._pipe).__name__ == "StableDiffusionXLPipeline"
+    assert "<v1>" in model._pipe.tokenizer_2.get_vocab()
+    out = model.predict(None, pd.DataFrame({"prompt": ["a photo of a [V1] person"], "seed": [1]}))
+    assert out.loc[0, "prompt"] == "a photo of a <v1> person"
+    assert decode_image(out.loc[0, "image"]).size == (64, 64)

@@ -95,6 +95,15 @@ def test_stage_one_changes_only_placeholder_rows(tiny_dir):
     assert list(result.embeddings) == ["<v1>", "<v2>"]
 
 
+def test_stage_two_moves_only_the_placeholder_rows_of_the_embedding(tiny_dir):
+    """FINDINGS: stage two's placeholder-only update had no before/after comparison."""
+    trainer = _trainer("two", tiny_dir, identity=IdentityConfig(mode="off"))
+    before = embedding_matrix(trainer.text_encoder).detach().clone()
+    trainer.train(progress=False)
+    after = embedding_matrix(trainer.text_encoder).detach()
+    assert (after != before).any(dim=1).nonzero().flatten().tolist() == sorted(trainer.token_ids)
+
+
 @pytest.mark.parametrize(
     ("preset", "unet_kinds", "text_encoder_modules"),
     [
