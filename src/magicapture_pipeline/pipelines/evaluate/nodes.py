@@ -74,6 +74,7 @@ def evaluate_generated(  # noqa: PLR0917 - Kedro passes node inputs positionally
     }
     if loss_record:
         metrics["identity_loss_trained"] = 1.0 if loss_on else 0.0
+        info["identity_loss_enabled"] = loss_on  # the tracking hook's on/off summary reads it
     else:
         unavailable["identity_loss_trained"] = "concept.json records no identity_loss entry"
     rows: list[dict[str, Any]] = []
