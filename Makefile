@@ -10,6 +10,9 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
+# The concept a command works on (data/<layer>/<concept>/, MLflow magicapture-<concept>).
+CONCEPT ?= demo
+comma := ,
 
 .PHONY: install demo demo-sdxl test test-fast check-config bench bench-gpu promote rollback ui viz lint lock
 
@@ -28,9 +31,9 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
-demo: install  ## run the whole MagiCapture chain on CPU with a tiny random SD and public-domain photos
-	$(BIN)/kedro run --pipelines=customize --env=demo
-	@$(BIN)/python -m magicapture_pipeline.where_to_look --env=demo
+demo: install  ## run the whole MagiCapture chain on CPU with a tiny random SD and public-domain photos (CONCEPT=demo)
+	$(BIN)/kedro run --pipelines=customize --env=demo --params=concept=$(CONCEPT)
+	@$(BIN)/python -m magicapture_pipeline.where_to_look --env=demo --concept=$(CONCEPT)
 
 demo-sdxl: install  ## the same chain on a tiny random SDXL (two text encoders, text_time UNet)
 	$(BIN)/kedro run --pipelines=customize --env=demo-sdxl
@@ -51,11 +54,11 @@ bench: install  ## measure step times and ratios -> data/08_reporting/bench.{jso
 bench-gpu: install  ## the same on CUDA in fp16, + SD 1.5 at 512 px -> data/08_reporting/bench_cuda/
 	$(BIN)/python -m magicapture_pipeline.speed_bench --device cuda --mixed-precision fp16 --out data/08_reporting/bench_cuda
 
-promote: install  ## move @champion to the @candidate version if it passes the gates (ENV=demo, VERSION=n)
-	$(BIN)/kedro run --pipelines=promote --env=$(or $(ENV),demo) $(if $(VERSION),--params=model_version=$(VERSION))
+promote: install  ## move @champion to the @candidate version if it passes the gates (ENV=demo, CONCEPT=demo, VERSION=n)
+	$(BIN)/kedro run --pipelines=promote --env=$(or $(ENV),demo) --params=concept=$(CONCEPT)$(if $(VERSION),$(comma)model_version=$(VERSION))
 
-rollback: install  ## give @champion back to @previous
-	$(BIN)/kedro run --pipelines=promote --env=$(or $(ENV),demo) --params=action=rollback
+rollback: install  ## give @champion back to @previous (ENV=demo, CONCEPT=demo)
+	$(BIN)/kedro run --pipelines=promote --env=$(or $(ENV),demo) --params=concept=$(CONCEPT),action=rollback
 
 ui: install  ## MLflow UI on 127.0.0.1
 	@echo "MLflow UI: http://127.0.0.1:5000  (Ctrl-C to stop)"

@@ -49,8 +49,18 @@ def git_repo(folder: Path) -> Path:
     return folder
 
 
+CONCEPT = "some-concept"  # what `${key}` stands for when a test reads the foreach stages
+
+
 def dvc_stages() -> dict:
-    return yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    """Stage name -> its ``do`` body with ``${key}`` read as :data:`CONCEPT`."""
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        assert stage.get("foreach") == "${concepts}", f"stage {name} is not per concept"
+    return {
+        name: yaml.safe_load(yaml.safe_dump(stage["do"]).replace("${key}", CONCEPT))
+        for name, stage in stages.items()
+    }
 
 
 def out_paths(stage: dict) -> set[str]:
@@ -61,15 +71,16 @@ def out_paths(stage: dict) -> set[str]:
     return paths
 
 
-def catalog_paths(env: str = "base") -> dict[str, str]:
+def catalog_paths(env: str = "base", concept: str = CONCEPT) -> dict[str, str]:
     """Dataset name -> its ``filepath``/``path`` relative to the project, for ``env``."""
     from kedro.config import OmegaConfigLoader
 
+    from magicapture_pipeline.settings import CONFIG_LOADER_ARGS
+
     loader = OmegaConfigLoader(
         str(PROJECT_ROOT / "conf"),
-        base_env="base",
-        default_run_env=env,
-        merge_strategy={"parameters": "soft"},
+        **{**CONFIG_LOADER_ARGS, "default_run_env": env},
+        runtime_params={"concept": concept},
     )
     paths = {}
     for name, entry in loader["catalog"].items():
@@ -80,32 +91,43 @@ def catalog_paths(env: str = "base") -> dict[str, str]:
     return paths
 
 
-def test_dvc_params_file_selects_the_demo_env():
-    assert yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text()) == {"kedro_env": "demo"}
+def test_dvc_params_file_selects_the_demo_env_and_concept():
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    assert params["kedro_env"] == "demo"
+    assert list(params["concepts"]) == ["demo"]
+    assert "source_dir=data/01_raw/demo/source" in params["concepts"]["demo"]["kedro_params"]
     assert "analytics = false" in (PROJECT_ROOT / ".dvc" / "config").read_text()
 
 
-def test_every_stage_runs_its_pipeline_in_the_chosen_env():
+def test_every_stage_runs_its_pipeline_per_concept_in_the_chosen_env():
     from magicapture_pipeline.pipeline_registry import CUSTOMIZE_CHAIN
 
     stages = dvc_stages()
     assert list(stages) == list(CUSTOMIZE_CHAIN)
     for name, stage in stages.items():
-        assert stage["cmd"] == f"kedro run --pipelines={name} --env=${{kedro_env}}"
-        assert {"params.yaml": ["kedro_env"]} in stage["params"]
+        assert stage["cmd"] == (
+            f"kedro run --pipelines={name} --env=${{kedro_env}} "
+            f"--params=concept={CONCEPT},${{item.kedro_params}}"
+        )
+        assert {"params.yaml": ["kedro_env", f"concepts.{CONCEPT}"]} in stage["params"]
         assert not any(str(p).startswith("data/01_raw") for p in out_paths(stage))
-    assert stages["evaluate"]["metrics"] == ["data/08_reporting/metrics.json"]
+        assert all(f"/{CONCEPT}/" in p for p in out_paths(stage)), name
+    assert stages["evaluate"]["metrics"] == [f"data/08_reporting/{CONCEPT}/metrics.json"]
 
 
 def test_outs_are_catalog_paths_and_never_versioned():
     from kedro.config import OmegaConfigLoader
+
+    from magicapture_pipeline.settings import CONFIG_LOADER_ARGS
 
     catalog = catalog_paths()
     known = set(catalog.values())
     for name, stage in dvc_stages().items():
         missing = {p for p in out_paths(stage) if p not in known}
         assert not missing, f"stage {name}: outs not in the catalog: {missing}"
-    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="demo")
+    loader = OmegaConfigLoader(
+        str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "demo"}
+    )
     for name, entry in loader["catalog"].items():
         assert not (isinstance(entry, dict) and entry.get("versioned")), name
 
@@ -117,9 +139,9 @@ def test_each_stage_lists_what_its_pipeline_writes():
 
     bootstrap_project(PROJECT_ROOT)
     catalog = catalog_paths()
-    for name, stage in dvc_stages().items():
-        if name not in pipelines:
-            pytest.skip(f"pipeline {name} not written yet")
+    stages = dvc_stages()
+    assert set(stages) <= set(pipelines), "a DVC stage names a pipeline that does not exist"
+    for name, stage in stages.items():
         written = {catalog[d] for d in pipelines[name].outputs() if d in catalog}
         written -= {p for p in written if p.startswith("data/01_raw")}
         assert written <= out_paths(stage), f"stage {name} misses {written - out_paths(stage)}"
@@ -181,6 +203,59 @@ def test_repro_is_idempotent_and_reruns_only_downstream(tmp_path):
     assert (repo / "model.txt").read_text() == "abab:0.2"
 
 
+FOREACH_DVC = """
+stages:
+  prepare:
+    foreach: ${concepts}
+    do:
+      cmd: python prepare.py ${key}
+      deps: [prepare.py, "raw/${key}.txt"]
+      params: ["concepts.${key}"]
+      outs: ["out/${key}/prepared.txt"]
+  train:
+    foreach: ${concepts}
+    do:
+      cmd: python train.py ${key}
+      deps: [train.py, "out/${key}/prepared.txt"]
+      outs: ["out/${key}/model.txt"]
+"""
+FOREACH_PREPARE = """import sys, pathlib, yaml
+key = sys.argv[1]
+size = yaml.safe_load(open("params.yaml"))["concepts"][key]["size"]
+pathlib.Path(f"out/{key}").mkdir(parents=True, exist_ok=True)
+open(f"out/{key}/prepared.txt", "w").write(open(f"raw/{key}.txt").read() * size)
+"""
+FOREACH_TRAIN = """import sys
+key = sys.argv[1]
+open(f"out/{key}/model.txt", "w").write(open(f"out/{key}/prepared.txt").read() + "!")
+"""
+
+
+def test_foreach_concepts_rerun_only_the_changed_concept(tmp_path):
+    """The shape of dvc.yaml: one chain per concept; one concept's change reruns only it."""
+    repo = git_repo(tmp_path / "repo")
+    (repo / "dvc.yaml").write_text(FOREACH_DVC)
+    (repo / "prepare.py").write_text(FOREACH_PREPARE)
+    (repo / "train.py").write_text(FOREACH_TRAIN)
+    (repo / "raw").mkdir()
+    (repo / "raw/alice.txt").write_text("a")
+    (repo / "raw/bob.txt").write_text("b")
+    params = "concepts:\n  alice: {size: 2}\n  bob: {size: %d}\n"
+    (repo / "params.yaml").write_text(params % 3)
+    first = run(repo, "dvc", "repro").stdout
+    for stage in ("prepare@alice", "prepare@bob", "train@alice", "train@bob"):
+        assert f"Running stage '{stage}'" in first
+    assert (repo / "out/alice/model.txt").read_text() == "aa!"
+    assert (repo / "out/bob/model.txt").read_text() == "bbb!"
+    assert "Running stage" not in run(repo, "dvc", "repro").stdout
+    (repo / "params.yaml").write_text(params % 1)
+    third = run(repo, "dvc", "repro", "--no-run-cache").stdout
+    assert "Running stage 'prepare@bob'" in third and "Running stage 'train@bob'" in third
+    assert "Running stage 'prepare@alice'" not in third
+    assert "Running stage 'train@alice'" not in third
+    assert (repo / "out/bob/model.txt").read_text() == "b!"
+
+
 @pytest.mark.slow
 def test_real_chain_repro_then_noop_then_partial(tmp_path, monkeypatch):
     project = tmp_path / "project"
@@ -208,10 +283,11 @@ def test_real_chain_repro_then_noop_then_partial(tmp_path, monkeypatch):
     monkeypatch.setitem(DVC_ENV, "MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
     first = run(project, "dvc", "repro", timeout=3000).stdout
     for stage in dvc_stages():
-        assert f"Running stage '{stage}'" in first
+        assert f"Running stage '{stage}@demo'" in first
     assert "Running stage" not in run(project, "dvc", "repro", timeout=600).stdout
     registry = project / "conf" / "demo" / "parameters_registry.yml"
     registry.write_text(registry.read_text().replace("default_steps: 10", "default_steps: 11"))
     third = run(project, "dvc", "repro", timeout=600).stdout
-    assert "Running stage 'register'" in third
-    assert "Running stage 'preprocess'" not in third and "Running stage 'evaluate'" not in third
+    assert "Running stage 'register@demo'" in third
+    assert "Running stage 'preprocess@demo'" not in third
+    assert "Running stage 'evaluate@demo'" not in third

@@ -269,14 +269,15 @@ def test_demo_customize_run_is_tracked_and_registered(project_copy):
         losses = [k for k in run.data.metrics if k.startswith(f"{stage}/loss")]
         assert losses, f"no {stage} loss logged"
         assert len(client.get_metric_history(run.info.run_id, losses[0])) > 1
-    metrics = json.loads((project_copy / "data/08_reporting/metrics.json").read_text())
+    metrics = json.loads((project_copy / "data/08_reporting/demo/metrics.json").read_text())
     numeric = {k for k, v in metrics.items() if isinstance(v, int | float)}
     assert numeric <= set(run.data.metrics)
     files = artifact_files(client, run.info.run_id)
     for folder in EXPECTED_IMAGES:
         assert any(f.startswith(folder) and f.endswith(".png") for f in files), folder
     assert "reports/validation_report.json" in files
-    registered = json.loads((project_copy / "data/08_reporting/registered_model.json").read_text())
+    reports = project_copy / "data/08_reporting/demo"
+    registered = json.loads((reports / "registered_model.json").read_text())
     assert registered["registered"] is True and registered["run_id"] == run.info.run_id
     version = client.get_model_version_by_alias("magicapture-demo", "candidate")
     assert int(version.version) == registered["version"]

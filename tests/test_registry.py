@@ -235,7 +235,7 @@ def test_promote_and_rollback_from_the_command_line(project_copy, tiny_concept):
     done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},action=rollback")
     assert done.returncode == 0, done.stderr[-3000:]
     assert aliases(client) == {"candidate": 2, "champion": 1, "previous": 2}
-    record = json.loads((project_copy / "data/08_reporting/promotion.json").read_text())
+    record = json.loads((project_copy / "data/08_reporting/my-concept/promotion.json").read_text())
     assert record["action"] == "rollback" and record["champion"] == 1
     summary = subprocess.run(
         [sys.executable, "-m", "magicapture_pipeline.where_to_look", "--env=demo"],
@@ -246,7 +246,7 @@ def test_promote_and_rollback_from_the_command_line(project_copy, tiny_concept):
         check=True,
         env={**os.environ, "MLFLOW_TRACKING_URI": uri},
     ).stdout
-    assert "make ui" in summary and "data/08_reporting/promotion.json" in summary
+    assert "make ui" in summary and "data/08_reporting/demo/promotion.json" in summary
     # the same without Kedro's runner: python -m magicapture_pipeline.registry
     subprocess.run(
         [sys.executable, "-m", "magicapture_pipeline.registry", "rollback", MODEL],

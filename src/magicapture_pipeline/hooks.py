@@ -46,6 +46,7 @@ from kedro.framework.hooks import hook_impl
 
 from magicapture_pipeline.config.tracking import TrackingConfig
 from magicapture_pipeline.pipelines.shared import materialise
+from magicapture_pipeline.tracking_store import tracking_client
 
 logger = logging.getLogger(__name__)
 
@@ -320,11 +321,10 @@ class MlflowTrackingHook:
         config: TrackingConfig,
         tracking_uri: str,
     ) -> _ActiveRun:
-        from mlflow import MlflowClient
         from mlflow.entities import Param
 
         project_path = Path(run_params.get("project_path") or self._project_path)
-        client = MlflowClient(tracking_uri=tracking_uri)
+        client = tracking_client(tracking_uri)  # serialised on a shared local sqlite store
         experiment_id = _experiment_id(client, config.experiment_name, tracking_uri, project_path)
         pipelines = run_params.get("pipeline_names") or ["__default__"]
         session_id = str(run_params.get("run_id") or run_params.get("session_id") or "")

@@ -48,6 +48,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from magicapture_pipeline.config.tracking import PromotionGates, RegistryConfig
+from magicapture_pipeline.tracking_store import tracking_client
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +201,9 @@ def _save_pyfunc(local: Path, concept_dir: str | Path, base_model: str, config: 
 
 
 def client_for(tracking_uri: str | None) -> MlflowClient:
-    """An ``MlflowClient`` whose registry is the tracking store (sqlite keeps both)."""
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    """An ``MlflowClient`` whose registry is the tracking store (sqlite keeps both); calls to a
+    local sqlite store are serialised across processes (``tracking_store``)."""
+    return tracking_client(tracking_uri, registry_uri=tracking_uri)
 
 
 def metric_tags(metrics: Mapping[str, Any]) -> dict[str, str]:

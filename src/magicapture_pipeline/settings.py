@@ -3,11 +3,15 @@
 from kedro.config import OmegaConfigLoader
 
 from magicapture_pipeline.check_config import ParameterCheckHook
+from magicapture_pipeline.concept_hooks import ConceptLockHook, ProgressHook
+from magicapture_pipeline.concepts import validate_concept_name
 from magicapture_pipeline.hooks import MlflowTrackingHook
 
 # ParameterCheckHook: every parameter section the run reads is checked before the first node.
 # MlflowTrackingHook: the one place MLflow is touched (one run per `kedro run`, explicit run id).
-HOOKS = (ParameterCheckHook(), MlflowTrackingHook())
+# ConceptLockHook: one live run per concept; it runs first (tryfirst), so a refused run starts
+# no MLflow run. ProgressHook: the running stage, for `make batch`'s live table.
+HOOKS = (ParameterCheckHook(), MlflowTrackingHook(), ConceptLockHook(), ProgressHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -16,4 +20,6 @@ CONFIG_LOADER_ARGS = {
     # `conf/demo/parameters_*.yml` only overrides the keys it names (deep merge), so the demo env
     # inherits every paper default it does not shrink.
     "merge_strategy": {"parameters": "soft"},
+    # ${valid_concept:name}: the concept name, or an error naming the rule (before any I/O).
+    "custom_resolvers": {"valid_concept": validate_concept_name},
 }

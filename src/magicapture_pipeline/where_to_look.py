@@ -1,5 +1,8 @@
 """Where the results of a run are: ``python -m magicapture_pipeline.where_to_look --env=demo``.
 
+``--concept=alice`` picks the concept (default: the env's ``concept``); its reports are in
+``data/08_reporting/<concept>/``.
+
 The last line of ``make demo``: the MLflow UI command, the reports the run wrote, and the registered
 model with its aliases. Read-only; it never fails the build (missing pieces are reported as such).
 """
@@ -13,15 +16,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from magicapture_pipeline.concepts import validate_concept_name
+
 REPORTS = Path("data/08_reporting")
 
 
-def _params(project: Path, env: str) -> dict[str, Any]:
+def _params(project: Path, env: str, concept: str | None = None) -> dict[str, Any]:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project)
-    with KedroSession.create(project_path=project, env=env) as session:
+    runtime = {"concept": concept} if concept else None
+    with KedroSession.create(project_path=project, env=env, runtime_params=runtime) as session:
         return dict(session.load_context().params)
 
 
@@ -41,16 +47,19 @@ def _registry_lines(tracking_uri: str, model_name: str, env: str) -> list[str]:
     lines.append(
         f"    load it: mlflow.pyfunc.load_model('models:/{model_name}@champion')"
         if "champion" in aliases
-        else f"    promote it: kedro run --pipelines=promote --env={env}   (moves @champion)"
+        else f"    promote it: make promote ENV={env} "
+        f"CONCEPT={model_name.removeprefix('magicapture-')}"
     )
     return lines
 
 
-def summary(project: Path, env: str) -> str:
-    """The text printed at the end of ``make demo``."""
+def summary(project: Path, env: str, concept: str | None = None) -> str:
+    """The text printed at the end of ``make demo`` (for ``concept``, default the env's)."""
     from magicapture_pipeline.hooks import resolve_tracking_uri
 
-    params = _params(project, env)
+    params = _params(project, env, concept)
+    concept = validate_concept_name(params.get("concept"))
+    reports_dir = REPORTS / concept
     tracking = params.get("tracking") or {}
     tracking = tracking.model_dump() if hasattr(tracking, "model_dump") else tracking
     registry = params.get("registry") or {}
@@ -60,16 +69,17 @@ def summary(project: Path, env: str) -> str:
         "",
         "Where to look",
         f"  MLflow UI:   make ui   -> http://127.0.0.1:5000  (store: {uri})",
+        f"  concept:     {concept}",
         f"  experiment:  {tracking.get('experiment_name', '?')}",
         "  reports:",
     ]
-    reports = sorted((project / REPORTS).glob("*")) if (project / REPORTS).is_dir() else []
+    reports = sorted((project / reports_dir).glob("*")) if (project / reports_dir).is_dir() else []
     lines += [
         f"    {p.relative_to(project)}{'/' if p.is_dir() else ''}"
         for p in reports
         if not p.name.startswith(".")
     ] or ["    (none yet)"]
-    metrics_file = project / REPORTS / "metrics.json"
+    metrics_file = project / reports_dir / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
@@ -91,10 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     """Print the summary for ``--env`` (default demo) of the project in the working directory."""
     parser = argparse.ArgumentParser(prog="python -m magicapture_pipeline.where_to_look")
     parser.add_argument("--env", default="demo")
+    parser.add_argument("--concept", default=None, help="the concept (default: the env's)")
     parser.add_argument("--project", type=Path, default=Path.cwd())
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)
-    sys.stdout.write(summary(args.project.resolve(), args.env) + "\n")
+    sys.stdout.write(summary(args.project.resolve(), args.env, args.concept) + "\n")
 
 
 if __name__ == "__main__":

@@ -181,18 +181,20 @@ def test_kedro_demo_run_writes_the_catalog(project_copy):
     result = run_kedro(project_copy, "run", "--pipelines=sample_data,preprocess", "--env=demo")
     assert result.returncode == 0, result.stderr[-3000:]
     expected = [
-        "data/01_raw/demo/manifest.json", "data/03_primary/face_metadata.csv",
-        "data/08_reporting/validation_report.json", "data/05_model_input/training_set.json",
+        "data/01_raw/demo/manifest.json", "data/03_primary/demo/face_metadata.csv",
+        "data/08_reporting/demo/validation_report.json",
+        "data/05_model_input/demo/training_set.json",
     ]
     for relative in expected:
         assert (project_copy / relative).is_file(), relative
-    for folder, count in [("data/02_intermediate/face_crops", 10),
-                          ("data/02_intermediate/face_masks", 20),
-                          ("data/08_reporting/mask_overlays", 10)]:
+    for folder, count in [("data/02_intermediate/demo/face_crops", 10),
+                          ("data/02_intermediate/demo/face_masks", 20),
+                          ("data/08_reporting/demo/mask_overlays", 10)]:
         assert len(list((project_copy / folder).rglob("*.png"))) == count, folder
-    report = json.loads((project_copy / "data/08_reporting/validation_report.json").read_text())
+    reports = project_copy / "data/08_reporting/demo"
+    report = json.loads((reports / "validation_report.json").read_text())
     assert report["success"] and report["n_source"] == 5
-    training = json.loads((project_copy / "data/05_model_input/training_set.json").read_text())
+    training = json.loads((project_copy / "data/05_model_input/demo/training_set.json").read_text())
     # 5 source photos: one is held out before training (never in "items", which training reads)
     assert training["resolution"] == 128 and len(training["items"]) == 9
     assert [item["role"] for item in training["held_out"]] == ["source"]
@@ -216,8 +218,8 @@ def test_kedro_run_stops_on_invalid_set(project_copy, tmp_path):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "holiday.jpg: image_decodes" in output and "empty_file" in output
-    assert (project_copy / "data/08_reporting/validation_report.json").is_file()
-    assert not (project_copy / "data/05_model_input/training_set.json").exists()
+    assert (project_copy / "data/08_reporting/demo/validation_report.json").is_file()
+    assert not (project_copy / "data/05_model_input/demo/training_set.json").exists()
 
 
 def test_accepted_set_holds_a_source_photo_out_of_training():

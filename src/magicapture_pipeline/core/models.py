@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,7 +283,18 @@ def build_tiny_sd(out_dir: str | Path, config: Any) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
+    # Saved beside the target and renamed into place: runs of several concepts that start at once
+    # may all build it; the first rename wins and no run loads a half-written folder.
+    staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(staging, out_dir)
+    except OSError:  # another run put it there first (same seed: the same model)
+        shutil.rmtree(staging, ignore_errors=True)
+        if not is_local_model(out_dir):
+            raise
     logger.info("Built a tiny random SD (seed %d) at %s", config.seed, out_dir)
     return out_dir
 

@@ -52,7 +52,7 @@ class ValidationFailed(RuntimeError):
         lines = [
             f"face set failed validation: {len(report['failures'])} problem(s) "
             f"(every rule and file: the validation_report dataset, by default "
-            f"data/08_reporting/validation_report.json)"
+            f"data/08_reporting/<concept>/validation_report.json)"
         ]
         for item in report["failures"]:
             lines.append(

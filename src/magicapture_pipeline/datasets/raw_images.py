@@ -116,10 +116,19 @@ class SampleImageFolderDataset(RawImageFolderDataset):
 
     def load(self) -> dict[str, RawImage]:
         if not self._image_files():
+            import fcntl
+
             from magicapture_pipeline.core.sample_data import write_sample_set
 
-            logger.info("Writing the %s demo set into %s", self._role, self._path)
-            write_sample_set(self._path, self._role, self._count)
+            # Several concepts may start at once on the same demo folder: one writes, the
+            # others wait and then read the complete set (never a half-written one).
+            guard = Path(self._path).parent / f".{Path(self._path).name}.lock"
+            guard.parent.mkdir(parents=True, exist_ok=True)
+            with open(guard, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                if not self._image_files():
+                    logger.info("Writing the %s demo set into %s", self._role, self._path)
+                    write_sample_set(self._path, self._role, self._count)
         return super().load()
 
     def _exists(self) -> bool:
