@@ -51,6 +51,7 @@ from magicapture_pipeline.tracking_store import tracking_client
 logger = logging.getLogger(__name__)
 
 TRACKING_ENV_VAR = "MAGICAPTURE_MLFLOW"
+BATCH_ID_ENV = "MAGICAPTURE_BATCH_ID"  # set by the batch worker: tags the run with its batch
 RUN_DATASET = "mlflow_run"
 MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG_LENGTH = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
@@ -337,6 +338,8 @@ class MlflowTrackingHook:
             "mlflow.source.name": "kedro run --pipelines=" + ",".join(pipelines),
             **_git_tags(project_path),
         }
+        if os.environ.get(BATCH_ID_ENV):  # a concept of `make batch` (batch/worker.py)
+            tags["magicapture.batch_id"] = os.environ[BATCH_ID_ENV]
         for option in ("tags", "node_names", "from_nodes", "to_nodes", "runtime_params"):
             if run_params.get(option):
                 tags[f"kedro.{option}"] = _text(run_params[option], MAX_TAG_LENGTH)

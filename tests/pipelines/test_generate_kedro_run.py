@@ -68,6 +68,7 @@ def test_kedro_run_generate_postprocess_evaluate(project_copy: Path, monkeypatch
     mask = np.zeros((64, 64), np.uint8)
     mask[16:48, 16:48] = 255
     _write(masks / "image/reference/r.png", Image.fromarray(mask))
+    (project_copy / "data/05_model_input/it").mkdir(parents=True)
     (project_copy / "data/05_model_input/it/training_set.json").write_text(
         json.dumps({"items": [{"id": "a", "role": "source"}, {"id": "r", "role": "reference"}]})
     )

@@ -1,0 +1,142 @@
+"""``python -m magicapture_pipeline.batch MANIFEST [--engine local|ray] [--workers N]``.
+
+Runs every concept of the manifest (see :mod:`.manifest`) as its own Kedro session, prints a live
+table, writes ``data/08_reporting/batch/<batch-id>.json`` and logs it as one MLflow run in the
+experiment ``magicapture-batches``. Exit code: 0 when every concept succeeded, 1 when any failed,
+2 when the manifest or the options are unusable (nothing ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from magicapture_pipeline.batch.engines import LocalEngine, RayEngine
+from magicapture_pipeline.batch.manifest import ManifestError, load_manifest
+from magicapture_pipeline.batch.summary import LiveTable, build_summary, log_summary_run
+
+logger = logging.getLogger(__name__)
+
+BATCH_DIR = Path("data/08_reporting/batch")
+
+
+def new_batch_id() -> str:
+    """``YYYYMMDD-HHMMSS-<6 hex>`` (sortable, unique enough for one project)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m magicapture_pipeline.batch",
+        description="Train the concepts of a manifest, each as its own Kedro session.",
+    )
+    parser.add_argument("manifest", type=Path, help="YAML or CSV manifest of concepts")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    parser.add_argument("--workers", type=int, default=1, help="concepts running at once")
+    parser.add_argument("--env", default="demo", help="Kedro env of every concept")
+    parser.add_argument("--retries", type=int, default=2, help="retries of a worker that died")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else local)"
+    )
+    parser.add_argument("--project", type=Path, default=Path.cwd(), help="the Kedro project")
+    parser.add_argument("--batch-id", default=None, help="default: time + random suffix")
+    return parser.parse_args(argv)
+
+
+def _tracking_uri(project: Path, env: str) -> str | None:
+    """The env's tracking URI (as the concept runs resolve it), or None when tracking is off."""
+    from kedro.config import OmegaConfigLoader
+
+    from magicapture_pipeline.hooks import resolve_tracking_uri, tracking_disabled_by_env
+    from magicapture_pipeline.settings import CONFIG_LOADER_ARGS
+
+    if tracking_disabled_by_env():
+        return None
+    loader = OmegaConfigLoader(
+        str(project / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": env}
+    )
+    tracking = loader["parameters"].get("tracking") or {}
+    if tracking.get("enabled") is False:
+        return None
+    return resolve_tracking_uri(project, tracking.get("tracking_uri"))
+
+
+def run_batch(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """Run the manifest's concepts; returns the summary and where it was written."""
+    project = args.project.resolve()
+    manifest = load_manifest(args.manifest)
+    batch_id = args.batch_id or new_batch_id()
+    state_root = project / BATCH_DIR / batch_id
+    jobs = []
+    for spec in manifest.concepts:
+        state_dir = state_root / spec.name
+        state_dir.mkdir(parents=True, exist_ok=True)
+        jobs.append({
+            "name": spec.name, "runtime_params": spec.runtime_params(), "project": str(project),
+            "env": args.env, "batch_id": batch_id, "state_dir": str(state_dir),
+        })
+    if args.engine == "ray":
+        engine: LocalEngine | RayEngine = RayEngine(args.workers, args.retries, args.address)
+        engine.start()
+    else:
+        engine = LocalEngine(args.workers, args.retries)
+    sys.stdout.write(
+        f"batch {batch_id}: {len(jobs)} concept(s), engine {engine.name}, "
+        f"{engine.workers} worker(s), env {args.env}; logs in {state_root}\n"
+    )
+    started = time.time()
+    try:
+        with LiveTable({job["name"]: Path(job["state_dir"]) for job in jobs}) as table:
+            results = engine.run(jobs, table.poll)
+    finally:
+        engine.close()
+    summary = build_summary(
+        batch_id, results, engine=engine.name, workers=engine.workers,
+        wall_s=time.time() - started, env=args.env, manifest=str(args.manifest),
+        engine_info=engine.describe(),
+    )
+    summary_file = project / BATCH_DIR / f"{batch_id}.json"
+    summary_file.write_text(json.dumps(summary, indent=2))
+    uri = _tracking_uri(project, args.env)
+    if uri is not None:
+        try:
+            summary["mlflow_run_id"] = log_summary_run(summary, summary_file, uri)
+            summary_file.write_text(json.dumps(summary, indent=2))
+        except Exception as error:  # noqa: BLE001 - the batch's own results are already on disk
+            logger.warning("Batch summary not logged to MLflow: %s", error)
+    return summary, summary_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; see the module docstring for exit codes."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+    args = parse_args(argv)
+    if args.workers < 1 or args.retries < 0:
+        sys.stderr.write("--workers must be >= 1 and --retries >= 0\n")
+        return 2
+    try:
+        summary, summary_file = run_batch(args)
+    except ManifestError as error:
+        sys.stderr.write(f"manifest refused:\n{error}\n")
+        return 2
+    for concept in summary["concepts"]:
+        if concept["status"] != "succeeded":
+            sys.stdout.write(f"\nFAILED {concept['name']} (attempts {concept['attempts']}):\n")
+            sys.stdout.write(f"  {concept['reason']}\n".replace("\n", "\n  ").rstrip() + "\n")
+    sys.stdout.write(
+        f"\n{summary['succeeded']} succeeded, {summary['failed']} failed in "
+        f"{summary['wall_s']:.1f} s; summary: {summary_file}\n"
+    )
+    return 0 if summary["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

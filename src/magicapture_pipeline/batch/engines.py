@@ -1,0 +1,209 @@
+"""Where the concepts of a batch run: a local pool of worker processes, or Ray tasks.
+
+Both engines run each concept with :func:`magicapture_pipeline.batch.worker.execute_job` in a
+process of its own, at most ``workers`` at a time, and retry a concept whose worker died (killed,
+out of memory, node lost) up to ``retries`` times; the retry resumes from the concept's newest
+checkpoints. A concept that *fails* (bad photos, an exception in a node) is not retried: its
+failure is deterministic and its reason is in the result.
+
+``poll`` is called about twice a second while the batch runs (the live table).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from magicapture_pipeline.batch.worker import describe_failure, write_json
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": local Ray keeps every port on 127.0.0.1
+POLL_S = 0.5
+
+
+def _attempts(state_dir: Path) -> int:
+    counter = state_dir / "attempts"
+    return int(counter.read_text()) if counter.is_file() else 0
+
+
+def died_result(job: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The result of a concept whose every attempt died before it could report."""
+    state_dir = Path(job["state_dir"])
+    result = {
+        "name": job["name"], "status": "failed", "reason": reason,
+        "attempts": _attempts(state_dir), "mlflow_run_id": None, "registered_version": None,
+        "concept_dir": None, "wall_s": None,
+    }
+    write_json(state_dir / "result.json", result)
+    return result
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class LocalEngine:
+    """A pool of ``workers`` worker processes on this machine (one fresh process per attempt)."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1, retries: int = 2) -> None:
+        self.workers = max(1, int(workers))
+        self.retries = max(0, int(retries))
+        self.startup_s = 0.0
+        self.threads = max(1, (os.cpu_count() or 1) // self.workers)
+
+    def describe(self) -> dict[str, Any]:
+        return {"threads_per_worker": self.threads}
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(self.threads))
+        env.setdefault("MKL_NUM_THREADS", str(self.threads))
+        return env
+
+    def _run_one(self, job: dict[str, Any]) -> dict[str, Any]:
+        state_dir = Path(job["state_dir"])
+        job_file = state_dir / "job.json"
+        write_json(job_file, {**job, "threads": self.threads})
+        last = ""
+        for _ in range(self.retries + 1):
+            (state_dir / "result.json").unlink(missing_ok=True)
+            with open(state_dir / "worker.log", "a") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "magicapture_pipeline.batch.worker", str(job_file)],
+                    cwd=job["project"], env=self._environment(), stdout=log, stderr=log,
+                    start_new_session=True,
+                )
+                write_json(state_dir / "worker.json", {"pid": process.pid})
+                code = process.wait()
+            result_file = state_dir / "result.json"
+            if code == 0 and result_file.is_file():
+                return json.loads(result_file.read_text())
+            last = _exit_text(code)
+        return died_result(
+            job, f"worker died ({last}) on each of {self.retries + 1} attempts; see worker.log"
+        )
+
+    def run(self, jobs: list[dict[str, Any]], poll: Callable[[], None]) -> list[dict[str, Any]]:
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="concept") as pool:
+            futures = [pool.submit(self._run_one, job) for job in jobs]
+            while not all(f.done() for f in futures):
+                poll()
+                time.sleep(POLL_S)
+            poll()
+            return [f.result() for f in futures]
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+def _ray_task(job: dict[str, Any]) -> dict[str, Any]:
+    """Inside a Ray worker: send this process's output to the concept's log, run the job."""
+    state_dir = Path(job["state_dir"])
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = open(state_dir / "worker.log", "a")  # noqa: SIM115 - lives as long as the process
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    from magicapture_pipeline.batch.worker import execute_job
+
+    return execute_job(job)
+
+
+class RayEngine:
+    """Each concept is a Ray task: a local Ray on loopback, or a cluster at ``address``.
+
+    A task asks for one GPU when the cluster has GPUs, otherwise ``CPUs // workers`` CPUs. Ray
+    retries a task whose worker process died (``max_retries``); ``max_calls=1`` gives every task a
+    fresh process (Kedro, torch and the run's globals never leak from one concept to the next).
+    """
+
+    name = "ray"
+
+    def __init__(self, workers: int = 1, retries: int = 2, address: str | None = None) -> None:
+        self.workers = max(1, int(workers))
+        self.retries = max(0, int(retries))
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.startup_s: float | None = None
+        self.resources: dict[str, float] = {}
+        self.task_options: dict[str, Any] = {}
+        self._ray: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "address": self.address or "local (embedded, 127.0.0.1)",
+            "ray_startup_s": self.startup_s,
+            "cluster_resources": {k: v for k, v in self.resources.items() if "node:" not in k},
+            "task_options": self.task_options,
+        }
+
+    def start(self) -> None:
+        """Start (or join) Ray; the seconds it took are ``startup_s``."""
+        began = time.time()
+        if self.address is None:
+            os.environ.setdefault(LOOPBACK_ENV, "0")  # must precede `import ray`
+        import ray
+
+        if self.address is None:
+            ray.init(
+                num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                configure_logging=False,
+            )
+        else:
+            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        self._ray = ray
+        self.startup_s = round(time.time() - began, 3)
+        self.resources = dict(ray.cluster_resources())
+        gpus = self.resources.get("GPU", 0.0)
+        cpus = self.resources.get("CPU", 1.0)
+        if gpus >= 1:
+            self.task_options = {"num_gpus": 1, "num_cpus": 1}
+        else:
+            self.task_options = {"num_cpus": max(1, int(cpus // self.workers))}
+
+    def run(self, jobs: list[dict[str, Any]], poll: Callable[[], None]) -> list[dict[str, Any]]:
+        if self._ray is None:
+            self.start()
+        ray = self._ray
+        task = ray.remote(
+            max_calls=1, max_retries=self.retries, retry_exceptions=False, **self.task_options
+        )(_ray_task)
+        threads = int(self.task_options.get("num_cpus", 1))
+        queue = [{**job, "threads": threads} for job in jobs]
+        pending: dict[Any, dict[str, Any]] = {}
+        results: dict[str, dict[str, Any]] = {}
+        while queue or pending:
+            while queue and len(pending) < self.workers:
+                job = queue.pop(0)
+                pending[task.remote(job)] = job
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+            poll()
+            for ref in done:
+                job = pending.pop(ref)
+                try:
+                    results[job["name"]] = ray.get(ref)
+                except Exception as error:  # noqa: BLE001 - retries exhausted: report it
+                    results[job["name"]] = died_result(
+                        job, f"Ray task failed after {self.retries} retries: "
+                        + describe_failure(error).splitlines()[0]
+                    )
+        poll()
+        return [results[job["name"]] for job in jobs]
+
+    def close(self) -> None:
+        """Stop the embedded Ray (a cluster we joined keeps running)."""
+        if self._ray is not None:
+            self._ray.shutdown()
+            self._ray = None

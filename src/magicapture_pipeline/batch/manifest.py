@@ -1,0 +1,175 @@
+"""The batch manifest: which concepts to train, from which photos, with which overrides.
+
+YAML::
+
+    concepts:
+      - name: alice                       # lower-case letters, digits, '-'; at most 64
+        source_dir: photos/alice          # the person's photos (relative to the project)
+        reference_dir: styles/watercolour # the style's images
+        params:                           # optional Kedro parameter overrides, dotted or nested
+          stage_two.max_steps: 800
+          generation: {images_per_prompt: 2}
+
+CSV: a header ``name,source_dir,reference_dir`` and any further columns as dotted parameter keys
+(``stage_two.max_steps``); an empty cell means "not overridden"; cells are read as YAML scalars
+(``800`` is a number, ``true`` a boolean).
+
+``source_dir``/``reference_dir`` may be left out in the ``demo`` env, whose default folders are
+the public-domain sample photos. Every problem is reported with the file and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from magicapture_pipeline.concepts import validate_concept_name
+
+RESERVED = {"concept", "source_dir", "reference_dir"}
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file and the field."""
+
+
+class ConceptSpec(BaseModel):
+    """One concept of a batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., description="Concept name: lower-case letters, digits, '-' (<= 64).")
+    source_dir: str | None = Field(None, description="Folder of the person's photos.")
+    reference_dir: str | None = Field(None, description="Folder of the style's images.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Kedro parameter overrides (dotted keys or nested)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_concept_name(value)
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        flat = flatten_params(value)
+        clash = sorted(k for k in flat if k.split(".")[0] in RESERVED)
+        if clash:
+            raise ValueError(f"{clash} belong in the concept's own fields, not in params")
+        return value
+
+    def runtime_params(self) -> dict[str, Any]:
+        """What ``kedro run --params=concept=...,source_dir=...,<overrides>`` would pass."""
+        runtime: dict[str, Any] = {}
+        for key, value in flatten_params(self.params).items():
+            set_nested(runtime, key, value)
+        runtime["concept"] = self.name
+        if self.source_dir:
+            runtime["source_dir"] = self.source_dir
+        if self.reference_dir:
+            runtime["reference_dir"] = self.reference_dir
+        return runtime
+
+
+class Manifest(BaseModel):
+    """A list of concepts with unique names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    concepts: list[ConceptSpec] = Field(..., min_length=1, description="The concepts to train.")
+
+    @field_validator("concepts")
+    @classmethod
+    def _unique(cls, value: list[ConceptSpec]) -> list[ConceptSpec]:
+        seen: set[str] = set()
+        for spec in value:
+            if spec.name in seen:
+                raise ValueError(f"concept {spec.name!r} is listed twice")
+            seen.add(spec.name)
+        return value
+
+
+def flatten_params(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c.d": 2}`` -> ``{"a.b": 1, "c.d": 2}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten_params(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_nested(d, "a.b", 1)`` -> ``d["a"]["b"] = 1`` (Kedro's ``--params`` rule)."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[leaf] = value
+
+
+def _read_csv(path: Path) -> dict[str, Any]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "name" not in reader.fieldnames:
+            raise ManifestError(f"{path}: the CSV header must name a 'name' column")
+        concepts = []
+        for row in reader:
+            entry: dict[str, Any] = {"params": {}}
+            for column, raw in row.items():
+                if column is None:
+                    raise ManifestError(f"{path}: line {reader.line_num}: more cells than columns")
+                cell = (raw or "").strip()
+                if column in ("name", "source_dir", "reference_dir"):
+                    entry[column] = cell or None
+                elif cell:
+                    entry["params"][column.strip()] = yaml.safe_load(cell)
+            concepts.append(entry)
+    return {"concepts": concepts}
+
+
+def _location(error: dict[str, Any], data: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for item in error["loc"]:
+        parts.append(f"[{item}]" if isinstance(item, int) else f".{item}")
+    where = "".join(parts).lstrip(".")
+    loc = error["loc"]
+    if len(loc) >= 2 and loc[0] == "concepts" and isinstance(loc[1], int):
+        try:
+            name = data["concepts"][loc[1]].get("name")
+            where += f" (concept {name!r})" if name else ""
+        except (KeyError, IndexError, AttributeError, TypeError):
+            pass
+    return where
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and check a YAML (``.yml``/``.yaml``) or CSV (``.csv``) manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file")
+    if path.suffix.lower() == ".csv":
+        data = _read_csv(path)
+    elif path.suffix.lower() in (".yml", ".yaml"):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ManifestError(f"{path}: not valid YAML ({error})") from error
+        if isinstance(data, list):
+            data = {"concepts": data}
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path}: expected a mapping with a 'concepts' list")
+    else:
+        raise ManifestError(f"{path}: a manifest is .yaml, .yml or .csv, not {path.suffix!r}")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as error:
+        lines = [
+            f"{path}: {_location(item, data)}: {item['msg']}" for item in error.errors()
+        ]
+        raise ManifestError("\n".join(lines)) from None
