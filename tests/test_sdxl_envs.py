@@ -72,8 +72,9 @@ def test_sdxl_envs_pass_the_parameter_check(env):
 def test_demo_sdxl_customize_runs_end_to_end(project_copy):
     done = run_kedro(project_copy, "run", "--pipelines=customize", "--env=demo-sdxl", timeout=1800)
     assert done.returncode == 0, done.stderr[-4000:]
-    base = json.loads((project_copy / "data/06_models/base_model.json").read_text())
+    base = json.loads((project_copy / "data/06_models/demo-sdxl/base_model.json").read_text())
     assert base["family"] == "sdxl" and base["built"] is True
-    concept = json.loads((project_copy / "data/06_models/concept/concept.json").read_text())
+    concept_dir = project_copy / "data/06_models/demo-sdxl/concept"
+    concept = json.loads((concept_dir / "concept.json").read_text())
     assert concept["family"] == "sdxl" and concept["attention_refocusing"]["layers"]
-    assert (project_copy / "data/08_reporting/metrics.json").is_file()
+    assert (project_copy / "data/08_reporting/demo-sdxl/metrics.json").is_file()
