@@ -176,3 +176,20 @@ def test_lora_baselines_do_not_use_full_fine_tune_learning_rates():
             assert variant.name.endswith("-LoRA")
             assert variant.stage_two["learning_rate"] >= 1e-5, variant.name
             assert "ours" in variant.settings_source, variant.name
+
+
+def test_same_as_loss_check_only_for_rows_trained_with_the_identity_loss():
+    from magicapture_pipeline.config.generation import VariantConfig
+    from magicapture_pipeline.core.baselines import _trains_with_identity_loss
+
+    rows = [
+        VariantConfig(name="M", method="magicapture"),
+        VariantConfig(name="P", method="magicapture", concept_from="M", postprocess=True),
+        VariantConfig(name="TI", method="textual_inversion"),
+        VariantConfig(name="DB", method="dreambooth_lora", stage_two={"identity": {"mode": "off"}}),
+    ]
+    by_name = {v.name: v for v in rows}
+    on = {"identity": {"mode": "single_pass", "checkpoint": "x.pth"}}
+    assert [_trains_with_identity_loss(v, on, by_name) for v in rows] == [True, True, False, False]
+    off = {"identity": {"mode": "off"}}
+    assert not any(_trains_with_identity_loss(v, off, by_name) for v in rows)

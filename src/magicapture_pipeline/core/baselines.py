@@ -13,6 +13,7 @@ import logging
 import re
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,18 @@ def _score_variant(
     return evaluation.as_json(), grid, sampling
 
 
+def _trains_with_identity_loss(
+    variant: VariantConfig, stage_two: dict[str, Any], by_name: dict[str, VariantConfig]
+) -> bool:
+    """Whether the row's concept trained stage two with the identity loss switched on."""
+    if variant.concept_from is not None and variant.concept_from in by_name:
+        variant = by_name[variant.concept_from]
+    if variant.method == "textual_inversion":
+        return False
+    identity = _deep_merge(stage_two, variant.stage_two).get("identity") or {}
+    return identity.get("mode", "single_pass") != "off"
+
+
 def variant_generation(
     generation: GenerationConfig, variant: VariantConfig, steps_fixed: bool = False
 ) -> GenerationConfig:
@@ -221,13 +234,19 @@ def run_variants(
     data: dict[str, list[Any]],
     mask_face: bool,
     steps_fixed: bool = False,
+    loss_recognizer: tuple[Any, str | None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Image.Image]]:
     """Train (or reuse), sample and score every variant in order.
+
+    ``loss_recognizer`` (``core.metrics.load_loss_recognizer``) is handed to the scoring of the
+    rows that train with the identity loss, so their CSIM is labelled ``_same_as_loss`` when the
+    recognizer is that network; rows without the loss are scored plainly.
 
     Returns:
         One result entry per variant (status, metrics, timings, method note) and one contact
         sheet per scored variant, keyed by the variant's slug.
     """
+    by_name = {v.name: v for v in variants}
     results: list[dict[str, Any]] = []
     grids: dict[str, Image.Image] = {}
     trained: dict[str, Path] = {}
@@ -264,7 +283,12 @@ def run_variants(
                     base=base,
                     generation=generation,
                     postprocess=postprocess,
-                    models=models,
+                    models=replace(
+                        models,
+                        loss_recognizer=loss_recognizer
+                        if _trains_with_identity_loss(variant, stage_two, by_name)
+                        else None,
+                    ),
                     data=data,
                     mask_face=mask_face,
                     steps_fixed=steps_fixed,

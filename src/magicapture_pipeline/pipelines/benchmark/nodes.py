@@ -23,6 +23,7 @@ from magicapture_pipeline.core.comparison import (
     unavailable_reasons,
 )
 from magicapture_pipeline.core.evaluation import load_metric_models
+from magicapture_pipeline.core.metrics import load_loss_recognizer
 from magicapture_pipeline.pipelines.shared import base_model_path, inputs_from_preprocess
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ def run_benchmark(  # noqa: PLR0917 - Kedro passes node inputs positionally
         examples = []
     cap = {"max_steps": config.max_steps} if config.max_steps is not None else {}
     models = load_metric_models(eval_config)
+    loss = load_loss_recognizer(stage_two.get("identity"))
+    if loss is not None and loss[0] is not None and models.faces is not None:
+        loss[0].landmark_finder = models.faces.landmarks5
     try:
         results, grids = run_variants(
             config.variants,
@@ -83,6 +87,7 @@ def run_benchmark(  # noqa: PLR0917 - Kedro passes node inputs positionally
             data=data,
             mask_face=eval_config.mask_face_for_style,
             steps_fixed=config.num_inference_steps is not None,
+            loss_recognizer=loss,
         )
     finally:
         models.close()
