@@ -100,7 +100,8 @@ def accept_training_set(
         "resolution": resolution,
         "latent_resolution": resolution // 8,
         "mask_convention": "masks are the face region (255 = face); source images train on the "
-        "face mask, reference images on its complement (all-ones when no face)",
+        "face mask, reference images on its complement (all-ones when no face; a face the "
+        "mesh cannot outline has its detection box masked)",
         "items": items,
         "held_out": [i for i in everything if i["role"] == "source" and i["id"] in held],
         "held_out_rule": f"the last {config.heldout_sources} source photo(s) in id order when "
