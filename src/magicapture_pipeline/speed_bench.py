@@ -486,10 +486,10 @@ class TrainerBench:
     flipped between variants: the capture processor installed or not (Eq. 8), the ArcFace encoder
     attached or not and ``identity.mode`` (Eq. 7). ``identity.threshold_fraction`` is set to 1 so
     the identity branch runs on every step (its cost when active). The identity variants set
-    ``identity.decode_region`` / ``identity.autocast_dtype``: the defaults (``face_window``,
+    ``identity.decode_region`` / ``identity.autocast_dtype``: the speed options (``face_window``,
     ``bf16``) for ``stage2_id_single_pass_step_s`` and ``two_pass``, ``face_window`` without
-    autocast for ``..._window_fp32``, ``full`` without autocast (the official decode, the
-    previous default) for ``..._full``, and the defaults with ``identity.decoder:
+    autocast for ``..._window_fp32``, ``full`` without autocast (the paper's and authors' decode,
+    the default) for ``..._full``, and the speed options with ``identity.decoder:
     tiny_autoencoder`` (a TAESD-architecture decoder, random weights) for ``..._tiny_decoder``.
 
     Args:
@@ -634,14 +634,14 @@ class TrainerBench:
         switches = {
             "plain_lora_step_s": (False, "off", None, None),
             "stage2_full_step_s": (True, "off", None, None),
-            "stage2_id_single_pass_step_s": (True, "single_pass", None, None),
-            "stage2_id_two_pass_step_s": (True, "two_pass", None, None),
+            "stage2_id_single_pass_step_s": (True, "single_pass", "face_window", None),
+            "stage2_id_two_pass_step_s": (True, "two_pass", "face_window", None),
             "stage2_id_single_pass_window_fp32_step_s": (
                 True, "single_pass", "face_window", "none",
             ),
             "stage2_id_single_pass_full_step_s": (True, "single_pass", "full", "none"),
             "stage2_id_single_pass_tiny_decoder_step_s": (
-                True, "single_pass", None, None, "tiny_autoencoder",
+                True, "single_pass", "face_window", None, "tiny_autoencoder",
             ),
         }[name]  # fmt: skip
         return self.two.step, self._switched(*switches)
@@ -1149,11 +1149,11 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         "Notes: identity figures are the cost of a step in which Eq. 7 runs (t < T' forced); in"
         " training it runs only on composed micro-batches with t < T'. `id_single_pass` and"
-        " `id_two_pass` use the trainer's defaults: VAE decode of the face's latent window only"
+        " `id_two_pass` use the speed options: VAE decode of the face's latent window only"
         " (`identity.decode_region: face_window`) and decode + ArcFace under bfloat16 autocast"
         " (`identity.autocast_dtype: bf16`); `window_fp32` is the window without autocast, `full`"
-        " the whole-image fp32 decode of the official code (the previous default), `tiny_decoder`"
-        " the defaults with TAESD decoding the window (`identity.decoder: tiny_autoencoder`;"
+        " the whole-image fp32 decode (paper and authors' code; the default), `tiny_decoder`"
+        " the speed options with TAESD decoding the window (`identity.decoder: tiny_autoencoder`;"
         " random weights of TAESD's architecture, so its cost, not its quality). Ratios under"
         " ~1.2 move by several percent between runs on a shared 2-core machine.",
     ]

@@ -40,6 +40,7 @@ PROMPT = "a photo of a <v1> person in the <v2> style"
 # The tiny SDXL at 64 px: latents 8x8; cross-attention runs at 4x4 (down_blocks.1, up_blocks.0).
 ATTENTION = AttentionConfig(resolution=4)
 
+
 @pytest.fixture(scope="module")
 def tiny_xl(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("xl") / "tiny_sdxl", TINY_SDXL)

@@ -123,20 +123,25 @@ def test_eq8_alone_moves_the_tokens_attention_into_its_region(tiny_dir, order):
 
 @pytest.mark.parametrize("order", ["average_then_scale", "scale_then_average"])
 def test_step_loss_is_recon_plus_weighted_attention_plus_weighted_identity(tiny_dir, order):
-    """``loss == recon + λ_attn · attn + λ_id · id`` for a composed step with every term on
-    (break tried: ``total - weight * attention``)."""
+    """``loss == w_style · recon + λ_attn · attn + λ_id · id`` for a composed step with every
+    term on, in the first half of the stage (w_style = 2) and after it (w_style = 1) (break
+    tried: ``total - weight * attention``)."""
     trainer = stage_two(
         tiny_dir,
         task_weights=[0, 0, 1],
+        max_steps=2,
+        style_weight=2.0,
         attention=AttentionConfig(resolution=8, weight=2.5, scale_order=order),
         identity=IdentityConfig(random_init=True, arch="r18", threshold_fraction=1.0, weight=0.7),
     )
-    total, terms, task = trainer._micro_step()
-    assert task == "composed" and terms["id_active"] == 1.0
-    assert terms["loss_attn"] > 0 and terms["loss_id"] > 0
-    expected = terms["loss_recon"] + 2.5 * terms["loss_attn"] + 0.7 * terms["loss_id"]
-    assert total.item() == pytest.approx(expected, rel=1e-6)
-    assert terms["loss"] == pytest.approx(expected, rel=1e-6)
+    for step, style in ((0, 2.0), (1, 1.0)):
+        trainer.global_step = step
+        total, terms, task = trainer._micro_step()
+        assert task == "composed" and terms["id_active"] == 1.0
+        assert terms["loss_attn"] > 0 and terms["loss_id"] > 0
+        expected = style * terms["loss_recon"] + 2.5 * terms["loss_attn"] + 0.7 * terms["loss_id"]
+        assert total.item() == pytest.approx(expected, rel=1e-6)
+        assert terms["loss"] == pytest.approx(expected, rel=1e-6)
 
 
 # --------------------------------------------------------------- learning-rate schedule
@@ -159,3 +164,142 @@ def test_lr_schedule_spans_max_steps_whatever_the_number_of_processes(
     assert trainer.accelerator.num_processes == processes
     rates = [trainer.step()["lr_embedding"] for _ in range(4)]
     assert rates == pytest.approx([0.75 * 5e-4, 0.5 * 5e-4, 0.25 * 5e-4, 0.0])
+
+
+# ------------------------------------------------------------- which mask each task uses
+def _prediction_gradient(trainer) -> tuple[torch.Tensor, str]:
+    """d(loss) / d(UNet output) of one micro-step, and its task."""
+    captured = {}
+    predict = trainer._predict
+
+    def spy(*args, **kwargs):
+        out = predict(*args, **kwargs)
+        out.retain_grad()
+        captured["pred"] = out
+        return out
+
+    trainer._predict = spy
+    loss, _, task = trainer._micro_step()
+    loss.backward()
+    trainer._predict = predict
+    return captured["pred"].grad[0], task
+
+
+@pytest.mark.parametrize(
+    ("stage", "odds", "want"),
+    [
+        ("two", [1, 0, 0], "source"),
+        ("two", [0, 1, 0], "reference"),
+        ("two", [0, 0, 1], "composed"),
+        ("one", None, "source"),
+        ("one", None, "reference"),
+    ],
+)
+def test_each_task_trains_only_inside_its_region(tiny_dir, stage, odds, want):
+    """Eq. 4-6 at the trainer: the loss's gradient w.r.t. the UNet output is exactly zero
+    outside the face for source, and exactly zero on the face for reference and composed
+    (break tried: the face mask for every task)."""
+    if stage == "two":
+        trainer = stage_two(
+            tiny_dir,
+            task_weights=odds,
+            attention=AttentionConfig(enabled=False, resolution=8),
+            identity=IdentityConfig(mode="off"),
+        )
+    else:
+        trainer = StageOneTrainer(
+            load_components(tiny_dir),
+            make_examples(),
+            StageOneConfig(max_steps=3, gradient_accumulation_steps=1, mixed_precision="no"),
+        )
+    for _ in range(20):
+        grad, task = _prediction_gradient(trainer)
+        if task == want:
+            break
+        trainer.placeholder_rows.params()[0].grad = None
+    assert task == want
+    face = make_examples()[0].face_mask[0] > 0.5  # centred square, the same flipped
+    region = face if want == "source" else ~face
+    assert grad[:, ~region].abs().max().item() == 0.0
+    assert grad[:, region].abs().sum().item() > 0.0
+
+
+# ----------------------------------------------------------------------- Eq. 7 reaches LoRA
+def _identity_only_lora_grads(trainer) -> list[float]:
+    example = trainer.variants["reference"][0][0].example
+    latents = trainer._latents(trainer.variants["reference"][0][0])
+    noisy, _, timesteps = trainer._noisy(latents, 300)
+    cond = trainer._encode_prompt("a photo of a <v1> person in the style of <v2>")
+    pred = trainer._predict(noisy, timesteps, cond)
+    identity = trainer._composed_identity(
+        noisy, pred, timesteps, latents=latents, cond=cond, example=example
+    )
+    identity.backward()
+    return [
+        float(p.grad.abs().sum()) if p.grad is not None else 0.0
+        for n, p in trainer.unet.named_parameters()
+        if "lora" in n
+    ]
+
+
+@pytest.mark.parametrize("mode", ["single_pass", "two_pass"])
+def test_eq7_alone_moves_the_lora_weights(tiny_dir, mode):
+    """Backward of the identity term alone gives LoRA gradients (break tried: a ``.detach()`` on
+    the one-step x0 estimate: all zero)."""
+    trainer = stage_two(
+        tiny_dir,
+        task_weights=[0, 0, 1],
+        attention=AttentionConfig(enabled=False, resolution=8),
+        identity=IdentityConfig(mode=mode, random_init=True, arch="r18", threshold_fraction=1.0),
+    )
+    grads = _identity_only_lora_grads(trainer)
+    assert grads and max(grads) > 0
+
+
+def test_no_identity_term_when_it_is_off(tiny_dir):
+    """Off: the step's loss is the reconstruction alone (attention off), nothing from Eq. 7."""
+    trainer = stage_two(
+        tiny_dir,
+        task_weights=[0, 0, 1],
+        attention=AttentionConfig(enabled=False, resolution=8),
+        identity=IdentityConfig(mode="off"),
+    )
+    total, terms, _ = trainer._micro_step()
+    assert trainer.face_encoder is None and terms["id_active"] == 0.0
+    assert total.item() == terms["loss_recon"]
+
+
+# ------------------------------------------------------------------ one-step x0 estimate
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_one_step_x0_equals_the_schedulers_pred_original_sample(prediction):
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type=prediction,
+        clip_sample=False,
+    )
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 8, 8, generator=generator)
+    output = torch.randn(1, 4, 8, 8, generator=generator)
+    for t in (0, 10, 399, 799, 999):
+        expected = scheduler.step(output, t, sample).pred_original_sample
+        ours = losses.one_step_x0_estimate(
+            sample, output, torch.tensor([t]), scheduler.alphas_cumprod, prediction
+        )
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------- stage two updates only the placeholder rows
+def test_stage_two_leaves_every_other_embedding_row_unchanged(tiny_dir):
+    from magicapture_pipeline.core.tokens import embedding_matrix
+
+    trainer = stage_two(tiny_dir, embedding_learning_rate=1e-2)
+    before = embedding_matrix(trainer.text_encoder).detach().clone()
+    for _ in range(2):
+        trainer.step()
+    after = embedding_matrix(trainer.text_encoder).detach()
+    changed = (after != before).any(dim=1).nonzero().flatten().tolist()
+    assert changed == sorted(trainer.token_ids)

@@ -115,14 +115,15 @@ class FamilyAdapter:
         return [encoder for _, _, encoder in self.tables]
 
     def add_placeholder_tokens(
-        self, tokens: Sequence[str], init_words: Sequence[str]
+        self, tokens: Sequence[str], init_words: Sequence[str], **init: Any
     ) -> dict[str, list[int]]:
         """Add the tokens to every tokenizer that lacks them (rows initialised from each table's
-        own embedding of ``init_words``); return ``{table: ids}``."""
+        own embedding of ``init_words``, or at random: ``init`` goes to
+        :func:`core.tokens.add_placeholder_tokens`); return ``{table: ids}``."""
         ids = {}
         for name, tokenizer, encoder in self.tables:
             if not all(token in tokenizer.get_vocab() for token in tokens):
-                add_placeholder_tokens(tokenizer, encoder, tokens, init_words)
+                add_placeholder_tokens(tokenizer, encoder, tokens, init_words, **init)
             ids[name] = placeholder_ids(tokenizer, tokens)
         return ids
 

@@ -1,4 +1,8 @@
-"""Figures of training: attention heatmaps (stage two) and loss curves (both stages)."""
+"""Figures of training: attention heatmaps (stage two) and loss curves (both stages).
+
+Drawn with matplotlib's object API (``matplotlib.figure.Figure`` rendered by the Agg canvas), not
+pyplot: no global backend switch and no pyplot state, so figures are safe to draw from threads
+(Kedro's threaded runner)."""
 
 from __future__ import annotations
 
@@ -9,30 +13,34 @@ from typing import Any
 import pandas as pd
 
 
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A matplotlib ``Figure`` on its own Agg canvas (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _figure_image(fig: Any, dpi: int) -> Any:
-    """Render a matplotlib figure to an RGB PIL image and close it."""
-    from matplotlib import pyplot as plt
+    """Render a matplotlib figure to an RGB PIL image."""
     from PIL import Image
 
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
 
 
 def heatmap_figure(report: Mapping[str, Any], step: int) -> Any:
     """A PIL image: per reference image, the picture, [V1] map, face mask, [V2] map, non-face."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     maps, face, images = report["maps"], report["face_masks"], report["images"]
     rows = min(len(maps), 4)
     titles = ["image", "[V1] map", "face mask", "[V2] map", "non-face mask"]
-    fig, axes = plt.subplots(rows, 5, figsize=(10, 2.1 * rows), squeeze=False)
+    fig = _figure((10, 2.1 * rows))
+    axes = fig.subplots(rows, 5, squeeze=False)
     for r in range(rows):
         panels = [
             ((images[r].permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy(),
@@ -69,13 +77,9 @@ def loss_curves_figure(history: pd.DataFrame, title: str, smooth: int = 10) -> A
         title: the figure title (e.g. the stage).
         smooth: window of the running mean drawn over the raw curve.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     columns = [c for c in history.columns if c.startswith("loss")]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig = _figure((7, 3.6))
+    ax = fig.subplots()
     for column in columns:
         values = pd.to_numeric(history[column], errors="coerce")
         (line,) = ax.plot(history["step"], values, alpha=0.25, linewidth=0.8)

@@ -29,11 +29,16 @@ def word_embedding(tokenizer: Any, text_encoder: Any, word: str) -> torch.Tensor
     return embedding_matrix(text_encoder).detach()[ids].mean(dim=0)
 
 
+RANDOM_INIT = "random"
+
+
 def add_placeholder_tokens(
     tokenizer: Any,
     text_encoder: Any,
     tokens: Sequence[str],
     init_words: Sequence[str],
+    random_std: float = 0.017,
+    generator: torch.Generator | None = None,
 ) -> list[int]:
     """Add ``tokens`` to the tokenizer, grow the embeddings and initialise each new row.
 
@@ -42,14 +47,23 @@ def add_placeholder_tokens(
         text_encoder: CLIP text encoder (embedding matrix resized in place).
         tokens: placeholder texts, e.g. ``["<v1>", "<v2>"]``.
         init_words: one word per token whose embedding the new row copies (official: "person"
-            for [V1]).
+            for [V1]), or ``"random"``: a draw from ``N(0, random_std^2)`` (the authors'
+            ``<rand-0.017>``, their [V2] initialisation).
+        random_std: std of a ``"random"`` row.
+        generator: CPU generator of the random draws (seeded: the same row every run).
 
     Returns:
         The token ids, in the order of ``tokens``.
     """
     if len(tokens) != len(init_words):
         raise ValueError("one initialiser word per placeholder token")
-    inits = [word_embedding(tokenizer, text_encoder, word) for word in init_words]
+    hidden = embedding_matrix(text_encoder).shape[1]
+    inits = [
+        torch.randn(hidden, generator=generator) * random_std
+        if word == RANDOM_INIT
+        else word_embedding(tokenizer, text_encoder, word)
+        for word in init_words
+    ]
     vocab = tokenizer.get_vocab()
     clashes = [token for token in tokens if token in vocab]
     if clashes or len(set(tokens)) != len(tokens):

@@ -61,6 +61,31 @@ class _Variant:
     latent_std: Tensor | None = None
 
 
+def jitter_brightness_contrast(
+    image: Tensor,
+    brightness: float,
+    contrast: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Brightness then contrast jitter of a ``(3, H, W)`` image in ``[-1, 1]``.
+
+    The factors are drawn uniformly from ``[1 - b, 1 + b]`` and ``[1 - c, 1 + c]`` (what
+    ``torchvision.transforms.ColorJitter(b, c)`` does, here in a fixed order): brightness scales
+    the ``[0, 1]`` pixels, contrast blends them with their mean grey level; both clamp to
+    ``[0, 1]``. A zero range leaves that property alone.
+    """
+    pixels = (image + 1.0) / 2.0
+    draws = torch.rand(2, generator=generator)
+    if brightness > 0:
+        factor = 1.0 - brightness + 2.0 * brightness * float(draws[0])
+        pixels = (pixels * factor).clamp(0.0, 1.0)
+    if contrast > 0:
+        factor = 1.0 - contrast + 2.0 * contrast * float(draws[1])
+        grey = (0.299 * pixels[0] + 0.587 * pixels[1] + 0.114 * pixels[2]).mean()
+        pixels = (pixels * factor + grey * (1.0 - factor)).clamp(0.0, 1.0)
+    return pixels * 2.0 - 1.0
+
+
 def _materialise(value: Any) -> Any:
     """A partition value: the object itself or, for lazy partitions, what calling it returns."""
     return value() if callable(value) else value

@@ -97,6 +97,8 @@ class IdentityTerm:
         kind = self.device.type
         if wanted == "none":
             return contextlib.nullcontext()
+        if wanted == "fp32":  # the authors' decode runs outside their fp16 autocast
+            return torch.autocast(device_type=kind, enabled=False)
         if wanted == "fp16" and kind != "cuda":
             self._warn_once("identity.autocast_dtype fp16 needs CUDA; identity branch left as is")
             return contextlib.nullcontext()
@@ -173,7 +175,8 @@ class IdentityTerm:
         cond: Any,
         example: TrainingExample,
     ) -> Tensor | None:
-        """Eq. 7 for a composed micro-batch.
+        """Eq. 7 for a micro-batch of a task in ``identity.tasks`` (composed; the authors' code
+        also source).
 
         ``single_pass``: from the same UNet forward when ``t < T'``. ``two_pass`` (official): a
         second UNet forward at a fresh ``t < T'`` and fresh noise, every composed micro-batch.

@@ -27,6 +27,7 @@ from magicapture_pipeline.core.training.examples import (
     SOURCE,
     TrainingExample,
     _Variant,
+    jitter_brightness_contrast,
 )
 
 logger = logging.getLogger(__name__)
@@ -108,8 +109,12 @@ class _Trainer:
     # setup --------------------------------------------------------------------------------
     def _ensure_tokens(self) -> None:
         """Add [V1]/[V2] to every token table that lacks them (SDXL: both)."""
+        tokens = self.config.tokens
         self.adapter.add_placeholder_tokens(
-            self.tokens, [self.config.tokens.person_init, self.config.tokens.style_init]
+            self.tokens,
+            [tokens.person_init, tokens.style_init],
+            random_std=tokens.random_std,
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
 
     def _build_variants(
@@ -121,6 +126,8 @@ class _Trainer:
             if example.role not in by_role:
                 raise ValueError(f"unknown role {example.role!r} of {example.id}")
             augmented = [example, example.flipped()] if self.config.hflip else [example]
+            if any(self.config.color_jitter):
+                augmented = [self._jittered(item) for item in augmented]
             variants = [_Variant(item) for item in augmented]
             if self.config.cache_latents:
                 for variant in variants:
@@ -130,6 +137,17 @@ class _Trainer:
             if not items:
                 raise ValueError(f"no {role} images to train on")
         return by_role
+
+    def _jittered(self, example: TrainingExample) -> TrainingExample:
+        """``example`` with its brightness and contrast jittered once (``color_jitter``), drawn
+        from the trainer's generator; as the authors' cached latents freeze one draw per item."""
+        brightness, contrast = self.config.color_jitter
+        image = jitter_brightness_contrast(
+            example.image, brightness, contrast, generator=self.generator
+        )
+        return TrainingExample(
+            example.id, example.role, image, example.face_mask, example.landmarks5
+        )
 
     @torch.no_grad()
     def _encode(self, image: Tensor) -> tuple[Tensor, Tensor]:
@@ -166,7 +184,9 @@ class _Trainer:
     def _noisy(self, latents: Tensor, timestep: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         noise = torch.randn(latents.shape, generator=self.generator).to(self.device)
         if timestep is None:
-            timestep = _pick(self.generator, self.noise_scheduler.config.num_train_timesteps)
+            total = self.noise_scheduler.config.num_train_timesteps
+            limit = max(int(self.config.max_timestep_fraction * total), 1)
+            timestep = _pick(self.generator, limit)
         timesteps = torch.tensor([timestep], device=self.device, dtype=torch.long)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         return noisy, noise, timesteps
@@ -189,6 +209,13 @@ class _Trainer:
     def _predict(self, noisy: Tensor, timesteps: Tensor, cond: Conditioning) -> Tensor:
         """The UNet's prediction (SDXL: with its pooled embedding and time ids)."""
         return self.adapter.predict(self.unet, noisy, timesteps, cond)
+
+    def _style_weight(self, role_or_task: str) -> float:
+        """``style_weight`` for reference and composed reconstruction while the stage is in its
+        first ``style_weight_until`` (the authors' ``lambda_style`` for cur_t < 0.5), else 1."""
+        config = self.config
+        early = self.global_step / config.max_steps < config.style_weight_until
+        return config.style_weight if role_or_task != SOURCE and early else 1.0
 
     def _region_mask(self, example: TrainingExample, inside_face: bool) -> Tensor:
         mask = example.face_mask if inside_face else 1.0 - example.face_mask
@@ -229,7 +256,9 @@ class _Trainer:
         if self.config.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
         self.optimizer.step()
-        if not getattr(self.optimizer, "step_was_skipped", False):  # fp16 overflow: no step
+        skipped = getattr(self.optimizer, "step_was_skipped", False)  # fp16 overflow: no step
+        if not skipped:
+            self._after_optimizer_step()
             self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.placeholder_rows.sync()
@@ -280,6 +309,10 @@ class _Trainer:
         return dict(zip(names, self.placeholder_rows.params(), strict=False))
 
     # the loop -----------------------------------------------------------------------------
+    def _after_optimizer_step(self) -> None:
+        """Hook after each optimiser step, before the lr schedule moves (stage one: the
+        embedding-norm decay)."""
+
     def _after_step(self, row: dict[str, Any]) -> None:
         """Hook for per-step extras (stage two: heatmaps)."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from magicapture_pipeline.core import losses
@@ -48,10 +50,24 @@ class StageOneTrainer(_Trainer):
         noisy, noise, timesteps = self._noisy(latents)
         pred = self._predict(noisy, timesteps, self._encode_prompt(prompt))
         mask = self._region_mask(variant.example, inside_face=role == SOURCE)
-        loss = losses.masked_reconstruction_loss(
+        recon = losses.masked_reconstruction_loss(
             pred.float(), self._target(latents, noise, timesteps).float(), mask
         )
-        return loss, {"loss": loss.item(), "loss_recon": loss.item()}, role
+        loss = self._style_weight(role) * recon
+        return loss, {"loss": loss.item(), "loss_recon": recon.item()}, role
+
+    @torch.no_grad()
+    def _after_optimizer_step(self) -> None:
+        """The authors' embedding-norm decay (``--clip_ti_decay``): each [V1]/[V2] row keeps its
+        direction and moves its norm ``n`` to ``n + min(1, 100 lr) (target - n)``, with the lr of
+        the step just taken. SDXL: the first (CLIP-L) table only, whose norms SD 1.5 shares."""
+        target = self.config.embedding_norm_target
+        if target is None:
+            return
+        rate = min(1.0, 100.0 * float(self.optimizer.param_groups[0]["lr"]))
+        rows = self.placeholder_rows.params()[0]
+        norm = rows.norm(dim=-1, keepdim=True)
+        rows.copy_(F.normalize(rows, dim=-1) * (norm + rate * (target - norm)))
 
     def result(self) -> TrainingResult:
         """The learnt embeddings and the history (the placeholder-row hook is removed)."""

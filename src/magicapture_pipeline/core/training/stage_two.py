@@ -15,7 +15,6 @@ from magicapture_pipeline.core.figures import heatmap_figure
 from magicapture_pipeline.core.models import SDComponents, upsampling_factor
 from magicapture_pipeline.core.training.attention_term import AttentionTerm
 from magicapture_pipeline.core.training.examples import (
-    COMPOSED,
     REFERENCE,
     SOURCE,
     TASKS,
@@ -87,16 +86,25 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
             encoder.train()
         rows = self._train_placeholder_rows()
         lora_params = [p for p in self.unet.parameters() if p.requires_grad]
-        for encoder in self.adapter.text_encoders:
-            lora_params += [
-                p for n, p in encoder.named_parameters() if p.requires_grad and "lora" in n
-            ]
-        self._build_optimizer(
-            [
-                {"params": lora_params, "lr": config.learning_rate, "name": "lora"},
-                {"params": rows, "lr": config.embedding_learning_rate, "name": "embedding"},
-            ]
-        )
+        text_params = [
+            p
+            for encoder in self.adapter.text_encoders
+            for n, p in encoder.named_parameters()
+            if p.requires_grad and "lora" in n
+        ]
+        groups = [
+            {"params": lora_params, "lr": config.learning_rate, "name": "lora"},
+            {"params": rows, "lr": config.embedding_learning_rate, "name": "embedding"},
+        ]
+        if text_params:  # the text encoder's LoRA at its own rate (authors' --learning_rate_text)
+            groups.append(
+                {
+                    "params": text_params,
+                    "lr": config.lora.text_encoder_learning_rate,
+                    "name": "text_lora",
+                }
+            )
+        self._build_optimizer(groups)
         self.task_odds = torch.tensor(config.task_weights, dtype=torch.float64)
         self.identity = identity_status(config.identity)
         self._warned: set[str] = set()
@@ -154,13 +162,13 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
         recon = losses.masked_reconstruction_loss(
             pred.float(), self._target(latents, noise, timesteps).float(), mask
         )
-        total = recon
+        total = self._style_weight(task) * recon
         terms = {"loss_recon": recon.item(), "loss_attn": 0.0, "loss_id": 0.0, "id_active": 0.0}
         attention = self._attention_term(cond.ids, example)
         if attention is not None:
             total = total + cfg.attention.weight * attention
             terms["loss_attn"] = attention.item()
-        if task == COMPOSED and self._identity_ready(example):
+        if task in cfg.identity.tasks and self._identity_ready(example):
             identity = self._composed_identity(
                 noisy, pred, timesteps, latents=latents, cond=cond, example=example
             )
