@@ -51,7 +51,7 @@ check-config: install  ## check every parameter a run reads, without running (EN
 bench: install  ## measure step times and ratios -> data/08_reporting/bench.{json,md}
 	$(BIN)/python -m magicapture_pipeline.speed_bench
 
-bench-gpu: install  ## the same on CUDA in fp16, + SD 1.5 at 512 px -> data/08_reporting/bench_cuda/
+bench-gpu: install  ## the same on CUDA in fp16, + SD 1.5 at 512 px and SDXL at 1024 px -> data/08_reporting/bench_cuda/
 	$(BIN)/python -m magicapture_pipeline.speed_bench --device cuda --mixed-precision fp16 --out data/08_reporting/bench_cuda
 
 batch: install  ## train every concept of MANIFEST (default manifests/demo.yaml; ENGINE=local|ray, WORKERS=n, ENV=demo, ADDRESS=ray cluster)

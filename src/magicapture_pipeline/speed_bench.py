@@ -26,7 +26,10 @@ On a GPU (``--device cuda --mixed-precision fp16``, ``make bench-gpu``) the same
 the trainers with accelerate's mixed precision; each step is bracketed by
 ``torch.cuda.synchronize``, the peak allocated GPU memory of each variant is reported, profiles
 rank operators by GPU time, and the default sizes add ``sd15_512`` (SD 1.5's architectures at the
-paper's 512 px). The per-image figures stay CPU figures.
+paper's 512 px) and ``sdxl_1024`` (SDXL base's architectures at 1024 px, Eq. 8 on the 32 x 32
+maps). The per-image figures stay CPU figures. ``sdxl_like_256`` is SDXL's layout at a CPU size
+(its Eq. 8 reads the 8 x 8 level, 1/32 of the side like SDXL's 32 at 1024 px); SDXL sizes run
+through the trainers only (the harness assembles SD 1.x steps).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from typing import Any
 import torch
 
 from magicapture_pipeline.core.models import SD15_TEXT, SD15_UNET, SD15_VAE
+from magicapture_pipeline.core.sdxl import SDXL_TEXT, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
 
 REPORT_DIR = Path("data/08_reporting")
 GOALS = {
@@ -82,6 +86,9 @@ class SizeSpec:
     warmup: int = 1
     stage_one: bool = True
     gpu_only: bool = False  # left out of the default sizes on CPU (minutes per step there)
+    family: str = "sd15"  # sdxl: two text encoders (``text`` and ``text_2``), text_time UNet
+    text_2: dict[str, Any] = field(default_factory=dict)
+    ar_resolution: int | None = None  # Eq. 8's attn2 side; None = 16 when present (SD 1.5)
 
 
 SIZES: dict[str, SizeSpec] = {
@@ -135,6 +142,48 @@ SIZES: dict[str, SizeSpec] = {
         warmup=3,
         gpu_only=True,
     ),
+    "sdxl_like_256": SizeSpec(
+        description="an SDXL-like model (SDXL's block layout and 1/2/10 transformer depths, "
+        "channels 64-256, two text encoders 128 + 256, text_time conditioning, x8 VAE) at 256 px",
+        resolution=256,
+        unet={
+            **SDXL_UNET,
+            "block_out_channels": (64, 128, 256),
+            "attention_head_dim": (2, 4, 8),
+            "cross_attention_dim": 128 + 256,
+            "addition_time_embed_dim": 64,
+            "projection_class_embeddings_input_dim": 6 * 64 + 256,
+        },
+        vae={
+            "block_out_channels": (32, 64, 128, 128),
+            "layers_per_block": 2,
+            "norm_num_groups": 32,
+            "scaling_factor": SDXL_VAE["scaling_factor"],
+        },
+        text={"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4,
+              "num_attention_heads": 4},
+        text_2={"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4,
+                "num_attention_heads": 4, "projection_dim": 256, "hidden_act": "gelu"},
+        arcface_arch="r100",
+        repeats=5,
+        family="sdxl",
+        ar_resolution=8,  # 1/32 of the side, SDXL's deepest level (its 32 at 1024 px)
+    ),  # fmt: skip
+    "sdxl_1024": SizeSpec(
+        description="SDXL base's UNet, VAE and both text encoders' architectures, random "
+        "weights, at 1024 px (SDXL's resolution; a GPU size)",
+        resolution=1024,
+        unet=SDXL_UNET,
+        vae=SDXL_VAE,
+        text=SDXL_TEXT,
+        text_2=SDXL_TEXT_2,
+        arcface_arch="r100",
+        repeats=10,
+        warmup=3,
+        gpu_only=True,
+        family="sdxl",
+        ar_resolution=32,  # down_blocks.2 + up_blocks.0, as the sdxl env reads
+    ),
 }
 
 
@@ -158,6 +207,10 @@ class BenchModel:
     scheduler: Any
     resolution: int
     info: dict[str, Any] = field(default_factory=dict)
+    family: str = "sd15"
+    tokenizer_2: Any = None
+    text_encoder_2: Any = None
+    ar_resolution: int | None = None
 
 
 def _tiny_model(spec: SizeSpec) -> BenchModel:
@@ -181,22 +234,27 @@ def _tiny_model(spec: SizeSpec) -> BenchModel:
 
 def _random_model(spec: SizeSpec) -> BenchModel:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from magicapture_pipeline.core.models import build_offline_tokenizer
+    from magicapture_pipeline.core.sdxl import SECOND_PAD_TOKEN
+
+    def text_config(tok: Any, settings: dict[str, Any]) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            max_position_embeddings=77,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **{**settings, "vocab_size": len(tok)},
+        )
 
     torch.manual_seed(0)
     tokenizer = build_offline_tokenizer()
-    text = {"vocab_size": len(tokenizer), **spec.text}
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            **text,
-        )
-    )
+    text_encoder = CLIPTextModel(text_config(tokenizer, spec.text))
+    tokenizer_2 = text_encoder_2 = None
+    if spec.family == "sdxl":
+        tokenizer_2 = build_offline_tokenizer(pad_token=SECOND_PAD_TOKEN)
+        text_encoder_2 = CLIPTextModelWithProjection(text_config(tokenizer_2, spec.text_2))
     levels = len(spec.vae["block_out_channels"])
     vae = AutoencoderKL(
         down_block_types=("DownEncoderBlock2D",) * levels,
@@ -204,7 +262,10 @@ def _random_model(spec: SizeSpec) -> BenchModel:
         latent_channels=4,
         **{"sample_size": spec.resolution, **spec.vae},
     )
-    unet = UNet2DConditionModel(**spec.unet)
+    unet_config = dict(spec.unet)
+    if spec.family == "sdxl":  # ar_resolution counts the latents this size really trains on
+        unet_config["sample_size"] = spec.resolution // 8
+    unet = UNet2DConditionModel(**unet_config)
     scheduler = DDPMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -212,9 +273,14 @@ def _random_model(spec: SizeSpec) -> BenchModel:
         beta_schedule="scaled_linear",
         prediction_type="epsilon",
     )
-    for module in (text_encoder, vae, unet):
-        module.requires_grad_(False)
-    return BenchModel(tokenizer, text_encoder, vae, unet, scheduler, spec.resolution)
+    for module in (text_encoder, text_encoder_2, vae, unet):
+        if module is not None:
+            module.requires_grad_(False)
+    return BenchModel(
+        tokenizer, text_encoder, vae, unet, scheduler, spec.resolution,
+        family=spec.family, tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2,
+        ar_resolution=spec.ar_resolution,
+    )  # fmt: skip
 
 
 def build_model(name: str) -> BenchModel:
@@ -223,7 +289,8 @@ def build_model(name: str) -> BenchModel:
     model = _tiny_model(spec) if name == "tiny" else _random_model(spec)
     model.info["parameters_m"] = {
         part: round(sum(p.numel() for p in getattr(model, part).parameters()) / 1e6, 2)
-        for part in ("unet", "vae", "text_encoder")
+        for part in ("unet", "vae", "text_encoder", "text_encoder_2")
+        if getattr(model, part) is not None
     }
     return model
 
@@ -245,6 +312,11 @@ class StepBench:
         from magicapture_pipeline.core.arcface import FaceIdentityEncoder, build_iresnet
         from magicapture_pipeline.core.models import build_tiny_autoencoder
 
+        if model.family != "sd15":
+            raise ValueError(
+                f"the harness engine assembles SD 1.x steps only; {model.family} sizes run "
+                "through the trainers (--engine trainer)"
+            )
         self.m = model
         self.device = torch.device("cpu")
         self.mixed_precision = "no"
@@ -516,8 +588,10 @@ class TrainerBench:
         self.mixed_precision = mixed_precision if self.device.type == "cuda" else "no"
         self.tiny_decoder: Any = None
         self.components = SDComponents(
-            model.tokenizer, model.text_encoder, model.vae, model.unet, model.scheduler, "bench"
-        )
+            model.tokenizer, model.text_encoder, model.vae, model.unet, model.scheduler, "bench",
+            family=model.family, tokenizer_2=model.tokenizer_2,
+            text_encoder_2=model.text_encoder_2,
+        )  # fmt: skip
         resolution = model.resolution
         generator = torch.Generator().manual_seed(0)
         face = torch.nn.functional.adaptive_avg_pool2d(_face_mask(resolution), resolution // 8)
@@ -570,6 +644,7 @@ class TrainerBench:
 
         sizes = set(cross_attention_resolutions(self.m.unet).values())
         resolution = AR_RESOLUTION if AR_RESOLUTION in sizes else min(v for v in sizes if v >= 4)
+        resolution = self.m.ar_resolution or resolution
         config = StageTwoConfig(
             gradient_accumulation_steps=1,
             task_weights=[0.0, 0.0, 1.0],
@@ -781,15 +856,28 @@ def _component_breakdown(
         if device.type == "cuda" and amp is not None
         else contextlib.nullcontext
     )
+    # SDXL's VAE overflows in fp16: the trainers run it outside fp16 autocast, and so does this.
+    vae_autocast = contextlib.nullcontext if model.family == "sdxl" else autocast
 
     def unet_fwd_bwd() -> None:
         with autocast():
-            text = model.text_encoder(ids)[0]
-            out = model.unet(latents, t, text).sample
+            if model.text_encoder_2 is None:
+                out = model.unet(latents, t, model.text_encoder(ids)[0]).sample
+            else:
+                from magicapture_pipeline.core import sdxl
+
+                _, text, pooled = sdxl.encode_prompts(
+                    (model.tokenizer, model.tokenizer_2),
+                    (model.text_encoder, model.text_encoder_2),
+                    [COMPOSED_PROMPT],
+                    device,
+                )
+                added = sdxl.added_conditions(pooled, resolution, resolution)
+                out = model.unet(latents, t, text, added_cond_kwargs=added).sample
         out.float().square().mean().backward()
 
     def vae_decode_fwd_bwd() -> None:
-        with autocast():
+        with vae_autocast():
             out = model.vae.decode(latents / scaling).sample
         out.float().square().mean().backward()
 
@@ -804,7 +892,7 @@ def _component_breakdown(
         out.float().sum().backward()
 
     def vae_encode() -> None:
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), vae_autocast():
             model.vae.encode(pixels).latent_dist.sample()
 
     parts = {
@@ -824,7 +912,8 @@ def _component_breakdown(
             _synchronize(device)
             if round_index:
                 samples[name].append(time.perf_counter() - start)
-    for parameter in (*model.unet.parameters(), *model.text_encoder.parameters()):
+    encoders = [e for e in (model.text_encoder, model.text_encoder_2) if e is not None]
+    for parameter in (*model.unet.parameters(), *(p for e in encoders for p in e.parameters())):
         parameter.grad = None
     return {name: round(statistics.median(values), 5) for name, values in samples.items()}
 
@@ -874,7 +963,7 @@ def measure_size(
             bench: Any = TrainerBench(model, spec.arcface_arch, device, mixed_precision)
             figures = _figures(bench, spec)
         except Exception as error:  # noqa: BLE001 - fall back to the harness, and say so
-            if on_gpu:
+            if on_gpu or spec.family != "sd15":  # no harness for SDXL: show the real error
                 raise
             engine_error = f"{type(error).__name__}: {error}"
             engine = "harness"
