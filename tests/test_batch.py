@@ -32,7 +32,7 @@ TINY = {
     "postprocess": {"super_resolution": {"enabled": False}},
 }
 SUMMARY_KEYS = {"name", "status", "reason", "mlflow_run_id", "registered_version",
-                "concept_dir", "attempts", "wall_s"}
+                "concept_dir", "attempts", "wall_s", "peak_rss_mb"}
 
 
 # -- manifest ---------------------------------------------------------------------------------
@@ -110,9 +110,11 @@ def test_concept_state_follows_the_state_folder(tmp_path):
 def test_summary_has_the_issue_fields():
     results = [
         {"name": "a", "status": "succeeded", "reason": None, "mlflow_run_id": "r",
-         "registered_version": 1, "concept_dir": "d", "attempts": 1, "wall_s": 2.0, "x": 1},
+         "registered_version": 1, "concept_dir": "d", "attempts": 1, "wall_s": 2.0,
+         "peak_rss_mb": 9.0, "x": 1},
         {"name": "b", "status": "failed", "reason": "bad", "mlflow_run_id": None,
-         "registered_version": None, "concept_dir": None, "attempts": 3, "wall_s": 1.0},
+         "registered_version": None, "concept_dir": None, "attempts": 3, "wall_s": 1.0,
+         "peak_rss_mb": None},
     ]
     summary = build_summary("id", results, engine="local", workers=2, wall_s=3.0, env="demo",
                             manifest="m.yaml", engine_info={})

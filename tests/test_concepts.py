@@ -213,3 +213,36 @@ def test_dvc_concepts_and_catalog_agree():
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
     for name in params["concepts"]:
         validate_concept_name(name)
+
+
+@pytest.mark.slow
+def test_rerun_after_the_photos_changed_keeps_nothing_of_the_old_ones(project_copy, tmp_path):
+    """Same concept, a new source folder: its partitions and tables hold only the new photos."""
+    from PIL import Image
+
+    from conftest import run_kedro
+    from magicapture_pipeline.core.sample_data import build_sample_set
+
+    images = build_sample_set("source", 5)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, picks in ((first, images[:3]), (second, images[3:])):
+        folder.mkdir()
+        for image in picks:
+            Image.fromarray(image.pixels).save(folder / image.file_name)
+    for folder in (first, second):
+        done = run_kedro(project_copy, "run", "--pipelines=preprocess", "--env=demo",
+                         f"--params=concept=alice,source_dir={folder}")
+        assert done.returncode == 0, done.stderr[-3000:]
+    new = {image.file_name.removesuffix(".png") for image in images[3:]}
+    for layer in ("data/02_intermediate/alice/face_crops", "data/02_intermediate/alice/face_masks",
+                  "data/08_reporting/alice/mask_overlays"):
+        stems = {p.stem for p in (project_copy / layer).rglob("*.png") if "source" in p.parts}
+        assert stems == new, (layer, stems)
+    training = json.loads(
+        (project_copy / "data/05_model_input/alice/training_set.json").read_text()
+    )
+    listed = training["items"] + training.get("held_out", [])
+    assert {i["id"] for i in listed if i["role"] == "source"} == new
+    metadata = (project_copy / "data/03_primary/alice/face_metadata.csv").read_text()
+    assert not any(image.file_name.removesuffix(".png") in metadata for image in images[:3])
+    assert len(list(first.iterdir())) == 3  # raw inputs untouched

@@ -39,7 +39,7 @@ def died_result(job: dict[str, Any], reason: str) -> dict[str, Any]:
     result = {
         "name": job["name"], "status": "failed", "reason": reason,
         "attempts": _attempts(state_dir), "mlflow_run_id": None, "registered_version": None,
-        "concept_dir": None, "wall_s": None,
+        "concept_dir": None, "wall_s": None, "peak_rss_mb": None,
     }
     write_json(state_dir / "result.json", result)
     return result

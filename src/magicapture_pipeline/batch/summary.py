@@ -16,7 +16,7 @@ from typing import Any, TextIO
 SUMMARY_EXPERIMENT = "magicapture-batches"
 CONCEPT_FIELDS = (
     "name", "status", "reason", "mlflow_run_id", "registered_version", "concept_dir", "attempts",
-    "wall_s",
+    "wall_s", "peak_rss_mb",
 )
 
 

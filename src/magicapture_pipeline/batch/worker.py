@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import shutil
 import sys
 import time
@@ -139,7 +140,8 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``{"name", "status" ("succeeded"/"failed"), "reason", "mlflow_run_id",
-        "registered_version", "concept_dir", "attempts", "wall_s", "session_id"}``.
+        "registered_version", "concept_dir", "attempts", "wall_s", "peak_rss_mb", "session_id"}``
+        (``peak_rss_mb``: the peak resident memory of this process).
     """
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
@@ -191,6 +193,8 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
             result["reason"] = result["reason"] or describe_failure(error)
             logger.error("Concept %s could not run:\n%s", job["name"], traceback.format_exc())
     result["wall_s"] = round(time.time() - started, 3)
+    # peak resident memory of this worker process (Linux reports KiB)
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     write_json(state_dir / "result.json", result)
     return result
 
