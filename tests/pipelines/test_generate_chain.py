@@ -25,8 +25,12 @@ from tiny_concept import tiny_clip_vision, write_test_concept
 PROJECT = Path(__file__).resolve().parents[2]
 
 
+CONCEPT = "test"  # the catalog's data/<layer>/<concept>/ paths (issue 11)
+
+
 def _catalog_config() -> dict:
-    config = yaml.safe_load((PROJECT / "conf/base/catalog_generate.yml").read_text())
+    text = (PROJECT / "conf/base/catalog_generate.yml").read_text()
+    config = yaml.safe_load(text.replace("${_concept}", CONCEPT))
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
@@ -89,8 +93,10 @@ def test_generate_postprocess_evaluate_chain(tmp_path, monkeypatch):
     )
     SequentialRunner().run(pipeline, catalog)
 
-    generated = sorted((tmp_path / "data/07_model_output/generated").glob("*.png"))
-    post = sorted((tmp_path / "data/07_model_output/postprocessed").glob("*.png"))
+    outputs = tmp_path / "data/07_model_output" / CONCEPT
+    reports = tmp_path / "data/08_reporting" / CONCEPT
+    generated = sorted((outputs / "generated").glob("*.png"))
+    post = sorted((outputs / "postprocessed").glob("*.png"))
     assert [p.name for p in generated] == ["p00_s000.png", "p00_s001.png"]
     for path in generated:
         verdict = verify_provenance(path)
@@ -101,15 +107,15 @@ def test_generate_postprocess_evaluate_chain(tmp_path, monkeypatch):
         verdict = verify_provenance(path)
         assert verdict["watermark_ok"] is True, verdict
         assert verdict["chunk"]["postprocess_steps"] == ["super_resolution"]
-    records = pd.read_csv(tmp_path / "data/07_model_output/generation_records.csv")
+    records = pd.read_csv(outputs / "generation_records.csv")
     assert list(records["seed"]) == [0, 1]
     assert set(records["scheduler"]) == {"euler_ancestral"}
-    assert verify_provenance(tmp_path / "data/08_reporting/generation_grid.png")["ai_generated"]
+    assert verify_provenance(reports / "generation_grid.png")["ai_generated"]
 
-    report = json.loads((tmp_path / "data/08_reporting/postprocess_report.json").read_text())
+    report = json.loads((reports / "postprocess_report.json").read_text())
     assert "no checkpoint configured" in report["unavailable"]["face_restoration"]
 
-    metrics = json.loads((tmp_path / "data/08_reporting/metrics.json").read_text())
+    metrics = json.loads((reports / "metrics.json").read_text())
     for name in (
         "style_similarity",
         "aesthetic_score",
@@ -122,7 +128,7 @@ def test_generate_postprocess_evaluate_chain(tmp_path, monkeypatch):
     assert metrics["info"]["csim_source_faces"] == 1
     if "csim_dlib" not in metrics:
         assert "no face found in any generated image" in metrics["unavailable"]["csim_dlib"]
-    per_image = pd.read_csv(tmp_path / "data/08_reporting/per_image_metrics.csv")
+    per_image = pd.read_csv(reports / "per_image_metrics.csv")
     assert set(per_image["image_set"]) == {"generated", "postprocessed"}
     assert np.isfinite(per_image["aesthetic_score"]).all()
-    assert (tmp_path / "data/08_reporting/metrics_per_image.png").stat().st_size > 0
+    assert (reports / "metrics_per_image.png").stat().st_size > 0
