@@ -247,3 +247,9 @@ def test_accepted_set_holds_a_source_photo_out_of_training():
     data_in = inputs_from_preprocess(crops, {}, training)
     assert len(data_in["sources"]) == 4 and len(data_in["heldout"]) == 1
     assert data_in["heldout"][0].getpixel((0, 0)) == (4, 0, 0)
+    # what the trainers build from the training set never includes the held-out photo
+    from magicapture_pipeline.core.training import examples_from_training_set
+
+    masks = {f"latent/{k}": Image.new("L", (1, 1)) for k in crops}
+    trained_ids = {e.id for e in examples_from_training_set(training, crops, masks)}
+    assert trained_ids == {"s0", "s1", "s2", "s3", "r0"}
