@@ -48,3 +48,31 @@ def test_sdxl_sizes_and_the_harness_refusal():
     model = speed_bench.BenchModel(None, None, None, None, None, 64, family="sdxl")
     with pytest.raises(ValueError, match="harness engine assembles SD 1.x steps only"):
         speed_bench.StepBench(model, "r18")
+
+
+@pytest.mark.parametrize("name", ["sdxl_like_256", "sdxl_1024"])
+def test_sdxl_size_configs_are_consistent_on_the_meta_device(name):
+    """The GPU size cannot be built here (10 GB of fp32 weights): check its parts fit together."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    spec = speed_bench.SIZES[name]
+    text, text_2 = spec.text, spec.text_2
+    assert spec.unet["cross_attention_dim"] == text["hidden_size"] + text_2["hidden_size"]
+    time_ids = 6 * spec.unet["addition_time_embed_dim"]
+    assert spec.unet["projection_class_embeddings_input_dim"] == time_ids + text_2["projection_dim"]
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**{**spec.unet, "sample_size": spec.resolution // 8})
+        CLIPTextModelWithProjection(CLIPTextConfig(**text_2))
+        levels = len(spec.vae["block_out_channels"])
+        AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * levels,
+            up_block_types=("UpDecoderBlock2D",) * levels,
+            **spec.vae,
+        )
+    from magicapture_pipeline.core.attention import cross_attention_layers
+
+    layers = cross_attention_layers(unet, spec.ar_resolution)
+    assert {n.split(".attentions.")[0] for n in layers} == {"down_blocks.2", "up_blocks.0"}
+    assert len(layers) == 50
