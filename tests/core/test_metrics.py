@@ -191,6 +191,15 @@ def test_csim_of_the_identity_loss_network_is_labelled_same_as_loss(astronaut):
     assert "csim_arcface_same_as_loss" in unknown.metrics and "csim_arcface" not in unknown.metrics
     assert "csim_arcface" in run(None).metrics  # no identity loss ran
     assert "no held-out source photo" in run(None).unavailable["csim_arcface_heldout"]
+    with_heldout = evaluate_images(
+        {"g": astronaut}, [astronaut], [], identity=(recognizer, None), clip=(None, "none"),
+        aesthetic=(None, "none"), face_mask_fn=None, face_detect_fn=None,
+        source_landmarks=[landmarks], heldout=[astronaut], heldout_landmarks=[landmarks],
+    )
+    row = with_heldout.per_image["g"]  # every identity column names its recognizer
+    assert {"csim_arcface", "csim_arcface_heldout", "copy_check_arcface_nearest_training",
+            "copy_check_arcface_heldout"} <= set(row)
+    assert with_heldout.metrics["copy_check_arcface_gap"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_loss_recognizer_loads_the_configured_checkpoint(tmp_path):

@@ -190,7 +190,8 @@ def _add_identity(
             "preprocess.heldout_min_sources photos are accepted)"
         )
     for key, values in report.copy_check.items():
-        per_image[key].update({f"copy_check_{k}": v for k, v in values.items()})
+        prefix = f"copy_check_{name.removeprefix('csim_')}"
+        per_image[key].update({f"{prefix}_{k}": v for k, v in values.items()})
     if report.training.reason:
         unavailable[name] = report.training.reason
     elif report.training.mean is None:
