@@ -1,0 +1,103 @@
+"""Per-image CPU figures: preprocessing, generation and evaluation."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from magicapture_pipeline.speed_bench.sizes import (
+    build_model,
+)
+
+# --------------------------------------------------------------------------- per-image figures
+
+
+def measure_preprocess(repeats: int = 20) -> dict[str, Any]:
+    """Images per second of detection + mesh + mask + crop on a decoded 512 px photo.
+
+    The headline is the median of whole ``analyze_source`` calls (what preprocessing runs per
+    source photo); the breakdown times each of its parts alone (``core.faces.measure_stages``).
+    """
+    try:
+        from skimage import data
+
+        from magicapture_pipeline.core.faces import FaceAnalyzer, analyze_source, measure_stages
+    except ImportError as error:
+        return {"preprocess_images_per_s": None, "reason": f"not measured: {error}"}
+    rgb = data.astronaut()  # 512x512, decoded once: decode is excluded
+    totals: list[float] = []
+    with FaceAnalyzer() as analyzer:
+        for index in range(repeats + 2):
+            start = time.perf_counter()
+            analyze_source(rgb, analyzer, resolution=512)
+            if index >= 2:
+                totals.append(time.perf_counter() - start)
+    parts = measure_stages(rgb, resolution=512, repeats=repeats)
+    parts.pop("analyze_source", None)  # timed above, as a whole
+    return {
+        "preprocess_images_per_s": round(1.0 / statistics.median(totals), 2),
+        "preprocess_breakdown_s": {
+            "analyze_source": round(statistics.median(totals), 5),
+            **{name: round(ms / 1e3, 5) for name, ms in parts.items()},
+        },
+    }
+
+
+def measure_generation(steps: int = 20, repeats: int = 3) -> dict[str, Any]:
+    """Seconds per generated image with the tiny model at the demo resolution."""
+    try:
+        from diffusers import StableDiffusionPipeline
+
+        from magicapture_pipeline.core.generation import generate_images
+    except ImportError as error:
+        return {"generate_s_per_image": None, "reason": f"not measured: {error}"}
+    model = build_model("tiny")
+    pipe = StableDiffusionPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=model.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    generate_images(pipe, [("{}", "a photo of a person")], images_per_prompt=1, seed=0,
+                    num_inference_steps=steps, guidance_scale=7.5,
+                    resolution=model.resolution, progress=False)  # fmt: skip
+    images = generate_images(pipe, [("{}", "a photo of a person")], images_per_prompt=repeats,
+                             seed=1, num_inference_steps=steps, guidance_scale=7.5,
+                             resolution=model.resolution, progress=False)  # fmt: skip
+    return {
+        "generate_s_per_image": round(statistics.median(i.seconds for i in images), 4),
+        "generate_setting": f"tiny model, {model.resolution} px, {steps} steps, CFG 7.5",
+    }
+
+
+def measure_evaluation(repeats: int = 5) -> dict[str, Any]:
+    """Seconds per image of the identity metric (CSIM) with the offline dlib embedder."""
+    try:
+        from PIL import Image
+        from skimage import data
+
+        from magicapture_pipeline.core.metrics import csim, load_identity_embedder
+    except ImportError as error:
+        return {"evaluate_s_per_image": None, "reason": f"not measured: {error}"}
+    embedder, reason = load_identity_embedder("dlib", None)
+    if embedder is None:
+        return {"evaluate_s_per_image": None, "reason": f"not measured: {reason}"}
+    image = Image.fromarray(data.astronaut())
+    generated = {f"g{i}": image for i in range(repeats)}
+    csim(embedder, {"warm": image}, [image])
+    start = time.perf_counter()
+    csim(embedder, generated, [image])
+    per_image = (time.perf_counter() - start) / (repeats + 1)  # + the one source embedding
+    return {
+        "evaluate_s_per_image": round(per_image, 4),
+        "evaluate_setting": "CSIM (dlib, offline) on 512 px images; CLIP style and aesthetic "
+        "scores need weights that are not obtainable offline",
+    }
