@@ -158,3 +158,73 @@ def test_encode_png_strips_exif_and_gps():
 def test_to_pil_rejects_wrong_dtype():
     with pytest.raises(ValueError, match="uint8"):
         to_pil(np.zeros((4, 4, 3), dtype=np.float32))
+
+
+_MAKE_8K = """
+import sys
+from PIL import Image
+gradient = Image.linear_gradient("L").resize((8192, 8192))
+Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_90), gradient)).save(
+    sys.argv[1], quality=85)
+"""
+
+_DECODE = """
+import json, resource, sys
+import numpy as np
+from magicapture_pipeline.core.images import ImageDecodeError, RawImage, decode_image
+data = open(sys.argv[1], "rb").read()
+raw = RawImage("big", sys.argv[1], data)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+max_side, max_pixels = int(sys.argv[2]) or None, int(sys.argv[3])
+try:
+    shape = list(decode_image(raw, max_side=max_side, max_pixels=max_pixels).shape)
+except ImageDecodeError as error:
+    shape = error.rule
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"shape": shape, "peak_mb": after / 1024, "growth_mb": (after - before) / 1024}))
+"""
+
+
+@pytest.fixture(scope="module")
+def photo_8k(tmp_path_factory):
+    import subprocess
+    import sys
+
+    path = tmp_path_factory.mktemp("big") / "8k.jpg"
+    subprocess.run([sys.executable, "-c", _MAKE_8K, str(path)], check=True, timeout=300)
+    return path
+
+
+def _decode_in_child(path, max_side: int, max_pixels: int = 64_000_000) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", _DECODE, str(path), str(max_side), str(max_pixels)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_an_8k_photo_decodes_at_bounded_memory_and_the_bomb_guard_stays(photo_8k):
+    """8192 x 8192 JPEG (67 MP): libjpeg decodes it at 1/2 scale (4096 px side), so the process
+    grows by a quarter of what the full-size decode costs; without the reduced decode the 64 MP
+    guard refuses it before any pixel is decoded (Pillow's own guard is untouched)."""
+    reduced = _decode_in_child(photo_8k, 4096)
+    assert reduced["shape"] == [4096, 4096, 3]
+    full_size = _decode_in_child(photo_8k, 0, max_pixels=100_000_000)  # guard lifted: to compare
+    assert full_size["shape"] == [8192, 8192, 3]
+    assert reduced["growth_mb"] < 0.4 * full_size["growth_mb"], (reduced, full_size)
+    refused = _decode_in_child(photo_8k, 0)
+    assert refused["shape"] == "decompression_bomb" and refused["growth_mb"] < 50, refused
+
+
+def test_heic_decodes_and_a_refused_file_raises_its_rule():
+    image = Image.new("RGB", (96, 80), (200, 30, 30))
+    buffer = io.BytesIO()
+    image.save(buffer, format="HEIF", quality=95)
+    rgb = decode_image(RawImage("phone", "IMG_0001.HEIC", buffer.getvalue()))
+    assert rgb.shape == (80, 96, 3) and abs(int(rgb[40, 48, 0]) - 200) < 12
+    refused = RawImage("x", "photos/x.CR2", b"", refused="unsupported_format: .CR2 files ...")
+    with pytest.raises(ImageDecodeError, match=r"photos/x.CR2: unsupported_format: .CR2"):
+        decode_image(refused)

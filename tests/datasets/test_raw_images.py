@@ -67,3 +67,70 @@ def test_sample_folder_keeps_user_photos(tmp_path):
 def test_sample_folder_role_checked(tmp_path):
     with pytest.raises(DatasetError, match="role"):
         SampleImageFolderDataset(path=str(tmp_path), role="style")
+
+
+def _names(loaded):
+    return {key: (raw.refused or "read").split(":")[0] for key, raw in loaded.items()}
+
+
+def test_links_inside_are_read_links_outside_refused_unless_allowed(tmp_path):
+    folder, outside = tmp_path / "photos", tmp_path / "private.jpg"
+    folder.mkdir()
+    outside.write_bytes(b"secret bytes")
+    (folder / "a.jpg").write_bytes(b"inside")
+    (folder / "same.jpg").symlink_to(folder / "a.jpg")
+    (folder / "out.jpg").symlink_to(outside)
+    (folder / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    (folder / "x.jpg").symlink_to(folder / "y.jpg")
+    (folder / "y.jpg").symlink_to(folder / "x.jpg")
+    loaded = RawImageFolderDataset(path=str(folder)).load()
+    assert _names(loaded) == {
+        "a": "read", "same": "read", "out": "symlink_outside_folder",
+        "gone": "broken_symlink", "x": "symlink_loop", "y": "symlink_loop",
+    }  # fmt: skip
+    assert loaded["same"].data == b"inside"
+    assert loaded["out"].data == b"" and str(outside) in loaded["out"].refused
+    allowed = RawImageFolderDataset(path=str(folder), allow_outside_symlinks=True).load()
+    assert allowed["out"].data == b"secret bytes" and allowed["out"].refused is None
+
+
+def test_non_utf8_and_very_long_names_get_safe_unique_ids(tmp_path):
+    import json
+    import os
+
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg"), "wb") as handle:
+        handle.write(b"1")
+    long_a, long_b = "n" * 240 + "a", "n" * 240 + "b"
+    (tmp_path / f"{long_a}.jpg").write_bytes(b"2")
+    (tmp_path / f"{long_b}.jpg").write_bytes(b"3")
+    loaded = RawImageFolderDataset(path=str(tmp_path)).load()
+    assert "caf\\xe9" in loaded and loaded["caf\\xe9"].data == b"1"
+    json.dumps(list(loaded)).encode("utf-8")  # ids and paths are valid text
+    json.dumps([raw.path for raw in loaded.values()]).encode("utf-8")
+    long_ids = [key for key in loaded if key.startswith("n")]
+    assert len(long_ids) == 2 and all(len(key) <= 80 for key in long_ids)
+    assert {loaded[key].data for key in long_ids} == {b"2", b"3"}
+
+
+def test_hundreds_of_files_load_or_are_refused_by_count(tmp_path):
+    for index in range(250):
+        (tmp_path / f"photo_{index:03d}.jpg").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not counted")
+    assert len(RawImageFolderDataset(path=str(tmp_path), max_files=300).load()) == 250
+    with pytest.raises(DatasetError, match="too_many_files: 250 photos, more than max_files"):
+        RawImageFolderDataset(path=str(tmp_path)).load()
+
+
+def test_image_like_files_are_named_not_dropped_and_subfolders_logged(tmp_path, caplog):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "b.HEIC").write_bytes(b"heic bytes")
+    (tmp_path / "c.CR2").write_bytes(b"raw")
+    (tmp_path / "d.jxl").write_bytes(b"jxl")
+    (tmp_path / "trip").mkdir()
+    (tmp_path / "trip" / "e.jpg").write_bytes(b"y")
+    with caplog.at_level("WARNING"):
+        loaded = RawImageFolderDataset(path=str(tmp_path)).load()
+    assert _names(loaded) == {
+        "a": "read", "b": "read", "c": "unsupported_format", "d": "unsupported_format"
+    }
+    assert "sub-folders are not read" in caplog.text and "trip" in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -80,8 +81,21 @@ def _write_sets(root: Path) -> tuple[Path, Path]:
     }
     for name, content in files.items():
         (src / name).write_bytes(content)
-    for image in build_sample_set("reference", 2):
+    # Inputs at the edges (issue 14 §4): a camera RAW, a link to a photo outside the folder, a
+    # link loop, a sub-folder; a HEIC reference whose name is not UTF-8 is read and decoded.
+    (src / "camera.dng").write_bytes(b"II*\x00 not decoded here")
+    (root / "elsewhere.jpg").write_bytes(_bytes(variants[0], "JPEG", quality=92))
+    (src / "outside.jpg").symlink_to(root / "elsewhere.jpg")
+    (src / "loop.jpg").symlink_to(src / "loop2.jpg")
+    (src / "loop2.jpg").symlink_to(src / "loop.jpg")
+    (src / "holidays").mkdir()
+    (src / "holidays" / "beach.jpg").write_bytes(_bytes(variants[0], "JPEG"))
+    samples = build_sample_set("reference", 3)
+    for image in samples[:2]:
         (ref / image.file_name).write_bytes(_bytes(Image.fromarray(image.pixels), "PNG"))
+    heic = os.path.join(os.fsencode(ref), b"r\xe9f\xe9rence.HEIC")
+    with open(heic, "wb") as handle:
+        handle.write(_bytes(Image.fromarray(samples[2].pixels), "HEIF", quality=90))
     return src, ref
 
 
@@ -93,6 +107,10 @@ EXPECTED_FAILURES = {
     ("bomb.png", "image_decodes", "decompression_bomb"),
     ("two_faces.png", "exactly_one_face", "2"),
     ("no_face.png", "exactly_one_face", "0"),
+    ("camera.dng", "image_decodes", "unsupported_format"),
+    ("outside.jpg", "image_decodes", "symlink_outside_folder"),
+    ("loop.jpg", "image_decodes", "symlink_loop"),
+    ("loop2.jpg", "image_decodes", "symlink_loop"),
 }
 ACCEPTED = {"plain_gps", "exif_rotated", "cmyk", "gray16", "rgba", "gray"}
 
@@ -120,7 +138,8 @@ def _catalog(root: Path, src: Path, ref: Path) -> DataCatalog:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.is_symlink()]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +174,16 @@ def test_tricky_modes_and_exif_rotation_accepted(bad_run):
     # stored 512 wide x 400 tall, decoded upright: 400 wide x 512 tall, face found
     assert accepted.loc["exif_rotated", ["width", "height"]].tolist() == [400, 512]
     assert (accepted["identity_distance"] < 0.35).all()
+
+
+def test_heic_reference_with_a_non_utf8_name_is_decoded(bad_run):
+    root, *_ = bad_run
+    table = pd.read_csv(root / "meta.csv", dtype={"id": str})
+    row = table[table["id"] == "r\\xe9f\\xe9rence"].iloc[0]
+    assert row["role"] == "reference" and row["status"] != "decode_error"
+    assert row["path"].endswith("r\\xe9f\\xe9rence.HEIC")
+    assert (root / "crops" / "reference" / "r\\xe9f\\xe9rence.png").is_file()
+    assert "beach" not in set(table["id"])  # sub-folders are not read
 
 
 def test_raw_files_unchanged(bad_run):

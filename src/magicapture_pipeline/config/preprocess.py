@@ -73,7 +73,13 @@ class PreprocessConfig(BaseModel):
     )
     max_image_pixels: int = Field(
         64_000_000, ge=1,
-        description="Decompression-bomb guard: largest width x height read from the header.",
+        description="Decompression-bomb guard: largest width x height decoded (from the header; "
+        "for a JPEG scaled down by max_decode_side, the reduced size).",
+    )
+    max_decode_side: int = Field(
+        4096, ge=64,
+        description="A JPEG with a longer side above this is decoded by libjpeg at 1/2, 1/4 or "
+        "1/8 scale (longer side still >= this), bounding memory on 8k photos (ours).",
     )
     overlay_alpha: float = Field(
         0.45, ge=0.0, le=1.0,

@@ -651,7 +651,8 @@ def analyze_image_set(raw_sets: dict[str, dict[str, Any]], config: Any) -> Proce
                 row: dict[str, Any] = {"id": file_id, "role": role, "path": raw.path}
                 try:
                     rgb = decode_image(raw, min_side=config.min_image_side,
-                                       max_pixels=config.max_image_pixels)
+                                       max_pixels=config.max_image_pixels,
+                                       max_side=config.max_decode_side)
                 except ImageDecodeError as err:
                     row.update(_failed_row(f"{err.rule}: {err.detail}"))
                     out.rows.append(row)

@@ -3,7 +3,11 @@
 Every photo a user gives passes through :func:`decode_image` exactly once: EXIF orientation is
 applied, any mode (CMYK, palette, 16-bit, grayscale, alpha) becomes 8-bit RGB (alpha composited
 on white), and broken or hostile files fail with an :class:`ImageDecodeError` that names the file
-and the rule broken. :func:`encode_png` writes pixels only, so no EXIF / GPS / text chunk ever
+and the rule broken. HEIC/HEIF (iPhone photos) decode through pillow-heif's Pillow plugin, AVIF
+through Pillow itself. A JPEG much larger than needed is decoded by libjpeg at 1/2, 1/4 or 1/8
+scale (``max_side``), so an 8k x 8k photo never holds its full 192 MB of pixels; the
+decompression-bomb guard applies to the pixels actually decoded, and Pillow's own guard stays on.
+:func:`encode_png` writes pixels only, so no EXIF / GPS / text chunk ever
 leaves this project with a photo.
 """
 
@@ -21,15 +25,30 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # decompression bombs (e.g. a PNG whose header claims 60000x60000) before any pixel is decoded.
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MIN_SIDE = 64
+DEFAULT_MAX_SIDE = 4096
+
+try:  # HEIC/HEIF: registers an opener with Pillow (pinned in requirements.txt)
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_SUPPORTED = True
+except ImportError:  # pragma: no cover - the pinned environment has it
+    HEIF_SUPPORTED = False
 
 
 @dataclass(frozen=True)
 class RawImage:
-    """An undecoded input file: its id (file stem), where it lives, and its bytes."""
+    """An undecoded input file: its id (file stem), where it lives, and its bytes.
+
+    ``refused`` (``"<rule>: <detail>"``) marks a file the folder reader would not read (a symlink
+    leaving the folder, an image format this project cannot decode): decoding it raises that
+    rule, so the validation report names the file instead of it being dropped without a word.
+    """
 
     file_id: str
     path: str
     data: bytes
+    refused: str | None = None
 
 
 class ImageDecodeError(ValueError):
@@ -48,6 +67,7 @@ def decode_image(
     *,
     min_side: int = DEFAULT_MIN_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
 ) -> np.ndarray:
     """Decode ``raw`` into an upright ``(H, W, 3)`` uint8 RGB array.
 
@@ -55,19 +75,26 @@ def decode_image(
         raw: the file's bytes, or a :class:`RawImage` (its path is then used in errors).
         path: the name used in error messages when ``raw`` is plain bytes.
         min_side: smallest accepted width / height in pixels (after EXIF rotation).
-        max_pixels: largest accepted width x height, checked on the header before decoding.
+        max_pixels: largest accepted width x height to decode, checked before decoding (on the
+            header, or on the reduced size when the decoder scales a JPEG down).
+        max_side: a JPEG whose longer side exceeds this is decoded at the smallest 1/2, 1/4 or
+            1/8 scale that keeps the longer side >= ``max_side`` (bounded memory); ``None`` =
+            full size.
 
     Raises:
         ImageDecodeError: rule ``empty_file``, ``not_an_image``, ``decompression_bomb``,
-            ``too_small`` or ``truncated``.
+            ``too_small``, ``truncated``, or the rule a folder reader refused the file with.
     """
     if isinstance(raw, RawImage):
         path, data = raw.path, raw.data
+        if raw.refused:
+            rule, _, detail = raw.refused.partition(": ")
+            raise ImageDecodeError(path, rule, detail or rule)
     else:
         data = raw
     if not data:
         raise ImageDecodeError(path, "empty_file", "the file has 0 bytes")
-    image = _open_checked(data, path, max_pixels)
+    image = _open_checked(data, path, max_pixels, max_side)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as err:
@@ -81,7 +108,9 @@ def decode_image(
     return to_rgb_array(image)
 
 
-def _open_checked(data: bytes, path: str | Path, max_pixels: int) -> Image.Image:
+def _open_checked(
+    data: bytes, path: str | Path, max_pixels: int, max_side: int | None = None
+) -> Image.Image:
     """Open lazily (header only) and refuse absurd sizes before any pixel is decoded."""
     try:
         with warnings.catch_warnings():
@@ -98,18 +127,25 @@ def _open_checked(data: bytes, path: str | Path, max_pixels: int) -> Image.Image
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(path, "not_an_image", f"unreadable header ({err})") from err
     width, height = image.size
+    if max_side and image.format == "JPEG" and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+        if image.size != (width, height):
+            width, height = image.size  # the decoder will produce only these pixels
     if width * height > max_pixels:
         raise ImageDecodeError(
             path,
             "decompression_bomb",
-            f"header claims {width}x{height} = {width * height} px, more than {max_pixels}",
+            f"{width}x{height} = {width * height} px to decode (from the header), "
+            f"more than {max_pixels}",
         )
     return image
 
 
 def _upright(image: Image.Image, path: str | Path) -> Image.Image:
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # no copy of an already-upright photo
+        return image
     except (OSError, SyntaxError, ValueError, KeyError) as err:
         raise ImageDecodeError(path, "bad_exif", f"EXIF orientation unreadable ({err})") from err
 
@@ -129,7 +165,9 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
 
 
 def _wide_gray_to_rgb(values: np.ndarray) -> np.ndarray:

@@ -171,8 +171,11 @@ def save_checkpoint(trainer: Any, root: str | Path, keep: int = 0) -> Path:
 def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` complete checkpoints (0: keep all); returns the deleted.
 
-    Incomplete folders older than the newest complete one are deleted too.
+    Incomplete folders older than the newest complete one are deleted too, and hidden folders a
+    killed save or delete left behind.
     """
+    for leftover in Path(root).glob(f".{CHECKPOINT_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # a save or a delete that was killed
     if keep <= 0:
         return []
     dirs = _checkpoint_dirs(Path(root))

@@ -1,0 +1,128 @@
+"""A real training process for the SIGKILL test (tests/core/test_kill_resume.py); not a test.
+
+``python kill_worker.py TINY_SD WORK_DIR [--die-in-save STAGE:N]`` trains stage one then stage two
+on the tiny model with a checkpoint after every step and ``resume: true``, printing
+``step <stage> <n>`` after each optimiser step and ``saved <stage> <n>`` after each checkpoint
+(flushed, so the test can kill it at a chosen moment), and writes the final weights to
+``WORK_DIR/final.safetensors``. ``--die-in-save stage_two:3`` makes the process SIGKILL itself in
+the middle of writing that checkpoint (after the tensors, before ``state.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+RES = 32
+COMMON = {
+    "max_steps": 5,
+    "gradient_accumulation_steps": 1,
+    "mixed_precision": "no",
+    "lr_scheduler": "linear",
+    "hflip": False,
+    "checkpoint_every": 1,
+    "keep_checkpoints": 2,
+    "resume": True,
+    "device": "cpu",
+}
+
+
+def examples():
+    from magicapture_pipeline.core.training import TrainingExample
+
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.zeros(1, RES // 8, RES // 8)
+    mask[:, 1:3, 1:3] = 1.0
+    return [
+        TrainingExample(f"{role}0", role, torch.rand(3, RES, RES, generator=generator) * 2 - 1,
+                        mask.clone(), None)
+        for role in ("source", "reference")
+    ]  # fmt: skip
+
+
+def _announce(trainer_class, die_in_save: tuple[str, int] | None) -> None:
+    from magicapture_pipeline.core import atomic
+    from magicapture_pipeline.core.training import checkpoints
+
+    step = trainer_class.step
+
+    def step_and_say(self):
+        row = step(self)
+        print(f"step {self.stage} {self.global_step}", flush=True)  # noqa: T201
+        return row
+
+    trainer_class.step = step_and_say
+    save = checkpoints.save_checkpoint
+    fsync_tree = atomic.fsync_tree
+
+    def fsync_or_die(folder):
+        fsync_tree(folder)
+        stage, number = die_in_save or ("", -1)
+        if Path(folder).name == f".checkpoint-{number}.tmp" and stage in str(folder):
+            os.kill(os.getpid(), signal.SIGKILL)  # tensors written, state.json not yet
+
+    def save_and_say(trainer, root, keep=0):
+        folder = save(trainer, root, keep)
+        print(f"saved {trainer.stage} {trainer.global_step}", flush=True)  # noqa: T201
+        return folder
+
+    atomic.fsync_tree = fsync_or_die
+    checkpoints.save_checkpoint = save_and_say
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("tiny_sd")
+    parser.add_argument("work_dir")
+    parser.add_argument("--die-in-save", default=None)
+    args = parser.parse_args()
+    die = None
+    if args.die_in_save:
+        stage, number = args.die_in_save.split(":")
+        die = (stage, int(number))
+
+    from safetensors.torch import save_file
+
+    from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
+    from magicapture_pipeline.core.models import load_components
+    from magicapture_pipeline.core.tokens import embedding_matrix
+    from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer
+    from magicapture_pipeline.core.training.loop import _Trainer
+
+    _announce(_Trainer, die)
+    work = Path(args.work_dir)
+    one = StageOneTrainer(
+        load_components(args.tiny_sd),
+        examples(),
+        StageOneConfig(**COMMON, checkpoint_dir=str(work / "stage_one")),
+    )
+    one.train(progress=False)
+    embeddings = one.result().embeddings
+    two = StageTwoTrainer(
+        load_components(args.tiny_sd),
+        examples(),
+        StageTwoConfig(
+            **COMMON,
+            checkpoint_dir=str(work / "stage_two"),
+            heatmap_every=0,
+            identity={"mode": "off"},
+            attention={"resolution": RES // 8},
+        ),
+        embeddings,
+    )
+    two.train(progress=False)
+    final = {f"stage_two.{k}": v.detach().clone() for k, v in two._trainable().items()}
+    final["text_encoder.token_embedding"] = embedding_matrix(two.text_encoder).detach().clone()
+    final.update({f"stage_one.{k}": v.detach().clone() for k, v in embeddings.items()})
+    save_file({k: v.contiguous() for k, v in final.items()}, work / "final.safetensors")
+    print("done", flush=True)  # noqa: T201
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
