@@ -169,19 +169,24 @@ Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_90), gra
 """
 
 _DECODE = """
-import json, resource, sys
-import numpy as np
+import json, sys
 from magicapture_pipeline.core.images import ImageDecodeError, RawImage, decode_image
+
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss survives fork + exec from pytest)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
 data = open(sys.argv[1], "rb").read()
 raw = RawImage("big", sys.argv[1], data)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_mb()
 max_side, max_pixels = int(sys.argv[2]) or None, int(sys.argv[3])
 try:
     shape = list(decode_image(raw, max_side=max_side, max_pixels=max_pixels).shape)
 except ImageDecodeError as error:
     shape = error.rule
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"shape": shape, "peak_mb": after / 1024, "growth_mb": (after - before) / 1024}))
+after = peak_mb()
+print(json.dumps({"shape": shape, "peak_mb": after, "growth_mb": after - before}))
 """
 
 
