@@ -186,3 +186,67 @@ def test_full_disk_while_saving_names_the_path_and_keeps_earlier(tiny_dir, tmp_p
     assert str(tmp_path / "checkpoint-3") in str(caught.value)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2"]
     assert before == {p.name: p.read_bytes() for p in (tmp_path / "checkpoint-2").iterdir()}
+
+
+class _Process:
+    """The parts of an accelerate ``Accelerator`` a checkpoint uses, for one of N processes that
+    run as threads meeting at a barrier (``wait_for_everyone``)."""
+
+    def __init__(self, index: int, barrier) -> None:
+        self.process_index, self.num_processes = index, barrier.parties
+        self.is_main_process = index == 0
+        self._barrier = barrier
+
+    def wait_for_everyone(self) -> None:
+        self._barrier.wait(timeout=60)
+
+
+def test_two_processes_one_writer_and_one_rng_file_each(tiny_dir, tmp_path):
+    import threading
+
+    barrier = threading.Barrier(2)
+    trainers = [_trainer(tiny_dir) for _ in range(2)]
+    for index, trainer in enumerate(trainers):
+        trainer.accelerator = _Process(index, barrier)
+        trainer.generator.manual_seed(100 + index)  # each process draws its own stream
+    states = [t.generator.get_state().clone() for t in trainers]
+    calls: dict[int, list[str]] = {0: [], 1: []}
+    real_save = torch.save
+
+    def recording_save(obj, handle, *args, **kwargs):
+        calls[int(threading.current_thread().name[-1])].append("optimizer")
+        return real_save(obj, handle, *args, **kwargs)
+
+    errors = []
+
+    def save(index: int) -> None:
+        try:
+            ckpt.save_checkpoint(trainers[index], tmp_path, keep=1)
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=save, args=(i,), name=f"proc{i}") for i in range(2)]
+    torch.save = recording_save
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        torch.save = real_save
+    assert not errors, errors
+    assert calls == {0: ["optimizer"], 1: []}  # only the main process writes the shared files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-0"]
+    folder = tmp_path / "checkpoint-0"
+    state = json.loads((folder / "state.json").read_text())
+    assert {"rng-0.safetensors", "rng-1.safetensors"} <= set(state["files"])
+    assert state["processes"] == 2
+
+    # Each process resumes its own stream.
+    for index in (1, 0):
+        again = _trainer(tiny_dir)
+        again.accelerator = _Process(index, threading.Barrier(1))
+        again.generator.manual_seed(7)
+        again.load_checkpoint(folder)
+        assert torch.equal(again.generator.get_state(), states[index]), index
