@@ -361,3 +361,12 @@ def test_registered_pyfunc_serves_an_sdxl_concept(tiny_xl, xl_concept):
     out = model.predict(None, pd.DataFrame({"prompt": ["a photo of a [V1] person"], "seed": [1]}))
     assert out.loc[0, "prompt"] == "a photo of a <v1> person"
     assert decode_image(out.loc[0, "image"]).size == (64, 64)
+
+
+def test_sd15_attention_resolution_on_sdxl_names_the_sdxl_setting(tiny_xl):
+    """base's 16 on an SDXL model: the error says which resolution SDXL needs."""
+    from magicapture_pipeline.core.attention import cross_attention_layers
+
+    unet = load_components(tiny_xl).unet  # 64 px: cross-attention at 4 only
+    with pytest.raises(ValueError, match=r"available: \[4\].*SDXL at 1024 px 32"):
+        cross_attention_layers(unet, 16)

@@ -99,7 +99,10 @@ def cross_attention_layers(
     names = [name for name, size in sizes.items() if size == resolution]
     if not names:
         available = sorted(set(sizes.values()))
-        raise ValueError(f"no attn2 at resolution {resolution}; available: {available}")
+        raise ValueError(
+            f"no attn2 at resolution {resolution}; available: {available} (stage_two.attention."
+            "resolution: SD 1.5 at 512 px reads 16, SDXL at 1024 px 32, as --env=sdxl sets)"
+        )
     return names
 
 
