@@ -250,3 +250,4 @@ def test_two_processes_one_writer_and_one_rng_file_each(tiny_dir, tmp_path):
         again.generator.manual_seed(7)
         again.load_checkpoint(folder)
         assert torch.equal(again.generator.get_state(), states[index]), index
+
