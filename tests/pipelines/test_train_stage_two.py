@@ -90,12 +90,14 @@ def test_kedro_demo_run_writes_the_concept(project_copy):
         "--env=demo",
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    concept = project_copy / "data" / "06_models" / "concept"
+    # the demo env's concept is "demo": data/<layer>/demo/ (conf/demo/globals.yml)
+    concept = project_copy / "data" / "06_models" / "demo" / "concept"
     info = json.loads((concept / "concept.json").read_text())
     assert [t["token"] for t in info["tokens"]] == ["<v1>", "<v2>"]
     assert (concept / "pytorch_lora_weights.safetensors").is_file()
-    assert (project_copy / "data" / "08_reporting" / "stage_two_history.csv").is_file()
-    assert any((project_copy / "data" / "08_reporting" / "attention_heatmaps").glob("*.png"))
+    reports = project_copy / "data" / "08_reporting" / "demo"
+    assert (reports / "stage_two_history.csv").is_file()
+    assert any((reports / "attention_heatmaps").glob("*.png"))
     pipe = StableDiffusionPipeline.from_pretrained(info["base_model"] if
                                                    info["base_model"].startswith("/") else
                                                    project_copy / info["base_model"],
