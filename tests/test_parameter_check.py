@@ -165,8 +165,9 @@ def test_check_config_command(project_copy: Path):
     good = check("--pipelines=customize,benchmark,sample_data")
     assert good.returncode == 0, good.stderr
     assert "ok: parameters valid" in good.stdout
-    base = check("--env=local", "--pipelines=customize,benchmark")
-    assert base.returncode == 0, base.stderr
+    for env in sorted(p.name for p in (project_copy / "conf").iterdir() if p.name != "base"):
+        shipped = check(f"--env={env}", "--pipelines=customize,benchmark")
+        assert shipped.returncode == 0, (env, shipped.stderr[-2000:])
     bad = check("--params=generation.guidance_scale=-1")
     assert bad.returncode == 1
     assert "params:generation.guidance_scale = -1" in bad.stderr
