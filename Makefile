@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 CONCEPT ?= demo
 comma := ,
 
-.PHONY: batch install demo demo-sdxl test test-fast check-config bench bench-gpu promote rollback ui viz lint lock
+.PHONY: batch install demo demo-sdxl test test-fast check-config bench bench-gpu promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -62,6 +62,21 @@ promote: install  ## move @champion to the @candidate version if it passes the g
 
 rollback: install  ## give @champion back to @previous (ENV=demo, CONCEPT=demo)
 	$(BIN)/kedro run --pipelines=promote --env=$(or $(ENV),demo) --params=concept=$(CONCEPT),action=rollback
+
+# Serving: MLflow's scoring server on loopback (it has no authentication: put a reverse proxy with
+# auth in front of anything wider). The venv's bin goes first on PATH (the server runs uvicorn).
+ALIAS ?= champion
+PORT ?= 5001
+SERVE_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" MAGICAPTURE_PROJECT_ROOT="$(CURDIR)" \
+	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
+
+serve: install  ## serve models:/magicapture-$(CONCEPT)@$(ALIAS) on http://127.0.0.1:$(PORT)/invocations
+	$(SERVE_ENV) $(BIN)/mlflow models serve -m "models:/magicapture-$(CONCEPT)@$(ALIAS)" \
+	  --env-manager local --host 127.0.0.1 --port $(PORT) --workers 1
+
+batch-generate: install  ## PROMPTS=file.csv [CONCEPT=demo ALIAS=champion ENV=demo]: images from a registered concept
+	$(SERVE_ENV) $(BIN)/kedro run --pipelines=batch_generate --env=$(or $(ENV),demo) \
+	  --params="prompts_file=$(abspath $(PROMPTS)),serving.model_uri=models:/magicapture-$(CONCEPT)@$(ALIAS)"
 
 ui: install  ## MLflow UI on 127.0.0.1
 	@echo "MLflow UI: http://127.0.0.1:5000  (Ctrl-C to stop)"

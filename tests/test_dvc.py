@@ -285,8 +285,8 @@ def test_real_chain_repro_then_noop_then_partial(tmp_path, monkeypatch):
     for stage in dvc_stages():
         assert f"Running stage '{stage}@demo'" in first
     assert "Running stage" not in run(project, "dvc", "repro", timeout=600).stdout
-    registry = project / "conf" / "demo" / "parameters_registry.yml"
-    registry.write_text(registry.read_text().replace("default_steps: 10", "default_steps: 11"))
+    serving = project / "conf" / "base" / "parameters_serving.yml"
+    serving.write_text(serving.read_text().replace("max_rows: 4", "max_rows: 5"))
     third = run(project, "dvc", "repro", timeout=600).stdout
     assert "Running stage 'register@demo'" in third
     assert "Running stage 'preprocess@demo'" not in third

@@ -162,7 +162,8 @@ def test_flatten_and_options():
         "metrics",
         {"csim": 0.1, "unavailable": {"aesthetic": "no weights"}, "backends": {"identity": "dlib"}},
     )
-    assert tags["magicapture.unavailable.aesthetic"] == "no weights"
+    assert tags["magicapture.unavailable"] == "aesthetic"  # names only; reasons: a JSON artifact
+    assert not any(k.startswith("magicapture.unavailable.") for k in tags)
     assert tags["magicapture.metrics.backends.identity"] == "dlib"
     assert option_tags("concept", {"identity_weight": 0.0})["magicapture.identity_loss"] == "off"
     assert option_tags("concept", {"identity_weight": 0.5})["magicapture.identity_loss"] == "on"
@@ -194,7 +195,11 @@ def test_one_finished_run_with_params_losses_metrics_and_images(tmp_path, tracki
     assert tags["git.commit"]  # a commit hash or "unknown" outside git
     assert tags["magicapture.identity_loss"] == "off"
     assert tags["magicapture.concept.identity.backend"] == "dlib"
-    assert tags["magicapture.unavailable.aesthetic"] == "LAION weights not installed"
+    assert tags["magicapture.unavailable"] == "aesthetic"
+    reasons = tracking.download_artifacts(run.info.run_id, "reports/unavailable.json", tmp_path)
+    assert json.loads(Path(reasons).read_text()) == {"aesthetic": "LAION weights not installed"}
+    experiment = tracking.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     files = artifact_files(tracking, run.info.run_id)
     assert {f"images/mask_overlays/source/img{i}.png" for i in range(3)} <= files
     assert {"reports/metrics.json", "reports/stage_one_history.csv"} <= files
@@ -210,22 +215,30 @@ def test_thread_runner_logs_to_the_same_run(tmp_path, tracking):
     assert run.data.metrics["csim"] == pytest.approx(0.42)
 
 
-def test_failed_run_is_marked_failed_and_champion_untouched(tmp_path, tracking):
-    tracking.create_registered_model("magicapture-toy")
-    source = tmp_path / "old_model"
+def test_failed_kedro_run_is_marked_failed_and_champion_untouched(project_copy):
+    """A real failing ``kedro run`` (a promotion refused by the base env's gates)."""
+    uri = f"sqlite:///{project_copy / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("magicapture-toy")
+    source = project_copy / "old_model"
     source.mkdir()
-    version = tracking.create_model_version("magicapture-toy", source=str(source))
-    tracking.set_registered_model_alias("magicapture-toy", "champion", version.version)
-    with pytest.raises(RuntimeError, match="boom"):
-        run_toy(tmp_path, fail=True)
-    run = only_run(tracking)
+    champion = client.create_model_version("magicapture-toy", source=str(source))
+    client.set_registered_model_alias("magicapture-toy", "champion", champion.version)
+    candidate = client.create_model_version("magicapture-toy", source=str(source))
+    done = run_kedro(
+        project_copy,
+        "run",
+        "--pipelines=promote",
+        f"--params=model_name=magicapture-toy,model_version={candidate.version}",
+    )
+    assert done.returncode != 0
+    experiment = client.get_experiment_by_name("magicapture-my-concept")
+    [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FAILED"
-    assert "boom in the middle of training" in run.data.tags["error"]
-    assert run.data.tags["error.node"] == "explode"
-    assert len(tracking.get_metric_history(run.info.run_id, "stage_one/loss")) == 3
-    champion = tracking.get_model_version_by_alias("magicapture-toy", "champion")
-    assert champion.version == version.version
-    assert len(tracking.search_model_versions("name='magicapture-toy'")) == 1
+    assert "required_metrics: 'csim_arcface' is missing" in run.data.tags["error"]
+    assert run.data.tags["error.node"] == "apply_promotion"
+    assert str(client.get_model_version_by_alias("magicapture-toy", "champion").version) == "1"
+    assert len(client.search_model_versions("name='magicapture-toy'")) == 2
 
 
 def test_disabled_by_env_var_logs_nothing(tmp_path, tracking, monkeypatch):

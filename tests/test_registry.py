@@ -12,12 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
 
 from conftest import run_kedro
+from magicapture_pipeline.config.generation import GenerationConfig
+from magicapture_pipeline.config.serving import ServingConfig
 from magicapture_pipeline.config.tracking import PromotionGates, RegistryConfig
 from magicapture_pipeline.pipelines.promote.nodes import apply_promotion
 from magicapture_pipeline.pipelines.register.nodes import register_concept
@@ -96,13 +99,17 @@ def register(store, tiny_concept, csim: float | None) -> dict:
         concept,
         {"path": str(base), "tiny": True},
         metrics,
-        {"run_id": run.info.run_id, "tracking_uri": uri},
-        RegistryConfig(model_name=MODEL, resolution=32, default_steps=2),
+        {"run_id": run.info.run_id, "tracking_uri": uri, "project_path": str(base.parent)},
+        RegistryConfig(model_name=MODEL),
+        SAMPLING,
+        ServingConfig(),
     )
     client.set_terminated(run.info.run_id)
     return record
 
 
+# What the generate pipeline would use on the tiny model; the registered model must sample the same.
+SAMPLING = GenerationConfig(resolution=32, num_inference_steps=2, seed=11, concept_name="test")
 GATES = RegistryConfig(model_name=MODEL, gates=PromotionGates(min_metrics={"csim_arcface": 0.4}))
 
 
@@ -140,7 +147,9 @@ def test_register_promote_refuse_rollback(store, tiny_concept):
     assert first["registered"] and first["version"] == 1
     version = client.get_model_version(MODEL, "1")
     assert version.tags["metric.csim_arcface"] == "0.6"
-    assert version.tags["base_model"] == str(tiny_concept[0])
+    # portable: relative to the project root, not this machine's absolute path
+    assert version.tags["base_model"] == "tiny_sd"
+    assert version.tags["base_model_kind"] == "project_path"
     assert aliases(client) == {"candidate": 1}
     run = {"run_id": None, "tracking_uri": uri}
     assert apply_promotion("promote", MODEL, None, GATES, run)["champion"] == 1
@@ -154,6 +163,9 @@ def test_register_promote_refuse_rollback(store, tiny_concept):
     ):
         promote(client, MODEL, bad["version"], GATES)
     missing = register(store, tiny_concept, csim=None)
+    tags = client.get_model_version(MODEL, str(missing["version"])).tags
+    assert tags["unavailable"] == "csim_arcface"  # one short tag, no reason text on the version
+    assert not any(k.startswith("unavailable.") for k in tags)
     with pytest.raises(PromotionRefused, match="required_metrics: 'csim_arcface' is missing"):
         apply_promotion("promote", MODEL, missing["version"], GATES, run)
     assert aliases(client) == {"candidate": 4, "champion": 2, "previous": 1}
@@ -174,36 +186,152 @@ def test_not_registered_when_tracking_is_off(tiny_concept):
         {},
         {"run_id": None, "reason": "off"},
         RegistryConfig(model_name=MODEL),
+        GenerationConfig(),
+        ServingConfig(),
     )
     assert record == {"registered": False, "reason": "off", "model_name": MODEL}
 
 
-def test_champion_loads_in_a_fresh_process(store, tiny_concept, tmp_path):
+def test_version_is_a_logged_model_of_the_run(store, tiny_concept):
+    uri, client, experiment = store
+    record = register(store, tiny_concept, csim=0.6)
+    version = client.get_model_version(MODEL, str(record["version"]))
+    models = client.search_logged_models(experiment_ids=[experiment])
+    assert [m.model_id for m in models] == [record["model_id"]]
+    assert version.source == f"models:/{record['model_id']}" == record["source"]
+    assert models[0].source_run_id == record["run_id"] and models[0].name == "concept_model"
+    assert str(models[0].status).endswith("READY")
+    run = client.get_run(record["run_id"])
+    assert [o.model_id for o in run.outputs.model_outputs] == [record["model_id"]]
+
+
+def _load_champion(uri: str):
+    from magicapture_pipeline.serving.batch import load_registered
+
+    return load_registered(f"models:/{MODEL}@champion", uri)
+
+
+def test_champion_samples_exactly_like_generate(store, tiny_concept, monkeypatch):
+    """The registered model draws generate's pixels: same scheduler, steps, guidance, scales."""
+    from magicapture_pipeline.core.generation import run_generation
+    from magicapture_pipeline.core.postprocess import read_provenance
+    from magicapture_pipeline.serving.base_model import PROJECT_ROOT_ENV
+
     uri, client, _ = store
+    base, concept = tiny_concept
+    monkeypatch.setenv(PROJECT_ROOT_ENV, str(base.parent))
     promote(client, MODEL, register(store, tiny_concept, csim=0.6)["version"], GATES)
-    script = (
-        "import mlflow, pandas as pd, sys\n"
-        f"model = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
-        "out = model.predict(pd.DataFrame({'prompt': ['a photo of [V1] in the style of [V2]'],"
-        " 'seed': [3]}))\n"
-        "out.to_json(sys.argv[1])\n"
+    model = _load_champion(uri)
+    out = model.predict(pd.DataFrame({"prompt": ["a photo of a [V1] person in the [V2] style"]}))
+    row = out.loc[0]
+    assert row["prompt"] == "a photo of a <v1> person in the <v2> style"
+    assert (row["seed"], row["steps"], row["guidance_scale"]) == (11, 2, 7.0)
+    assert (row["scheduler"], row["lora_scale_unet"], row["resolution"]) == (
+        "euler_ancestral",
+        0.6,
+        32,
     )
-    result = tmp_path / "out.json"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(result)],
+    served = decode_image(row["image"], keep_metadata=True)
+    provenance = read_provenance(served)
+    assert provenance["ai_generated"] is True and provenance["stage"] == "served"
+    assert provenance["seed"] == 11 and provenance["concept"] == "test"
+    generated = run_generation(base, concept, SAMPLING.model_copy(update={"images_per_prompt": 1}))
+    assert generated.images[0].seed == 11
+    expected = np.asarray(generated.images[0].image)
+    assert np.array_equal(np.asarray(served.convert("RGB")), expected)
+    other = model.predict(pd.DataFrame({"prompt": ["[V1]"], "seed": [12], "steps": [3]}))
+    assert (other.loc[0, "seed"], other.loc[0, "steps"]) == (12, 3)
+
+
+def test_refused_request_does_no_work(store, tiny_concept, monkeypatch):
+    from magicapture_pipeline.core import generation
+    from magicapture_pipeline.serving.base_model import PROJECT_ROOT_ENV
+    from magicapture_pipeline.serving.requests import RequestRefused
+
+    uri, client, _ = store
+    monkeypatch.setenv(PROJECT_ROOT_ENV, str(tiny_concept[0].parent))
+    promote(client, MODEL, register(store, tiny_concept, csim=0.6)["version"], GATES)
+    model = _load_champion(uri)
+    calls = []
+    real = generation.sample_image
+    counted = lambda *a, **k: calls.append(1) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(generation, "sample_image", counted)
+    good = {"prompt": "a photo of [V1]", "seed": 1}
+    with pytest.raises(RequestRefused, match=r"row 1: 'steps' is 100000000; .*\[1, 150\]"):
+        model.predict(pd.DataFrame([{**good, "steps": 2}, {**good, "steps": 100_000_000}]))
+    with pytest.raises(RequestRefused, match="prompt' is 8[0-9] tokens; the limit is 77"):
+        model.predict(pd.DataFrame([{"prompt": "a " * 85}]))
+    with pytest.raises(RequestRefused, match="5 rows in one request; at most 4"):
+        model.predict(pd.DataFrame([good] * 5))
+    assert calls == []
+    model.predict(pd.DataFrame([good]))
+    assert calls == [1]
+
+
+_HIDE_INSTALLED = """
+import sys
+from pathlib import Path
+# hide this project's installed copy (editable .pth, PYTHONPATH): only the model's code remains
+sys.path = [p for p in sys.path if not (Path(p or '.') / 'magicapture_pipeline').is_dir()]
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[2])
+import magicapture_pipeline
+assert '/code/magicapture_pipeline/' in magicapture_pipeline.__file__, magicapture_pipeline.__file__
+out = model.predict(pd.DataFrame({'prompt': ['a photo of [V1] in the style of [V2]'], 'seed': [3]}))
+out.to_json(sys.argv[1])
+"""
+
+
+def _run_isolated(cwd: Path, uri: str, result: Path, extra_env: dict | None = None):
+    hidden = {"PYTHONPATH", "MAGICAPTURE_PROJECT_ROOT"}
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    env |= {"MLFLOW_TRACKING_URI": uri, **(extra_env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", _HIDE_INSTALLED, str(result), f"models:/{MODEL}@champion"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+@pytest.mark.slow
+def test_champion_loads_elsewhere_from_its_own_code_and_requirements(
+    store, tiny_concept, tmp_path
+):
+    """A fresh process without this project installed: the model's code_paths and pinned
+    requirements are enough; from another folder the missing base model is named."""
+    uri, client, _ = store
+    base, _ = tiny_concept
+    record = register(store, tiny_concept, csim=0.6)
+    promote(client, MODEL, record["version"], GATES)
+    result = tmp_path / "out.json"
+    done = _run_isolated(base.parent, uri, result)
     assert done.returncode == 0, done.stderr[-3000:]
     out = pd.read_json(result)
     assert out.loc[0, "prompt"] == "a photo of <v1> in the style of <v2>"
     assert out.loc[0, "seed"] == 3 and out.loc[0, "steps"] == 2
     assert decode_image(out.loc[0, "image"]).size == (32, 32)
+    import mlflow.artifacts
+
+    from magicapture_pipeline.serving.uris import tracking
+
+    with tracking(uri):
+        local = Path(mlflow.artifacts.download_artifacts(record["source"], dst_path=tmp_path))
+    pins = (local / "requirements.txt").read_text()
+    for package in ("torch==", "diffusers==", "transformers==", "peft==", "pydantic=="):
+        assert package in pins
+    assert (local / "code" / "magicapture_pipeline" / "serving" / "concept_model.py").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _run_isolated(elsewhere, uri, result)
+    assert done.returncode != 0
+    assert "base model is the project folder 'tiny_sd'" in done.stderr
+    assert "MAGICAPTURE_PROJECT_ROOT" in done.stderr
+    done = _run_isolated(elsewhere, uri, result, {"MAGICAPTURE_PROJECT_ROOT": str(base.parent)})
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ its active run in a thread-local, so under ``ThreadRunner`` nodes would log to d
 What one run holds:
 
 * tags: git commit, Kedro env / pipelines / run id / version / runner, and which optional parts ran
-  (``magicapture.*`` tags read from ``concept``, ``metrics`` and post-processing reports);
+  (``magicapture.*`` tags read from ``concept``, ``metrics`` and post-processing reports), one tag
+  per fact a person filters on; metrics that could not be computed get one short tag
+  ``magicapture.unavailable`` (their names) and their reasons go to ``reports/unavailable.json``;
 * parameters: every ``params:`` input of the pipeline, flattened to ``a.b.c`` keys, values cut to
   MLflow's 6000-character limit;
 * metrics: every numeric column of ``stage_one_history`` / ``stage_two_history`` per optimiser step
@@ -14,9 +16,12 @@ What one run holds:
 * artifacts: validation report, mask overlays, attention heatmaps, sample grid, histories, metrics,
   logged from the files the catalog wrote, right after each dataset is saved.
 
-The run id reaches the ``register`` node as the dataset ``mlflow_run`` (``{"run_id", "tracking_uri",
-"experiment_id"}``) that the hook adds to the catalog before the run when a node asks for it; the
-data flow is visible in the pipeline instead of hiding in a global.
+The experiment carries ``mlflow.experimentKind = custom_model_development``, so MLflow 3's UI opens
+it in its model-training view (not the GenAI view).
+
+The run id reaches the ``register`` node as the dataset ``mlflow_run`` (``{"run_id",
+"tracking_uri", "experiment_id", "project_path"}``) that the hook adds to the catalog before the
+run when a node asks for it; the data flow is visible in the pipeline instead of hiding in a global.
 
 Tracking never kills a run: every MLflow failure is logged as a warning. Turn tracking off with
 ``MAGICAPTURE_MLFLOW=0`` or ``tracking.enabled: false``. The tracking URI is
@@ -35,7 +40,6 @@ import numbers
 import os
 import re
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -55,7 +59,10 @@ BATCH_ID_ENV = "MAGICAPTURE_BATCH_ID"  # set by the batch worker: tags the run w
 RUN_DATASET = "mlflow_run"
 MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG_LENGTH = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
-_BATCH = 100  # params and tags per log_batch call (MLflow's limit); metrics go 1000 at a time
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by MLflow 3's UI to pick the view
+EXPERIMENT_KIND = "custom_model_development"  # the model-training view
+UNAVAILABLE_TAG = "magicapture.unavailable"
+UNAVAILABLE_ARTIFACT = "reports/unavailable.json"
 _OPTION_KEY = re.compile(r"identity|backend|enabled|restor|super_?res|upscal|watermark|blend")
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 _PER_ITEM_KEYS = {"images", "per_image", "items", "files"}  # one entry per image: not a run option
@@ -204,9 +211,8 @@ def option_tags(dataset_name: str, data: Mapping[str, Any]) -> dict[str, str]:
     """
     tags = _scalar_options(data, f"magicapture.{dataset_name}")
     unavailable = data.get("unavailable")
-    if isinstance(unavailable, Mapping):
-        for metric, reason in unavailable.items():
-            tags[f"magicapture.unavailable.{metric}"] = str(reason)
+    if isinstance(unavailable, Mapping) and unavailable:
+        tags[UNAVAILABLE_TAG] = ",".join(sorted(map(str, unavailable)))  # reasons: a JSON artifact
     identity = {k: v for k, v in flatten(data).items() if "identity" in k.lower()}
     if identity:
         weights = [
@@ -252,6 +258,7 @@ class _ActiveRun:
     catalog: Any
     failed_node: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 class MlflowTrackingHook:
@@ -280,6 +287,7 @@ class MlflowTrackingHook:
             "tracking_uri": resolve_tracking_uri(self._project_path),
             "reason": "MLflow tracking failed to start (see warnings)",
         }
+        run_info["project_path"] = str(run_params.get("project_path") or self._project_path)
         if RUN_DATASET in pipeline.inputs():
             catalog[RUN_DATASET] = run_info
 
@@ -349,8 +357,7 @@ class MlflowTrackingHook:
         run_id = run.info.run_id
         params = _pipeline_params(pipeline, catalog, parameters)
         items = [Param(_key(k), _text(v, MAX_PARAM_LENGTH)) for k, v in params.items()]
-        for start in range(0, len(items), _BATCH):
-            client.log_batch(run_id, params=items[start : start + _BATCH])
+        client.log_batch(run_id, params=items)  # splits into MLflow's per-call limits itself
         logger.info(
             "MLflow run %s in experiment '%s' (%s)", run_id, config.experiment_name, tracking_uri
         )
@@ -384,8 +391,7 @@ class MlflowTrackingHook:
             for step, value in zip(steps, history[column], strict=True)
             if _is_number(value)
         ]
-        for start in range(0, len(metrics), 1000):
-            run.client.log_batch(run.run_id, metrics=metrics[start : start + 1000])
+        run.client.log_batch(run.run_id, metrics=metrics)
 
     @_safe
     def _log_metrics(self, run: _ActiveRun, metrics: Mapping[str, Any]) -> None:
@@ -393,8 +399,7 @@ class MlflowTrackingHook:
 
         now = int(time.time() * 1000)
         items = [Metric(_key(k), float(v), now, 0) for k, v in metrics.items() if _is_number(v)]
-        for start in range(0, len(items), 1000):
-            run.client.log_batch(run.run_id, metrics=items[start : start + 1000])
+        run.client.log_batch(run.run_id, metrics=items)
 
     @_safe
     def _log_options(self, run: _ActiveRun, dataset_name: str, data: Any) -> None:
@@ -402,10 +407,13 @@ class MlflowTrackingHook:
 
         content = _as_mapping(data, dataset_path(run.catalog, dataset_name))
         tags = option_tags(dataset_name, content) if content else {}
-        items = [RunTag(k, v) for k, v in tags.items()]
-        for start in range(0, len(items), _BATCH):
-            run.client.log_batch(run.run_id, tags=items[start : start + _BATCH])
+        run.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         run.options.update(tags)
+        unavailable = (content or {}).get("unavailable")
+        if isinstance(unavailable, Mapping) and unavailable:
+            run.unavailable.update({str(k): str(v) for k, v in unavailable.items()})
+            reasons = dict(sorted(run.unavailable.items()))
+            run.client.log_dict(run.run_id, reasons, UNAVAILABLE_ARTIFACT)
 
     @_safe
     def _log_artifacts(self, run: _ActiveRun, dataset_name: str, data: Any, folder: str) -> None:
@@ -420,10 +428,7 @@ class MlflowTrackingHook:
                     run.run_id, str(file), target if sub == "." else f"{target}/{sub}"
                 )
         else:
-            with tempfile.TemporaryDirectory() as tmp:
-                written = _write_in_memory(data, Path(tmp), dataset_name)
-                for file in written[: run.config.max_files_per_dataset]:
-                    run.client.log_artifact(run.run_id, str(file), folder)
+            _log_in_memory(run, data, folder, dataset_name)
 
     @hook_impl
     def on_node_error(self, error: Exception, node: Any) -> None:
@@ -474,18 +479,22 @@ def _tracking_config(parameters: Mapping[str, Any]) -> TrackingConfig:
 
 
 def _experiment_id(client: Any, name: str, tracking_uri: str, project_path: Path) -> str:
+    """The experiment's id (created when missing), tagged for MLflow's model-training view."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(
-            name, artifact_location=local_artifact_root(tracking_uri, project_path)
-        )
-    except Exception:  # another process created it meanwhile
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name,
+                artifact_location=local_artifact_root(tracking_uri, project_path),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+        except Exception:  # another process created it meanwhile
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def _pipeline_params(pipeline: Any, catalog: Any, parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -523,26 +532,18 @@ def _as_mapping(data: Any, path: Path | None) -> Mapping[str, Any] | None:
     return content or None
 
 
-def _write_in_memory(data: Any, folder: Path, name: str) -> list[Path]:
-    """Write what a dataset saved to ``folder`` when it has no local file to log."""
+def _log_in_memory(run: _ActiveRun, data: Any, folder: str, name: str) -> None:
+    """Log what a dataset saved when it has no local file, through MLflow's own writers."""
+    client, run_id = run.client, run.run_id
     if hasattr(data, "to_csv"):
-        target = folder / f"{name}.csv"
-        data.to_csv(target, index=False)
-        return [target]
-    if hasattr(data, "save") and callable(data.save):  # a PIL image
-        target = folder / f"{name}.png"
-        data.save(target)
-        return [target]
-    if isinstance(data, Mapping):
+        client.log_text(run_id, data.to_csv(index=False), f"{folder}/{name}.csv")
+    elif hasattr(data, "save") and callable(data.save):  # a PIL image
+        client.log_image(run_id, data, f"{folder}/{name}.png")
+    elif isinstance(data, Mapping):
         if all(hasattr(v, "save") or callable(v) for v in data.values()):
-            written = []
-            for key, value in sorted(data.items()):
+            for key, value in sorted(data.items())[: run.config.max_files_per_dataset]:
                 image = materialise(value)
-                target = folder / f"{str(key).replace('/', '__')}.png"
-                image.save(target)
-                written.append(target)
-            return written
-        target = folder / f"{name}.json"
-        target.write_text(json.dumps(data, indent=2, default=str))
-        return [target]
-    return []
+                client.log_image(run_id, image, f"{folder}/{str(key).replace('/', '__')}.png")
+        else:
+            plain = json.loads(json.dumps(data, default=str))
+            client.log_dict(run_id, plain, f"{folder}/{name}.json")

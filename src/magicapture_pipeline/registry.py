@@ -1,10 +1,21 @@
-"""The concept as an MLflow model: pyfunc wrapper, registration, alias promotion and rollback.
+"""The concept as an MLflow model: logged model, registration, alias promotion and rollback.
 
-A registered version of ``magicapture-<concept>`` is an MLflow pyfunc whose artifacts are the
-exported concept folder (LoRA, one embedding per token, ``concept.json``). The base Stable Diffusion
-is referenced, not copied: its folder or hub id is stored in the model config (``base_model``) and
-loaded by ``load_context``. Each new version carries its metrics as tags (``metric.<name>``,
-``unavailable.<name>``) and the alias ``candidate``.
+``register_concept`` logs the exported concept folder (LoRA, one embedding per token,
+``concept.json``) as an MLflow pyfunc *inside* the training run, with
+``mlflow.models.Model.log(name=..., flavor=mlflow.pyfunc, python_model=<models-from-code file>)``:
+the run page lists it under "Logged models" with the run's metrics linked, and the model is rebuilt
+from ``serving/entry.py`` at load time (nothing pickled). The package's own code goes with it
+(``code_paths``) and its pip requirements are the versions installed here, so
+``mlflow models serve`` runs it in any environment that installs those requirements. The logged
+model is then registered as a new version of ``magicapture-<concept>`` with the alias
+``candidate``; the version carries one tag per metric (``metric.<name>``) and one short tag
+``unavailable`` listing the metrics that could not be computed (their reasons are in the run's
+``reports/unavailable.json``).
+
+The base Stable Diffusion is referenced, not copied (``serving/base_model.py``: hub id or a
+project-relative folder). Sampling settings are ``params:generation``'s ``SamplingConfig`` and
+request limits ``params:serving``'s ``ServingLimits``: ``predict`` draws exactly what ``generate``
+draws (``serving/concept_model.py``).
 
 Promotion moves ``champion`` to a version only when its metric tags pass the configured gates; the
 former champion keeps the alias ``previous`` and ``rollback`` swaps the two back. Both are also a
@@ -15,189 +26,78 @@ one-line command::
     python -m magicapture_pipeline.registry promote magicapture-demo --env demo [--version 3]
     python -m magicapture_pipeline.registry rollback magicapture-demo
 
-The base model is loaded with ``core.generation.load_base_pipeline`` and the concept attached with
-``core.generation.attach_concept`` (LoRA scales 0.6 / 0.9, as the ``generate`` pipeline samples), so
-``predict`` draws what ``generate`` draws. The base model's folder is stored as an absolute path:
-a fresh process finds it from any working directory on the same machine; elsewhere, put the same
-folder there or register with a hub id. ``models:/<name>@champion`` resolves through the tracking
-URI (default ``sqlite:///mlflow.db`` in the working directory, i.e. the project root).
-
-``predict`` input: a DataFrame with a ``prompt`` column (``[V1]``/``[V2]`` or ``{v1}``/``{v2}`` are
-replaced by the concept's tokens) and optional ``seed``, ``steps``, ``guidance_scale``. Output: a
-DataFrame with ``prompt``, ``seed``, ``steps`` and ``image`` (base64 PNG), which serialises as JSON
-for ``mlflow models serve``; ``decode_image`` turns a cell back into a PIL image.
+``models:/<name>@champion`` resolves through the tracking URI (``$MLFLOW_TRACKING_URI``, default
+``sqlite:///mlflow.db`` in the project root).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import json
 import logging
 import math
 import tempfile
 import warnings
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from magicapture_pipeline.config.tracking import PromotionGates, RegistryConfig
-from magicapture_pipeline.tracking_store import tracking_client
+from magicapture_pipeline.serving.concept_model import (
+    CONCEPT_ARTIFACT,
+    decode_image,
+    encode_image,
+    signature,
+)
+from magicapture_pipeline.serving.uris import tracking
+from magicapture_pipeline.tracking_store import sqlite_lock_path, store_lock, tracking_client
 
 logger = logging.getLogger(__name__)
 
-CONCEPT_ARTIFACT = "concept"
+__all__ = ["decode_image", "encode_image", "promote", "register_concept", "rollback"]
+
 METRIC_TAG = "metric."
-UNAVAILABLE_TAG = "unavailable."
-PIP_REQUIREMENTS = [
-    "mlflow==3.17.2",
-    "torch==2.13.0",
-    "diffusers==0.42.1",
-    "transformers==5.24.0",
-    "peft==0.21.2",
+UNAVAILABLE_TAG = "unavailable"  # one tag: comma-separated names of the unavailable metrics
+UNAVAILABLE_ARTIFACT = "reports/unavailable.json"  # their reasons, in the run (hooks.py)
+PACKAGE_DIR = Path(__file__).resolve().parent
+ENTRY_FILE = PACKAGE_DIR / "serving" / "entry.py"
+# What the pyfunc imports when it loads and predicts (serving/, core/generation, core/postprocess,
+# config/): pinned to the versions installed here, so another environment rebuilds the same one.
+SERVING_PACKAGES = (
+    "mlflow",
+    "torch",
+    "diffusers",
+    "transformers",
+    "peft",
     "safetensors",
+    "huggingface-hub",
     "pillow",
+    "numpy",
     "pandas",
-]
+    "pydantic",
+)
+
+
+def pip_requirements() -> list[str]:
+    """``name==version`` for every package the served model imports, as installed here."""
+    pins = []
+    for name in SERVING_PACKAGES:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:  # pragma: no cover - every one is a dependency
+            pins.append(name)
+    return pins
 
 
 class PromotionRefused(RuntimeError):
     """A promotion gate failed; the message names the gate and the value that failed it."""
 
 
-# --------------------------------------------------------------------------- the pyfunc model
-
-
-def _fill_tokens(prompt: str, person: str, style: str) -> str:
-    for placeholder, token in (
-        ("[V1]", person),
-        ("{v1}", person),
-        ("[V2]", style),
-        ("{v2}", style),
-    ):
-        prompt = prompt.replace(placeholder, token)
-    return prompt
-
-
-def encode_image(image: Any) -> str:
-    """A PIL image as a base64 PNG string (the ``image`` column of ``predict``)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def decode_image(text: str) -> Any:
-    """The inverse of ``encode_image``: a PIL image."""
-    from PIL import Image
-
-    return Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB")
-
-
-class ConceptModel(mlflow.pyfunc.PythonModel):
-    """A MagiCapture concept on its base Stable Diffusion, as an MLflow pyfunc."""
-
-    def load_context(self, context: Any) -> None:
-        """Load the base model named in the model config and attach the concept to it."""
-        from magicapture_pipeline.core.generation import (
-            attach_concept,
-            concept_tokens,
-            load_base_pipeline,
-        )
-
-        config = context.model_config or {}
-        self._pipe = load_base_pipeline(config["base_model"], device=config.get("device", "cpu"))
-        self._pipe.set_progress_bar_config(disable=True)
-        concept = attach_concept(self._pipe, context.artifacts[CONCEPT_ARTIFACT])
-        self._person, self._style = concept_tokens(concept)
-        self._steps = int(config.get("default_steps", 30))
-        self._guidance = float(config.get("guidance_scale", 7.5))
-        self._resolution = config.get("resolution")
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None):
-        """One image per row of ``model_input`` (see the module docstring for the columns)."""
-        import torch
-
-        frame = pd.DataFrame(model_input)
-        rows = []
-        for index, row in enumerate(frame.to_dict("records")):
-            seed = _int_or(row.get("seed"), index)
-            steps = _int_or(row.get("steps"), self._steps)
-            guidance = float(_num_or(row.get("guidance_scale"), self._guidance))
-            prompt = _fill_tokens(str(row["prompt"]), self._person, self._style)
-            size = (
-                {"height": self._resolution, "width": self._resolution} if self._resolution else {}
-            )
-            with torch.no_grad():
-                image = self._pipe(
-                    prompt,
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    generator=torch.Generator(device="cpu").manual_seed(seed),
-                    **size,
-                ).images[0]
-            rows.append(
-                {"prompt": prompt, "seed": seed, "steps": steps, "image": encode_image(image)}
-            )
-        return pd.DataFrame(rows, columns=["prompt", "seed", "steps", "image"])
-
-
-def _num_or(value: Any, default: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return default
-    return value
-
-
-def _int_or(value: Any, default: int) -> int:
-    return int(_num_or(value, default))
-
-
-def _signature() -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    inputs = Schema(
-        [
-            ColSpec("string", "prompt"),
-            ColSpec("long", "seed", required=False),
-            ColSpec("long", "steps", required=False),
-            ColSpec("double", "guidance_scale", required=False),
-        ]
-    )
-    outputs = Schema(
-        [
-            ColSpec("string", "prompt"),
-            ColSpec("long", "seed"),
-            ColSpec("long", "steps"),
-            ColSpec("string", "image"),
-        ]
-    )
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
 # --------------------------------------------------------------------------- registration
-
-
-def _save_pyfunc(local: Path, concept_dir: str | Path, base_model: str, config: RegistryConfig):
-    mlflow.pyfunc.save_model(
-        path=local,
-        # Models from code: the model is rebuilt by running pyfunc_model.py, never unpickled.
-        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-        artifacts={CONCEPT_ARTIFACT: str(concept_dir)},
-        model_config={
-            "base_model": base_model,
-            "default_steps": config.default_steps,
-            "guidance_scale": config.guidance_scale,
-            "resolution": config.resolution,
-        },
-        signature=_signature(),
-        pip_requirements=PIP_REQUIREMENTS,
-    )
 
 
 def client_for(tracking_uri: str | None) -> MlflowClient:
@@ -207,46 +107,101 @@ def client_for(tracking_uri: str | None) -> MlflowClient:
 
 
 def metric_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
-    """``metrics.json`` as version tags: ``metric.<name>`` and ``unavailable.<name>``."""
+    """``metrics.json`` as version tags: ``metric.<name>`` each, and one ``unavailable`` list."""
     tags = {
         f"{METRIC_TAG}{k}": repr(float(v))
         for k, v in metrics.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
     }
-    for name, reason in (metrics.get("unavailable") or {}).items():
-        tags[f"{UNAVAILABLE_TAG}{name}"] = str(reason)[:5000]
+    names = sorted(metrics.get("unavailable") or {})
+    if names:
+        tags[UNAVAILABLE_TAG] = ",".join(names)
     return tags
+
+
+def log_concept_model(
+    client: MlflowClient,
+    run_id: str,
+    concept_dir: str | Path,
+    model_config: Mapping[str, Any],
+    config: RegistryConfig,
+) -> Any:
+    """Log the concept as a pyfunc LoggedModel of ``run_id`` (models from code, no pickle).
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_id``, ``model_uri`` ``models:/<model_id>``).
+    """
+    import mlflow.pyfunc
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.models import Model
+
+    run = client.get_run(run_id)
+    logged = client.create_logged_model(
+        run.info.experiment_id, name=config.artifact_path, source_run_id=run_id
+    )
+    with tracking(client.tracking_uri), warnings.catch_warnings():
+        # no input_example: it would run predict (load SD, sample) at logging time; no type
+        # hints on predict: the logged signature is the schema
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+        info = Model.log(
+            artifact_path=None,  # MLflow 3: `name` replaces it
+            name=config.artifact_path,
+            flavor=mlflow.pyfunc,
+            flavor_name="python_function",
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=str(ENTRY_FILE),
+            artifacts={CONCEPT_ARTIFACT: str(concept_dir)},
+            code_paths=[str(PACKAGE_DIR)],
+            model_config=dict(model_config),
+            signature=signature(),
+            pip_requirements=pip_requirements(),
+        )
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    return info
 
 
 def register_concept(
     concept_dir: str | Path,
-    base_model: str,
+    model_config: Mapping[str, Any],
     metrics: Mapping[str, Any],
     *,
     run_id: str,
     tracking_uri: str | None,
     config: RegistryConfig,
 ) -> dict[str, Any]:
-    """Log the concept as a pyfunc in ``run_id``, register a version and alias it ``candidate``.
+    """Log the concept in ``run_id``, register it as a new version and alias it ``candidate``.
 
     Args:
         concept_dir: the exported concept folder (LoRA, embeddings, ``concept.json``).
-        base_model: folder (made absolute by the caller) or hub id of the base SD.
+        model_config: the pyfunc's config (``base_model``, ``base_model_kind``, ``sampling``,
+            ``limits``, ``concept_name``, ``commit``; see ``serving/concept_model.py``).
         metrics: ``metrics.json`` (numeric top-level keys + ``unavailable``).
-        run_id: the MLflow run the model artifacts go to.
+        run_id: the MLflow run the model is logged in.
         tracking_uri: MLflow tracking (and registry) URI.
         config: the registry settings.
 
     Returns:
-        ``{"model_name", "version", "aliases", "run_id", "source", "tracking_uri", "metrics"}``.
+        ``{"model_name", "version", "aliases", "run_id", "model_id", "source", "tracking_uri",
+        "metrics"}``.
     """
-    client = client_for(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / config.artifact_path
-        with warnings.catch_warnings():  # no input_example: it would run predict at save time
-            warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-            _save_pyfunc(local, concept_dir, base_model, config)
-        client.log_artifacts(run_id, str(local), config.artifact_path)
+    # Model.log and version creation also go through MLflow's global client: the whole
+    # registration holds the store's lock (local sqlite; nothing for a server) with a plain client.
+    plain = getattr(client_for(tracking_uri), "wrapped", None) or client_for(tracking_uri)
+    with store_lock(sqlite_lock_path(tracking_uri)), tracking(tracking_uri):
+        return _register(plain, concept_dir, model_config, metrics, run_id, config)
+
+
+def _register(
+    client: MlflowClient,
+    concept_dir: str | Path,
+    model_config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    run_id: str,
+    config: RegistryConfig,
+) -> dict[str, Any]:
+    info = log_concept_model(client, run_id, concept_dir, model_config, config)
     try:
         client.create_registered_model(
             config.model_name, description="MagiCapture concept (LoRA + [V1]/[V2] embeddings)."
@@ -255,26 +210,31 @@ def register_concept(
         if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
             raise
     tags = metric_tags(metrics)
+    tags |= {"base_model": str(model_config["base_model"])}
+    tags |= {"base_model_kind": str(model_config.get("base_model_kind", "hub_id"))}
     version = client.create_model_version(
         config.model_name,
-        source=f"runs:/{run_id}/{config.artifact_path}",
+        source=info.model_uri,
         run_id=run_id,
-        tags={**tags, "base_model": base_model},
+        tags=tags,
+        model_id=info.model_id,
     )
     client.set_registered_model_alias(config.model_name, config.candidate_alias, version.version)
     logger.info(
-        "Registered %s version %s as @%s",
+        "Registered %s version %s as @%s (logged model %s)",
         config.model_name,
         version.version,
         config.candidate_alias,
+        info.model_id,
     )
     return {
         "model_name": config.model_name,
         "version": int(version.version),
         "aliases": [config.candidate_alias],
         "run_id": run_id,
-        "source": f"runs:/{run_id}/{config.artifact_path}",
-        "tracking_uri": tracking_uri,
+        "model_id": info.model_id,
+        "source": info.model_uri,
+        "tracking_uri": client.tracking_uri,
         "metrics": {
             k.removeprefix(METRIC_TAG): float(v)
             for k, v in tags.items()
@@ -287,14 +247,34 @@ def register_concept(
 
 
 def version_metrics(tags: Mapping[str, str]) -> tuple[dict[str, float], dict[str, str]]:
-    """The ``metric.*`` and ``unavailable.*`` tags of a model version."""
+    """The ``metric.*`` tags of a model version, and its unavailable metrics (name -> reason).
+
+    Versions carry one ``unavailable`` tag listing names; versions registered before that carry
+    one ``unavailable.<name>`` tag per metric with its reason.
+    """
     metrics = {
         k.removeprefix(METRIC_TAG): float(v) for k, v in tags.items() if k.startswith(METRIC_TAG)
     }
     unavailable = {
-        k.removeprefix(UNAVAILABLE_TAG): v for k, v in tags.items() if k.startswith(UNAVAILABLE_TAG)
+        k.removeprefix(f"{UNAVAILABLE_TAG}."): v
+        for k, v in tags.items()
+        if k.startswith(f"{UNAVAILABLE_TAG}.")
     }
+    for name in filter(None, tags.get(UNAVAILABLE_TAG, "").split(",")):
+        unavailable.setdefault(name, f"see {UNAVAILABLE_ARTIFACT} of the run")
     return metrics, unavailable
+
+
+def _unavailable_reasons(client: MlflowClient, run_id: str | None) -> dict[str, str]:
+    """The run's ``reports/unavailable.json`` (name -> reason), or {} when it has none."""
+    if not run_id:
+        return {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(run_id, UNAVAILABLE_ARTIFACT, tmp)
+            return dict(json.loads(Path(local).read_text()))
+    except Exception:  # noqa: BLE001 - the reasons are a courtesy in the refusal message
+        return {}
 
 
 def failed_gates(
@@ -354,6 +334,9 @@ def promote(
             raise PromotionRefused(f"{model_name} has no @{config.candidate_alias} version")
     details = client.get_model_version(model_name, str(version))
     metrics, unavailable = version_metrics(details.tags)
+    unavailable |= {
+        k: v for k, v in _unavailable_reasons(client, details.run_id).items() if k in unavailable
+    }
     failures = failed_gates(metrics, unavailable, config.gates)
     if failures:
         note = f" [{config.gates.note}]" if config.gates.note else ""

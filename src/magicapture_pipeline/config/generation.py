@@ -16,24 +16,15 @@ SchedulerName = Literal["euler_ancestral", "dpm", "kdpm", "ddim", "pndm"]
 _FROZEN = ConfigDict(extra="forbid")
 
 
-class GenerationConfig(BaseModel):
-    """Sampling with a trained concept (``params:generation``)."""
+class SamplingConfig(BaseModel):
+    """How an image is sampled from the concept: the one home shared by ``generate``, the batch
+    pipeline and the registered MLflow model (``params:generation``)."""
 
     model_config = _FROZEN
 
-    prompt_templates: list[str] = Field(
-        default=["a photo of a {v1} person in the {v2} style"],
-        description="Composed prompts; {v1} / {v2} become the concept's source and style tokens "
-        "(paper Sec. 3: 'a photo of [V1] person in the [V2] style').",
-    )
-    extra_prompts: list[str] = Field(
-        default=[],
-        description="Further prompt templates (same {v1} / {v2} placeholders) added to the list.",
-    )
     negative_prompt: str = Field(
         default="", description="Negative prompt (official inference default: empty)."
     )
-    images_per_prompt: int = Field(default=4, ge=1, description="Images sampled per prompt.")
     num_inference_steps: int = Field(
         default=50, ge=1, description="Denoising steps (official inference_magicapture.py: 50)."
     )
@@ -74,6 +65,26 @@ class GenerationConfig(BaseModel):
         description="Weights dtype: auto = float16 on CUDA (the official code samples in float16 "
         "on GPU), float32 on CPU; SDXL's VAE still decodes in float32 (force_upcast).",
     )
+
+    def sampling(self) -> SamplingConfig:
+        """Only the sampling settings (what the registered model stores)."""
+        return SamplingConfig(**{k: getattr(self, k) for k in SamplingConfig.model_fields})
+
+
+class GenerationConfig(SamplingConfig):
+    """Sampling with a trained concept (``params:generation``): prompts, counts, marks, plus the
+    sampling settings it shares with the registered model (``SamplingConfig``)."""
+
+    prompt_templates: list[str] = Field(
+        default=["a photo of a {v1} person in the {v2} style"],
+        description="Composed prompts; {v1} / {v2} become the concept's source and style tokens "
+        "(paper Sec. 3: 'a photo of [V1] person in the [V2] style').",
+    )
+    extra_prompts: list[str] = Field(
+        default=[],
+        description="Further prompt templates (same {v1} / {v2} placeholders) added to the list.",
+    )
+    images_per_prompt: int = Field(default=4, ge=1, description="Images sampled per prompt.")
     grid_columns: int = Field(default=4, ge=1, description="Columns of the contact sheet.")
     concept_name: str = Field(
         default="my-concept", description="Concept name written into each image's provenance."

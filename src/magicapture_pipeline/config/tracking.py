@@ -105,17 +105,6 @@ class RegistryConfig(_Strict):
     previous_alias: str = Field(
         "previous", description="Alias kept on the former champion; rollback returns to it."
     )
-    resolution: int | None = Field(
-        None,
-        ge=8,
-        multiple_of=8,
-        description="Image side predict samples at, a multiple of 8 (None: the base model's own "
-        "size).",
-    )
-    default_steps: int = Field(
-        30, ge=1, description="Sampling steps when a predict row gives none."
-    )
-    guidance_scale: float = Field(7.5, ge=0.0, description="Classifier-free guidance of predict.")
     gates: PromotionGates = Field(
         default_factory=PromotionGates, description="Promotion gates on the version's metrics."
     )

@@ -161,6 +161,33 @@ class GeneratedImage:
         return row
 
 
+def sample_image(
+    pipe: Any,
+    prompt: str,
+    *,
+    seed: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    resolution: int,
+    negative_prompt: str = "",
+) -> Image.Image:
+    """One image from ``pipe`` (made by :func:`prepare_pipeline`) with its own seeded generator.
+
+    The one sampling call of the project: ``generate``, the batch pipeline and the registered
+    MLflow model all draw through it, so the same seed and settings give the same pixels.
+    """
+    with torch.no_grad():
+        return pipe(
+            prompt,
+            negative_prompt=negative_prompt or None,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            height=resolution,
+            width=resolution,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+        ).images[0]
+
+
 def generate_images(
     pipe: Any,
     prompts: list[tuple[str, str]],
@@ -187,16 +214,15 @@ def generate_images(
         template, prompt = prompts[p]
         image_seed = seed + index
         start = time.perf_counter()
-        with torch.no_grad():
-            image = pipe(
-                prompt,
-                negative_prompt=negative_prompt or None,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                height=resolution,
-                width=resolution,
-                generator=torch.Generator(device="cpu").manual_seed(image_seed),
-            ).images[0]
+        image = sample_image(
+            pipe,
+            prompt,
+            seed=image_seed,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            resolution=resolution,
+            negative_prompt=negative_prompt,
+        )
         results.append(
             GeneratedImage(
                 key=f"p{p:02d}_s{j:03d}",
@@ -264,13 +290,43 @@ class GenerationRun:
     concept: dict[str, Any]
 
 
+def prepare_pipeline(
+    base_model: str | Path, concept_dir: str | Path, sampling: Any
+) -> tuple[Any, dict[str, Any]]:
+    """Base model + concept + scheduler as ``sampling`` (a ``SamplingConfig``) says.
+
+    Returns:
+        The ready pipeline (progress bar off) and the concept's ``concept.json``.
+    """
+    pipe = load_base_pipeline(base_model, sampling.device, sampling.dtype)
+    concept = attach_concept(
+        pipe, concept_dir, sampling.lora_scale_unet, sampling.lora_scale_text_encoder
+    )
+    set_scheduler(pipe, sampling.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, concept
+
+
+def sampling_settings(base_model: str | Path, sampling: Any, pipe: Any) -> dict[str, Any]:
+    """The settings recorded beside every image (records CSV, provenance chunk), with the dtype
+    and device ``pipe`` actually runs in (``auto`` resolved)."""
+    return {
+        "base_model": str(base_model),
+        "scheduler": sampling.scheduler,
+        "num_inference_steps": sampling.num_inference_steps,
+        "guidance_scale": sampling.guidance_scale,
+        "lora_scale_unet": sampling.lora_scale_unet,
+        "lora_scale_text_encoder": sampling.lora_scale_text_encoder,
+        "resolution": sampling.resolution,
+        "negative_prompt": sampling.negative_prompt,
+        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "device": str(pipe.device),
+    }
+
+
 def run_generation(base_model: str | Path, concept_dir: str | Path, config: Any) -> GenerationRun:
     """Load base model + concept, compose the prompts and sample (a ``GenerationConfig``)."""
-    pipe = load_base_pipeline(base_model, config.device, config.dtype)
-    concept = attach_concept(
-        pipe, concept_dir, config.lora_scale_unet, config.lora_scale_text_encoder
-    )
-    set_scheduler(pipe, config.scheduler)
+    pipe, concept = prepare_pipeline(base_model, concept_dir, config)
     v1, v2 = concept_tokens(concept)
     templates = list(dict.fromkeys([*config.prompt_templates, *config.extra_prompts]))
     prompts = [(t, t.format(v1=v1, v2=v2)) for t in templates]
@@ -284,16 +340,4 @@ def run_generation(base_model: str | Path, concept_dir: str | Path, config: Any)
         resolution=config.resolution,
         negative_prompt=config.negative_prompt,
     )
-    settings = {
-        "base_model": str(base_model),
-        "scheduler": config.scheduler,
-        "num_inference_steps": config.num_inference_steps,
-        "guidance_scale": config.guidance_scale,
-        "lora_scale_unet": config.lora_scale_unet,
-        "lora_scale_text_encoder": config.lora_scale_text_encoder,
-        "resolution": config.resolution,
-        "negative_prompt": config.negative_prompt,
-        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
-        "device": str(pipe.device),
-    }
-    return GenerationRun(images, settings, concept)
+    return GenerationRun(images, sampling_settings(base_model, config, pipe), concept)

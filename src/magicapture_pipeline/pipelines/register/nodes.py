@@ -6,8 +6,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from magicapture_pipeline.config.generation import GenerationConfig
+from magicapture_pipeline.config.serving import ServingConfig
 from magicapture_pipeline.config.tracking import RegistryConfig
+from magicapture_pipeline.core.concept import git_commit
+from magicapture_pipeline.pipelines.shared import base_model_path
 from magicapture_pipeline.registry import register_concept as register_in_mlflow
+from magicapture_pipeline.serving.base_model import portable_reference
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +27,28 @@ def _concept_dir(concept: Any) -> Path:
     return Path(concept).resolve()
 
 
-def _base_reference(base_model: dict[str, Any]) -> str:
-    """The base model's folder made absolute (so a fresh process finds it), or its hub id."""
-    path = Path(base_model["path"])
-    return str(path.resolve()) if path.exists() else str(base_model["path"])
+def model_config_for(
+    base_model: dict[str, Any] | str,
+    generation: GenerationConfig,
+    serving: ServingConfig,
+    project_root: str | Path,
+) -> dict[str, Any]:
+    """The registered pyfunc's config: portable base model, ``generate``'s sampling, limits."""
+    reference, kind = portable_reference(base_model_path(base_model), project_root)
+    if kind == "local_path":
+        logger.warning(
+            "Base model %s lies outside the project: the registered concept loads only where "
+            "that folder exists (use a hub id or a folder inside the project to move it)",
+            reference,
+        )
+    return {
+        "base_model": reference,
+        "base_model_kind": kind,
+        "sampling": generation.sampling().model_dump(),
+        "limits": serving.limits.model_dump(),
+        "concept_name": generation.concept_name,
+        "commit": git_commit(project_root),
+    }
 
 
 def register_concept(
@@ -34,6 +57,8 @@ def register_concept(
     metrics: dict[str, Any],
     mlflow_run: dict[str, Any],
     registry: RegistryConfig,
+    generation: GenerationConfig,
+    serving: ServingConfig,
 ) -> dict[str, Any]:
     """Register the concept as a new version of ``magicapture-<concept>`` aliased ``candidate``.
 
@@ -41,8 +66,11 @@ def register_concept(
         concept: the ``concept`` dataset (the exported folder).
         base_model: ``{"path": folder or hub id, ...}``; referenced by the model, not copied.
         metrics: ``metrics.json``; numeric keys become the version's ``metric.*`` tags.
-        mlflow_run: ``{"run_id", "tracking_uri"}`` from the tracking hook (run_id None: disabled).
+        mlflow_run: ``{"run_id", "tracking_uri", "project_path"}`` from the tracking hook
+            (run_id None: tracking disabled).
         registry: ``params:registry``.
+        generation: ``params:generation``; its sampling settings go into the model unchanged.
+        serving: ``params:serving``; its request limits go into the model.
 
     Returns:
         What was registered; ``registered: false`` and a reason when tracking or registry is off.
@@ -52,9 +80,15 @@ def register_concept(
         reason = "registry.enabled is false" if not config.enabled else mlflow_run.get("reason")
         logger.warning("Concept not registered: %s", reason)
         return {"registered": False, "reason": reason, "model_name": config.model_name}
+    model_config = model_config_for(
+        base_model,
+        GenerationConfig.model_validate(generation),
+        ServingConfig.model_validate(serving),
+        mlflow_run.get("project_path") or Path.cwd(),
+    )
     record = register_in_mlflow(
         _concept_dir(concept),
-        _base_reference(base_model),
+        model_config,
         metrics,
         run_id=mlflow_run["run_id"],
         tracking_uri=mlflow_run["tracking_uri"],

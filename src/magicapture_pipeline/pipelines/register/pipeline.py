@@ -6,7 +6,7 @@ from magicapture_pipeline.pipelines.register.nodes import register_concept
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """``concept`` + ``metrics`` -> ``registered_model``.
+    """``concept`` + ``metrics`` (+ sampling settings, request limits) -> ``registered_model``.
 
     ``mlflow_run`` (the run id of this ``kedro run``) is put in the catalog by the tracking hook.
     """
@@ -14,7 +14,15 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=register_concept,
-                inputs=["concept", "base_model", "metrics", "mlflow_run", "params:registry"],
+                inputs=[
+                    "concept",
+                    "base_model",
+                    "metrics",
+                    "mlflow_run",
+                    "params:registry",
+                    "params:generation",
+                    "params:serving",
+                ],
                 outputs="registered_model",
                 name="register_concept",
             )

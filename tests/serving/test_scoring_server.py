@@ -1,0 +1,266 @@
+"""The registered tiny concept behind MLflow's real scoring server, and the batch pipeline.
+
+The server is started the way ``make serve`` starts it (``mlflow models serve --env-manager local``
+on 127.0.0.1 with the venv's bin on PATH) and stopped by the fixture, process group and all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from conftest import PROJECT_ROOT, run_kedro
+from magicapture_pipeline.config.generation import GenerationConfig
+from magicapture_pipeline.config.serving import ServingConfig, ServingLimits
+from magicapture_pipeline.config.tracking import RegistryConfig
+from magicapture_pipeline.core.postprocess import read_provenance
+from magicapture_pipeline.pipelines.register.nodes import register_concept
+from magicapture_pipeline.registry import decode_image, promote
+from test_registry import build_tiny_concept
+
+pytestmark = pytest.mark.slow
+
+MODEL = "magicapture-demo"
+PROMPT = "a photo of a [V1] person in the [V2] style"
+SAMPLING = GenerationConfig(resolution=32, num_inference_steps=3, seed=0, concept_name="demo")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> tuple[Path, str]:
+    """A project folder holding the tiny SD, a registry with the concept as @champion."""
+    root = tmp_path_factory.mktemp("served")
+    base, concept = build_tiny_concept(root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("t", artifact_location=(root / "art").as_uri())
+    run = client.create_run(experiment)
+    config = RegistryConfig(model_name=MODEL)
+    record = register_concept(
+        concept,
+        {"path": str(base)},
+        {"unavailable": {}},
+        {"run_id": run.info.run_id, "tracking_uri": uri, "project_path": str(root)},
+        config,
+        SAMPLING,
+        ServingConfig(limits=ServingLimits(max_rows=2)),
+    )
+    client.set_terminated(run.info.run_id)
+    config = config.model_copy(
+        update={
+            "gates": config.gates.model_copy(update={"required_metrics": [], "min_metrics": {}})
+        }
+    )
+    promote(client, MODEL, record["version"], config)
+    return root, uri
+
+
+def serve_env(root: Path, uri: str) -> dict[str, str]:
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": uri,
+        "MAGICAPTURE_PROJECT_ROOT": str(root),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    root, uri = registry
+    port = free_port()
+    log = (root / "serve.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL}@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        env=serve_env(root, uri),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if process.poll() is not None:
+                raise AssertionError((root / "serve.log").read_text()[-4000:])
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (root / "serve.log").read_text()[-4000:]
+            time.sleep(1)
+        yield url
+    finally:
+        stop_group(process)
+        log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(process: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM the process group, SIGKILL what is left after ``grace`` s; assert none remains."""
+    os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        process.poll()
+        if not _group_alive(process.pid):
+            break
+        time.sleep(0.5)
+    if _group_alive(process.pid):
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        time.sleep(1)
+    process.poll()
+    assert not _group_alive(process.pid), "a server process outlived the test"
+
+
+def post(url: str, records: list[dict]) -> tuple[int, dict, float]:
+    body = json.dumps({"dataframe_records": records}).encode()
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=300) as answer:
+            status, payload = answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        status, payload = error.code, json.loads(error.read() or b"{}")
+    return status, payload, time.perf_counter() - start
+
+
+BAD_REQUESTS = [
+    ([{"prompt": PROMPT, "steps": -5}], "'steps' is -5; it must be an integer in [1, 150]"),
+    ([{"prompt": PROMPT, "steps": 100_000_000}], "'steps' is 100000000"),
+    ([{"prompt": PROMPT, "guidance_scale": 31.0}], "'guidance_scale' is 31"),
+    ([{"prompt": PROMPT, "seed": -1}], "'seed' is -1"),
+    ([{"prompt": "word " * 90}], "tokens; the limit is 77"),
+    ([{"prompt": PROMPT}] * 3, "3 rows in one request; at most 2"),
+    ([{"seed": 1}], "prompt"),
+]
+
+
+def test_concurrent_load_and_bad_requests(server):
+    def good(index: int) -> tuple[int, dict, float]:
+        return post(server, [{"prompt": PROMPT, "seed": index}])
+
+    def bad(index: int) -> tuple[int, dict, float]:
+        return post(server, BAD_REQUESTS[index % len(BAD_REQUESTS)][0])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        good_futures = [pool.submit(good, i) for i in range(20)]
+        bad_futures = [pool.submit(bad, i) for i in range(len(BAD_REQUESTS))]
+        answers = [f.result() for f in good_futures]
+        refusals = [f.result() for f in bad_futures]
+    latencies = sorted(seconds for _, _, seconds in answers)
+    quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
+    print(  # noqa: T201 - the load figures are the point of this test
+        f"\n20 requests over 4 threads: p50 {quantiles[49]:.2f} s, p90 {quantiles[89]:.2f} s, "
+        f"p99 {quantiles[98]:.2f} s, max {latencies[-1]:.2f} s"
+    )
+    for index, (status, payload, _) in enumerate(answers):
+        assert status == 200, payload
+        [row] = payload["predictions"]
+        assert row["seed"] == index and row["steps"] == 3 and row["scheduler"] == "euler_ancestral"
+        image = decode_image(row["image"], keep_metadata=True)
+        assert image.format == "PNG" and image.size == (32, 32)
+        provenance = read_provenance(image)
+        assert provenance["seed"] == index and provenance["ai_generated"] is True
+    for (status, payload, _), (_, expected) in zip(refusals, BAD_REQUESTS, strict=True):
+        assert status == 400, payload
+        assert expected in payload["message"], payload["message"][:500]
+    status, payload, _ = post(server, [{"prompt": PROMPT, "seed": 5}])  # still serving
+    assert status == 200 and payload["predictions"][0]["seed"] == 5
+    assert answers[5][1]["predictions"][0]["image"] == payload["predictions"][0]["image"]
+
+
+def test_make_serve_binds_loopback_with_the_venv_on_path():
+    done = subprocess.run(
+        ["make", "-n", "serve", "CONCEPT=alice", "ALIAS=candidate", "PORT=5123"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert 'models serve -m "models:/magicapture-alice@candidate"' in done
+    assert "--host 127.0.0.1 --port 5123" in done and "--env-manager local" in done
+    assert f'PATH="{PROJECT_ROOT}/.venv/bin:' in done
+
+
+def test_batch_pipeline_writes_images_and_records(registry, project_copy):
+    root, uri = registry
+    prompts = project_copy / "prompts.csv"
+    pd.DataFrame(
+        {"prompt": [PROMPT, "[V1] smiling", "[V2] landscape"], "seed": [7, None, None]}
+    ).to_csv(prompts, index=False)
+    params = f"--params=prompts_file={prompts},serving.model_uri=models:/{MODEL}@champion"
+    env_before = dict(os.environ)
+    os.environ.update(MLFLOW_TRACKING_URI=uri, MAGICAPTURE_PROJECT_ROOT=str(root))
+    try:
+        done = run_kedro(project_copy, "run", "--pipelines=batch_generate", params)
+        assert done.returncode == 0, done.stderr[-4000:]
+        records = pd.read_csv(project_copy / "data/07_model_output/batch_records.csv")
+        assert list(records["key"]) == ["b0000", "b0001", "b0002"]
+        assert list(records["seed"]) == [7, 1, 2]  # sampling seed 0 + row, as generate numbers
+        assert set(records["model_version"]) == {1}
+        assert records.loc[1, "prompt"] == "<v1> smiling"
+        for key, seed in zip(records["key"], records["seed"], strict=True):
+            png = project_copy / "data/07_model_output/batch" / f"{key}.png"
+            assert read_provenance(png)["seed"] == seed
+        bad = project_copy / "bad.csv"
+        pd.DataFrame({"prompt": [PROMPT, PROMPT], "steps": [3, 500]}).to_csv(bad, index=False)
+        (project_copy / "data/07_model_output/batch").rename(project_copy / "first_batch")
+        done = run_kedro(
+            project_copy,
+            "run",
+            "--pipelines=batch_generate",
+            f"--params=prompts_file={bad},serving.model_uri=models:/{MODEL}@champion",
+        )
+        assert done.returncode != 0
+        said = " ".join((done.stdout + done.stderr).split())  # rich wraps long lines
+        assert "row 1: 'steps' is 500; it must be an integer in [1, 150]" in said
+        assert not (project_copy / "data/07_model_output/batch").exists()  # refused before work
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
