@@ -76,7 +76,16 @@ serve: install  ## serve models:/magicapture-$(CONCEPT)@$(ALIAS) on http://127.0
 
 batch-generate: install  ## PROMPTS=file.csv [CONCEPT=demo ALIAS=champion ENV=demo]: images from a registered concept
 	$(SERVE_ENV) $(BIN)/kedro run --pipelines=batch_generate --env=$(or $(ENV),demo) \
-	  --params="prompts_file=$(abspath $(PROMPTS)),serving.model_uri=models:/magicapture-$(CONCEPT)@$(ALIAS)"
+	  --params="concept=$(CONCEPT),prompts_file=$(abspath $(PROMPTS)),serving.model_uri=models:/magicapture-$(CONCEPT)@$(ALIAS)"
+
+# A shared tracking server: private PostgreSQL 15 cluster + mlflow server on 127.0.0.1, data in
+# .tracking/ (cluster, artifacts, logs). Then: export MLFLOW_TRACKING_URI=http://127.0.0.1:5002
+TRACKING_PORT ?= 5002
+tracking-server: install  ## PostgreSQL-backed MLflow tracking server on 127.0.0.1:$(TRACKING_PORT)
+	$(BIN)/python -m magicapture_pipeline.tracking.server start --dir $(CURDIR)/.tracking --port $(TRACKING_PORT)
+
+tracking-server-stop:  ## stop the tracking server and its PostgreSQL (data stays in .tracking/)
+	$(BIN)/python -m magicapture_pipeline.tracking.server stop --dir $(CURDIR)/.tracking
 
 ui: install  ## MLflow UI on 127.0.0.1
 	@echo "MLflow UI: http://127.0.0.1:5000  (Ctrl-C to stop)"

@@ -62,15 +62,15 @@ def test_nested_and_optional_fields_are_named_with_their_path():
     problems = check_sections(
         {
             "postprocess": {"super_resolution": {"gpuid": -3}},
-            "registry": {"resolution": 0},
+            "serving": {"limits": {"max_rows": 0}},
             "action": "promote",
             "model_name": "m",
             "model_version": 0,
         },
-        ["postprocess", "registry", "promote"],
+        ["postprocess", "serving", "promote"],
     )
     assert any(p.startswith("params:postprocess.super_resolution.gpuid = -3") for p in problems)
-    assert any("params:registry.resolution = 0" in p and ">= 8" in p for p in problems)
+    assert any("params:serving.limits.max_rows = 0" in p and ">= 1" in p for p in problems)
     assert any("params:promote.model_version = 0" in p for p in problems)
 
 

@@ -346,14 +346,24 @@ def test_registered_pyfunc_serves_an_sdxl_concept(tiny_xl, xl_concept):
 
     import pandas as pd
 
-    from magicapture_pipeline.registry import CONCEPT_ARTIFACT, ConceptModel, decode_image
+    from magicapture_pipeline.config.generation import SamplingConfig
+    from magicapture_pipeline.serving.concept_model import (
+        CONCEPT_ARTIFACT,
+        ConceptModel,
+        decode_image,
+    )
 
     folder, _, _ = xl_concept
     model = ConceptModel()
+    sampling = SamplingConfig(num_inference_steps=2, resolution=64).model_dump()
     model.load_context(
         SimpleNamespace(
             artifacts={CONCEPT_ARTIFACT: str(folder)},
-            model_config={"base_model": str(tiny_xl), "default_steps": 2, "resolution": 64},
+            model_config={
+                "base_model": str(tiny_xl),
+                "base_model_kind": "local_path",
+                "sampling": sampling,
+            },
         )
     )
     assert type(model._pipe).__name__ == "StableDiffusionXLPipeline"

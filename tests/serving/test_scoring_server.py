@@ -240,17 +240,19 @@ def test_batch_pipeline_writes_images_and_records(registry, project_copy):
     try:
         done = run_kedro(project_copy, "run", "--pipelines=batch_generate", params)
         assert done.returncode == 0, done.stderr[-4000:]
-        records = pd.read_csv(project_copy / "data/07_model_output/batch_records.csv")
+        records = pd.read_csv(project_copy / "data/07_model_output/my-concept/batch_records.csv")
         assert list(records["key"]) == ["b0000", "b0001", "b0002"]
         assert list(records["seed"]) == [7, 1, 2]  # sampling seed 0 + row, as generate numbers
         assert set(records["model_version"]) == {1}
         assert records.loc[1, "prompt"] == "<v1> smiling"
         for key, seed in zip(records["key"], records["seed"], strict=True):
-            png = project_copy / "data/07_model_output/batch" / f"{key}.png"
+            png = project_copy / "data/07_model_output/my-concept/batch" / f"{key}.png"
             assert read_provenance(png)["seed"] == seed
         bad = project_copy / "bad.csv"
         pd.DataFrame({"prompt": [PROMPT, PROMPT], "steps": [3, 500]}).to_csv(bad, index=False)
-        (project_copy / "data/07_model_output/batch").rename(project_copy / "first_batch")
+        (project_copy / "data/07_model_output/my-concept/batch").rename(
+            project_copy / "first_batch"
+        )
         done = run_kedro(
             project_copy,
             "run",
@@ -260,7 +262,9 @@ def test_batch_pipeline_writes_images_and_records(registry, project_copy):
         assert done.returncode != 0
         said = " ".join((done.stdout + done.stderr).split())  # rich wraps long lines
         assert "row 1: 'steps' is 500; it must be an integer in [1, 150]" in said
-        assert not (project_copy / "data/07_model_output/batch").exists()  # refused before work
+        assert not (
+            project_copy / "data/07_model_output/my-concept/batch"
+        ).exists()  # refused before work
     finally:
         os.environ.clear()
         os.environ.update(env_before)

@@ -24,6 +24,7 @@ from magicapture_pipeline.config.preprocess import (
     ValidationConfig,
 )
 from magicapture_pipeline.config.ranges import describe_errors
+from magicapture_pipeline.config.serving import ServingConfig
 from magicapture_pipeline.config.tracking import PromoteRequest, RegistryConfig, TrackingConfig
 from magicapture_pipeline.config.training import ModelConfig, StageOneConfig, StageTwoConfig
 
@@ -41,6 +42,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "benchmark": BenchmarkConfig,
     "tracking": TrackingConfig,
     "registry": RegistryConfig,
+    "serving": ServingConfig,
 }
 # The promote pipeline's command line is three top-level keys checked together.
 PROMOTE_KEYS = ("action", "model_name", "model_version")
