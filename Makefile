@@ -82,7 +82,7 @@ batch-generate: install  ## PROMPTS=file.csv [CONCEPT=demo ALIAS=champion ENV=de
 # .tracking/ (cluster, artifacts, logs). Then: export MLFLOW_TRACKING_URI=http://127.0.0.1:5002
 TRACKING_PORT ?= 5002
 tracking-server: install  ## PostgreSQL-backed MLflow tracking server on 127.0.0.1:$(TRACKING_PORT)
-	$(BIN)/python -m magicapture_pipeline.tracking.server start --dir $(CURDIR)/.tracking --port $(TRACKING_PORT)
+	$(BIN)/python -m magicapture_pipeline.tracking.server start --dir $(CURDIR)/.tracking --port $(TRACKING_PORT)$(if $(TEAM), --team)
 
 tracking-server-stop:  ## stop the tracking server and its PostgreSQL (data stays in .tracking/)
 	$(BIN)/python -m magicapture_pipeline.tracking.server stop --dir $(CURDIR)/.tracking

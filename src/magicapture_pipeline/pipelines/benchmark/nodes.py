@@ -56,7 +56,7 @@ def run_benchmark(  # noqa: PLR0917 - Kedro passes node inputs positionally
         )
         if v is not None
     }
-    gen_config = GenerationConfig(**generation).model_copy(update=updates)
+    gen_config = GenerationConfig.model_validate(generation).model_copy(update=updates)
     post_config = PostprocessConfig(**postprocess)
     eval_config = EvaluationConfig(**evaluation)
     data = inputs_from_preprocess(face_crops, face_masks, training_set)

@@ -38,7 +38,7 @@ def generate_images(
         ``generated_images`` (key -> PNG with provenance), ``generation_records`` (one row per
         image: seed, prompt, settings) and ``generation_grid`` (contact sheet).
     """
-    config = GenerationConfig(**params)
+    config = GenerationConfig.model_validate(params)  # a dict, or the model Kedro built
     folder = concept_dir(concept)
     run = run_generation(base_model_path(base_model), folder, config)
     commit = git_commit()

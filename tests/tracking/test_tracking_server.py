@@ -1,0 +1,189 @@
+"""The shared tracking server: PostgreSQL + ``mlflow server`` started by the test, a demo
+``customize`` against it, then four concept runs at once; nothing lost. The server and the
+cluster are stopped by the fixture (``.ci/run`` leaves nothing running)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from magicapture_pipeline.tracking import server as tracking_server
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        tracking_server.pg_bin() is None,
+        reason="PostgreSQL binaries not found ($MAGICAPTURE_PG_BIN, "
+        f"{tracking_server.DEFAULT_PG_BIN}, PATH): install Debian's `postgresql` to run the "
+        "tracking-server tests",
+    ),
+]
+
+SMALL = "stage_one.max_steps=6,stage_two.max_steps=6,generation.images_per_prompt=1"
+
+
+@pytest.fixture(scope="module")
+def server():
+    # Not under pytest's tmp folder: it is private to root (0700) and, run as root, the
+    # cluster belongs to the postgres user, who must reach it.
+    folder = Path(tempfile.mkdtemp(prefix="magicapture-tracking-"))
+    folder.chmod(0o755)
+    state = tracking_server.start(folder)
+    try:
+        yield state
+    finally:
+        tracking_server.stop(folder)
+        assert not tracking_server._alive(state.mlflow_pid), "mlflow server outlived the test"
+        assert not (folder / "postgres" / "data" / "postmaster.pid").exists(), "PostgreSQL runs"
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def kedro(project: Path, uri: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kedro", "run", "--pipelines=customize", "--env=demo", *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finished(process: subprocess.Popen, timeout: int = 3000) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def only_run(client: MlflowClient, concept: str):
+    experiment = client.get_experiment_by_name(f"magicapture-{concept}")
+    assert experiment is not None, f"no experiment for {concept}"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    [run] = client.search_runs([experiment.experiment_id])
+    return run
+
+
+def check_concept_run(client: MlflowClient, project: Path, concept: str) -> None:
+    """FINISHED, every loss step and metric there, artifacts served, the version registered."""
+    run = only_run(client, concept)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["kedro.pipelines"] == "customize"
+    history = pd.read_csv(project / "data/08_reporting" / concept / "stage_two_history.csv")
+    logged = client.get_metric_history(run.info.run_id, "stage_two/loss")
+    assert len(logged) == len(history) > 1  # every step, none lost
+    metrics = pd.read_json(project / "data/08_reporting" / concept / "metrics.json", typ="series")
+    numeric = {
+        k for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    assert numeric <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"images", "reports"} <= artifacts
+    version = client.get_model_version_by_alias(f"magicapture-{concept}", "candidate")
+    assert version.run_id == run.info.run_id and version.source.startswith("models:/m-")
+    [model] = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert model.source_run_id == run.info.run_id
+
+
+def test_demo_then_four_concurrent_concepts_on_postgres(server, project_copy, monkeypatch):
+    uri = server.tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert server.backend_store_uri.startswith("postgresql+psycopg2://")
+    finished(kedro(project_copy, uri))  # the demo, as `make demo` runs it
+    check_concept_run(client, project_copy, "demo")
+    # the registered concept loads through the server (artifacts over mlflow-artifacts:/)
+    from magicapture_pipeline.serving.batch import load_registered
+
+    monkeypatch.setenv("MAGICAPTURE_PROJECT_ROOT", str(project_copy))
+    model = load_registered("models:/magicapture-demo@candidate", uri)
+    out = model.predict(pd.DataFrame({"prompt": ["a photo of a [V1] person"], "seed": [1]}))
+    assert out.loc[0, "seed"] == 1 and len(out.loc[0, "image"]) > 100
+    names = [f"team-{i}" for i in range(4)]
+    runs = [kedro(project_copy, uri, f"--params=concept={name},{SMALL}") for name in names]
+    for process in runs:
+        finished(process)
+    for name in names:
+        check_concept_run(client, project_copy, name)
+    assert {m.name for m in client.search_registered_models()} >= {
+        "magicapture-demo",
+        *(f"magicapture-{n}" for n in names),
+    }
+
+
+def test_make_targets_use_the_server_module():
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        ["make", "-n", "tracking-server", "tracking-server-stop"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "magicapture_pipeline.tracking.server start --dir" in done
+    assert "magicapture_pipeline.tracking.server stop --dir" in done
+
+
+def _status(url: str, credentials: tuple[str, str] | None) -> int:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if credentials is not None:
+        token = base64.b64encode(":".join(credentials).encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_team_setting_refuses_wrong_passwords(monkeypatch):
+    """--team: PostgreSQL asks for a password and MLflow's basic-auth app for credentials."""
+    folder = Path(tempfile.mkdtemp(prefix="magicapture-team-"))
+    folder.chmod(0o755)
+    monkeypatch.delenv(tracking_server.PG_PASSWORD_ENV, raising=False)
+    monkeypatch.delenv(tracking_server.ADMIN_PASSWORD_ENV, raising=False)
+    state = tracking_server.start(folder, team=True)
+    try:
+        secrets_dir = folder / "secrets"
+        assert oct((secrets_dir / "pg_password").stat().st_mode)[-3:] == "600"
+        password = (secrets_dir / "pg_password").read_text().strip()
+        admin = (secrets_dir / "admin_password").read_text().strip()
+        psql = [
+            str(tracking_server.pg_bin() / "psql"),
+            *("-h", "127.0.0.1", "-p", str(state.pg_port), "-U", "mlflow", "-d", "mlflow"),
+            *("-tAc", "SELECT 1"),
+        ]
+
+        def query(secret: str) -> subprocess.CompletedProcess:
+            env = {**os.environ, "PGPASSWORD": secret}
+            return subprocess.run(
+                psql, env=env, capture_output=True, text=True, timeout=60, check=False
+            )
+
+        wrong = query("not-the-password")
+        assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr
+        assert query(password).stdout.strip() == "1"
+        assert password not in Path(f"/proc/{state.mlflow_pid}/cmdline").read_text()
+        url = f"{state.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _status(url, None) == 401
+        assert _status(url, ("admin", "not-the-password")) == 401
+        assert _status(url, ("admin", admin)) == 200
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin)
+        client = MlflowClient(tracking_uri=state.tracking_uri)
+        assert client.get_experiment(client.create_experiment("team")).name == "team"
+    finally:
+        tracking_server.stop(folder)
+        assert not tracking_server._alive(state.mlflow_pid)
+        shutil.rmtree(folder, ignore_errors=True)
