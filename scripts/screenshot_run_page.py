@@ -113,11 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = f"{url}/#/experiments/{experiment.experiment_id}"
+    # MLflow 3.17.2's UI takes the view from its GenAI / Model training switch (remembered in the
+    # browser, GenAI by default) before the experiment's mlflow.experimentKind tag; a fresh
+    # headless browser gets the model-training view from the URL.
+    view = "?workflowType=machine_learning"
     pages = {
-        "run_overview": f"{base}/runs/{run.info.run_id}",
-        "run_model_metrics": f"{base}/runs/{run.info.run_id}/model-metrics",
-        "run_artifacts": f"{base}/runs/{run.info.run_id}/artifacts",
-        "experiment_models": f"{base}/models",
+        "run_overview": f"{base}/runs/{run.info.run_id}{view}",
+        "run_model_metrics": f"{base}/runs/{run.info.run_id}/model-metrics{view}",
+        "run_artifacts": f"{base}/runs/{run.info.run_id}/artifacts{view}",
+        "experiment_runs": f"{base}/runs{view}",
+        "experiment_models": f"{base}/models{view}",
     }
     failures = []
     try:
