@@ -134,19 +134,22 @@ def test_hook_refuses_before_any_node():
 
 @pytest.mark.slow
 def test_kedro_run_with_a_bad_late_knob_fails_before_the_first_node(project_copy: Path):
-    """A real `kedro run` of the whole chain: the bad generation knob stops it before preprocess."""
+    """A real `kedro run` of the whole chain: bad stage-two and generation knobs stop it before
+    preprocessing, every one named."""
     done = run_kedro(
         project_copy,
         "run",
         "--pipelines=customize",
         "--env=demo",
-        "--params=generation.resolution=100",
+        "--params=generation.resolution=100,stage_two.max_steps=-1,stage_two.lora.rank=0",
         timeout=300,
     )
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert "params:generation.resolution = 100" in output
     assert "multiple of 8" in output
+    assert "params:stage_two.max_steps = -1" in output
+    assert "params:stage_two.lora.rank = 0" in output
     # Nothing ran: the demo photos are written by the first node's input, and no MLflow run.
     assert not list((project_copy / "data").rglob("*.png"))
     assert not (project_copy / "mlflow.db").exists()
