@@ -132,6 +132,27 @@ def test_hook_refuses_before_any_node():
     ParameterCheckHook().before_pipeline_run({}, pipeline, catalog)
 
 
+def test_refused_knob_takes_no_concept_lock(tmp_path: Path):
+    """The project's hooks, registered as Kedro registers them: a bad knob leaves no lock behind.
+
+    Kedro calls ``on_pipeline_error`` only for errors raised after ``before_pipeline_run``, so a
+    lock taken before the parameter check refused the run was never given back.
+    """
+    from kedro.framework.hooks.manager import _create_hook_manager, _register_hooks
+
+    from magicapture_pipeline import settings
+
+    manager = _create_hook_manager()
+    _register_hooks(manager, settings.HOOKS)
+    pipeline = Pipeline([Node(lambda p: None, "params:generation", None, name="n")])
+    catalog = _Catalog(parameters={"generation": {"resolution": 12}})
+    catalog["params:concept"] = "qa-lock"
+    run_params = {"project_path": str(tmp_path), "pipeline_names": ["x"]}
+    with pytest.raises(ParameterError, match=r"params:generation.resolution = 12"):
+        manager.hook.before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
+    assert not list(tmp_path.rglob("*.lock"))
+
+
 @pytest.mark.slow
 def test_kedro_run_with_a_bad_late_knob_fails_before_the_first_node(project_copy: Path):
     """A real `kedro run` of the whole chain: bad stage-two and generation knobs stop it before
@@ -153,6 +174,7 @@ def test_kedro_run_with_a_bad_late_knob_fails_before_the_first_node(project_copy
     # Nothing ran: the demo photos are written by the first node's input, and no MLflow run.
     assert not list((project_copy / "data").rglob("*.png"))
     assert not (project_copy / "mlflow.db").exists()
+    assert not list((project_copy / "data").rglob("*.lock"))
 
 
 @pytest.mark.slow

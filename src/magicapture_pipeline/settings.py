@@ -9,9 +9,13 @@ from magicapture_pipeline.hooks import MlflowTrackingHook
 
 # ParameterCheckHook: every parameter section the run reads is checked before the first node.
 # MlflowTrackingHook: the one place MLflow is touched (one run per `kedro run`, explicit run id).
-# ConceptLockHook: one live run per concept; it runs first (tryfirst), so a refused run starts
-# no MLflow run. ProgressHook: the running stage, for `make batch`'s live table.
-HOOKS = (ParameterCheckHook(), MlflowTrackingHook(), ConceptLockHook(), ProgressHook())
+# ConceptLockHook: one live run per concept; it runs before the tracking hook (tryfirst), so a
+# refused run starts no MLflow run. ProgressHook: the running stage, for `make batch`'s live table.
+# Order matters: pluggy calls tryfirst hooks last-registered first, and Kedro calls
+# `on_pipeline_error` only for errors raised after `before_pipeline_run`. ParameterCheckHook is
+# registered after ConceptLockHook so it refuses a bad knob before the lock is taken (the other
+# way round, a refused run left `data/.locks/<concept>.lock` behind).
+HOOKS = (ConceptLockHook(), ParameterCheckHook(), MlflowTrackingHook(), ProgressHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
