@@ -56,7 +56,7 @@ def _paths(catalog: dict) -> dict[str, str]:
 
 
 SHARED = {"sample_source_images", "sample_reference_images", "sample_manifest"}
-RAW = {"source_images", "reference_images"}
+RAW = {"source_images", "reference_images", "batch_prompts"}  # user inputs in 01_raw, shared
 
 
 @pytest.mark.parametrize("env", ["base", "demo"])
