@@ -223,13 +223,8 @@ def build_tiny_sd(out_dir: str | Path, config: Any) -> Path:
     Returns:
         The folder written.
     """
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
 
     if getattr(config, "family", SD15) != SD15:
         raise ValueError(f"build_tiny_sd builds SD 1.x, not {config.family} (core.sdxl)")
@@ -248,31 +243,10 @@ def build_tiny_sd(out_dir: str | Path, config: Any) -> Path:
         attention_head_dim=config.attention_head_dim,
         norm_num_groups=config.norm_num_groups,
     )
-    n_vae = len(config.vae_channels)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=tuple(config.vae_channels),
-        down_block_types=("DownEncoderBlock2D",) * n_vae,
-        up_block_types=("UpDecoderBlock2D",) * n_vae,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=config.norm_num_groups,
-        sample_size=config.sample_size,
+    vae = tiny_vae(config)
+    text_encoder = CLIPTextModel(
+        tiny_text_config(config, config.text_hidden_size, config.text_layers, tokenizer)
     )
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=config.text_hidden_size,
-        intermediate_size=config.text_hidden_size * 4,
-        num_hidden_layers=config.text_layers,
-        num_attention_heads=config.text_heads,
-        max_position_embeddings=MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        projection_dim=config.text_hidden_size,
-    )
-    text_encoder = CLIPTextModel(text_config)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -283,20 +257,70 @@ def build_tiny_sd(out_dir: str | Path, config: Any) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    # Saved beside the target and renamed into place: runs of several concepts that start at once
-    # may all build it; the first rename wins and no run loads a half-written folder.
+    save_tiny_pipeline(pipe, out_dir)
+    logger.info("Built a tiny random SD (seed %d) at %s", config.seed, out_dir)
+    return out_dir
+
+
+def tiny_vae(config: Any, **extra: Any) -> Any:
+    """The tiny builders' x8 ``AutoencoderKL`` (one block per ``config.vae_channels`` entry).
+
+    ``extra`` adds family settings (SDXL: ``scaling_factor``, ``force_upcast``).
+    """
+    from diffusers import AutoencoderKL
+
+    n_vae = len(config.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(config.vae_channels),
+        down_block_types=("DownEncoderBlock2D",) * n_vae,
+        up_block_types=("UpDecoderBlock2D",) * n_vae,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=config.norm_num_groups,
+        sample_size=config.sample_size,
+        **extra,
+    )
+
+
+def tiny_text_config(
+    config: Any, width: int, layers: int, tokenizer: Any, hidden_act: str = "quick_gelu"
+) -> Any:
+    """A tiny CLIP text encoder's config for ``tokenizer`` (projection as wide as the encoder)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=width * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=config.text_heads,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=width,
+        hidden_act=hidden_act,
+    )
+
+
+def save_tiny_pipeline(pipe: Any, out_dir: Path) -> None:
+    """Save a built tiny pipeline beside ``out_dir`` and rename it into place.
+
+    Runs of several concepts that start at once may all build it; the first rename wins and no
+    run loads a half-written folder (same seed: the same model).
+    """
     staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.new")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(staging, safe_serialization=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(staging, out_dir)
-    except OSError:  # another run put it there first (same seed: the same model)
+    except OSError:  # another run put it there first
         shutil.rmtree(staging, ignore_errors=True)
         if not is_local_model(out_dir):
             raise
-    logger.info("Built a tiny random SD (seed %d) at %s", config.seed, out_dir)
-    return out_dir
 
 
 def is_local_model(path_or_hub_id: str | Path) -> bool:

@@ -24,9 +24,11 @@ import torch
 from torch import Tensor
 
 from magicapture_pipeline.core.models import (
-    MAX_LENGTH,
     _sd_scheduler_config,
     build_offline_tokenizer,
+    save_tiny_pipeline,
+    tiny_text_config,
+    tiny_vae,
     token_ids,
 )
 
@@ -104,13 +106,8 @@ def build_tiny_sdxl(out_dir: str | Path, config: Any) -> Path:
     Returns:
         The folder written.
     """
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     out_dir = Path(out_dir)
     torch.manual_seed(config.seed)
@@ -134,39 +131,10 @@ def build_tiny_sdxl(out_dir: str | Path, config: Any) -> Path:
         addition_time_embed_dim=config.addition_time_embed_dim,
         projection_class_embeddings_input_dim=TIME_IDS * config.addition_time_embed_dim + width_2,
     )
-    n_vae = len(config.vae_channels)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=tuple(config.vae_channels),
-        down_block_types=("DownEncoderBlock2D",) * n_vae,
-        up_block_types=("UpDecoderBlock2D",) * n_vae,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=config.norm_num_groups,
-        sample_size=config.sample_size,
-        scaling_factor=SDXL_VAE["scaling_factor"],
-        force_upcast=True,
-    )
-
-    def text_config(width: int, layers: int, tok: Any, act: str) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=width,
-            intermediate_size=width * 4,
-            num_hidden_layers=layers,
-            num_attention_heads=config.text_heads,
-            max_position_embeddings=MAX_LENGTH,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            projection_dim=width,
-            hidden_act=act,
-        )
-
-    text_encoder = CLIPTextModel(text_config(width_1, config.text_layers, tokenizer, "quick_gelu"))
+    vae = tiny_vae(config, scaling_factor=SDXL_VAE["scaling_factor"], force_upcast=True)
+    text_encoder = CLIPTextModel(tiny_text_config(config, width_1, config.text_layers, tokenizer))
     text_encoder_2 = CLIPTextModelWithProjection(
-        text_config(width_2, config.text_2_layers, tokenizer_2, "gelu")
+        tiny_text_config(config, width_2, config.text_2_layers, tokenizer_2, hidden_act="gelu")
     )
     pipe = StableDiffusionXLPipeline(
         vae=vae,
@@ -179,7 +147,7 @@ def build_tiny_sdxl(out_dir: str | Path, config: Any) -> Path:
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
-    pipe.save_pretrained(out_dir, safe_serialization=True)
+    save_tiny_pipeline(pipe, out_dir)
     logger.info("Built a tiny random SDXL (seed %d) at %s", config.seed, out_dir)
     return out_dir
 
