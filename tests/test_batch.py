@@ -300,3 +300,34 @@ def test_killed_ray_worker_resumes_from_its_checkpoint(project_copy, tmp_path):
     experiment = client.get_experiment_by_name("magicapture-killed")
     statuses = sorted(r.info.status for r in client.search_runs([experiment.experiment_id]))
     assert statuses == ["FINISHED", "KILLED"]
+
+
+def test_ctrl_c_stops_the_local_workers(project_copy):
+    """The workers run in their own sessions (a dying worker must not take others with it), so
+    an interrupted batch must stop them itself."""
+    process = run_batch(project_copy, {"concepts": [{"name": "alice", "params": TINY}]},
+                        "--engine", "local", "--workers", "1")
+    deadline = time.time() + 300
+    workers = list((project_copy / "data/08_reporting/batch").glob("*/alice/worker.json"))
+    while not workers and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+        workers = list((project_copy / "data/08_reporting/batch").glob("*/alice/worker.json"))
+    assert workers, finish(process)
+    pid = json.loads(workers[0].read_text())["pid"]
+    process.send_signal(signal.SIGINT)
+    finish(process, timeout=120)
+    assert process.returncode != 0
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        # a zombie is reaped by its parent (gone now); check /proc state as well
+        state = Path(f"/proc/{pid}/stat")
+        if not state.exists() or state.read_text().split(")")[1].split()[0] == "Z":
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"worker {pid} kept running after the batch was interrupted")

@@ -11,6 +11,7 @@ failure is deterministic and its reason is in the result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -64,6 +65,8 @@ class LocalEngine:
         self.retries = max(0, int(retries))
         self.startup_s = 0.0
         self.threads = max(1, (os.cpu_count() or 1) // self.workers)
+        self._live: set[subprocess.Popen] = set()
+        self._stopping = False
 
     def describe(self) -> dict[str, Any]:
         return {"threads_per_worker": self.threads}
@@ -80,6 +83,8 @@ class LocalEngine:
         write_json(job_file, {**job, "threads": self.threads})
         last = ""
         for _ in range(self.retries + 1):
+            if self._stopping:
+                break
             (state_dir / "result.json").unlink(missing_ok=True)
             with open(state_dir / "worker.log", "a") as log:
                 process = subprocess.Popen(
@@ -87,8 +92,10 @@ class LocalEngine:
                     cwd=job["project"], env=self._environment(), stdout=log, stderr=log,
                     start_new_session=True,
                 )
+                self._live.add(process)
                 write_json(state_dir / "worker.json", {"pid": process.pid})
                 code = process.wait()
+                self._live.discard(process)
             result_file = state_dir / "result.json"
             if code == 0 and result_file.is_file():
                 return json.loads(result_file.read_text())
@@ -100,9 +107,18 @@ class LocalEngine:
     def run(self, jobs: list[dict[str, Any]], poll: Callable[[], None]) -> list[dict[str, Any]]:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="concept") as pool:
             futures = [pool.submit(self._run_one, job) for job in jobs]
-            while not all(f.done() for f in futures):
-                poll()
-                time.sleep(POLL_S)
+            try:
+                while not all(f.done() for f in futures):
+                    poll()
+                    time.sleep(POLL_S)
+            except BaseException:  # Ctrl-C: the workers run in their own sessions, stop them
+                self._stopping = True
+                for future in futures:
+                    future.cancel()
+                for process in list(self._live):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGTERM)
+                raise
             poll()
             return [f.result() for f in futures]
 
