@@ -55,7 +55,7 @@ bench-gpu: install  ## the same on CUDA in fp16, + SD 1.5 at 512 px and SDXL at 
 	$(BIN)/python -m magicapture_pipeline.speed_bench --device cuda --mixed-precision fp16 --out data/08_reporting/bench_cuda
 
 batch: install  ## train every concept of MANIFEST (default manifests/demo.yaml; ENGINE=local|ray, WORKERS=n, ENV=demo, ADDRESS=ray cluster)
-	$(BIN)/python -m magicapture_pipeline.batch $(or $(MANIFEST),manifests/demo.yaml) --engine=$(or $(ENGINE),local) --workers=$(or $(WORKERS),1) --env=$(or $(ENV),demo)$(if $(ADDRESS), --address=$(ADDRESS))
+	$(BIN)/python -m magicapture_pipeline.batch $(or $(MANIFEST),manifests/demo.yaml) --engine=$(or $(ENGINE),local) --workers=$(or $(WORKERS),1) --env=$(or $(ENV),demo)$(if $(ADDRESS), --address=$(ADDRESS))$(if $(THREADS), --threads=$(THREADS))
 
 promote: install  ## move @champion to the @candidate version if it passes the gates (ENV=demo, CONCEPT=demo, VERSION=n)
 	$(BIN)/kedro run --pipelines=promote --env=$(or $(ENV),demo) --params=concept=$(CONCEPT)$(if $(VERSION),$(comma)model_version=$(VERSION))

@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--env", default="demo", help="Kedro env of every concept")
     parser.add_argument("--retries", type=int, default=2, help="retries of a worker that died")
     parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads per worker (default: CPUs / workers; 1 on a busy shared machine)",
+    )
+    parser.add_argument(
         "--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else local)"
     )
     parser.add_argument("--project", type=Path, default=Path.cwd(), help="the Kedro project")
@@ -83,10 +87,12 @@ def run_batch(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
             "env": args.env, "batch_id": batch_id, "state_dir": str(state_dir),
         })
     if args.engine == "ray":
-        engine: LocalEngine | RayEngine = RayEngine(args.workers, args.retries, args.address)
+        engine: LocalEngine | RayEngine = RayEngine(
+            args.workers, args.retries, args.address, threads=args.threads
+        )
         engine.start()
     else:
-        engine = LocalEngine(args.workers, args.retries)
+        engine = LocalEngine(args.workers, args.retries, threads=args.threads)
     sys.stdout.write(
         f"batch {batch_id}: {len(jobs)} concept(s), engine {engine.name}, "
         f"{engine.workers} worker(s), env {args.env}; logs in {state_root}\n"
@@ -119,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
     args = parse_args(argv)
-    if args.workers < 1 or args.retries < 0:
-        sys.stderr.write("--workers must be >= 1 and --retries >= 0\n")
+    if args.workers < 1 or args.retries < 0 or (args.threads is not None and args.threads < 1):
+        sys.stderr.write("--workers and --threads must be >= 1, --retries >= 0\n")
         return 2
     try:
         summary, summary_file = run_batch(args)

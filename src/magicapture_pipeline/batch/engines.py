@@ -60,11 +60,11 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, workers: int = 1, retries: int = 2) -> None:
+    def __init__(self, workers: int = 1, retries: int = 2, threads: int | None = None) -> None:
         self.workers = max(1, int(workers))
         self.retries = max(0, int(retries))
         self.startup_s = 0.0
-        self.threads = max(1, (os.cpu_count() or 1) // self.workers)
+        self.threads = max(1, threads or (os.cpu_count() or 1) // self.workers)
         self._live: set[subprocess.Popen] = set()
         self._stopping = False
 
@@ -73,8 +73,8 @@ class LocalEngine:
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(self.threads))
-        env.setdefault("MKL_NUM_THREADS", str(self.threads))
+        env["OMP_NUM_THREADS"] = str(self.threads)
+        env["MKL_NUM_THREADS"] = str(self.threads)
         return env
 
     def _run_one(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +148,11 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, workers: int = 1, retries: int = 2, address: str | None = None) -> None:
+    def __init__(
+        self, workers: int = 1, retries: int = 2, address: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.threads = threads
         self.workers = max(1, int(workers))
         self.retries = max(0, int(retries))
         self.address = address or os.environ.get("RAY_ADDRESS") or None
@@ -163,6 +167,7 @@ class RayEngine:
             "ray_startup_s": self.startup_s,
             "cluster_resources": {k: v for k, v in self.resources.items() if "node:" not in k},
             "task_options": self.task_options,
+            "threads_per_worker": self.threads or int(self.task_options.get("num_cpus", 1)),
         }
 
     def start(self) -> None:
@@ -196,7 +201,7 @@ class RayEngine:
         task = ray.remote(
             max_calls=1, max_retries=self.retries, retry_exceptions=False, **self.task_options
         )(_ray_task)
-        threads = int(self.task_options.get("num_cpus", 1))
+        threads = self.threads or int(self.task_options.get("num_cpus", 1))
         queue = [{**job, "threads": threads} for job in jobs]
         pending: dict[Any, dict[str, Any]] = {}
         results: dict[str, dict[str, Any]] = {}
