@@ -82,3 +82,17 @@ def test_remote_servers_get_a_plain_client():
     assert sqlite_lock_path("http://127.0.0.1:5000") is None
     assert sqlite_lock_path(None) is None
     assert not isinstance(tracking_client("http://127.0.0.1:1"), SerialisedClient)
+
+
+def test_the_default_store_lock_is_git_ignored():
+    """The lock beside the project's mlflow.db must not show up as an untracked file."""
+    from conftest import PROJECT_ROOT
+
+    lock = sqlite_lock_path(f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}")
+    if not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    done = subprocess.run(
+        ["git", "check-ignore", "-q", "--no-index", str(lock.relative_to(PROJECT_ROOT))],
+        cwd=PROJECT_ROOT, check=False,
+    )
+    assert done.returncode == 0, f"{lock.name} is not in .gitignore"
