@@ -87,9 +87,13 @@ tracking-server: install  ## PostgreSQL-backed MLflow tracking server on 127.0.0
 tracking-server-stop:  ## stop the tracking server and its PostgreSQL (data stays in .tracking/)
 	$(BIN)/python -m magicapture_pipeline.tracking.server stop --dir $(CURDIR)/.tracking
 
-ui: install  ## MLflow UI on 127.0.0.1
-	@echo "MLflow UI: http://127.0.0.1:5000  (Ctrl-C to stop)"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+ui: install  ## MLflow UI on 127.0.0.1 over the project's sqlite store (a tracking server has its own UI)
+	@case "$$MLFLOW_TRACKING_URI" in \
+	  http://*|https://*) echo "MLFLOW_TRACKING_URI points at a tracking server: open $$MLFLOW_TRACKING_URI in a browser (it serves its own UI)"; exit 0;; \
+	esac; \
+	store="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"; \
+	echo "MLflow UI over $$store: http://127.0.0.1:5000  (Ctrl-C to stop)"; \
+	$(BIN)/mlflow ui --backend-store-uri "$$store" --host 127.0.0.1 --port 5000
 
 viz: install  ## build the kedro-viz static site into build/
 	$(BIN)/kedro viz build
