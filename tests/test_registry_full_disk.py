@@ -15,9 +15,10 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
+from magicapture_pipeline.config.serving import ServingConfig
 from magicapture_pipeline.config.tracking import RegistryConfig
 from magicapture_pipeline.pipelines.register.nodes import register_concept
-from test_registry import MODEL, aliases, tiny_concept  # noqa: F401 (a fixture)
+from test_registry import MODEL, SAMPLING, aliases, tiny_concept  # noqa: F401 (a fixture)
 
 
 @pytest.mark.slow
@@ -32,18 +33,20 @@ def test_full_artifact_disk_registers_nothing(tmp_path, tiny_concept):  # noqa: 
                       capture_output=True, check=False).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        config = RegistryConfig(model_name=MODEL, resolution=32, default_steps=2)
+        config = RegistryConfig(model_name=MODEL)  # sampling lives in SAMPLING (one home)
         metrics = {"csim_arcface": 0.5, "unavailable": {}}
         roomy = client.create_experiment("roomy", artifact_location=(tmp_path / "a").as_uri())
         full = client.create_experiment("full", artifact_location=disk.as_uri())
         first = client.create_run(roomy)
         register_concept(concept, {"path": str(base)}, metrics,
-                         {"run_id": first.info.run_id, "tracking_uri": uri}, config)
+                         {"run_id": first.info.run_id, "tracking_uri": uri}, config, SAMPLING,
+                         ServingConfig())
         before = aliases(client)
         second = client.create_run(full)
         with pytest.raises(OSError) as caught:
             register_concept(concept, {"path": str(base)}, metrics,
-                             {"run_id": second.info.run_id, "tracking_uri": uri}, config)
+                             {"run_id": second.info.run_id, "tracking_uri": uri}, config, SAMPLING,
+                             ServingConfig())
         error = caught.value
         assert error.errno == errno.ENOSPC
         assert str(disk) in f"{error.filename} {error.filename2} {error}"

@@ -10,10 +10,12 @@ must hold exactly the weights of a run that was never interrupted (CPU, same see
 from __future__ import annotations
 
 import os
+import queue
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,21 +44,45 @@ def _run_to_end(tiny: Path, work: Path, *extra: str) -> subprocess.CompletedProc
 def _kill_at(
     tiny: Path, work: Path, stage: str, step: int, delay: float
 ) -> tuple[list[str], int]:
-    """Start the worker, SIGKILL it ``delay`` s after it reports ``step <stage> <step>``."""
+    """Start the worker, SIGKILL it ``delay`` s after it reports ``step <stage> <step>``.
+
+    The kill comes earlier if the worker reports the save of the next checkpoint first: on a fast
+    machine ``delay`` spans several tiny steps, and the kill must land before checkpoint 4 (which
+    the mid-save kill that follows needs to write itself).
+    """
     process = subprocess.Popen(
         [sys.executable, str(WORKER), str(tiny), str(work)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(),
     )  # fmt: skip
-    seen = []
-    try:
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
         for line in process.stdout:
-            seen.append(line.strip())
-            if line.strip() == f"step {stage} {step}":
-                time.sleep(delay)
-                process.send_signal(signal.SIGKILL)
-                break
+            lines.put(line.strip())
+        lines.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        deadline = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                line = lines.get(timeout=timeout)
+            except queue.Empty:
+                break  # the random pause is over
+            if line is None:
+                break  # the worker ended on its own: the caller's assertion says so
+            seen.append(line)
+            if line == f"step {stage} {step}":
+                deadline = time.monotonic() + delay
+            elif deadline is not None and line == f"saved {stage} {step + 1}":
+                break  # no later than right after the next save
+        process.send_signal(signal.SIGKILL)
     finally:
         code = process.wait(timeout=600)
+        reader.join(timeout=60)
         process.stdout.close()
     return seen, code
 

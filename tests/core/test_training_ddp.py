@@ -28,6 +28,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _json_objects(text: str) -> list[dict]:
+    """Every JSON object printed by the ranks: two processes share one pipe, so one rank's object
+    can land on the same line as the other's (seen: 'Extra data' from ``json.loads`` per line)."""
+    decoder, found, index = json.JSONDecoder(), [], text.find("{")
+    while index != -1:
+        value, end = decoder.raw_decode(text, index)
+        found.append(value)
+        index = text.find("{", end)
+    return found
+
+
+def test_json_objects_splits_two_ranks_on_one_line():
+    text = 'noise\n{"rank": 0, "a": [1]}{"rank": 1}\n{"rank": 2}\n'
+    assert [x["rank"] for x in _json_objects(text)] == [0, 1, 2]
+
+
 @pytest.mark.slow
 def test_two_processes_follow_the_whole_schedule(tmp_path):
     root = build_tiny_sd(tmp_path / "tiny_sd", TinyModelConfig())
@@ -41,7 +57,7 @@ def test_two_processes_follow_the_whole_schedule(tmp_path):
         command, capture_output=True, text=True, timeout=600, env=env, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
+    lines = _json_objects(done.stdout)
     assert sorted(line["rank"] for line in lines) == [0, 1]
     for line in lines:
         assert line["processes"] == 2

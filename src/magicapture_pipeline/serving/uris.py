@@ -8,7 +8,10 @@ from ``models:/<model_id>`` looks the logged model up in the *global* tracking s
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+
+REGISTRY_URI_ENV = "MLFLOW_REGISTRY_URI"
 
 
 @contextlib.contextmanager
@@ -23,9 +26,16 @@ def tracking(uri: str | None) -> Iterator[None]:
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     previous = registry_utils._registry_uri
+    # set_registry_uri also exports MLFLOW_REGISTRY_URI (for subprocesses): restore that too, or
+    # every process started later from this one registers into this block's store.
+    previous_env = os.environ.get(REGISTRY_URI_ENV)
     mlflow.set_registry_uri(uri)
     try:
         with _use_tracking_uri(uri):
             yield
     finally:
         registry_utils._registry_uri = previous
+        if previous_env is None:
+            os.environ.pop(REGISTRY_URI_ENV, None)
+        else:
+            os.environ[REGISTRY_URI_ENV] = previous_env

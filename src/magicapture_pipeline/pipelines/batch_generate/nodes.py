@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 def generate_batch(
-    batch_prompts: pd.DataFrame, serving: ServingConfig, mlflow_run: dict[str, Any]
+    batch_prompts: pd.DataFrame, serving: dict[str, Any], mlflow_run: dict[str, Any]
 ) -> tuple[dict[str, Image.Image], pd.DataFrame]:
     """Sample every row of the prompts file with the registered concept ``serving.model_uri``.
 
@@ -28,6 +28,9 @@ def generate_batch(
         ``batch_images`` (key -> PNG with provenance) and ``batch_records`` (one row per image:
         key, prompt, seed and the settings used, model URI and version).
     """
+    # Parameters arrive as a plain mapping and are validated here: a node parameter typed as a
+    # pydantic model is validated by Kedro itself before any hook, which would pre-empt the
+    # ParameterCheckHook's one-line-per-problem report (field, value, allowed range).
     config = ServingConfig.model_validate(serving)
     if "prompt" not in batch_prompts.columns:
         raise ValueError(

@@ -12,7 +12,7 @@ def apply_promotion(
     action: str,
     model_name: str,
     model_version: int | None,
-    registry: RegistryConfig,
+    registry: dict[str, Any],
     mlflow_run: dict[str, Any],
 ) -> dict[str, Any]:
     """Promote ``model_version`` (default: ``@candidate``) to ``@champion``, or roll back.
@@ -21,6 +21,9 @@ def apply_promotion(
         PromotionRefused: a gate failed (named in the message) or there is nothing to roll back to;
             the aliases are then left as they were.
     """
+    # Parameters arrive as a plain mapping and are validated here: a node parameter typed as a
+    # pydantic model is validated by Kedro itself before any hook, which would pre-empt the
+    # ParameterCheckHook's one-line-per-problem report (field, value, allowed range).
     request = PromoteRequest(action=action, model_name=model_name, model_version=model_version)
     config = RegistryConfig.model_validate(registry).model_copy(
         update={"model_name": request.model_name}

@@ -56,9 +56,9 @@ def register_concept(
     base_model: dict[str, Any],
     metrics: dict[str, Any],
     mlflow_run: dict[str, Any],
-    registry: RegistryConfig,
-    generation: GenerationConfig,
-    serving: ServingConfig,
+    registry: dict[str, Any],
+    generation: dict[str, Any],
+    serving: dict[str, Any],
 ) -> dict[str, Any]:
     """Register the concept as a new version of ``magicapture-<concept>`` aliased ``candidate``.
 
@@ -75,6 +75,9 @@ def register_concept(
     Returns:
         What was registered; ``registered: false`` and a reason when tracking or registry is off.
     """
+    # Parameters arrive as plain mappings and are validated here: a node parameter typed as a
+    # pydantic model is validated by Kedro itself before any hook, which would pre-empt the
+    # ParameterCheckHook's one-line-per-problem report (field, value, allowed range).
     config = RegistryConfig.model_validate(registry)
     if not config.enabled or not mlflow_run.get("run_id"):
         reason = "registry.enabled is false" if not config.enabled else mlflow_run.get("reason")
