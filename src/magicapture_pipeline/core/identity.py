@@ -25,6 +25,19 @@ import numpy as np
 DLIB_SAME_PERSON_DISTANCE = 0.6  # dlib's documented threshold for its 128-d descriptor
 
 
+
+def _landmarks_or_found(finder, image_rgb: np.ndarray, landmarks5):
+    """The given 5 points, else what ``finder`` finds on the image (None: no face / no finder)."""
+    if landmarks5 is None and finder is not None:
+        return finder(image_rgb)
+    return landmarks5
+
+
+def _unit(feature: np.ndarray) -> np.ndarray:
+    """``feature`` scaled to unit L2 norm (a zero vector stays zero)."""
+    norm = float(np.linalg.norm(feature))
+    return feature / norm if norm > 0 else feature
+
 class FaceEmbedder(Protocol):
     """What CSIM and the same-person validation rule need from a face embedding model."""
 
@@ -126,8 +139,7 @@ class ArcFaceOnnxEmbedder:
         """L2-normalised 512-d embedding of the face at ``landmarks5`` (ArcFace order)."""
         from insightface.utils import face_align
 
-        if landmarks5 is None and self.landmark_finder is not None:
-            landmarks5 = self.landmark_finder(image_rgb)
+        landmarks5 = _landmarks_or_found(self.landmark_finder, image_rgb, landmarks5)
         if landmarks5 is None:
             return None
         points = np.asarray(landmarks5, dtype=np.float32).reshape(5, 2)
@@ -139,8 +151,7 @@ class ArcFaceOnnxEmbedder:
                 bgr, landmark=points, image_size=self.model.input_size[0]
             )
         feature = np.asarray(self.model.get_feat(aligned), dtype=np.float32).reshape(-1)
-        norm = float(np.linalg.norm(feature))
-        return feature / norm if norm > 0 else feature
+        return _unit(feature)
 
 
 def l2_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -195,8 +206,7 @@ class IResNetEmbedder:
 
         from magicapture_pipeline.core.arcface import align_faces
 
-        if landmarks5 is None and self.landmark_finder is not None:
-            landmarks5 = self.landmark_finder(image_rgb)
+        landmarks5 = _landmarks_or_found(self.landmark_finder, image_rgb, landmarks5)
         if landmarks5 is None:
             return None
         pixels = torch.from_numpy(np.asarray(image_rgb, dtype=np.float32)).permute(2, 0, 1)
@@ -204,5 +214,4 @@ class IResNetEmbedder:
         points = torch.as_tensor(np.asarray(landmarks5, np.float32).reshape(1, 5, 2))
         with torch.no_grad():
             feature = self.model(align_faces(images, points)).float().reshape(-1).numpy()
-        norm = float(np.linalg.norm(feature))
-        return feature / norm if norm > 0 else feature
+        return _unit(feature)
