@@ -25,7 +25,6 @@ import numpy as np
 DLIB_SAME_PERSON_DISTANCE = 0.6  # dlib's documented threshold for its 128-d descriptor
 
 
-
 def _landmarks_or_found(finder, image_rgb: np.ndarray, landmarks5):
     """The given 5 points, else what ``finder`` finds on the image (None: no face / no finder)."""
     if landmarks5 is None and finder is not None:
@@ -37,6 +36,7 @@ def _unit(feature: np.ndarray) -> np.ndarray:
     """``feature`` scaled to unit L2 norm (a zero vector stays zero)."""
     norm = float(np.linalg.norm(feature))
     return feature / norm if norm > 0 else feature
+
 
 class FaceEmbedder(Protocol):
     """What CSIM and the same-person validation rule need from a face embedding model."""
