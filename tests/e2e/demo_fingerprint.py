@@ -1,0 +1,86 @@
+"""The demo's exported tensors and metrics, run small, as a fingerprint a refactor must keep.
+
+``python tests/e2e/demo_fingerprint.py --update`` runs the shrunk demo once in a temporary copy of
+the project and writes ``tests/e2e/golden/`` (the concept's safetensors files and every number of
+``metrics.json``); ``test_demo_unchanged.py`` runs the same and compares. Regenerate only for a change
+that is meant to change results (a fidelity fix), and say so in the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = HERE / "golden"
+sys.path.insert(0, str(HERE.parent))
+
+from conftest import copy_project, run_kedro  # noqa: E402
+
+# Few steps, but every stage, both tasks' losses, a checkpoint and a heatmap.
+SHRINK = (
+    "stage_one.max_steps=4,stage_one.checkpoint_every=2,"
+    "stage_two.max_steps=6,stage_two.checkpoint_every=3,stage_two.heatmap_every=3,"
+    "generation.num_inference_steps=2,generation.images_per_prompt=1"
+)
+TIMING_WORDS = ("seconds", "time", "duration", "per_s", "rss", "memory")
+
+
+def numbers(value, prefix: str = "") -> dict[str, float]:
+    """Every number in a JSON document by its path, timings and memory excluded."""
+    out: dict[str, float] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not any(word in key for word in TIMING_WORDS):
+                out.update(numbers(item, f"{prefix}{key}."))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out.update(numbers(item, f"{prefix}{index}."))
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        out[prefix.rstrip(".")] = float(value)
+    return out
+
+
+def run_demo(workdir: Path) -> tuple[Path, dict[str, float]]:
+    """Run the shrunk demo in a copy of the project; the concept folder and metrics numbers."""
+    project = copy_project(workdir / "project")
+    os.environ["MAGICAPTURE_MLFLOW"] = "0"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    done = run_kedro(
+        project, "run", "--pipelines=customize", "--env=demo", f"--params={SHRINK}", timeout=1500
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-4000:])
+    (concept,) = (project / "data" / "06_models").glob("*/concept")
+    reporting = project / "data" / "08_reporting" / concept.parent.name
+    found = numbers(json.loads((reporting / "metrics.json").read_text()))
+    for name in ("stage_one_history", "stage_two_history"):  # every loss term of every step
+        table = pd.read_csv(reporting / f"{name}.csv")
+        for column in table.select_dtypes("number").columns:
+            if not any(word in column for word in TIMING_WORDS):
+                for row, value in enumerate(table[column].tolist()):
+                    found[f"{name}.{column}.{row}"] = float(value)
+    return concept, found
+
+
+def main() -> None:
+    if "--update" not in sys.argv:
+        raise SystemExit("usage: python tests/e2e/demo_fingerprint.py --update")
+    with tempfile.TemporaryDirectory() as tmp:
+        concept, metrics = run_demo(Path(tmp))
+        shutil.rmtree(GOLDEN, ignore_errors=True)
+        GOLDEN.mkdir(parents=True)
+        for path in sorted(concept.glob("*.safetensors")):
+            shutil.copy2(path, GOLDEN / path.name)
+        (GOLDEN / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN}")
+
+
+if __name__ == "__main__":
+    main()
