@@ -89,8 +89,8 @@ def main() -> None:
     from safetensors.torch import save_file
 
     from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
-    from magicapture_pipeline.core.models import load_components
-    from magicapture_pipeline.core.tokens import embedding_matrix
+    from magicapture_pipeline.core.models.loading import load_components
+    from magicapture_pipeline.core.models.tokens import embedding_matrix
     from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer
     from magicapture_pipeline.core.training.loop import _Trainer
 

@@ -221,7 +221,7 @@ def test_rerun_after_the_photos_changed_keeps_nothing_of_the_old_ones(project_co
     from PIL import Image
 
     from conftest import run_kedro
-    from magicapture_pipeline.core.sample_data import build_sample_set
+    from magicapture_pipeline.core.faces.sample_data import build_sample_set
 
     images = build_sample_set("source", 5)
     first, second = tmp_path / "first", tmp_path / "second"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from magicapture_pipeline.core import generation as g
+from magicapture_pipeline.core.generation import sampling as g
 
 
 def write_test_concept(base: Path, out: Path) -> Path:

@@ -42,9 +42,9 @@ def write_sdxl_concept(base: Path, out: Path) -> tuple[dict, object]:
     """Export a random SDXL concept (UNet + both text encoders LoRA, both token tables) with the
     project's ``core.concept.export``; returns ``concept.json`` and the in-memory components
     (adapters attached) that the concept was taken from."""
-    from magicapture_pipeline.core.concept import export
-    from magicapture_pipeline.core.families import FamilyAdapter
-    from magicapture_pipeline.core.models import load_components
+    from magicapture_pipeline.core.generation.export import export
+    from magicapture_pipeline.core.models.families import FamilyAdapter
+    from magicapture_pipeline.core.models.loading import load_components
 
     parts = load_components(base)
     adapter = FamilyAdapter(parts)

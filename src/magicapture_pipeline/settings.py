@@ -3,9 +3,9 @@
 from kedro.config import OmegaConfigLoader
 
 from magicapture_pipeline.check_config import ParameterCheckHook
-from magicapture_pipeline.concept_hooks import ConceptLockHook, ProgressHook
 from magicapture_pipeline.concepts import validate_concept_name
-from magicapture_pipeline.hooks import MlflowTrackingHook
+from magicapture_pipeline.hooks.concept import ConceptLockHook, ProgressHook
+from magicapture_pipeline.tracking.hook import MlflowTrackingHook
 
 # ParameterCheckHook: every parameter section the run reads is checked before the first node.
 # MlflowTrackingHook: the one place MLflow is touched (one run per `kedro run`, explicit run id).

@@ -55,7 +55,7 @@ def _registry_lines(tracking_uri: str, model_name: str, env: str) -> list[str]:
 
 def summary(project: Path, env: str, concept: str | None = None) -> str:
     """The text printed at the end of ``make demo`` (for ``concept``, default the env's)."""
-    from magicapture_pipeline.hooks import resolve_tracking_uri
+    from magicapture_pipeline.tracking.hook import resolve_tracking_uri
 
     params = _params(project, env, concept)
     concept = validate_concept_name(params.get("concept"))

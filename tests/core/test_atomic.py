@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from magicapture_pipeline.core import atomic
-from magicapture_pipeline.core import concept as concept_io
+from magicapture_pipeline.core.generation import export as concept_io
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

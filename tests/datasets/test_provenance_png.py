@@ -6,7 +6,7 @@ import pytest
 from kedro.io import DatasetError
 from PIL import Image
 
-from magicapture_pipeline.core.postprocess import PROVENANCE_KEY, mark, read_provenance
+from magicapture_pipeline.core.generation.postprocess import PROVENANCE_KEY, mark, read_provenance
 from magicapture_pipeline.datasets.provenance_png import ProvenancePNGDataset
 
 

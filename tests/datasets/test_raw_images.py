@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from kedro.io import DatasetError
 
-from magicapture_pipeline.core.images import RawImage
-from magicapture_pipeline.core.sample_data import MANIFEST_NAME
+from magicapture_pipeline.core.faces.images import RawImage
+from magicapture_pipeline.core.faces.sample_data import MANIFEST_NAME
 from magicapture_pipeline.datasets.raw_images import RawImageFolderDataset, SampleImageFolderDataset
 
 

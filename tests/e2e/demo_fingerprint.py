@@ -1,9 +1,10 @@
 """The demo's exported tensors and metrics, run small, as a fingerprint a refactor must keep.
 
-``python tests/e2e/demo_fingerprint.py --update`` runs the shrunk demo once in a temporary copy of
-the project and writes ``tests/e2e/golden/`` (the concept's safetensors files and every number of
-``metrics.json``); ``test_demo_unchanged.py`` runs the same and compares. Regenerate only for a change
-that is meant to change results (a fidelity fix), and say so in the commit.
+``python tests/e2e/demo_fingerprint.py --update`` runs the shrunk demo once in a temporary
+copy of the project and writes ``tests/e2e/golden/`` (the concept's safetensors files, every
+number of ``metrics.json`` and every loss of both histories); ``test_demo_unchanged.py`` runs the
+same and compares. Regenerate only for a change that is meant to change results (a fidelity
+fix), and say so in the commit.
 """
 
 from __future__ import annotations

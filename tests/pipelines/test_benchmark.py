@@ -10,8 +10,8 @@ from PIL import Image
 from skimage import data
 
 from magicapture_pipeline.config.training import TinyModelConfig
-from magicapture_pipeline.core.comparison import comparison_markdown, comparison_rows
-from magicapture_pipeline.core.models import build_tiny_sd
+from magicapture_pipeline.core.evaluation.comparison import comparison_markdown, comparison_rows
+from magicapture_pipeline.core.models.loading import build_tiny_sd
 from magicapture_pipeline.pipelines.benchmark.nodes import run_benchmark
 
 
@@ -180,7 +180,7 @@ def test_lora_baselines_do_not_use_full_fine_tune_learning_rates():
 
 def test_same_as_loss_check_only_for_rows_trained_with_the_identity_loss():
     from magicapture_pipeline.config.generation import VariantConfig
-    from magicapture_pipeline.core.baselines import _trains_with_identity_loss
+    from magicapture_pipeline.core.evaluation.baselines import _trains_with_identity_loss
 
     rows = [
         VariantConfig(name="M", method="magicapture"),

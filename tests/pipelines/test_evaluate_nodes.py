@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from magicapture_pipeline.hooks import option_tags
 from magicapture_pipeline.pipelines.evaluate.nodes import evaluate_generated
+from magicapture_pipeline.tracking.hook import option_tags
 
 
 @pytest.mark.parametrize("enabled", [False, True])

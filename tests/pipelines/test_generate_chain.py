@@ -16,9 +16,9 @@ from PIL import Image
 from skimage import data
 
 from magicapture_pipeline.config.training import TinyModelConfig
-from magicapture_pipeline.core.metrics import AestheticMLP, FaceRegions
-from magicapture_pipeline.core.models import build_tiny_sd
-from magicapture_pipeline.core.postprocess import verify_provenance
+from magicapture_pipeline.core.evaluation.metrics import AestheticMLP, FaceRegions
+from magicapture_pipeline.core.generation.postprocess import verify_provenance
+from magicapture_pipeline.core.models.loading import build_tiny_sd
 from magicapture_pipeline.pipelines import evaluate, generate, postprocess
 from tiny_concept import tiny_clip_vision, write_test_concept
 

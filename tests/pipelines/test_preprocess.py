@@ -19,8 +19,8 @@ from PIL import Image
 from skimage import data
 
 from conftest import run_kedro
-from magicapture_pipeline.core.sample_data import build_sample_set
-from magicapture_pipeline.core.validation import ValidationFailed
+from magicapture_pipeline.core.faces.sample_data import build_sample_set
+from magicapture_pipeline.core.faces.validation import ValidationFailed
 from magicapture_pipeline.pipelines.preprocess import create_pipeline
 
 GPS_IFD = 0x8825
@@ -254,7 +254,7 @@ def test_kedro_run_stops_on_invalid_set(project_copy, tmp_path):
 def test_accepted_set_holds_a_source_photo_out_of_training():
     """With 5 source photos one is held out before training (issue 10): the examples training
     builds never include it; with 4 every photo trains."""
-    from magicapture_pipeline.core.validation import split_heldout_sources
+    from magicapture_pipeline.core.faces.validation import split_heldout_sources
     from magicapture_pipeline.pipelines.preprocess.nodes import accept_training_set
 
     assert split_heldout_sources(["b", "a", "c", "e", "d"], 1, 5) == (["a", "b", "c", "d"], ["e"])

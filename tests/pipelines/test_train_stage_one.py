@@ -12,9 +12,9 @@ from kedro_datasets.pandas import CSVDataset
 from kedro_datasets.pillow import ImageDataset
 from PIL import Image
 
-from magicapture_pipeline.core.faces import FaceAnalyzer, analyze_reference, analyze_source
-from magicapture_pipeline.core.models import is_local_model
-from magicapture_pipeline.core.sample_data import build_sample_set
+from magicapture_pipeline.core.faces.analysis import FaceAnalyzer, analyze_reference, analyze_source
+from magicapture_pipeline.core.faces.sample_data import build_sample_set
+from magicapture_pipeline.core.models.loading import is_local_model
 from magicapture_pipeline.datasets.tensors import SafetensorsDataset
 from magicapture_pipeline.pipelines.train_stage_one import create_pipeline
 from magicapture_pipeline.pipelines.train_stage_one.nodes import prepare_base_model

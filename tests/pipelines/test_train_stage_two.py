@@ -16,7 +16,7 @@ from PIL import Image
 from test_train_stage_one import RES, demo_inputs
 
 from conftest import run_kedro
-from magicapture_pipeline.core.concept import load_concept
+from magicapture_pipeline.core.generation.export import load_concept
 from magicapture_pipeline.datasets.concept import ConceptDataset
 from magicapture_pipeline.datasets.tensors import SafetensorsDataset
 from magicapture_pipeline.pipelines import train_stage_one, train_stage_two

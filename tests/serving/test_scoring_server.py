@@ -22,15 +22,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from test_registry import build_tiny_concept
 
 from conftest import PROJECT_ROOT, run_kedro
 from magicapture_pipeline.config.generation import GenerationConfig
 from magicapture_pipeline.config.serving import ServingConfig, ServingLimits
 from magicapture_pipeline.config.tracking import RegistryConfig
-from magicapture_pipeline.core.postprocess import read_provenance
+from magicapture_pipeline.core.generation.postprocess import read_provenance
 from magicapture_pipeline.pipelines.register.nodes import register_concept
-from magicapture_pipeline.registry import decode_image, promote
-from test_registry import build_tiny_concept
+from magicapture_pipeline.serving.registry import decode_image, promote
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from test_registry import GATES, MODEL, build_tiny_concept, promote, register
 
 from magicapture_pipeline.tracking.migrate import MIGRATED_TAG, migrate
-from test_registry import GATES, MODEL, build_tiny_concept, promote, register
 
 
 @pytest.fixture(scope="module")

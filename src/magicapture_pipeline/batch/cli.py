@@ -58,8 +58,8 @@ def _tracking_uri(project: Path, env: str) -> str | None:
     """The env's tracking URI (as the concept runs resolve it), or None when tracking is off."""
     from kedro.config import OmegaConfigLoader
 
-    from magicapture_pipeline.hooks import resolve_tracking_uri, tracking_disabled_by_env
     from magicapture_pipeline.settings import CONFIG_LOADER_ARGS
+    from magicapture_pipeline.tracking.hook import resolve_tracking_uri, tracking_disabled_by_env
 
     if tracking_disabled_by_env():
         return None

@@ -127,7 +127,7 @@ def log_summary_run(summary: dict[str, Any], summary_file: Path, tracking_uri: s
     """One MLflow run in ``magicapture-batches`` whose artifact is the summary; returns its id."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from magicapture_pipeline.tracking_store import tracking_client
+    from magicapture_pipeline.tracking.store import tracking_client
 
     client = tracking_client(tracking_uri)
     experiment = client.get_experiment_by_name(SUMMARY_EXPERIMENT)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from magicapture_pipeline.batch.manifest import set_nested
-from magicapture_pipeline.hooks import BATCH_ID_ENV
+from magicapture_pipeline.tracking.hook import BATCH_ID_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def _clear_checkpoints(project: Path, concept: str, params: dict[str, Any]) -> N
 
 
 def _tracking(params: dict[str, Any], project: Path) -> tuple[Any, str] | None:
-    from magicapture_pipeline.hooks import resolve_tracking_uri, tracking_disabled_by_env
-    from magicapture_pipeline.tracking_store import tracking_client
+    from magicapture_pipeline.tracking.hook import resolve_tracking_uri, tracking_disabled_by_env
+    from magicapture_pipeline.tracking.store import tracking_client
 
     tracking = params.get("tracking") or {}
     tracking = tracking.model_dump() if hasattr(tracking, "model_dump") else dict(tracking)
@@ -107,7 +107,7 @@ def _run_id(params: dict[str, Any], project: Path, session_id: str) -> str | Non
 
 
 def _outcome(context: Any, succeeded: bool) -> dict[str, Any]:
-    from magicapture_pipeline.hooks import dataset_path
+    from magicapture_pipeline.tracking.hook import dataset_path
 
     catalog = context.catalog
     concept_dir = dataset_path(catalog, "concept")
@@ -146,7 +146,7 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from magicapture_pipeline.concept_hooks import PROGRESS_ENV
+    from magicapture_pipeline.hooks.concept import PROGRESS_ENV
 
     started = time.time()
     project = Path(job["project"]).resolve()

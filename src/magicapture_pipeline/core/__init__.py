@@ -1,7 +1,8 @@
-"""The MagiCapture method, importable without Kedro.
+"""The MagiCapture method, importable without Kedro or MLflow, in folders that follow the data:
 
-One module per concern: ``images`` (robust decoding), ``faces`` (detection, mesh, masks),
-``identity`` (face embeddings), ``models`` (SD components), ``tokens`` ([V1]/[V2]),
-``attention`` (cross-attention capture), ``losses`` (Eq. 4-8), ``training`` (stage one and two),
-``concept`` (export/import), ``generation``, ``postprocess`` and ``metrics``.
+``faces/`` (photos to crops, masks and a validated set) -> ``models/`` (the base model, tokens,
+attention capture) -> ``training/`` (stage one and two, Eq. 4-8 wiring, checkpoints) ->
+``generation/`` (sampling, the exported concept, post-processing) -> ``evaluation/`` (metrics,
+protocol, baselines). ``identity/`` holds the face recognizers and the ArcFace of Eq. 7;
+``losses.py`` (one function per paper equation) and ``atomic.py`` sit at the bottom.
 """

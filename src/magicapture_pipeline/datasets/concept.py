@@ -12,7 +12,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from magicapture_pipeline.core import concept as concept_io
+from magicapture_pipeline.core.generation import export as concept_io
 
 
 class ConceptDataset(AbstractDataset[Any, dict[str, Any]]):

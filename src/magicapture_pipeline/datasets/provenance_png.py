@@ -18,7 +18,7 @@ from kedro.io import AbstractDataset
 from kedro.io.core import get_filepath_str, get_protocol_and_path
 from PIL import Image
 
-from magicapture_pipeline.core.postprocess import PROVENANCE_KEY, png_bytes
+from magicapture_pipeline.core.generation.postprocess import PROVENANCE_KEY, png_bytes
 
 
 class ProvenancePNGDataset(AbstractDataset[Image.Image, Image.Image]):

@@ -19,7 +19,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from magicapture_pipeline.core.images import RawImage
+from magicapture_pipeline.core.faces.images import RawImage
 
 IMAGE_SUFFIXES = (
     ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif",
@@ -219,7 +219,7 @@ class SampleImageFolderDataset(RawImageFolderDataset):
         if not self._image_files():
             import fcntl
 
-            from magicapture_pipeline.core.sample_data import write_sample_set
+            from magicapture_pipeline.core.faces.sample_data import write_sample_set
 
             # Several concepts may start at once on the same demo folder: one writes, the
             # others wait and then read the complete set (never a half-written one).

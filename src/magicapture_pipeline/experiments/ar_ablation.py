@@ -40,7 +40,7 @@ from magicapture_pipeline.config.training import (
     StageTwoConfig,
     TinyModelConfig,
 )
-from magicapture_pipeline.core.models import build_tiny_sd, load_components
+from magicapture_pipeline.core.models.loading import build_tiny_sd, load_components
 from magicapture_pipeline.core.training import (
     StageOneTrainer,
     StageTwoTrainer,
@@ -51,8 +51,12 @@ from magicapture_pipeline.core.training import (
 
 def demo_examples(resolution: int, sources: int, references: int) -> list[TrainingExample]:
     """The demo photos, cropped and masked by the preprocessing core (``core.faces``)."""
-    from magicapture_pipeline.core.faces import FaceAnalyzer, analyze_reference, analyze_source
-    from magicapture_pipeline.core.sample_data import build_sample_set
+    from magicapture_pipeline.core.faces.analysis import (
+        FaceAnalyzer,
+        analyze_reference,
+        analyze_source,
+    )
+    from magicapture_pipeline.core.faces.sample_data import build_sample_set
 
     examples = []
     with FaceAnalyzer() as analyzer:

@@ -36,8 +36,8 @@ def sdxl_layer_counts() -> dict[str, Any]:
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from magicapture_pipeline.core.attention import cross_attention_resolutions
-    from magicapture_pipeline.core.sdxl import SDXL_UNET
+    from magicapture_pipeline.core.models.attention import cross_attention_resolutions
+    from magicapture_pipeline.core.models.sdxl import SDXL_UNET
 
     with init_empty_weights():
         unet = UNet2DConditionModel(**SDXL_UNET)
@@ -56,8 +56,8 @@ def sdxl_layer_counts() -> dict[str, Any]:
 
 def _tiny_parts(folder: Path) -> Any:
     from magicapture_pipeline.config.training import TinyModelConfig
-    from magicapture_pipeline.core.families import build_tiny_model
-    from magicapture_pipeline.core.models import load_components
+    from magicapture_pipeline.core.models.families import build_tiny_model
+    from magicapture_pipeline.core.models.loading import load_components
 
     config = TinyModelConfig(
         family="sdxl",
@@ -74,8 +74,8 @@ def time_steps(repeats: int) -> dict[str, Any]:
     from peft import LoraConfig
 
     from magicapture_pipeline.core import losses
-    from magicapture_pipeline.core.attention import CrossAttentionCapture
-    from magicapture_pipeline.core.families import FamilyAdapter
+    from magicapture_pipeline.core.models.attention import CrossAttentionCapture
+    from magicapture_pipeline.core.models.families import FamilyAdapter
 
     with tempfile.TemporaryDirectory() as folder:
         parts = _tiny_parts(Path(folder))

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from magicapture_pipeline.serving.concept_model import decode_image
-from magicapture_pipeline.serving.uris import tracking
+from magicapture_pipeline.tracking.uris import tracking
 
 
 def load_registered(model_uri: str, tracking_uri: str | None) -> Any:

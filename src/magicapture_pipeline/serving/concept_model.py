@@ -55,7 +55,7 @@ def fill_tokens(prompt: str, person: str, style: str) -> str:
 
 def encode_image(image: Any, provenance: dict[str, Any] | None = None) -> str:
     """A PIL image as a base64 PNG string, with ``provenance`` in its ``magicapture`` chunk."""
-    from magicapture_pipeline.core.postprocess import png_bytes
+    from magicapture_pipeline.core.generation.postprocess import png_bytes
 
     return base64.b64encode(png_bytes(image, provenance)).decode("ascii")
 
@@ -98,7 +98,7 @@ class ConceptModel(mlflow.pyfunc.PythonModel):
         """Resolve the base model, attach the concept and set the registered sampler."""
         from magicapture_pipeline.config.generation import SamplingConfig
         from magicapture_pipeline.config.serving import ServingLimits
-        from magicapture_pipeline.core.generation import concept_tokens, prepare_pipeline
+        from magicapture_pipeline.core.generation.sampling import concept_tokens, prepare_pipeline
         from magicapture_pipeline.serving.base_model import resolve_base_model
 
         config = dict(context.model_config or {})
@@ -150,8 +150,8 @@ class ConceptModel(mlflow.pyfunc.PythonModel):
         (Untyped on purpose: MLflow reads ``predict``'s type hints as a schema; the signature
         logged with the model is the schema.)
         """
-        from magicapture_pipeline.core.generation import sample_image
-        from magicapture_pipeline.core.postprocess import provenance_record
+        from magicapture_pipeline.core.generation.postprocess import provenance_record
+        from magicapture_pipeline.core.generation.sampling import sample_image
 
         requests = self.validate(model_input)
         sampling = self._sampling

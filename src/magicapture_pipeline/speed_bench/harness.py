@@ -35,8 +35,8 @@ class StepBench:
     """One size's training steps, built from the core functions, ready to be timed (CPU only)."""
 
     def __init__(self, model: BenchModel, arcface_arch: str) -> None:
-        from magicapture_pipeline.core.arcface import FaceIdentityEncoder, build_iresnet
-        from magicapture_pipeline.core.models import build_tiny_autoencoder
+        from magicapture_pipeline.core.identity.arcface import FaceIdentityEncoder, build_iresnet
+        from magicapture_pipeline.core.models.loading import build_tiny_autoencoder
 
         if model.family != "sd15":
             raise ValueError(
@@ -101,7 +101,7 @@ class StepBench:
         """peft LoRA (paper preset: cross-attention projections) + the embeddings."""
         from peft import LoraConfig
 
-        from magicapture_pipeline.core.attention import CrossAttentionCapture
+        from magicapture_pipeline.core.models.attention import CrossAttentionCapture
 
         self.m.unet.add_adapter(
             LoraConfig(
@@ -139,7 +139,7 @@ class StepBench:
         tiny: bool = False,
     ) -> torch.Tensor:
         from magicapture_pipeline.config.training import IdentityConfig
-        from magicapture_pipeline.core.arcface import face_latent_window
+        from magicapture_pipeline.core.identity.arcface import face_latent_window
         from magicapture_pipeline.core.losses import identity_loss, one_step_x0_estimate
 
         x0 = one_step_x0_estimate(noisy, pred, t, self.alphas_cumprod)
@@ -279,7 +279,7 @@ def _stage_one_context(bench: Any):
 def _bench_landmarks(resolution: int) -> torch.Tensor:
     """ArcFace landmarks ``(1, 5, 2)`` of a centred face whose aligned square covers 0.53 of the
     side, as measured on the demo's astronaut crop (``core.faces.analyze_source``)."""
-    from magicapture_pipeline.core.arcface import ARCFACE_TEMPLATE_112
+    from magicapture_pipeline.core.identity.arcface import ARCFACE_TEMPLATE_112
 
     scale = ALIGNED_SHARE * resolution / 112
     centre = torch.tensor([resolution / 2, resolution / 2])

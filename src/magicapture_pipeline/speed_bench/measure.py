@@ -146,7 +146,7 @@ def _component_breakdown(
             if model.text_encoder_2 is None:
                 out = model.unet(latents, t, model.text_encoder(ids)[0]).sample
             else:
-                from magicapture_pipeline.core import sdxl
+                from magicapture_pipeline.core.models import sdxl
 
                 _, text, pooled = sdxl.encode_prompts(
                     (model.tokenizer, model.tokenizer_2),

@@ -22,7 +22,11 @@ def measure_preprocess(repeats: int = 20) -> dict[str, Any]:
     try:
         from skimage import data
 
-        from magicapture_pipeline.core.faces import FaceAnalyzer, analyze_source, measure_stages
+        from magicapture_pipeline.core.faces.analysis import (
+            FaceAnalyzer,
+            analyze_source,
+            measure_stages,
+        )
     except ImportError as error:
         return {"preprocess_images_per_s": None, "reason": f"not measured: {error}"}
     rgb = data.astronaut()  # 512x512, decoded once: decode is excluded
@@ -49,7 +53,7 @@ def measure_generation(steps: int = 20, repeats: int = 3) -> dict[str, Any]:
     try:
         from diffusers import StableDiffusionPipeline
 
-        from magicapture_pipeline.core.generation import generate_images
+        from magicapture_pipeline.core.generation.sampling import generate_images
     except ImportError as error:
         return {"generate_s_per_image": None, "reason": f"not measured: {error}"}
     model = build_model("tiny")
@@ -84,7 +88,7 @@ def measure_evaluation(repeats: int = 5) -> dict[str, Any]:
         from PIL import Image
         from skimage import data
 
-        from magicapture_pipeline.core.metrics import csim, load_identity_embedder
+        from magicapture_pipeline.core.evaluation.metrics import csim, load_identity_embedder
     except ImportError as error:
         return {"evaluate_s_per_image": None, "reason": f"not measured: {error}"}
     embedder, reason = load_identity_embedder("dlib", None)

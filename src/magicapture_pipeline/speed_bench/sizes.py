@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from magicapture_pipeline.core.models import SD15_TEXT, SD15_UNET, SD15_VAE
-from magicapture_pipeline.core.sdxl import SDXL_TEXT, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
+from magicapture_pipeline.core.models.loading import SD15_TEXT, SD15_UNET, SD15_VAE
+from magicapture_pipeline.core.models.sdxl import SDXL_TEXT, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
 
 REPORT_DIR = Path("data/08_reporting")
 GOALS = {
@@ -183,7 +183,7 @@ class BenchModel:
 
 def _tiny_model(spec: SizeSpec) -> BenchModel:
     from magicapture_pipeline.config.training import TinyModelConfig
-    from magicapture_pipeline.core.models import build_tiny_sd, load_components
+    from magicapture_pipeline.core.models.loading import build_tiny_sd, load_components
 
     config = TinyModelConfig(sample_size=spec.resolution)
     with tempfile.TemporaryDirectory() as folder:
@@ -204,8 +204,8 @@ def _random_model(spec: SizeSpec) -> BenchModel:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from magicapture_pipeline.core.models import build_offline_tokenizer
-    from magicapture_pipeline.core.sdxl import SECOND_PAD_TOKEN
+    from magicapture_pipeline.core.models.loading import build_offline_tokenizer
+    from magicapture_pipeline.core.models.sdxl import SECOND_PAD_TOKEN
 
     def text_config(tok: Any, settings: dict[str, Any]) -> CLIPTextConfig:
         return CLIPTextConfig(

@@ -49,7 +49,7 @@ class TrainerBench:
         device: str = "cpu",
         mixed_precision: str = "no",
     ) -> None:
-        from magicapture_pipeline.core.models import SDComponents
+        from magicapture_pipeline.core.models.loading import SDComponents
         from magicapture_pipeline.core.training import TrainingExample
 
         self.m = model
@@ -108,8 +108,8 @@ class TrainerBench:
             IdentityConfig,
             StageTwoConfig,
         )
-        from magicapture_pipeline.core.attention import cross_attention_resolutions
-        from magicapture_pipeline.core.models import build_tiny_autoencoder
+        from magicapture_pipeline.core.models.attention import cross_attention_resolutions
+        from magicapture_pipeline.core.models.loading import build_tiny_autoencoder
         from magicapture_pipeline.core.training import StageTwoTrainer
 
         sizes = set(cross_attention_resolutions(self.m.unet).values())
@@ -151,7 +151,7 @@ class TrainerBench:
         saved = (settings.decode_region, settings.autocast_dtype)
         extra = None
         if every_layer:  # the authors' way: every attention layer stores every head's map
-            from magicapture_pipeline.core.attention import CrossAttentionCapture
+            from magicapture_pipeline.core.models.attention import CrossAttentionCapture
 
             captured = set(self.capture.layer_names)
             others = [

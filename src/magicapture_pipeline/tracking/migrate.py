@@ -63,7 +63,7 @@ def _copy_logged_models(
 ) -> dict[str, str]:
     import mlflow.artifacts
 
-    from magicapture_pipeline.serving.uris import tracking
+    from magicapture_pipeline.tracking.uris import tracking
 
     ids: dict[str, str] = {}
     for model in source.search_logged_models(experiment_ids=[experiment_id]):
@@ -84,7 +84,7 @@ def _copy_logged_models(
 
 def migrate(source_uri: str, target_uri: str) -> dict[str, int]:
     """Copy everything described in the module docstring; returns counts of what was copied."""
-    from magicapture_pipeline.serving.uris import tracking
+    from magicapture_pipeline.tracking.uris import tracking
 
     source = MlflowClient(tracking_uri=source_uri, registry_uri=source_uri)
     target = MlflowClient(tracking_uri=target_uri, registry_uri=target_uri)

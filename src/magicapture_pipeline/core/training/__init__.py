@@ -32,7 +32,6 @@ prepared so fp16 loss scaling is handled). Multi-GPU, data-parallel::
 the Kedro nodes, so each writes the same outputs; run the later pipelines in one process.
 """
 
-from magicapture_pipeline.core.figures import heatmap_figure, loss_curves_figure
 from magicapture_pipeline.core.training.attention_term import mass_fraction
 from magicapture_pipeline.core.training.checkpoints import CHECKPOINT_PREFIX, last_checkpoint
 from magicapture_pipeline.core.training.examples import (
@@ -44,6 +43,7 @@ from magicapture_pipeline.core.training.examples import (
     example_from_images,
     examples_from_training_set,
 )
+from magicapture_pipeline.core.training.figures import heatmap_figure, loss_curves_figure
 from magicapture_pipeline.core.training.identity_term import identity_status
 from magicapture_pipeline.core.training.loop import TrainingResult, build_accelerator
 from magicapture_pipeline.core.training.lora import (

@@ -83,7 +83,7 @@ class AttentionTerm:
             the face; ``attention_loss``: Eq. 8 on these maps; ``maps`` (N, 2, h, w) with
             zeros for an absent token; ``face_masks`` (N, 1, h, w) at map size; ``images``.
         """
-        from magicapture_pipeline.core.attention import CrossAttentionCapture
+        from magicapture_pipeline.core.models.attention import CrossAttentionCapture
 
         cfg = self.config
         person, style = cfg.tokens.person, cfg.tokens.style

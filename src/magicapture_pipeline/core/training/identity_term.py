@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from magicapture_pipeline.core import losses
-from magicapture_pipeline.core.models import (
+from magicapture_pipeline.core.models.loading import (
     build_tiny_autoencoder,
     check_decoder_matches,
     load_tiny_autoencoder,
@@ -61,7 +61,7 @@ class IdentityTerm:
     """Mixin of :class:`StageTwoTrainer`: the identity branch (Eq. 7)."""
 
     def _setup_identity(self) -> None:
-        from magicapture_pipeline.core import arcface
+        from magicapture_pipeline.core.identity import arcface
 
         cfg = self.config.identity
         if cfg.checkpoint is not None:
@@ -123,7 +123,7 @@ class IdentityTerm:
         latent window, ``identity.decode_region``; by the VAE or TAESD, ``identity.decoder``),
         align by the 5 landmarks (fp32) and embed with ArcFace; decode and ArcFace under
         ``identity.autocast_dtype``."""
-        from magicapture_pipeline.core.arcface import align_faces, face_latent_window
+        from magicapture_pipeline.core.identity.arcface import align_faces, face_latent_window
 
         cfg = self.config.identity
         x0 = losses.one_step_x0_estimate(

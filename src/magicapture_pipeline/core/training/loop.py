@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from magicapture_pipeline.core import losses
-from magicapture_pipeline.core.families import Conditioning, FamilyAdapter, TableRows
-from magicapture_pipeline.core.models import SDXL, SDComponents
-from magicapture_pipeline.core.tokens import placeholder_ids
+from magicapture_pipeline.core.models.families import Conditioning, FamilyAdapter, TableRows
+from magicapture_pipeline.core.models.loading import SDXL, SDComponents
+from magicapture_pipeline.core.models.tokens import placeholder_ids
 from magicapture_pipeline.core.training import checkpoints
 from magicapture_pipeline.core.training.examples import (
     REFERENCE,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from magicapture_pipeline.core import losses
-from magicapture_pipeline.core.models import SDComponents
+from magicapture_pipeline.core.models.loading import SDComponents
 from magicapture_pipeline.core.training.examples import REFERENCE, SOURCE, TrainingExample
 from magicapture_pipeline.core.training.loop import TrainingResult, _pick, _Trainer
 

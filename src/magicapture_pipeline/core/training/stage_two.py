@@ -11,8 +11,7 @@ import torch
 from torch import Tensor
 
 from magicapture_pipeline.core import losses
-from magicapture_pipeline.core.figures import heatmap_figure
-from magicapture_pipeline.core.models import SDComponents, upsampling_factor
+from magicapture_pipeline.core.models.loading import SDComponents, upsampling_factor
 from magicapture_pipeline.core.training.attention_term import AttentionTerm
 from magicapture_pipeline.core.training.examples import (
     REFERENCE,
@@ -20,6 +19,7 @@ from magicapture_pipeline.core.training.examples import (
     TASKS,
     TrainingExample,
 )
+from magicapture_pipeline.core.training.figures import heatmap_figure
 from magicapture_pipeline.core.training.identity_term import IdentityTerm, identity_status
 from magicapture_pipeline.core.training.loop import TrainingResult, _Trainer
 from magicapture_pipeline.core.training.lora import lora_module_names, lora_targets
@@ -124,7 +124,7 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
             )
         self.capture = None
         if config.attention.enabled:
-            from magicapture_pipeline.core.attention import CrossAttentionCapture
+            from magicapture_pipeline.core.models.attention import CrossAttentionCapture
 
             self.capture = CrossAttentionCapture(
                 self.unet,

@@ -16,14 +16,14 @@ from magicapture_pipeline.config.generation import (
     GenerationConfig,
     PostprocessConfig,
 )
-from magicapture_pipeline.core.baselines import run_variants
-from magicapture_pipeline.core.comparison import (
+from magicapture_pipeline.core.evaluation.baselines import run_variants
+from magicapture_pipeline.core.evaluation.comparison import (
     comparison_markdown,
     comparison_rows,
     unavailable_reasons,
 )
-from magicapture_pipeline.core.evaluation import load_metric_models
-from magicapture_pipeline.core.metrics import load_loss_recognizer
+from magicapture_pipeline.core.evaluation.metrics import load_loss_recognizer
+from magicapture_pipeline.core.evaluation.protocol import load_metric_models
 from magicapture_pipeline.pipelines.shared import base_model_path, inputs_from_preprocess
 
 logger = logging.getLogger(__name__)

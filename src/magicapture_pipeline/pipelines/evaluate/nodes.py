@@ -11,7 +11,11 @@ import numpy as np
 import pandas as pd
 
 from magicapture_pipeline.config.generation import EvaluationConfig
-from magicapture_pipeline.core.evaluation import Evaluation, evaluate_with, load_metric_models
+from magicapture_pipeline.core.evaluation.protocol import (
+    Evaluation,
+    evaluate_with,
+    load_metric_models,
+)
 from magicapture_pipeline.pipelines.shared import inputs_from_preprocess, materialise
 
 logger = logging.getLogger(__name__)

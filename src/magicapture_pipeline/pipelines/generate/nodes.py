@@ -10,9 +10,9 @@ import pandas as pd
 from PIL import Image
 
 from magicapture_pipeline.config.generation import GenerationConfig
-from magicapture_pipeline.core.concept import git_commit
-from magicapture_pipeline.core.generation import make_grid, run_generation
-from magicapture_pipeline.core.postprocess import mark, provenance_record
+from magicapture_pipeline.core.generation.export import git_commit
+from magicapture_pipeline.core.generation.postprocess import mark, provenance_record
+from magicapture_pipeline.core.generation.sampling import make_grid, run_generation
 from magicapture_pipeline.pipelines.shared import base_model_path
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Any
 from PIL import Image
 
 from magicapture_pipeline.config.generation import PostprocessConfig
-from magicapture_pipeline.core.postprocess import (
+from magicapture_pipeline.core.generation.postprocess import (
     PROVENANCE_KEY,
     mark,
     postprocess_images,
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 def _face_masker() -> tuple[Any, str | None]:
     try:
-        from magicapture_pipeline.core.metrics import FaceRegions
+        from magicapture_pipeline.core.evaluation.metrics import FaceRegions
 
         return FaceRegions(), None
     except Exception as error:  # noqa: BLE001 - blending then uses the restorer output as is

@@ -9,9 +9,9 @@ import pandas as pd
 from PIL import Image
 
 from magicapture_pipeline.config.preprocess import PreprocessConfig, ValidationConfig
-from magicapture_pipeline.core.faces import analyze_image_set
-from magicapture_pipeline.core.images import RawImage, to_pil
-from magicapture_pipeline.core.validation import (
+from magicapture_pipeline.core.faces.analysis import analyze_image_set
+from magicapture_pipeline.core.faces.images import RawImage, to_pil
+from magicapture_pipeline.core.faces.validation import (
     raise_if_failed,
     split_heldout_sources,
     validate_face_metadata,

@@ -9,10 +9,10 @@ from typing import Any
 from magicapture_pipeline.config.generation import GenerationConfig
 from magicapture_pipeline.config.serving import ServingConfig
 from magicapture_pipeline.config.tracking import RegistryConfig
-from magicapture_pipeline.core.concept import git_commit
+from magicapture_pipeline.core.generation.export import git_commit
 from magicapture_pipeline.pipelines.shared import base_model_path
-from magicapture_pipeline.registry import register_concept as register_in_mlflow
 from magicapture_pipeline.serving.base_model import portable_reference
+from magicapture_pipeline.serving.registry import register_concept as register_in_mlflow
 
 logger = logging.getLogger(__name__)
 

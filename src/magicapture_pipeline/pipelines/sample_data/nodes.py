@@ -7,8 +7,8 @@ from typing import Any
 from PIL import Image
 
 from magicapture_pipeline.config.preprocess import SampleDataConfig
-from magicapture_pipeline.core.images import to_pil
-from magicapture_pipeline.core.sample_data import build_sample_set, manifest
+from magicapture_pipeline.core.faces.images import to_pil
+from magicapture_pipeline.core.faces.sample_data import build_sample_set, manifest
 
 
 def build_sample_data(

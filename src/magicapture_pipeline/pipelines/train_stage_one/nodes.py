@@ -11,13 +11,13 @@ from PIL import Image
 from torch import Tensor
 
 from magicapture_pipeline.config.training import ModelConfig, StageOneConfig
-from magicapture_pipeline.core.families import build_tiny_model, embeddings_to_tensors
-from magicapture_pipeline.core.figures import loss_curves_figure
-from magicapture_pipeline.core.models import is_local_model, load_components, model_family
+from magicapture_pipeline.core.models.families import build_tiny_model, embeddings_to_tensors
+from magicapture_pipeline.core.models.loading import is_local_model, load_components, model_family
 from magicapture_pipeline.core.training import (
     StageOneTrainer,
     examples_from_training_set,
 )
+from magicapture_pipeline.core.training.figures import loss_curves_figure
 
 logger = logging.getLogger(__name__)
 

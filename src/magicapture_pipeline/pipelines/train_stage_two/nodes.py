@@ -9,14 +9,14 @@ from PIL import Image
 from torch import Tensor
 
 from magicapture_pipeline.config.training import StageTwoConfig
-from magicapture_pipeline.core.families import embeddings_from_tensors
-from magicapture_pipeline.core.figures import loss_curves_figure
-from magicapture_pipeline.core.models import load_components
+from magicapture_pipeline.core.models.families import embeddings_from_tensors
+from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.training import (
     StageTwoTrainer,
     TrainingResult,
     examples_from_training_set,
 )
+from magicapture_pipeline.core.training.figures import loss_curves_figure
 
 
 def train_stage_two(  # noqa: PLR0917 (Kedro passes node inputs positionally)

@@ -1,0 +1,314 @@
+"""Baselines and ablations in one harness (paper Sec. 4 and its supplement; issue 4 section 4).
+
+Every variant is trained on the same accepted inputs by this project's own trainers
+(:mod:`core.training`), sampled with the same generation settings (:mod:`core.generation`) and
+scored by the same evaluation (:mod:`core.metrics`), so the rows of the comparison differ only in
+the method. What each baseline is, in terms of those trainers, is stated in ``METHOD_NOTES`` and
+written next to its numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from magicapture_pipeline.config.generation import (
+    GenerationConfig,
+    PostprocessConfig,
+    VariantConfig,
+)
+from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
+from magicapture_pipeline.core.evaluation.protocol import evaluate_with
+from magicapture_pipeline.core.generation import export as concept_io
+from magicapture_pipeline.core.generation.postprocess import (
+    mark,
+    postprocess_images,
+    provenance_record,
+)
+from magicapture_pipeline.core.generation.sampling import make_grid, run_generation
+from magicapture_pipeline.core.models.loading import load_components
+from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# Settings every benchmark run shares: no checkpoints, no resume, no heatmaps.
+_QUIET = {"checkpoint_every": 0, "resume": False, "checkpoint_dir": None}
+
+# What each baseline is, in terms of this project's trainers (stated in the results).
+METHOD_NOTES = {
+    "magicapture": "stage one + stage two (core.training), exported with core.concept.export",
+    "textual_inversion": "embeddings only: the stage-one trainer (masked reconstruction, Eq. 4-5) "
+    "at the paper's TI settings; no LoRA",
+    "dreambooth_lora": "DreamBooth as a rank-4 LoRA, NOT the paper's DreamBooth (full UNet + text "
+    "encoder fine-tune with prior preservation, lr 1e-6): the stage-two trainer without stage "
+    "one, composed prompts, identity or attention losses, embeddings frozen, no prior "
+    "preservation, at a LoRA learning rate",
+    "custom_diffusion_lora": "Custom Diffusion as a rank-4 LoRA on cross-attention k/v plus the "
+    "[V1]/[V2] modifier tokens, NOT the paper's Custom Diffusion (full k/v fine-tune, lr 5e-6): "
+    "at a LoRA learning rate",
+}
+
+
+def train_variant(
+    variant: VariantConfig,
+    *,
+    examples: list[Any],
+    base: str,
+    stage_one: dict[str, Any],
+    stage_two: dict[str, Any],
+    out_dir: Path,
+) -> tuple[Path | None, str | None]:
+    """Train one variant into a concept folder, or say why it was not run."""
+    if not examples:
+        return None, "not run: no accepted training images (training_set / face_crops / masks)"
+    s1 = StageOneConfig(**{**stage_one, **_QUIET})
+    s2 = StageTwoConfig(**{**stage_two, **_QUIET, "heatmap_every": 0})
+    metadata = {"base_model": base, "benchmark_variant": variant.name, "method": variant.method}
+    embeddings = None
+    if variant.method in ("magicapture", "textual_inversion"):
+        first = StageOneTrainer(load_components(base), examples, s1)
+        first.train(progress=False)
+        embeddings = first.result().embeddings
+    if variant.method == "textual_inversion":
+        info = {**metadata, "steps": s1.max_steps, "family": first.family}
+        concept_io.export(out_dir, embeddings, None, None, info)
+        return out_dir, None
+    second = StageTwoTrainer(load_components(base), examples, s2, embeddings)
+    second.train(progress=False)
+    result = second.result(base_model=base)
+    concept_io.export(
+        out_dir,
+        result.embeddings,
+        result.unet_lora,
+        result.text_encoder_lora,
+        {**result.metadata, **metadata},
+        text_encoder_2_lora=result.text_encoder_2_lora,
+    )
+    return out_dir, None
+
+
+def _score_variant(
+    variant: VariantConfig,
+    *,
+    concept: Path,
+    base: str,
+    generation: GenerationConfig,
+    postprocess: PostprocessConfig,
+    models: Any,
+    data: dict[str, list[Any]],
+    mask_face: bool,
+    steps_fixed: bool = False,
+) -> tuple[dict[str, Any], Image.Image, dict[str, Any]]:
+    generation = variant_generation(generation, variant, steps_fixed)
+    run = run_generation(base, concept, generation)
+    images = {item.key: item.image for item in run.images}
+    sampling = {
+        "guidance_scale": generation.guidance_scale,
+        "num_inference_steps": generation.num_inference_steps,
+        "scheduler": generation.scheduler,
+    }
+    if variant.postprocess:
+        sr = postprocess.super_resolution
+        restoration = postprocess.face_restoration
+        restorer = (
+            (restoration.backend, restoration.checkpoint, restoration.fidelity_weight)
+            if restoration.enabled
+            else None
+        )
+        faces = getattr(models, "faces", None)
+        result = postprocess_images(
+            images,
+            super_resolution=sr.enabled,
+            upscaler_kwargs=sr.upscaler_kwargs(),
+            restorer=restorer,
+            face_mask_fn=faces.mask if faces is not None else None,
+            feather=restoration.blend_feather,
+            progress=False,
+            landmark_fn=faces.landmarks5 if faces is not None else None,
+        )
+        images = result.images
+        sampling["postprocess_steps"] = sorted({s for v in result.steps.values() for s in v})
+        sampling["postprocess_unavailable"] = dict(result.unavailable)
+    evaluation = evaluate_with(
+        models,
+        images,
+        data["sources"],
+        data["references"],
+        reference_masks=data["masks"],
+        source_landmarks=data["landmarks"],
+        mask_face_for_style=mask_face,
+        heldout=data.get("heldout", ()),
+        heldout_landmarks=data.get("heldout_landmarks"),
+    )
+    grid = make_grid(list(images.values()), list(images), generation.grid_columns)
+    return evaluation.as_json(), grid, sampling
+
+
+def _trains_with_identity_loss(
+    variant: VariantConfig, stage_two: dict[str, Any], by_name: dict[str, VariantConfig]
+) -> bool:
+    """Whether the row's concept trained stage two with the identity loss switched on."""
+    if variant.concept_from is not None and variant.concept_from in by_name:
+        variant = by_name[variant.concept_from]
+    if variant.method == "textual_inversion":
+        return False
+    identity = _deep_merge(stage_two, variant.stage_two).get("identity") or {}
+    return identity.get("mode", "single_pass") != "off"
+
+
+def variant_generation(
+    generation: GenerationConfig, variant: VariantConfig, steps_fixed: bool = False
+) -> GenerationConfig:
+    """The sampling settings of one row: the row's CFG / steps over ``generation``'s.
+
+    ``steps_fixed``: the benchmark already set every row's steps (a demo budget); the row's own
+    ``num_inference_steps`` then yields.
+    """
+    updates: dict[str, Any] = {}
+    if variant.guidance_scale is not None:
+        updates["guidance_scale"] = variant.guidance_scale
+    if variant.num_inference_steps is not None and not steps_fixed:
+        updates["num_inference_steps"] = variant.num_inference_steps
+    return generation.model_copy(update=updates)
+
+
+def _train_or_reuse(
+    variant: VariantConfig,
+    *,
+    trained: dict[str, Path],
+    examples: list[Any],
+    base: str,
+    stage_one: dict[str, Any],
+    stage_two: dict[str, Any],
+    cap: dict[str, Any],
+    work: Path,
+) -> tuple[Path | None, str | None]:
+    if variant.concept_from is not None:
+        concept = trained.get(variant.concept_from)
+        if concept is None:
+            return None, f"not run: variant {variant.concept_from!r} has no trained concept"
+        return concept, None
+    try:
+        return train_variant(
+            variant,
+            examples=examples,
+            base=base,
+            stage_one={**_deep_merge(stage_one, variant.stage_one), **cap},
+            stage_two={**_deep_merge(stage_two, variant.stage_two), **cap},
+            out_dir=work / _slug(variant.name),
+        )
+    except Exception as error:  # noqa: BLE001 - one failing variant must not lose the table
+        logger.exception("Benchmark variant %s failed", variant.name)
+        return None, f"failed: {type(error).__name__}: {error}"
+
+
+def run_variants(
+    variants: list[VariantConfig],
+    *,
+    examples: list[Any],
+    base: str,
+    stage_one: dict[str, Any],
+    stage_two: dict[str, Any],
+    cap: dict[str, Any],
+    generation: GenerationConfig,
+    postprocess: PostprocessConfig,
+    models: Any,
+    data: dict[str, list[Any]],
+    mask_face: bool,
+    steps_fixed: bool = False,
+    loss_recognizer: tuple[Any, str | None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Image.Image]]:
+    """Train (or reuse), sample and score every variant in order.
+
+    ``loss_recognizer`` (``core.metrics.load_loss_recognizer``) is handed to the scoring of the
+    rows that train with the identity loss, so their CSIM is labelled ``_same_as_loss`` when the
+    recognizer is that network; rows without the loss are scored plainly.
+
+    Returns:
+        One result entry per variant (status, metrics, timings, method note) and one contact
+        sheet per scored variant, keyed by the variant's slug.
+    """
+    by_name = {v.name: v for v in variants}
+    results: list[dict[str, Any]] = []
+    grids: dict[str, Image.Image] = {}
+    trained: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="magicapture-benchmark-") as work:
+        for variant in variants:
+            entry: dict[str, Any] = {
+                "name": variant.name,
+                "method": variant.method,
+                "paper": variant.paper.model_dump(),
+                "metrics": None,
+                "method_note": METHOD_NOTES[variant.method],
+                "settings_source": variant.settings_source,
+            }
+            start = time.perf_counter()
+            concept, reason = _train_or_reuse(
+                variant,
+                trained=trained,
+                examples=examples,
+                base=base,
+                stage_one=stage_one,
+                stage_two=stage_two,
+                cap=cap,
+                work=Path(work),
+            )
+            entry["train_seconds"] = round(time.perf_counter() - start, 2)
+            if concept is None:
+                entry["status"] = reason
+                logger.warning("Benchmark variant %s %s", variant.name, reason)
+            else:
+                trained[variant.name] = concept
+                metrics, grid, sampling = _score_variant(
+                    variant,
+                    concept=concept,
+                    base=base,
+                    generation=generation,
+                    postprocess=postprocess,
+                    models=replace(
+                        models,
+                        loss_recognizer=loss_recognizer
+                        if _trains_with_identity_loss(variant, stage_two, by_name)
+                        else None,
+                    ),
+                    data=data,
+                    mask_face=mask_face,
+                    steps_fixed=steps_fixed,
+                )
+                entry["metrics"], entry["status"] = metrics, "scored"
+                entry["sampling"] = sampling
+                grids[_slug(variant.name)] = mark(
+                    grid,
+                    provenance_record(
+                        concept=f"{generation.concept_name}:{variant.name}",
+                        base_model=base,
+                        prompt=None,
+                        seed=generation.seed,
+                        stage="benchmark_contact_sheet",
+                    ),
+                    None,
+                )
+            results.append(entry)
+    return results, grids

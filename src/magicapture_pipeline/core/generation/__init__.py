@@ -1,0 +1,2 @@
+"""A trained concept in use: sampling, the exported concept folder, post-processing
+(super-resolution, face restoration) and provenance."""

@@ -1,0 +1,333 @@
+"""Batches of concepts (issue 11 §2-§3): the manifest, the live table, the engines end to end.
+
+The end-to-end tests train real (tiny) demo concepts from real photos, so they are slow: every
+concept runs the whole ``customize`` chain in its own process with a few optimiser steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from PIL import Image
+
+from magicapture_pipeline.batch.manifest import ManifestError, load_manifest
+from magicapture_pipeline.batch.summary import build_summary, concept_state
+from magicapture_pipeline.core.faces.sample_data import build_sample_set
+
+# A few steps of everything; checkpoints often enough to resume mid stage two.
+TINY = {
+    "stage_one": {"max_steps": 2, "checkpoint_every": 1},
+    "stage_two": {"max_steps": 4, "checkpoint_every": 2, "heatmap_every": 2},
+    "generation": {"images_per_prompt": 1, "num_inference_steps": 2},
+    "postprocess": {"super_resolution": {"enabled": False}},
+}
+SUMMARY_KEYS = {"name", "status", "reason", "mlflow_run_id", "registered_version",
+                "concept_dir", "attempts", "wall_s", "peak_rss_mb"}
+
+
+# -- manifest ---------------------------------------------------------------------------------
+
+
+def test_yaml_manifest_becomes_runtime_params(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"concepts": [
+        {"name": "alice", "source_dir": "p/a", "reference_dir": "s/w",
+         "params": {"stage_two.max_steps": 8, "generation": {"images_per_prompt": 2}}},
+        {"name": "bob"},
+    ]}))
+    manifest = load_manifest(path)
+    assert manifest.concepts[0].runtime_params() == {
+        "concept": "alice", "source_dir": "p/a", "reference_dir": "s/w",
+        "stage_two": {"max_steps": 8}, "generation": {"images_per_prompt": 2},
+    }
+    assert manifest.concepts[1].runtime_params() == {"concept": "bob"}
+
+
+def test_csv_manifest_reads_extra_columns_as_typed_overrides(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "name,source_dir,reference_dir,stage_two.max_steps,stage_two.hflip\n"
+        "alice,p/a,s/w,8,false\n"
+        "bob,p/b,s/w,,\n"
+    )
+    alice, bob = load_manifest(path).concepts
+    assert alice.runtime_params()["stage_two"] == {"max_steps": 8, "hflip": False}
+    assert "stage_two" not in bob.runtime_params()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("concepts:\n  - name: Alice\n", "concepts[0].name"),
+        ("concepts:\n  - name: ../x\n", "lower-case letters, digits and '-'"),
+        ("concepts:\n  - name: a\n  - name: a\n", "'a' is listed twice"),
+        ("concepts: []\n", "concepts"),
+        ("concepts:\n  - name: a\n    sorce_dir: x\n", "concepts[0].sorce_dir (concept 'a')"),
+        ("concepts:\n  - name: a\n    params: {concept: b}\n", "concept's own fields"),
+        ("concepts: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_manifest_names_file_and_field(tmp_path, content, message):
+    path = tmp_path / "m.yaml"
+    path.write_text(content)
+    with pytest.raises(ManifestError) as error:
+        load_manifest(path)
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_demo_manifest_is_valid():
+    from conftest import PROJECT_ROOT
+
+    names = [c.name for c in load_manifest(PROJECT_ROOT / "manifests/demo.yaml").concepts]
+    assert len(names) >= 2 and len(set(names)) == len(names)
+
+
+# -- table and summary -------------------------------------------------------------------------
+
+
+def test_concept_state_follows_the_state_folder(tmp_path):
+    assert concept_state("a", tmp_path)["state"] == "queued"
+    (tmp_path / "attempts").write_text("1")
+    assert concept_state("a", tmp_path) | {} == {
+        "name": "a", "state": "running", "stage": "starting", "attempts": 1}
+    (tmp_path / "progress.json").write_text(json.dumps({"stage": "train_stage_two"}))
+    assert concept_state("a", tmp_path)["stage"] == "train_stage_two"
+    (tmp_path / "result.json").write_text(json.dumps({"status": "failed", "reason": "X: y\nz"}))
+    assert concept_state("a", tmp_path) == {
+        "name": "a", "state": "failed", "stage": "X: y", "attempts": 1}
+
+
+def test_summary_has_the_issue_fields():
+    results = [
+        {"name": "a", "status": "succeeded", "reason": None, "mlflow_run_id": "r",
+         "registered_version": 1, "concept_dir": "d", "attempts": 1, "wall_s": 2.0,
+         "peak_rss_mb": 9.0, "x": 1},
+        {"name": "b", "status": "failed", "reason": "bad", "mlflow_run_id": None,
+         "registered_version": None, "concept_dir": None, "attempts": 3, "wall_s": 1.0,
+         "peak_rss_mb": None},
+    ]
+    summary = build_summary("id", results, engine="local", workers=2, wall_s=3.0, env="demo",
+                            manifest="m.yaml", engine_info={})
+    assert {"engine", "workers", "wall_s"} <= set(summary)
+    assert all(set(c) == SUMMARY_KEYS for c in summary["concepts"])
+    assert (summary["succeeded"], summary["failed"]) == (1, 1)
+
+
+def test_cli_refuses_a_bad_manifest_before_running_anything(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("concepts:\n  - name: Bad Name\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "magicapture_pipeline.batch", str(path), "--project", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 2
+    assert "concepts[0].name" in done.stderr and str(path) in done.stderr
+    assert not (tmp_path / "data").exists()
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+def photo_set(folder: Path, indices: list[int]) -> Path:
+    """Demo source photos (astronaut variants) number ``indices`` as PNG files in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = build_sample_set("source", 5)
+    for index in indices:
+        Image.fromarray(images[index].pixels).save(folder / images[index].file_name)
+    return folder
+
+
+def run_batch(project: Path, manifest: dict, *options: str, timeout: int = 1500):
+    path = project / "manifest.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+           "KEDRO_DISABLE_TELEMETRY": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "magicapture_pipeline.batch", str(path), "--env", "demo",
+         "--project", str(project), *options],
+        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: int = 1500) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    return output
+
+
+def summary_of(project: Path) -> dict:
+    (path,) = sorted((project / "data/08_reporting/batch").glob("*.json"))
+    return json.loads(path.read_text())
+
+
+def three_concepts(project: Path, tmp_path: Path) -> dict:
+    bad = tmp_path / "bad"
+    photo_set(bad, [0])
+    (bad / "holiday.jpg").write_bytes(b"not a photo")
+    return {"concepts": [
+        {"name": "alice", "source_dir": str(photo_set(tmp_path / "alice", [0, 1, 2])),
+         "params": TINY},
+        {"name": "bob", "source_dir": str(photo_set(tmp_path / "bob", [3, 4])), "params": TINY},
+        {"name": "broken", "source_dir": str(bad), "params": TINY},
+    ]}
+
+
+def check_three_concepts(
+    project: Path, manifest: dict, output: str, engine: str, workers: int
+) -> dict:
+    photo_dirs = {c["name"]: c["source_dir"] for c in manifest["concepts"]}
+    summary = summary_of(project)
+    assert summary["engine"] == engine and summary["workers"] == workers
+    assert summary["wall_s"] > 0
+    by_name = {c["name"]: c for c in summary["concepts"]}
+    assert all(set(c) == SUMMARY_KEYS for c in summary["concepts"])
+    assert by_name["broken"]["status"] == "failed"
+    assert "holiday.jpg: image_decodes" in by_name["broken"]["reason"]
+    assert "holiday.jpg: image_decodes" in output
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    for name, photos in (("alice", 3), ("bob", 2)):
+        concept = by_name[name]
+        assert concept["status"] == "succeeded", concept
+        assert concept["attempts"] == 1 and concept["wall_s"] > 0
+        assert Path(concept["concept_dir"]) == project / f"data/06_models/{name}/concept"
+        assert (Path(concept["concept_dir"]) / "concept.json").is_file()
+        assert (project / f"data/08_reporting/{name}/metrics.json").is_file()
+        run = client.get_run(concept["mlflow_run_id"])
+        experiment = client.get_experiment(run.info.experiment_id)
+        assert experiment.name == f"magicapture-{name}" and run.info.status == "FINISHED"
+        assert run.data.tags["magicapture.batch_id"] == summary["batch_id"]
+        assert any(k.startswith("stage_two/loss") for k in run.data.metrics)
+        version = client.get_model_version_by_alias(f"magicapture-{name}", "candidate")
+        assert int(version.version) == concept["registered_version"]
+        assert version.run_id == run.info.run_id
+        # each training set (and crop folder) holds only its own photos
+        own = {p.stem for p in Path(photo_dirs[name]).glob("*.png")}
+        assert len(own) == photos
+        training = json.loads(
+            (project / f"data/05_model_input/{name}/training_set.json").read_text()
+        )
+        listed = training["items"] + training.get("held_out", [])
+        assert {i["id"] for i in listed if i["role"] == "source"} == own
+        crops = project / f"data/02_intermediate/{name}/face_crops/source"
+        assert {p.stem for p in crops.glob("*.png")} == own
+    parent = client.get_experiment_by_name("magicapture-batches")
+    (batch_run,) = client.search_runs([parent.experiment_id])
+    assert batch_run.info.run_id == summary["mlflow_run_id"]
+    assert batch_run.info.status == "FAILED"  # one concept failed
+    artifacts = [a.path for a in client.list_artifacts(batch_run.info.run_id)]
+    assert f"{summary['batch_id']}.json" in artifacts
+    return summary
+
+
+@pytest.mark.slow
+def test_local_batch_two_succeed_one_fails(project_copy, tmp_path):
+    manifest = three_concepts(project_copy, tmp_path)
+    process = run_batch(project_copy, manifest, "--engine", "local", "--workers", "2")
+    output = finish(process)
+    assert process.returncode == 1, output[-4000:]
+    check_three_concepts(project_copy, manifest, output, "local", 2)
+
+
+@pytest.mark.slow
+def test_ray_batch_two_succeed_one_fails(project_copy, tmp_path):
+    manifest = three_concepts(project_copy, tmp_path)
+    process = run_batch(project_copy, manifest, "--engine", "ray", "--workers", "2")
+    output = finish(process)
+    assert process.returncode == 1, output[-4000:]
+    summary = check_three_concepts(project_copy, manifest, output, "ray", 2)
+    assert summary["engine_info"]["ray_startup_s"] > 0
+    assert summary["engine_info"]["task_options"] == {"num_cpus": 1}  # 2 CPUs / 2 workers here
+
+
+def _weights(concept_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(concept_dir.glob("*.safetensors")):
+        tensors.update({f"{file.name}:{k}": v for k, v in load_file(file).items()})
+    return tensors
+
+
+@pytest.mark.slow
+def test_killed_ray_worker_resumes_from_its_checkpoint(project_copy, tmp_path):
+    """Two identical concepts side by side; one's Ray worker is SIGKILLed mid stage two. Ray
+    retries it, it resumes from its newest checkpoint and ends with the very same weights."""
+    long_two = {**TINY, "stage_two": {"max_steps": 30, "checkpoint_every": 5,
+                                      "heatmap_every": 100}}
+    photos = str(photo_set(tmp_path / "photos", [0, 1]))
+    manifest = {"concepts": [
+        {"name": "steady", "source_dir": photos, "params": long_two},
+        {"name": "killed", "source_dir": photos, "params": long_two},
+    ]}
+    process = run_batch(project_copy, manifest, "--engine", "ray", "--workers", "2")
+    checkpoints = project_copy / "data/06_models/killed/checkpoints/stage_two"
+    deadline = time.time() + 1200
+    killed_pid = None
+    while time.time() < deadline and process.poll() is None:
+        states = list((project_copy / "data/08_reporting/batch").glob("*/killed/progress.json"))
+        if states and list(checkpoints.glob("checkpoint-10")):
+            progress = json.loads(states[0].read_text())
+            if progress.get("stage") == "train_stage_two":
+                killed_pid = progress["pid"]
+                os.kill(killed_pid, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    output = finish(process)
+    assert killed_pid is not None, "stage two ended before the worker could be killed"
+    assert process.returncode == 0, output[-4000:]
+    summary = summary_of(project_copy)
+    by_name = {c["name"]: c for c in summary["concepts"]}
+    assert by_name["killed"]["attempts"] == 2 and by_name["steady"]["attempts"] == 1
+    (log,) = (project_copy / "data/08_reporting/batch").glob("*/killed/worker.log")
+    resumed = re.findall(r"Resumed stage_two from.*?\(step\s+(\d+)\)", log.read_text(), re.S)
+    assert resumed and int(resumed[-1]) >= 10, resumed  # from checkpoint-10 or later, not step 0
+    steady = _weights(Path(by_name["steady"]["concept_dir"]))
+    killed = _weights(Path(by_name["killed"]["concept_dir"]))
+    assert steady and steady.keys() == killed.keys()
+    for key in steady:
+        assert bool((steady[key] == killed[key]).all()), key
+    # the dead attempt's MLflow run is not left RUNNING
+    client = MlflowClient(tracking_uri=f"sqlite:///{project_copy / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("magicapture-killed")
+    statuses = sorted(r.info.status for r in client.search_runs([experiment.experiment_id]))
+    assert statuses == ["FINISHED", "KILLED"]
+
+
+def test_ctrl_c_stops_the_local_workers(project_copy):
+    """The workers run in their own sessions (a dying worker must not take others with it), so
+    an interrupted batch must stop them itself."""
+    process = run_batch(project_copy, {"concepts": [{"name": "alice", "params": TINY}]},
+                        "--engine", "local", "--workers", "1")
+    deadline = time.time() + 300
+    workers = list((project_copy / "data/08_reporting/batch").glob("*/alice/worker.json"))
+    while not workers and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+        workers = list((project_copy / "data/08_reporting/batch").glob("*/alice/worker.json"))
+    assert workers, finish(process)
+    pid = json.loads(workers[0].read_text())["pid"]
+    process.send_signal(signal.SIGINT)
+    finish(process, timeout=120)
+    assert process.returncode != 0
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        # a zombie is reaped by its parent (gone now); check /proc state as well
+        state = Path(f"/proc/{pid}/stat")
+        if not state.exists() or state.read_text().split(")")[1].split()[0] == "Z":
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"worker {pid} kept running after the batch was interrupted")

@@ -1,0 +1,319 @@
+"""The evaluation protocol on real photos and random models of the real architectures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib import cbook
+from PIL import Image
+from skimage import data
+
+from magicapture_pipeline.core.evaluation import metrics as m
+from magicapture_pipeline.core.evaluation.protocol import evaluate_images
+from magicapture_pipeline.core.identity.embedders import (
+    ArcFaceOnnxEmbedder,
+    DlibFaceEmbedder,
+    IResNetEmbedder,
+)
+from tiny_concept import tiny_clip_vision
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> Image.Image:
+    return Image.fromarray(data.astronaut())
+
+
+@pytest.fixture(scope="module")
+def hopper() -> Image.Image:
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        return Image.open(handle).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    """A random CLIP vision tower with projection (the real class), 32 px input, 16-d output."""
+    model, processor = tiny_clip_vision()
+    return m.ClipEmbedder(model, processor)
+
+
+# ----------------------------------------------------------------------------- CSIM
+
+
+def test_dlib_csim_same_person_high_other_person_lower(astronaut, hopper):
+    embedder = DlibFaceEmbedder()
+    same_view = astronaut.crop((20, 0, 480, 460)).transpose(Image.FLIP_LEFT_RIGHT)
+    result = m.csim(embedder, {"same": same_view, "other": hopper}, [astronaut])
+    assert result.name == "csim_dlib"
+    # measured: same 0.993, other 0.883 (dlib descriptors are not zero-centred, so unrelated
+    # faces still have a high cosine; the gap is what matters)
+    assert result.per_image["same"] > 0.98
+    assert result.per_image["other"] < 0.93
+
+
+def test_csim_without_face_is_none_not_zero(astronaut):
+    blank = Image.new("RGB", (256, 256), "gray")
+    result = m.csim(DlibFaceEmbedder(), {"blank": blank}, [astronaut])
+    assert result.per_image == {"blank": None}
+    assert result.mean is None
+
+
+def _random_arcface_onnx(path):
+    """An ONNX with ArcFace's signature: input 1x3x112x112 -> 512-d, random weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    conv = numpy_helper.from_array(rng.normal(size=(8, 3, 8, 8)).astype(np.float32), "conv_w")
+    fc = numpy_helper.from_array(rng.normal(size=(8 * 14 * 14, 512)).astype(np.float32), "fc_w")
+    nodes = [
+        helper.make_node("Conv", ["data", "conv_w"], ["c"], kernel_shape=[8, 8], strides=[8, 8]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "fc_w"], ["fc1"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "arcface_random",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["None", 3, 112, 112])],
+        [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["None", 512])],
+        [conv, fc],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_arcface_path_with_random_onnx(tmp_path, astronaut, hopper):
+    path = _random_arcface_onnx(tmp_path / "arcface.onnx")
+    embedder, reason = m.load_identity_embedder("auto", str(path))
+    assert reason is None and isinstance(embedder, ArcFaceOnnxEmbedder)
+    landmarks = np.array([[180, 120], [250, 115], [215, 160], [190, 200], [245, 195]], np.float32)
+    embedder.landmark_finder = lambda image: landmarks
+    vector = embedder.embed(np.asarray(astronaut), landmarks)
+    assert vector.shape == (512,)
+    result = m.csim(embedder, {"same": astronaut, "other": hopper}, [astronaut], [landmarks])
+    assert result.name == "csim_arcface"
+    assert result.per_image["same"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("backend", "arcface_model", "expected"),
+    [
+        ("arcface", None, "arcface_model is not set"),
+        ("auto", "/nonexistent/buffalo_l/w600k_r50.onnx", "does not exist"),
+    ],
+)
+def test_arcface_unavailable_with_reason(backend, arcface_model, expected):
+    embedder, reason = m.load_identity_embedder(backend, arcface_model)
+    assert embedder is None and expected in reason and reason.startswith("csim_arcface")
+
+
+class _TableEmbedder:
+    """A recognizer stand-in: each image's embedding is looked up by its top-left pixel value."""
+
+    backend = "arcface"
+
+    def __init__(self, table: dict[int, list[float] | None]) -> None:
+        self.table = table
+
+    def embed(self, image_rgb, landmarks5=None):
+        vector = self.table[int(np.asarray(image_rgb)[0, 0, 0])]
+        return None if vector is None else np.asarray(vector, dtype=np.float64)
+
+
+def _tagged(value: int) -> Image.Image:
+    return Image.new("RGB", (8, 8), (value, 0, 0))
+
+
+def test_csim_is_the_mean_pairwise_cosine_not_the_cosine_to_the_mean():
+    """Sources e1 and e2, generated e1: pairs give (1 + 0) / 2 = 0.5 by hand; the cosine to the
+    mean source embedding would give 1 / sqrt(2) = 0.7071 (the inflation issue 10 names)."""
+    embedder = _TableEmbedder({1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 0.0]})
+    result = m.csim(embedder, {"g": _tagged(3)}, [_tagged(1), _tagged(2)])
+    assert result.per_image["g"] == pytest.approx(0.5, abs=1e-9)
+    assert result.mean == pytest.approx(0.5, abs=1e-9)
+    # unequal norms do not matter (cosines), and the set's mean is the mean over all pairs
+    embedder.table[4] = [3.0, 4.0]  # cos to e1 = 0.6, to e2 = 0.8
+    both = m.csim(embedder, {"g": _tagged(3), "h": _tagged(4)}, [_tagged(1), _tagged(2)])
+    assert both.per_image["h"] == pytest.approx(0.7, abs=1e-9)
+    assert both.mean == pytest.approx((1.0 + 0.0 + 0.6 + 0.8) / 4, abs=1e-9)
+
+
+def test_heldout_csim_and_copy_check_by_hand():
+    """Training photos e1, e2; held-out photo (0.6, 0.8); one generated face that copies e1."""
+    embedder = _TableEmbedder({1: [1, 0, 0], 2: [0, 1, 0], 5: [0.6, 0.8, 0], 3: [1, 0, 0]})
+    report = m.identity_report(embedder, {"g": _tagged(3)}, [_tagged(1), _tagged(2)],
+                               [_tagged(5)])
+    out = report.metrics()
+    assert out["csim_arcface"] == pytest.approx(0.5)
+    assert out["csim_arcface_heldout"] == pytest.approx(0.6)
+    assert out["copy_check_arcface_nearest_training"] == pytest.approx(1.0)
+    assert out["copy_check_arcface_heldout"] == pytest.approx(0.6)
+    assert out["copy_check_arcface_gap"] == pytest.approx(0.4)
+    # the held-out real photo's own nearest training photo: max(0.6, 0.8)
+    assert out["copy_check_arcface_heldout_photo_nearest_training"] == pytest.approx(0.8)
+    assert not report.same_as_loss and "csim_arcface_same_as_loss" not in out
+
+
+def test_csim_of_the_identity_loss_network_is_labelled_same_as_loss(astronaut):
+    """The same IResNet as recognizer and loss network -> only ``csim_arcface_same_as_loss``;
+    an independently initialised one -> the plain key."""
+    from magicapture_pipeline.core.identity.arcface import build_iresnet
+
+    torch.manual_seed(0)
+    loss_net = build_iresnet("r18")
+    torch.manual_seed(1)
+    other_net = build_iresnet("r18")
+    landmarks = np.array([[180, 120], [250, 115], [215, 160], [190, 200], [245, 195]], np.float32)
+    recognizer = IResNetEmbedder(loss_net, landmark_finder=lambda image: landmarks)
+    recognizer.backend = "arcface"
+    loss = (IResNetEmbedder(loss_net), None)
+
+    def run(loss_recognizer):
+        return evaluate_images(
+            {"g": astronaut}, [astronaut], [], identity=(recognizer, None),
+            clip=(None, "none"), aesthetic=(None, "none"), face_mask_fn=None,
+            face_detect_fn=None, source_landmarks=[landmarks], loss_recognizer=loss_recognizer,
+        )
+
+    same = run(loss)
+    assert "csim_arcface" not in same.metrics
+    assert same.metrics["csim_arcface_same_as_loss"] == pytest.approx(1.0, abs=1e-5)
+    assert "identity loss" in same.unavailable["csim_arcface"]
+    assert same.info["csim_loss_network_agreement"] == pytest.approx(1.0, abs=1e-5)
+    different = run((IResNetEmbedder(other_net), None))
+    assert "csim_arcface" in different.metrics
+    assert "csim_arcface_same_as_loss" not in different.metrics
+    assert different.info["csim_loss_network_agreement"] < m.SAME_NETWORK_AGREEMENT
+    unknown = run((None, "checkpoint unreadable"))  # cannot compare: labelled, to be safe
+    assert "csim_arcface_same_as_loss" in unknown.metrics and "csim_arcface" not in unknown.metrics
+    assert "csim_arcface" in run(None).metrics  # no identity loss ran
+    assert "no held-out source photo" in run(None).unavailable["csim_arcface_heldout"]
+    with_heldout = evaluate_images(
+        {"g": astronaut}, [astronaut], [], identity=(recognizer, None), clip=(None, "none"),
+        aesthetic=(None, "none"), face_mask_fn=None, face_detect_fn=None,
+        source_landmarks=[landmarks], heldout=[astronaut], heldout_landmarks=[landmarks],
+    )
+    row = with_heldout.per_image["g"]  # every identity column names its recognizer
+    assert {"csim_arcface", "csim_arcface_heldout", "copy_check_arcface_nearest_training",
+            "copy_check_arcface_heldout"} <= set(row)
+    assert with_heldout.metrics["copy_check_arcface_gap"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_loss_recognizer_loads_the_configured_checkpoint(tmp_path):
+    from magicapture_pipeline.core.identity.arcface import build_iresnet
+
+    assert m.load_loss_recognizer({"mode": "off", "checkpoint": "x"}) is None
+    assert m.load_loss_recognizer({"checkpoint": None}) is None
+    torch.manual_seed(0)
+    torch.save(build_iresnet("r18").state_dict(), tmp_path / "backbone.pth")
+    embedder, reason = m.load_loss_recognizer(
+        {"mode": "single_pass", "checkpoint": str(tmp_path / "backbone.pth"), "arch": "r18"}
+    )
+    assert reason is None and isinstance(embedder, IResNetEmbedder)
+    embedder, reason = m.load_loss_recognizer(
+        {"mode": "single_pass", "checkpoint": str(tmp_path / "backbone.pth"), "arch": "r50"}
+    )
+    assert embedder is None and "backbone.pth" in reason
+
+
+# ----------------------------------------------------------------------------- style
+
+
+class _TableClip:
+    """A CLIP stand-in for the style formula: embeddings looked up by the top-left pixel."""
+
+    def __init__(self, table: dict[int, list[float]]) -> None:
+        self.table = table
+
+    def embed(self, images):
+        return np.stack([self.table[int(np.asarray(i)[0, 0, 0])] for i in images])
+
+
+def test_style_is_the_mean_pairwise_cosine_over_reference_x_generated():
+    clip = _TableClip({1: [1.0, 0.0], 2: [0.0, 1.0], 3: [1.0, 0.0]})
+    result = m.style_similarity(clip, {"g": _tagged(3)}, [_tagged(1), _tagged(2)])
+    assert result.per_image["g"] == pytest.approx(0.5, abs=1e-9)  # not 0.7071
+
+
+
+def test_style_identical_images_score_one(tiny_clip, astronaut):
+    result = m.style_similarity(tiny_clip, {"g": astronaut}, [astronaut.copy()])
+    assert result.per_image["g"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_face_masking_changes_the_clip_input(tiny_clip, astronaut, hopper):
+    mask = np.zeros((512, 512), np.uint8)
+    mask[60:260, 150:330] = 255
+    mask_image = Image.fromarray(mask)
+    masked = m.mask_out(astronaut, mask_image)
+    changed = np.any(np.asarray(masked) != np.asarray(astronaut), axis=-1)
+    assert changed[100:200, 200:300].all() and not changed[400:, :100].any()
+    plain = m.style_similarity(tiny_clip, {"g": astronaut}, [hopper])
+    with_mask = m.style_similarity(tiny_clip, {"g": astronaut}, [hopper], {"g": mask_image})
+    assert with_mask.masked == {"g": True}
+    assert with_mask.per_image["g"] != pytest.approx(plain.per_image["g"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- aesthetic
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("head_kind", ["mlp", "linear"])
+def test_aesthetic_head_loads_state_dict_and_scores(
+    tmp_path, tiny_clip, astronaut, suffix, head_kind
+):
+    torch.manual_seed(1)
+    head = m.AestheticMLP(16) if head_kind == "mlp" else torch.nn.Linear(16, 1)
+    path = tmp_path / f"aesthetic{suffix}"
+    if suffix == ".pth":
+        torch.save(head.state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(head.state_dict(), str(path))
+    loaded, reason = m.load_aesthetic(path)
+    assert reason is None
+    scores = m.aesthetic_scores(loaded, tiny_clip, {"a": astronaut})
+    expected = head.eval()(torch.from_numpy(tiny_clip.embed([astronaut]))).item()
+    assert scores["a"] == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- unavailable
+
+
+def test_metrics_without_weights_are_unavailable_with_reasons(astronaut):
+    clip = m.load_clip("/nonexistent/clip-vit-large-patch14", local_files_only=True)
+    aesthetic = m.load_aesthetic(None)
+    assert clip[0] is None and "could not be loaded" in clip[1]
+    evaluation = evaluate_images(
+        {"g": astronaut},
+        [astronaut],
+        [astronaut],
+        identity=(DlibFaceEmbedder(), None),
+        clip=clip,
+        aesthetic=aesthetic,
+        face_mask_fn=None,
+        face_detect_fn=lambda image: True,
+    )
+    out = evaluation.as_json()
+    assert out["csim_dlib"] > 0.99
+    assert out["face_detected_rate"] == 1.0
+    for name in ("style_similarity", "aesthetic_score"):
+        assert name not in out
+        assert out["unavailable"][name]
+    assert all(isinstance(v, float) for k, v in out.items() if k not in ("unavailable", "info"))
+
+
+def test_face_regions_on_real_photo(astronaut):
+    faces = m.FaceRegions()
+    try:
+        assert faces.detected(astronaut)
+        assert not faces.detected(Image.new("RGB", (256, 256), "gray"))
+        mask = np.asarray(faces.mask(astronaut))
+        assert mask.shape == (512, 512) and 0.02 < (mask > 127).mean() < 0.5
+        assert faces.landmarks5(np.asarray(astronaut)).shape == (5, 2)
+    finally:
+        faces.close()

@@ -1,0 +1,239 @@
+"""Real photos through the real mediapipe models: the face is found and the mask sits on it."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from magicapture_pipeline.core.faces import analysis as faces
+
+# Regions of scikit-image's 512x512 astronaut, (y0, y1, x0, x1), checked by eye on an overlay.
+HAIR_TOP = (40, 78, 160, 290)
+HAIR_SIDES = [(90, 140, 152, 172), (90, 140, 282, 300)]
+NECK = (180, 200, 205, 245)
+FACE_CENTRE = (100, 160, 195, 255)
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    with faces.FaceAnalyzer() as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def astronaut_result(analyzer, astronaut):
+    return faces.analyze_source(astronaut, analyzer, 512)
+
+
+def _mask_in_image(result: faces.FaceResult, shape) -> np.ndarray:
+    x0, y0, side = result.crop_box
+    full = np.zeros(shape[:2], dtype=np.uint8)
+    full[y0 : y0 + side, x0 : x0 + side] = cv2.resize(
+        result.mask, (side, side), interpolation=cv2.INTER_NEAREST
+    )
+    return full > 127
+
+
+def _share(mask: np.ndarray, region) -> float:
+    y0, y1, x0, x1 = region
+    return float(mask[y0:y1, x0:x1].mean())
+
+
+def test_astronaut_has_one_confident_face(analyzer, astronaut):
+    found = analyzer.detect(astronaut)
+    assert len(found) == 1 and found[0].score > 0.8
+    x, y, w, h = found[0].box
+    assert 150 < x + w / 2 < 300 and 60 < y + h / 2 < 180
+
+
+def test_mask_sits_on_the_face_not_hair_or_neck(astronaut_result, astronaut):
+    result = astronaut_result
+    assert result.status == "ok" and result.mask_source == "face_mesh"
+    assert 0.08 < result.mask_coverage < 0.35
+    ys, xs = np.nonzero(result.mask > 127)
+    bx, by, bw, bh = faces._box_in_crop(tuple(result.bbox), result.crop_box, 512)
+    assert bx < xs.mean() < bx + bw and by < ys.mean() < by + bh
+    full = _mask_in_image(result, astronaut.shape)
+    assert _share(full, FACE_CENTRE) > 0.95
+    assert _share(full, HAIR_TOP) < 0.15
+    assert all(_share(full, side) < 0.05 for side in HAIR_SIDES)
+    assert _share(full, NECK) < 0.05
+
+
+def test_landmarks_are_in_arcface_order(astronaut_result):
+    (lex, ley), (rex, rey), (nx, ny), (lmx, lmy), (rmx, rmy) = astronaut_result.landmarks5
+    assert lex < nx < rex and lmx < rmx
+    assert max(ley, rey) < ny < min(lmy, rmy)
+
+
+def test_outputs_have_catalog_shapes(astronaut_result):
+    assert astronaut_result.crop.shape == (512, 512, 3)
+    assert astronaut_result.mask.shape == (512, 512) and astronaut_result.mask.dtype == np.uint8
+    assert astronaut_result.latent_mask.shape == (64, 64)
+    assert astronaut_result.overlay.shape == (512, 512, 3)
+    row = astronaut_result.row()
+    assert row["n_faces"] == 1 and 0.01 < row["face_area_fraction"] < 0.2
+
+
+@pytest.mark.parametrize(
+    ("make", "n_faces", "status"),
+    [
+        (lambda a: np.concatenate([a, a[:, ::-1]], axis=1), 2, "multiple_faces"),
+        (lambda a: data.coffee(), 0, "no_face"),
+    ],
+    ids=["two_side_by_side", "no_face_coffee"],
+)
+def test_source_face_count_problems(analyzer, astronaut, make, n_faces, status):
+    result = faces.analyze_source(np.ascontiguousarray(make(astronaut)), analyzer, 128)
+    assert (result.n_faces, result.status) == (n_faces, status)
+    assert result.crop.shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize(
+    ("image", "has_face"),
+    [(data.astronaut, True), (data.coffee, False)],
+    ids=["portrait", "no_face"],
+)
+def test_reference_mask_is_face_or_empty(analyzer, image, has_face):
+    result = faces.analyze_reference(image(), analyzer, 128)
+    assert result.status == "ok"
+    assert (result.mask_coverage > 0.02) is has_face
+    if not has_face:
+        assert not result.mask.any() and "whole image" in result.reason
+
+
+def test_reference_face_the_mesh_misses_is_masked_by_its_box(analyzer):
+    """scikit-image's cameraman (a real photo): the detector finds his face (score ~0.9), the
+    mesh does not outline it. The face must not stay in the style region (issue 10 §4)."""
+    camera = np.ascontiguousarray(np.stack([data.camera()] * 3, axis=-1))
+    result = faces.analyze_reference(camera, analyzer, 128)
+    assert result.n_faces == 1 and result.mask_source == "detection_box"
+    assert "could not outline" in result.reason
+    x, y, w, h = (v * 128 / 512 for v in result.bbox)  # crop = whole 512 px image here
+    inside = result.mask[int(np.ceil(y)) : int(y + h), int(np.ceil(x)) : int(x + w)]
+    assert inside.size > 0 and (inside == 255).all()
+    assert result.mask_coverage == pytest.approx(w * h / 128**2, rel=0.15)
+    assert result.mask[:, :40].max() == 0  # far from the face: style region
+
+
+@pytest.mark.parametrize(
+    ("box", "size", "scale", "expected"),
+    [
+        ((100, 100, 50, 50), (400, 300), 2.0, [75, 75, 100]),  # centred, inside
+        ((0, 0, 50, 50), (400, 300), 2.0, [0, 0, 100]),  # shifted into the image
+        ((350, 250, 50, 50), (400, 300), 2.0, [300, 200, 100]),  # shifted from the far edge
+        ((100, 100, 200, 200), (400, 300), 3.0, [50, 0, 300]),  # shrunk to the image height
+    ],
+)
+def test_square_box_around(box, size, scale, expected):
+    assert faces.square_box_around(box, size[0], size[1], scale) == expected
+
+
+def test_mask_dilation_and_feather(astronaut_result):
+    crop = astronaut_result.crop
+    with faces.FaceAnalyzer() as own:
+        points = own.mesh(crop)
+    plain = faces.face_mask(points, 512)
+    grown = faces.face_mask(points, 512, dilation=0.1)
+    shrunk = faces.face_mask(points, 512, dilation=-0.1)
+    soft = faces.face_mask(points, 512, feather=0.05)
+    assert (shrunk > 127).sum() < (plain > 127).sum() < (grown > 127).sum()
+    assert np.count_nonzero((soft > 20) & (soft < 235)) > 10 * np.count_nonzero(
+        (plain > 20) & (plain < 235)
+    )
+
+
+def _recompress(rgb):
+    ok, buffer = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    return cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+
+
+@pytest.mark.parametrize(
+    ("name", "other", "low", "high"),
+    [
+        ("same", lambda a: a, 0, 0),
+        ("resized", lambda a: cv2.resize(a, (300, 300), interpolation=cv2.INTER_AREA), 0, 4),
+        ("jpeg_q70", _recompress, 0, 4),
+        ("brighter", lambda a: np.clip(a.astype(int) + 20, 0, 255).astype(np.uint8), 0, 6),
+        ("mirrored", lambda a: np.ascontiguousarray(a[:, ::-1]), 16, 64),
+        ("other_photo", lambda a: cv2.resize(data.coffee(), (512, 512)), 16, 64),
+    ],
+)
+def test_phash_distance(astronaut, name, other, low, high):
+    distance = faces.hamming(faces.phash(astronaut), faces.phash(other(astronaut)))
+    assert low <= distance <= high
+
+
+def test_phash_format():
+    value = faces.phash(data.astronaut())
+    assert len(value) == 16 and int(value, 16) >= 0
+    assert faces.hamming("ff00", "0f00") == 4
+
+
+def test_sharpness_drops_with_blur(astronaut):
+    assert faces.sharpness(cv2.GaussianBlur(astronaut, (0, 0), 3)) < 0.2 * faces.sharpness(
+        astronaut
+    )
+
+
+def test_face_oval_is_one_closed_polygon():
+    order = faces.face_oval_index()
+    assert len(order) == len(set(order)) == 36 and order[0] == 10
+
+
+def test_measure_throughput_reports_both_rates(astronaut):
+    rates = faces.measure_throughput([astronaut], resolution=128, repeats=1)
+    assert set(rates) == {"detect_mesh_mask", "full"}
+    # rates only: speed belongs in `make bench`, not in a test (FINDINGS)
+    assert all(np.isfinite(rate) and rate > 0 for rate in rates.values())
+
+
+def test_detection_keypoints_are_in_image_pixels(analyzer, astronaut):
+    found = analyzer.detect(astronaut)[0]
+    assert len(found.keypoints) == 6
+    x, y, w, h = found.box
+    (lex, ley), (rex, rey) = found.keypoints[:2]
+    assert x < lex < rex < x + w and y < ley < y + h and y < rey < y + h
+
+
+def test_mesh_from_detection_matches_the_self_detecting_mesh(analyzer, astronaut_result):
+    """The source path meshes from the detection (one detector pass) and lands where the
+    mesh with its own detector does; a detection without keypoints falls back to it."""
+    crop = astronaut_result.crop
+    found = analyzer.detect(crop)[0]
+    from_detection = analyzer.mesh_at(crop, found)
+    own = analyzer.mesh(crop)
+    assert from_detection.shape == own.shape == (478, 2)
+    assert float(np.abs(from_detection - own).mean()) < 3.0  # px at 512
+    bare = faces.Detection(found.score, found.box)
+    assert np.array_equal(analyzer.mesh_at(crop, bare), own)
+
+
+def test_overlay_is_drawn_only_when_read(analyzer, astronaut):
+    result = faces.analyze_source(astronaut, analyzer, 128)
+    assert result._overlay is None
+    drawn = result.overlay
+    assert drawn.shape == (128, 128, 3) and result.overlay is drawn
+    assert not np.array_equal(drawn, result.crop)
+
+
+def test_sharpness_is_the_laplacian_variance(astronaut):
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
+    expected = float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    assert faces.sharpness(astronaut) == pytest.approx(expected, rel=1e-9)
+    assert faces.sharpness(gray) == pytest.approx(expected, rel=1e-9)
+    assert faces.sharpness(np.full((64, 64, 3), 7, np.uint8)) == 0.0
+
+
+def test_measure_stages_names_every_part(astronaut):
+    stages = faces.measure_stages(astronaut, resolution=128, repeats=1)
+    assert set(stages) == {"detect", "crop", "mesh", "mask", "sharpness", "analyze_source",
+                           "overlay", "phash"}
+    assert all(value > 0.0 for value in stages.values())

@@ -1,0 +1,388 @@
+"""Registry: the concept as a pyfunc, a version with ``candidate``, gated promotion and rollback.
+
+A tiny random SD (``core.models.build_tiny_sd``) and a tiny concept (two random embeddings and a
+random LoRA, exported the way diffusers loads them) stand in for a trained one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import run_kedro
+from magicapture_pipeline.config.generation import GenerationConfig
+from magicapture_pipeline.config.serving import ServingConfig
+from magicapture_pipeline.config.tracking import PromotionGates, RegistryConfig
+from magicapture_pipeline.pipelines.promote.nodes import apply_promotion
+from magicapture_pipeline.pipelines.register.nodes import register_concept
+from magicapture_pipeline.serving.registry import (
+    PromotionRefused,
+    decode_image,
+    failed_gates,
+    promote,
+    rollback,
+)
+
+MODEL = "magicapture-test"
+
+
+def build_tiny_concept(folder: Path) -> tuple[Path, Path]:
+    """A tiny random SD and a concept for it: ``(base_model_dir, concept_dir)``."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from magicapture_pipeline.config.training import TinyModelConfig
+    from magicapture_pipeline.core.models.loading import build_tiny_sd
+
+    base = build_tiny_sd(folder / "tiny_sd", TinyModelConfig(sample_size=32))
+    pipe = StableDiffusionPipeline.from_pretrained(base, local_files_only=True, safety_checker=None)
+    concept = folder / "concept"
+    concept.mkdir()
+    torch.manual_seed(0)
+    width = pipe.text_encoder.config.hidden_size
+    tokens = []
+    for token, role in (("<v1>", "person"), ("<v2>", "style")):
+        name = f"{token.strip('<>')}.safetensors"
+        save_file({token: torch.randn(width)}, concept / name)
+        tokens.append({"token": token, "file": name, "role": role})
+    pipe.unet.add_adapter(
+        LoraConfig(
+            r=4,
+            lora_alpha=4,
+            init_lora_weights="gaussian",
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        )
+    )
+    StableDiffusionPipeline.save_lora_weights(
+        concept,
+        unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
+    )
+    (concept / "concept.json").write_text(json.dumps({"tokens": tokens}))
+    return base, concept
+
+
+@pytest.fixture(scope="module")
+def tiny_concept(tmp_path_factory) -> tuple[Path, Path]:
+    return build_tiny_concept(tmp_path_factory.mktemp("concept"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[str, MlflowClient]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    return uri, client, experiment
+
+
+def register(store, tiny_concept, csim: float | None) -> dict:
+    uri, client, experiment = store
+    base, concept = tiny_concept
+    run = client.create_run(experiment)
+    metrics = {"clip_style": 0.2, "identity_loss_trained": 1.0, "unavailable": {}}
+    if csim is None:
+        metrics["unavailable"]["csim_arcface"] = "no face found"
+    else:
+        metrics["csim_arcface"] = csim
+    record = register_concept(
+        concept,
+        {"path": str(base), "tiny": True},
+        metrics,
+        {"run_id": run.info.run_id, "tracking_uri": uri, "project_path": str(base.parent)},
+        RegistryConfig(model_name=MODEL),
+        SAMPLING,
+        ServingConfig(),
+    )
+    client.set_terminated(run.info.run_id)
+    return record
+
+
+# What the generate pipeline would use on the tiny model; the registered model must sample the same.
+SAMPLING = GenerationConfig(resolution=32, num_inference_steps=2, seed=11, concept_name="test")
+GATES = RegistryConfig(model_name=MODEL, gates=PromotionGates(min_metrics={"csim_arcface": 0.4}))
+
+
+def aliases(client: MlflowClient) -> dict[str, int]:
+    return {a: int(v) for a, v in client.get_registered_model(MODEL).aliases.items()}
+
+
+def test_gates_name_what_failed():
+    gates = PromotionGates(
+        required_metrics=["csim"], min_metrics={"csim": 0.4, "style": None}, max_metrics={"fid": 50}
+    )
+    trained = {"identity_loss_trained": 1.0}
+    assert failed_gates({"csim": 0.5, "fid": 10, **trained}, {}, gates) == []
+    failures = failed_gates({"csim": 0.1, **trained}, {}, gates)
+    assert failures[0] == "gate min_metrics.csim: csim=0.1 < 0.4"
+    assert failures[1] == "gate max_metrics.fid: 'fid' is missing"
+    assert "unavailable: no face" in failed_gates({}, {"csim": "no face"}, gates)[0]
+
+
+def test_gate_refuses_a_concept_trained_without_the_identity_loss():
+    """base without an ArcFace checkpoint trains without Eq. 7: refused unless overridden."""
+    gates = PromotionGates(required_metrics=[], min_metrics={})
+    for metrics in ({"identity_loss_trained": 0.0}, {}):
+        (failure,) = failed_gates(metrics, {}, gates)
+        assert failure.startswith("gate identity_loss:")
+        assert "allow_without_identity_loss" in failure
+    assert failed_gates({"identity_loss_trained": 1.0}, {}, gates) == []
+    override = PromotionGates(required_metrics=[], min_metrics={}, allow_without_identity_loss=True)
+    assert failed_gates({"identity_loss_trained": 0.0}, {}, override) == []
+
+
+def test_register_promote_refuse_rollback(store, tiny_concept):
+    uri, client, _ = store
+    first = register(store, tiny_concept, csim=0.6)
+    assert first["registered"] and first["version"] == 1
+    version = client.get_model_version(MODEL, "1")
+    assert version.tags["metric.csim_arcface"] == "0.6"
+    # portable: relative to the project root, not this machine's absolute path
+    assert version.tags["base_model"] == "tiny_sd"
+    assert version.tags["base_model_kind"] == "project_path"
+    assert aliases(client) == {"candidate": 1}
+    run = {"run_id": None, "tracking_uri": uri}
+    assert apply_promotion("promote", MODEL, None, GATES, run)["champion"] == 1
+    second = register(store, tiny_concept, csim=0.7)
+    assert aliases(client) == {"candidate": 2, "champion": 1}
+    promote(client, MODEL, second["version"], GATES)
+    assert aliases(client) == {"candidate": 2, "champion": 2, "previous": 1}
+    bad = register(store, tiny_concept, csim=0.1)
+    with pytest.raises(
+        PromotionRefused, match=r"min_metrics\.csim_arcface: csim_arcface=0\.1 < 0\.4"
+    ):
+        promote(client, MODEL, bad["version"], GATES)
+    missing = register(store, tiny_concept, csim=None)
+    tags = client.get_model_version(MODEL, str(missing["version"])).tags
+    assert tags["unavailable"] == "csim_arcface"  # one short tag, no reason text on the version
+    assert not any(k.startswith("unavailable.") for k in tags)
+    with pytest.raises(PromotionRefused, match="required_metrics: 'csim_arcface' is missing"):
+        apply_promotion("promote", MODEL, missing["version"], GATES, run)
+    assert aliases(client) == {"candidate": 4, "champion": 2, "previous": 1}
+    assert apply_promotion("rollback", MODEL, None, GATES, run)["champion"] == 1
+    assert aliases(client) == {"candidate": 4, "champion": 1, "previous": 2}
+
+
+def test_rollback_without_previous_refuses(store, tiny_concept):
+    register(store, tiny_concept, csim=0.6)
+    with pytest.raises(PromotionRefused, match="no @previous"):
+        rollback(store[1], MODEL, GATES)
+
+
+def test_not_registered_when_tracking_is_off(tiny_concept):
+    record = register_concept(
+        tiny_concept[1],
+        {"path": "x"},
+        {},
+        {"run_id": None, "reason": "off"},
+        RegistryConfig(model_name=MODEL),
+        GenerationConfig(),
+        ServingConfig(),
+    )
+    assert record == {"registered": False, "reason": "off", "model_name": MODEL}
+
+
+def test_version_is_a_logged_model_of_the_run(store, tiny_concept):
+    uri, client, experiment = store
+    record = register(store, tiny_concept, csim=0.6)
+    version = client.get_model_version(MODEL, str(record["version"]))
+    models = client.search_logged_models(experiment_ids=[experiment])
+    assert [m.model_id for m in models] == [record["model_id"]]
+    assert version.source == f"models:/{record['model_id']}" == record["source"]
+    assert models[0].source_run_id == record["run_id"] and models[0].name == "concept_model"
+    assert str(models[0].status).endswith("READY")
+    run = client.get_run(record["run_id"])
+    assert [o.model_id for o in run.outputs.model_outputs] == [record["model_id"]]
+
+
+def _load_champion(uri: str):
+    from magicapture_pipeline.serving.batch import load_registered
+
+    return load_registered(f"models:/{MODEL}@champion", uri)
+
+
+def test_champion_samples_exactly_like_generate(store, tiny_concept, monkeypatch):
+    """The registered model draws generate's pixels: same scheduler, steps, guidance, scales."""
+    from magicapture_pipeline.core.generation.postprocess import read_provenance
+    from magicapture_pipeline.core.generation.sampling import run_generation
+    from magicapture_pipeline.serving.base_model import PROJECT_ROOT_ENV
+
+    uri, client, _ = store
+    base, concept = tiny_concept
+    monkeypatch.setenv(PROJECT_ROOT_ENV, str(base.parent))
+    promote(client, MODEL, register(store, tiny_concept, csim=0.6)["version"], GATES)
+    model = _load_champion(uri)
+    out = model.predict(pd.DataFrame({"prompt": ["a photo of a [V1] person in the [V2] style"]}))
+    row = out.loc[0]
+    assert row["prompt"] == "a photo of a <v1> person in the <v2> style"
+    assert (row["seed"], row["steps"], row["guidance_scale"]) == (11, 2, 7.0)
+    assert (row["scheduler"], row["lora_scale_unet"], row["resolution"]) == (
+        "euler_ancestral",
+        0.6,
+        32,
+    )
+    served = decode_image(row["image"], keep_metadata=True)
+    provenance = read_provenance(served)
+    assert provenance["ai_generated"] is True and provenance["stage"] == "served"
+    assert provenance["seed"] == 11 and provenance["concept"] == "test"
+    generated = run_generation(base, concept, SAMPLING.model_copy(update={"images_per_prompt": 1}))
+    assert generated.images[0].seed == 11
+    expected = np.asarray(generated.images[0].image)
+    assert np.array_equal(np.asarray(served.convert("RGB")), expected)
+    other = model.predict(pd.DataFrame({"prompt": ["[V1]"], "seed": [12], "steps": [3]}))
+    assert (other.loc[0, "seed"], other.loc[0, "steps"]) == (12, 3)
+
+
+def test_refused_request_does_no_work(store, tiny_concept, monkeypatch):
+    from magicapture_pipeline.core.generation import sampling as generation
+    from magicapture_pipeline.serving.base_model import PROJECT_ROOT_ENV
+    from magicapture_pipeline.serving.requests import RequestRefused
+
+    uri, client, _ = store
+    monkeypatch.setenv(PROJECT_ROOT_ENV, str(tiny_concept[0].parent))
+    promote(client, MODEL, register(store, tiny_concept, csim=0.6)["version"], GATES)
+    model = _load_champion(uri)
+    calls = []
+    real = generation.sample_image
+    counted = lambda *a, **k: calls.append(1) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(generation, "sample_image", counted)
+    good = {"prompt": "a photo of [V1]", "seed": 1}
+    with pytest.raises(RequestRefused, match=r"row 1: 'steps' is 100000000; .*\[1, 150\]"):
+        model.predict(pd.DataFrame([{**good, "steps": 2}, {**good, "steps": 100_000_000}]))
+    with pytest.raises(RequestRefused, match="prompt' is 8[0-9] tokens; the limit is 77"):
+        model.predict(pd.DataFrame([{"prompt": "a " * 85}]))
+    with pytest.raises(RequestRefused, match="5 rows in one request; at most 4"):
+        model.predict(pd.DataFrame([good] * 5))
+    assert calls == []
+    model.predict(pd.DataFrame([good]))
+    assert calls == [1]
+
+
+_HIDE_INSTALLED = """
+import sys
+from pathlib import Path
+# hide this project's installed copy (editable .pth, PYTHONPATH): only the model's code remains
+sys.path = [p for p in sys.path if not (Path(p or '.') / 'magicapture_pipeline').is_dir()]
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[2])
+import magicapture_pipeline
+assert '/code/magicapture_pipeline/' in magicapture_pipeline.__file__, magicapture_pipeline.__file__
+out = model.predict(pd.DataFrame({'prompt': ['a photo of [V1] in the style of [V2]'], 'seed': [3]}))
+out.to_json(sys.argv[1])
+"""
+
+
+def _run_isolated(cwd: Path, uri: str, result: Path, extra_env: dict | None = None):
+    hidden = {"PYTHONPATH", "MAGICAPTURE_PROJECT_ROOT"}
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
+    env |= {"MLFLOW_TRACKING_URI": uri, **(extra_env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", _HIDE_INSTALLED, str(result), f"models:/{MODEL}@champion"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_champion_loads_elsewhere_from_its_own_code_and_requirements(
+    store, tiny_concept, tmp_path
+):
+    """A fresh process without this project installed: the model's code_paths and pinned
+    requirements are enough; from another folder the missing base model is named."""
+    uri, client, _ = store
+    base, _ = tiny_concept
+    record = register(store, tiny_concept, csim=0.6)
+    promote(client, MODEL, record["version"], GATES)
+    result = tmp_path / "out.json"
+    done = _run_isolated(base.parent, uri, result)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = pd.read_json(result)
+    assert out.loc[0, "prompt"] == "a photo of <v1> in the style of <v2>"
+    assert out.loc[0, "seed"] == 3 and out.loc[0, "steps"] == 2
+    assert decode_image(out.loc[0, "image"]).size == (32, 32)
+    import mlflow.artifacts
+
+    from magicapture_pipeline.tracking.uris import tracking
+
+    with tracking(uri):
+        local = Path(mlflow.artifacts.download_artifacts(record["source"], dst_path=tmp_path))
+    pins = (local / "requirements.txt").read_text()
+    for package in ("torch==", "diffusers==", "transformers==", "peft==", "pydantic=="):
+        assert package in pins
+    assert (local / "code" / "magicapture_pipeline" / "serving" / "concept_model.py").is_file()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _run_isolated(elsewhere, uri, result)
+    assert done.returncode != 0
+    assert "base model is the project folder 'tiny_sd'" in done.stderr
+    assert "MAGICAPTURE_PROJECT_ROOT" in done.stderr
+    done = _run_isolated(elsewhere, uri, result, {"MAGICAPTURE_PROJECT_ROOT": str(base.parent)})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_promote_and_rollback_from_the_command_line(project_copy, tiny_concept):
+    uri = f"sqlite:///{project_copy / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("t", artifact_location=(project_copy / "art").as_uri())
+    store = (uri, client, experiment)
+    register(store, tiny_concept, csim=0.6)
+    register(store, tiny_concept, csim=0.1)
+    name = f"--params=model_name={MODEL}"
+    done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},model_version=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},model_version=2")
+    assert done.returncode != 0
+    assert "min_metrics.csim_arcface: csim_arcface=0.1 < 0.4" in done.stdout + done.stderr
+    assert aliases(client) == {"candidate": 2, "champion": 1}
+    experiment = client.get_experiment_by_name("magicapture-my-concept")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
+    assert "min_metrics.csim_arcface" in runs[1].data.tags["error"]
+    assert runs[1].data.tags["kedro.pipelines"] == "promote"
+    # the demo env's lenient gates let it through; then one command rolls back
+    done = run_kedro(
+        project_copy, "run", "--pipelines=promote", "--env=demo", f"{name},model_version=2"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert aliases(client) == {"candidate": 2, "champion": 2, "previous": 1}
+    done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},action=rollback")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert aliases(client) == {"candidate": 2, "champion": 1, "previous": 2}
+    record = json.loads((project_copy / "data/08_reporting/my-concept/promotion.json").read_text())
+    assert record["action"] == "rollback" and record["champion"] == 1
+    summary = subprocess.run(
+        [sys.executable, "-m", "magicapture_pipeline.where_to_look", "--env=demo"],
+        cwd=project_copy,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+    ).stdout
+    assert "make ui" in summary and "data/08_reporting/demo/promotion.json" in summary
+    # the same without Kedro's runner: python -m magicapture_pipeline.serving.registry
+    subprocess.run(
+        [sys.executable, "-m", "magicapture_pipeline.serving.registry", "rollback", MODEL],
+        cwd=project_copy,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+    )
+    assert aliases(client) == {"candidate": 2, "champion": 2, "previous": 1}
