@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 CONCEPT ?= demo
 comma := ,
 
-.PHONY: batch install demo demo-sdxl test test-fast check-config bench bench-gpu promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop
+.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast check-config bench bench-gpu promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -44,6 +44,9 @@ test: install  ## the test suite (CPU only, tiny models, real photos)
 
 test-fast: install  ## the tests without the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
+
+dvc-yaml: install  ## regenerate dvc.yaml from the pipelines, the catalog and params.yaml's kedro_env
+	$(BIN)/python -m magicapture_pipeline.dvc_stages
 
 check-config: install  ## check every parameter a run reads, without running (ENV=demo PIPELINES=customize PARAMS=k=v,...)
 	$(BIN)/python -m magicapture_pipeline.check_config --env=$(or $(ENV),local) --pipelines=$(or $(PIPELINES),customize) $(if $(PARAMS),--params=$(PARAMS))
