@@ -105,10 +105,13 @@ def test_every_stage_runs_its_pipeline_per_concept_in_the_chosen_env():
     stages = dvc_stages()
     assert list(stages) == list(CUSTOMIZE_CHAIN)
     for name, stage in stages.items():
-        assert stage["cmd"] == (
+        env = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["kedro_env"]
+        assert stage["cmd"] == [
+            "python -m magicapture_pipeline.dvc_stages "
+            f"--generated-for={env} --env=${{kedro_env}}",
             f"kedro run --pipelines={name} --env=${{kedro_env}} "
-            f"--params=concept={CONCEPT},${{item.kedro_params}}"
-        )
+            f"--params=concept={CONCEPT},${{item.kedro_params}}",
+        ]
         assert {"params.yaml": ["kedro_env", f"concepts.{CONCEPT}"]} in stage["params"]
         assert not any(str(p).startswith("data/01_raw") for p in out_paths(stage))
         assert all(f"/{CONCEPT}/" in p for p in out_paths(stage)), name
@@ -149,6 +152,49 @@ def test_each_stage_lists_what_its_pipeline_writes():
         for dataset in pipelines[name].inputs():
             if dataset in catalog and not catalog[dataset].startswith("data/01_raw"):
                 assert catalog[dataset] in deps, f"stage {name} misses dep {catalog[dataset]}"
+
+
+def test_dvc_yaml_is_the_generators_output():
+    """dvc.yaml is generated (issue 17 §3): edit the pipelines or the catalog, run make dvc-yaml."""
+    from magicapture_pipeline.dvc_stages import render
+
+    assert (PROJECT_ROOT / "dvc.yaml").read_text() == render(), "dvc.yaml is stale: make dvc-yaml"
+
+
+def test_code_deps_are_the_import_closure():
+    """Editing the model family or SDXL code reruns training (they were missing before)."""
+    stages = dvc_stages()
+    for name in ("train_stage_one", "train_stage_two"):
+        for module in ("families", "sdxl", "loading", "tokens", "attention"):
+            assert f"src/magicapture_pipeline/core/models/{module}.py" in stages[name]["deps"]
+        assert "src/magicapture_pipeline/core/losses.py" in stages[name]["deps"]
+    assert "src/magicapture_pipeline/serving" in stages["register"]["deps"]
+    for stage in stages.values():
+        for dep in stage["deps"]:
+            assert (PROJECT_ROOT / dep).exists() or "${key}" in dep or dep.startswith("data/"), dep
+
+
+def test_params_are_the_keys_each_stage_reads_in_the_tracked_env():
+    env = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["kedro_env"]
+    stages = dvc_stages()
+    files = {next(iter(p)) for stage in stages.values() for p in stage["params"]}
+    assert all(f.startswith(("conf/base/", f"conf/{env}/")) for f in files - {"params.yaml"})
+    assert {f"conf/{env}/parameters_train_stage_two.yml": ["stage_two"]} in stages[
+        "train_stage_two"
+    ]["params"]
+    register = {next(iter(p)) for p in stages["register"]["params"]}
+    assert "conf/base/parameters_serving.yml" in register
+    assert "conf/base/parameters_serving.yml" not in {
+        next(iter(p)) for p in stages["evaluate"]["params"]
+    }
+
+
+def test_a_stage_refuses_an_env_dvc_yaml_was_not_generated_for(capsys):
+    from magicapture_pipeline.dvc_stages import main
+
+    assert main(["--generated-for=demo", "--env=demo"]) == 0
+    assert main(["--generated-for=demo", "--env=base"]) == 1
+    assert "make dvc-yaml" in capsys.readouterr().err
 
 
 TOY_DVC = """
