@@ -18,6 +18,7 @@ from magicapture_pipeline.config.generation import (
     GenerationConfig,
     PostprocessConfig,
 )
+from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.preprocess import (
     PreprocessConfig,
     SampleDataConfig,
@@ -104,16 +105,6 @@ def check_sections(parameters: Mapping[str, Any], sections: Iterable[str]) -> li
     return problems
 
 
-def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _check_variants(parameters: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[str]:
     """Each benchmark variant's stage overrides, merged onto the run's stages as it trains them."""
     problems = []
@@ -122,7 +113,7 @@ def _check_variants(parameters: Mapping[str, Any], benchmark: Mapping[str, Any])
             override = variant.get(stage) or {}
             if not override:
                 continue
-            merged = _merged(_plain(parameters.get(stage)) or {}, override)
+            merged = deep_merge(_plain(parameters.get(stage)) or {}, override)
             model = SECTIONS[stage]
             try:
                 model.model_validate(merged)
