@@ -69,6 +69,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def effective_section(key: str, value: Any) -> Any:
+    """The values a run uses for ``params:<key>``: every default (and recipe value) filled in,
+    when ``key`` is a typed section and ``value`` valid; else ``value`` as given."""
+    model = SECTIONS.get(key)
+    plain = _plain(value)
+    if model is None or not isinstance(plain, Mapping):
+        return plain
+    try:
+        return model.model_validate(plain).model_dump(mode="json")
+    except ValidationError:
+        return plain
+
+
+def effective_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``parameters`` with each typed section replaced by :func:`effective_section`."""
+    return {key: effective_section(key, value) for key, value in parameters.items()}
+
+
 def sections_read_by(parameter_inputs: Iterable[str]) -> list[str]:
     """The sections behind a pipeline's inputs (``params:stage_two.lora`` -> ``stage_two``)."""
     found = set(ALWAYS)

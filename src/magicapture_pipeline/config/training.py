@@ -99,9 +99,7 @@ class TinyModelConfig(_Strict):
         description="SDXL only: width of the second text encoder (SDXL: 1280 vs 768); UNet "
         "cross_attention_dim = text_hidden_size + this.",
     )
-    text_2_layers: int = Field(
-        2, ge=1, description="SDXL only: layers of the second text encoder."
-    )
+    text_2_layers: int = Field(2, ge=1, description="SDXL only: layers of the second text encoder.")
     transformer_layers_per_block: list[int] = Field(
         [1, 1],
         min_length=1,
@@ -223,8 +221,10 @@ class _TrainingLoopConfig(_Strict):
         "--lr_scheduler=linear and train(lr_scheduler_lora='linear')).",
     )
     lr_warmup_steps: int = Field(
-        0, ge=0, json_schema_extra=authors(0),
-        description="Warm-up steps of the lr schedule (authors' code: 0; paper: none)."
+        0,
+        ge=0,
+        json_schema_extra=authors(0),
+        description="Warm-up steps of the lr schedule (authors' code: 0; paper: none).",
     )
     adam_weight_decay: float = Field(
         1e-2,
@@ -275,8 +275,9 @@ class _TrainingLoopConfig(_Strict):
         "with --color_jitter, drawn once when the latents are cached).",
     )
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
-        "fp16", json_schema_extra=authors(stage_one="no", stage_two="fp16"),
-        description="Accelerate mixed precision; forced to 'no' on CPU."
+        "fp16",
+        json_schema_extra=authors(stage_one="no", stage_two="fp16"),
+        description="Accelerate mixed precision; forced to 'no' on CPU.",
     )
     cache_latents: bool = Field(
         True, description="Encode each augmented image once instead of every step."
@@ -305,7 +306,6 @@ class _TrainingLoopConfig(_Strict):
     log_every: int = Field(1, ge=1, description="History row every N optimiser steps.")
     device: str | None = Field(None, description="Force a device; None = accelerate's choice.")
 
-
     @model_validator(mode="before")
     @classmethod
     def _recipe(cls, data: Any) -> Any:
@@ -333,8 +333,9 @@ class StageOneConfig(_TrainingLoopConfig):
         description="AdamW lr of the embeddings (paper: 5e-4; authors' code: "
         "--learning_rate_ti=5e-4 x --scale_lr 4 = 2e-3).",
     )
-    max_steps: int = Field(1200, ge=1, json_schema_extra=authors(1200),
-        description="Optimiser steps (paper: 1200).")
+    max_steps: int = Field(
+        1200, ge=1, json_schema_extra=authors(1200), description="Optimiser steps (paper: 1200)."
+    )
     embedding_norm_target: float | None = Field(
         None,
         gt=0.0,
@@ -345,16 +346,21 @@ class StageOneConfig(_TrainingLoopConfig):
     )
 
 
-
 class LoraConfigModel(_Strict):
     """LoRA adapters of stage two."""
 
     rank: int = Field(
-        4, ge=1, json_schema_extra=authors(4),
-        description="LoRA rank (authors' code: --lora_rank=4; paper: not stated)."
+        4,
+        ge=1,
+        json_schema_extra=authors(4),
+        description="LoRA rank (authors' code: --lora_rank=4; paper: not stated).",
     )
-    alpha: float = Field(4.0, gt=0.0, json_schema_extra=authors(4.0),
-        description="LoRA alpha (diffusers' scripts: alpha = rank).")
+    alpha: float = Field(
+        4.0,
+        gt=0.0,
+        json_schema_extra=authors(4.0),
+        description="LoRA alpha (diffusers' scripts: alpha = rank).",
+    )
     preset: Literal["paper", "official", "custom_diffusion"] = Field(
         "paper",
         json_schema_extra=authors("official"),
@@ -387,8 +393,10 @@ class IdentityConfig(_Strict):
         "forward; off.",
     )
     weight: float = Field(
-        1.0, ge=0.0, json_schema_extra=authors(0.25),
-        description="lambda_id (paper: 1; authors' code: --lambda_arc=0.25)."
+        1.0,
+        ge=0.0,
+        json_schema_extra=authors(0.25),
+        description="lambda_id (paper: 1; authors' code: --lambda_arc=0.25).",
     )
     threshold_fraction: float = Field(
         0.8,
@@ -464,11 +472,16 @@ class IdentityConfig(_Strict):
 class AttentionConfig(_Strict):
     """Attention refocusing, Eq. 8."""
 
-    enabled: bool = Field(True, json_schema_extra=authors(True),
-        description="Use the attention refocusing loss (paper: on).")
+    enabled: bool = Field(
+        True,
+        json_schema_extra=authors(True),
+        description="Use the attention refocusing loss (paper: on).",
+    )
     weight: float = Field(
-        2.5, ge=0.0, json_schema_extra=authors(2.5),
-        description="lambda_attn (paper: 2.5; authors' code: attn_loss *= 2.5)."
+        2.5,
+        ge=0.0,
+        json_schema_extra=authors(2.5),
+        description="lambda_attn (paper: 2.5; authors' code: attn_loss *= 2.5).",
     )
     resolution: int = Field(
         16,
@@ -535,14 +548,14 @@ class StageTwoConfig(_TrainingLoopConfig):
         description="Embedding lr (paper: 1e-5; authors' code: --continue_inversion_lr=1e-4, "
         "not scaled); 0 freezes the embeddings.",
     )
-    max_steps: int = Field(1500, ge=1, json_schema_extra=authors(1500),
-        description="Optimiser steps (paper: 1500).")
+    max_steps: int = Field(
+        1500, ge=1, json_schema_extra=authors(1500), description="Optimiser steps (paper: 1500)."
+    )
     identity: IdentityConfig = Field(default_factory=IdentityConfig, description="Eq. 7.")
     attention: AttentionConfig = Field(default_factory=AttentionConfig, description="Eq. 8.")
     heatmap_every: int = Field(
         100, ge=0, description="Attention-heatmap figure every N steps; 0 = off."
     )
-
 
     @model_validator(mode="after")
     def _three_tasks(self) -> StageTwoConfig:
