@@ -178,7 +178,7 @@ def _base_sections() -> list[tuple[str, str, Any]]:
 
 
 def _default_of(model: type[BaseModel], dotted: str) -> Any:
-    value: Any = model()
+    value: Any = model.model_construct()  # defaults only (required fields stay unset)
     for part in dotted.split("."):
         value = getattr(value, part)
     return value.model_dump() if isinstance(value, BaseModel) else value
