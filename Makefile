@@ -45,7 +45,7 @@ test: install  ## the test suite (CPU only, tiny models, real photos)
 test-fast: install  ## the tests without the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
 
-check-config: install  ## check every parameter a run reads, without running (ENV=demo PIPELINES=customize PARAMS=k=v,...)
+check-config: install  ## check every parameter a run reads and print each knob's value and source, without running (ENV=demo PIPELINES=customize PARAMS=k=v,...)
 	$(BIN)/python -m magicapture_pipeline.check_config --env=$(or $(ENV),local) --pipelines=$(or $(PIPELINES),customize) $(if $(PARAMS),--params=$(PARAMS))
 
 bench: install  ## measure step times and ratios -> data/08_reporting/bench.{json,md}
