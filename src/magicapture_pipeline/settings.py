@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from kedro.config import OmegaConfigLoader
 from omegaconf import DictConfig, OmegaConf
@@ -32,11 +31,9 @@ ENV_PARENTS = {"demo-sdxl": "demo"}
 
 class LayeredConfigLoader(OmegaConfigLoader):
     """Kedro's ``OmegaConfigLoader`` with one addition: an env may extend another env
-    (``env_parents``, e.g. ``{"demo-sdxl": "demo"}``): base, then the parent, then the env."""
+    (``env_parents``, by default ``ENV_PARENTS``): base, then the parent, then the env."""
 
-    def __init__(self, *args: Any, env_parents: dict[str, str] | None = None, **kwargs: Any):
-        self.env_parents = dict(env_parents or {})
-        super().__init__(*args, **kwargs)
+    env_parents: dict[str, str] = ENV_PARENTS
 
     def _read_dir_configs(
         self,
@@ -78,7 +75,6 @@ CONFIG_LOADER_ARGS = {
     # `conf/demo/parameters_*.yml` only overrides the keys it names (deep merge), so the demo env
     # inherits every default it does not shrink.
     "merge_strategy": {"parameters": "soft"},
-    "env_parents": ENV_PARENTS,
     # ${valid_concept:name}: the concept name, or an error naming the rule (before any I/O).
     "custom_resolvers": {"valid_concept": validate_concept_name},
 }
