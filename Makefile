@@ -48,7 +48,7 @@ test-fast: install  ## the tests without the slow end-to-end runs
 dvc-yaml: install  ## regenerate dvc.yaml from the pipelines, the catalog and params.yaml's kedro_env
 	$(BIN)/python -m magicapture_pipeline.dvc_stages
 
-check-config: install  ## check every parameter a run reads, without running (ENV=demo PIPELINES=customize PARAMS=k=v,...)
+check-config: install  ## check every parameter a run reads and print each knob's value and source, without running (ENV=demo PIPELINES=customize PARAMS=k=v,...)
 	$(BIN)/python -m magicapture_pipeline.check_config --env=$(or $(ENV),local) --pipelines=$(or $(PIPELINES),customize) $(if $(PARAMS),--params=$(PARAMS))
 
 bench: install  ## measure step times and ratios -> data/08_reporting/bench.{json,md}

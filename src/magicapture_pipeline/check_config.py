@@ -10,21 +10,33 @@ On its own, without running anything (``make check-config ENV=demo PARAMS=...``)
     python -m magicapture_pipeline.check_config --env demo --pipelines customize \\
         --params stage_two.max_steps=-1
 
-exits 0 and prints ``ok`` when valid, else 1 with one line per problem.
+prints every knob the run will use, its effective value and where that value comes from
+(``--params``, ``conf/<env>/<file>.yml``, ``recipe official (authors' code)`` or ``default``; the
+default's own provenance is in ``docs/parameters.md``), then exits 0 with ``ok`` when valid, else 1
+with one line per problem.
+
+Kedro 1.7 can also validate node parameters typed as pydantic models; no node is typed so (nodes
+take plain mappings and validate them themselves), so this hook is the one check, and its report
+names every problem at once (``tests/config/test_one_parameter_check.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kedro.framework.hooks import hook_impl
 
+from magicapture_pipeline.config.recipes import official_recipe
 from magicapture_pipeline.config.sections import (
+    SECTIONS,
     ParameterError,
     check_sections,
+    effective_section,
     sections_read_by,
 )
 
@@ -53,10 +65,77 @@ def _runtime_params(text: str | None) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.from_dotlist(items)) if items else {}
 
 
+def _leaves(value: Any, prefix: str) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` under ``x`` -> ``{"x.a.b": 1}``; lists and scalars are leaves."""
+    if isinstance(value, Mapping) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_leaves(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _layers(project_path: Path, env: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(file, its keys as dotted leaves)`` for every parameters file, lowest layer first."""
+    from magicapture_pipeline.settings import ENV_PARENTS
+
+    envs = [env]
+    while envs[0] in ENV_PARENTS:
+        envs.insert(0, ENV_PARENTS[envs[0]])
+    layers = []
+    for name in ["base", *[e for e in envs if e != "base"]]:
+        for path in sorted((project_path / "conf" / name).glob("parameters*.yml")):
+            data = yaml.safe_load(path.read_text()) or {}
+            layers.append((f"conf/{name}/{path.name}", _leaves(data, "")))
+    return layers
+
+
+def _set_by(key: str, leaves: Iterable[str]) -> bool:
+    return any(key == leaf or key.startswith(f"{leaf}.") for leaf in leaves)
+
+
+def knob_sources(
+    parameters: Mapping[str, Any],
+    sections: Iterable[str],
+    layers: list[tuple[str, dict[str, Any]]],
+    runtime: Mapping[str, Any],
+) -> list[tuple[str, Any, str]]:
+    """``(knob, effective value, source)`` for every knob of ``sections``."""
+    runtime_leaves = set(_leaves(dict(runtime), ""))
+    rows = []
+    for section in sections:
+        if section not in parameters:
+            continue
+        effective = effective_section(section, parameters[section])
+        recipe: set[str] = set()
+        model = SECTIONS.get(section)
+        if model is not None and isinstance(effective, Mapping):
+            if effective.get("recipe") == "official":
+                recipe = set(_leaves(official_recipe(model), section))
+        for key, value in _leaves(effective, section).items():
+            if _set_by(key, runtime_leaves):
+                source = "--params"
+            else:
+                files = [name for name, leaves in layers if _set_by(key, leaves)]
+                if files:
+                    source = files[-1]
+                elif _set_by(key, recipe):
+                    source = "recipe official (authors' code)"
+                else:
+                    source = "default (docs/parameters.md)"
+            rows.append((key, value, source))
+    return rows
+
+
 def check_project(
-    project_path: Path, env: str | None, pipeline_names: list[str], params: dict[str, Any]
+    project_path: Path,
+    env: str | None,
+    pipeline_names: list[str],
+    params: dict[str, Any],
+    report: list[tuple[str, Any, str]] | None = None,
 ) -> list[str]:
-    """Every parameter problem of ``kedro run --env=env --pipelines=... --params=...``."""
+    """Every parameter problem of ``kedro run --env=env --pipelines=... --params=...``; each knob
+    the run uses, its value and its source are appended to ``report`` when given."""
     from kedro.framework.project import pipelines
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
@@ -71,7 +150,11 @@ def check_project(
         inputs: set[str] = set()
         for name in pipeline_names:
             inputs |= pipelines[name].inputs()
-        return check_sections(parameters, sections_read_by(inputs))
+        sections = sections_read_by(inputs)
+        if report is not None:
+            layers = _layers(project_path, env or "local")
+            report.extend(knob_sources(parameters, sections, layers, params))
+        return check_sections(parameters, sections)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,9 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project-path", default=".", help="Project root (default: here).")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.pipelines.split(",") if name.strip()]
+    report: list[tuple[str, Any, str]] = []
     problems = check_project(
-        Path(args.project_path).resolve(), args.env, names, _runtime_params(args.params)
+        Path(args.project_path).resolve(), args.env, names, _runtime_params(args.params), report
     )
+    width = max((len(key) for key, _, _ in report), default=0)
+    for key, value, source in report:
+        sys.stdout.write(f"{key:<{width}}  {value!r:<40}  {source}\n")
     where = f"env {args.env or 'local'}, pipelines {','.join(names)}"
     if problems:
         sys.stderr.write(f"{ParameterError(problems, where)}\n")

@@ -4,7 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from magicapture_pipeline.config.docs import config_models, render_markdown
+from magicapture_pipeline.config.docs import (
+    FILES,
+    config_models,
+    defaults_with_recipe,
+    render_markdown,
+)
 
 MODELS = list(config_models())
 
@@ -37,5 +42,22 @@ def test_committed_reference_is_up_to_date():
     committed = (Path(__file__).resolve().parents[2] / "docs" / "parameters.md").read_text()
     assert committed == render_markdown(), (
         "docs/parameters.md is stale: run "
-        "`python -m magicapture_pipeline.config.docs > docs/parameters.md`"
+        "`python -m magicapture_pipeline.config.docs --write`"
     )
+
+
+def test_committed_recipe_table_is_up_to_date():
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "defaults.md").read_text()
+    assert committed == defaults_with_recipe(committed), (
+        "docs/defaults.md's authors' recipe is stale: run "
+        "`python -m magicapture_pipeline.config.docs --write`"
+    )
+
+
+def test_reference_is_ordered_by_yaml_file_and_key():
+    text = render_markdown()
+    positions = [text.index(f"## `{name}`") for name in FILES]
+    assert positions == sorted(positions)
+    base = Path(__file__).resolve().parents[2] / "conf" / "base"
+    assert set(FILES) == {p.name for p in base.glob("parameters_*.yml")}
+    assert text.index("`stage_two.lora.rank`") < text.index("`stage_two.identity.mode`")

@@ -332,7 +332,7 @@ def test_real_chain_repro_then_noop_then_partial(tmp_path, monkeypatch):
         assert f"Running stage '{stage}@demo'" in first
     assert "Running stage" not in run(project, "dvc", "repro", timeout=600).stdout
     serving = project / "conf" / "base" / "parameters_serving.yml"
-    serving.write_text(serving.read_text().replace("max_rows: 4", "max_rows: 5"))
+    serving.write_text(serving.read_text() + "  limits: {max_rows: 5}\n")
     third = run(project, "dvc", "repro", timeout=600).stdout
     assert "Running stage 'register@demo'" in third
     assert "Running stage 'preprocess@demo'" not in third

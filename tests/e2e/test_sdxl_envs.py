@@ -6,45 +6,32 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import PROJECT_ROOT, run_kedro
 
 CONF = PROJECT_ROOT / "conf"
-# What demo-sdxl may change relative to demo (every other key of every file is the same).
-DEMO_SDXL_CHANGES = {
-    "globals.yml": {"concept_name"},
-    "parameters_model.yml": {"model"},
-}
 
 
-def _yaml(path: Path) -> dict:
-    return yaml.safe_load(path.read_text()) or {}
+def test_demo_sdxl_extends_demo():
+    """demo-sdxl is demo plus its own model and concept (settings.ENV_PARENTS), not a copy."""
+    from magicapture_pipeline.settings import ENV_PARENTS
 
-
-def test_demo_sdxl_mirrors_demo_file_by_file():
-    demo = sorted(p.name for p in (CONF / "demo").glob("*.yml"))
-    assert sorted(p.name for p in (CONF / "demo-sdxl").glob("*.yml")) == demo
-    for name in demo:
-        ours, theirs = _yaml(CONF / "demo-sdxl" / name), _yaml(CONF / "demo" / name)
-        allowed = DEMO_SDXL_CHANGES.get(name, set())
-        for key in set(ours) | set(theirs):
-            if key not in allowed:
-                assert ours.get(key) == theirs.get(key), f"conf/demo-sdxl/{name}: {key} drifted"
-    model = _yaml(CONF / "demo-sdxl" / "parameters_model.yml")["model"]
+    assert ENV_PARENTS["demo-sdxl"] == "demo"
+    model = _params("demo-sdxl")["model"]
     assert model["tiny"]["family"] == "sdxl" and model["pretrained"] != "data/06_models/tiny_sd"
+    assert (
+        _params("demo-sdxl")["stage_two"]["max_steps"] == _params("demo")["stage_two"]["max_steps"]
+    )
 
 
 def _params(env: str) -> dict:
-    from kedro.config import OmegaConfigLoader
+    from magicapture_pipeline.config.sections import effective_parameters
+    from magicapture_pipeline.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
 
-    from magicapture_pipeline.settings import CONFIG_LOADER_ARGS
-
-    loader = OmegaConfigLoader(str(CONF), env=env, **CONFIG_LOADER_ARGS)
-    return loader["parameters"]
+    loader = CONFIG_LOADER_CLASS(str(CONF), env=env, **CONFIG_LOADER_ARGS)
+    return effective_parameters(loader["parameters"])
 
 
 def test_sdxl_env_is_base_at_1024_px_on_sdxl_base():

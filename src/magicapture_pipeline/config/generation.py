@@ -1,8 +1,8 @@
 """Configuration of generation, post-processing, evaluation and the benchmark (issue 4).
 
 Defaults are the paper's (arXiv 2309.06895) or the official code's (junhahyung/MagiCapture,
-``inference_magicapture.py``); each field says which. ``conf/base/parameters_<name>.yml`` holds the
-same values, ``conf/demo`` shrinks them for a CPU.
+``inference_magicapture.py``); each field says which. ``conf/base/parameters_<name>.yml`` sets
+only what a user sets or commonly changes, ``conf/demo`` shrinks the rest for a CPU.
 """
 
 from __future__ import annotations

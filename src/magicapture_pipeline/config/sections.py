@@ -18,6 +18,7 @@ from magicapture_pipeline.config.generation import (
     GenerationConfig,
     PostprocessConfig,
 )
+from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.preprocess import (
     PreprocessConfig,
     SampleDataConfig,
@@ -68,6 +69,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def effective_section(key: str, value: Any) -> Any:
+    """The values a run uses for ``params:<key>``: every default (and recipe value) filled in,
+    when ``key`` is a typed section and ``value`` valid; else ``value`` as given."""
+    model = SECTIONS.get(key)
+    plain = _plain(value)
+    if model is None or not isinstance(plain, Mapping):
+        return plain
+    try:
+        return model.model_validate(plain).model_dump(mode="json")
+    except ValidationError:
+        return plain
+
+
+def effective_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``parameters`` with each typed section replaced by :func:`effective_section`."""
+    return {key: effective_section(key, value) for key, value in parameters.items()}
+
+
 def sections_read_by(parameter_inputs: Iterable[str]) -> list[str]:
     """The sections behind a pipeline's inputs (``params:stage_two.lora`` -> ``stage_two``)."""
     found = set(ALWAYS)
@@ -104,16 +123,6 @@ def check_sections(parameters: Mapping[str, Any], sections: Iterable[str]) -> li
     return problems
 
 
-def _merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _check_variants(parameters: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[str]:
     """Each benchmark variant's stage overrides, merged onto the run's stages as it trains them."""
     problems = []
@@ -122,7 +131,7 @@ def _check_variants(parameters: Mapping[str, Any], benchmark: Mapping[str, Any])
             override = variant.get(stage) or {}
             if not override:
                 continue
-            merged = _merged(_plain(parameters.get(stage)) or {}, override)
+            merged = deep_merge(_plain(parameters.get(stage)) or {}, override)
             model = SECTIONS[stage]
             try:
                 model.model_validate(merged)

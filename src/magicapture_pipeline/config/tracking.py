@@ -89,7 +89,10 @@ class PromotionGates(_Strict):
         description="Explicit override: promote a concept trained without the identity loss "
         "(Eq. 7; e.g. base without an ArcFace checkpoint). Off: such a concept is refused.",
     )
-    note: str = Field("", description="Why these gates (shown when a promotion is refused).")
+    note: str = Field(
+        "paper settings: CSIM (ArcFace cosine, source vs generated) must be computed and >= 0.4",
+        description="Why these gates (shown when a promotion is refused).",
+    )
 
 
 class RegistryConfig(_Strict):

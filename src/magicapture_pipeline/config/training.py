@@ -7,10 +7,12 @@ the authors' code (junhahyung/MagiCapture, "official"); each ``description`` say
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from magicapture_pipeline.config.merge import deep_merge
+from magicapture_pipeline.config.recipes import authors, official_recipe
 
 # The authors' prompt templates (junhahyung/MagiCapture, lora_diffusion_/dataset.py, the lists
 # PivotalTuningDatasetCapation uses with its default use_template="object": OBJECT_TEMPLATE2,
@@ -44,16 +46,6 @@ COMPOSED_TEMPLATES = [t.replace("{}", "{v1}") + " in the style of {v2}" for t in
 # x train_batch_size (1) (magicapture_train.py, train(): unet_lr, text_encoder_lr, ti_lr); the
 # authors never accumulate, so each optimiser step sees one image at 4x the flag's rate.
 AUTHORS_SCALE_LR = 4
-
-
-def _fill(data: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with every key of ``preset`` it does not set (nested dicts merged the same way)."""
-    for key, value in preset.items():
-        if key not in data:
-            data[key] = copy.deepcopy(value)
-        elif isinstance(value, dict) and isinstance(data[key], dict):
-            data[key] = _fill(dict(data[key]), value)
-    return data
 
 
 class _Strict(BaseModel):
@@ -107,9 +99,7 @@ class TinyModelConfig(_Strict):
         description="SDXL only: width of the second text encoder (SDXL: 1280 vs 768); UNet "
         "cross_attention_dim = text_hidden_size + this.",
     )
-    text_2_layers: int = Field(
-        2, ge=1, description="SDXL only: layers of the second text encoder."
-    )
+    text_2_layers: int = Field(2, ge=1, description="SDXL only: layers of the second text encoder.")
     transformer_layers_per_block: list[int] = Field(
         [1, 1],
         min_length=1,
@@ -170,11 +160,13 @@ class TokensConfig(_Strict):
     style: str = Field("<v2>", description="Text of [V2], the style token.")
     person_init: str = Field(
         "person",
+        json_schema_extra=authors("person"),
         description="Word whose embedding initialises [V1], or 'random' (authors' code: "
         "train_magicapture.sh --initializer_tokens=person; paper: not stated).",
     )
     style_init: str = Field(
         "painting",
+        json_schema_extra=authors("random"),
         description="Word whose embedding initialises [V2], or 'random' = N(0, random_std^2) "
         "(authors' code: random, magicapture_train.py train() initializer_tokens_style "
         "'<rand-0.017>'; paper: not stated; ours: 'painting', the reference template's word).",
@@ -182,6 +174,7 @@ class TokensConfig(_Strict):
     random_std: float = Field(
         0.017,
         gt=0.0,
+        json_schema_extra=authors(0.017),
         description="Std of a 'random' initialisation (authors' code: '<rand-0.017>').",
     )
 
@@ -194,40 +187,49 @@ class _TrainingLoopConfig(_Strict):
     recipe: Literal["paper", "official"] = Field(
         "paper",
         description="paper = these defaults (paper where it states a value, else as each field "
-        "says); official = every switch not set explicitly takes the authors' value "
-        "(OFFICIAL below; the `official` Kedro env sets them all).",
+        "says); official = every knob not set explicitly takes the authors' value (each "
+        "field's recorded authors' value, config/recipes.py; docs/defaults.md lists them). "
+        "Works in every env: --params=stage_two.recipe=official.",
     )
     source_templates: list[str] = Field(
         default_factory=lambda: list(SOURCE_TEMPLATES),
         min_length=1,
+        json_schema_extra=authors(SOURCE_TEMPLATES),
         description="Prompts for source images, one drawn per step (authors' code: the 10 of "
         "dataset.py OBJECT_TEMPLATE2; paper: 'a photo of [V1] person').",
     )
     reference_templates: list[str] = Field(
         default_factory=lambda: list(REFERENCE_TEMPLATES),
         min_length=1,
+        json_schema_extra=authors(REFERENCE_TEMPLATES),
         description="Prompts for reference images (authors' code: the 7 of dataset.py "
         "STYLE_PERSON_TEMPLATE2; paper: not listed).",
     )
     gradient_accumulation_steps: int = Field(
         4,
         ge=1,
+        json_schema_extra=authors(1),
         description="Micro-batches of one image per optimiser step (ours: 4, what the authors' "
         "--gradient_accumulation_steps=4 asks for; their loops step after every image, so the "
         "official recipe uses 1; paper: not stated).",
     )
     lr_scheduler: str = Field(
         "constant",
+        json_schema_extra=authors("linear"),
         description="diffusers get_scheduler name (ours: constant, the paper states no schedule; "
         "authors' code: linear decay to 0 over the stage, train_magicapture.sh "
         "--lr_scheduler=linear and train(lr_scheduler_lora='linear')).",
     )
     lr_warmup_steps: int = Field(
-        0, ge=0, description="Warm-up steps of the lr schedule (authors' code: 0; paper: none)."
+        0,
+        ge=0,
+        json_schema_extra=authors(0),
+        description="Warm-up steps of the lr schedule (authors' code: 0; paper: none).",
     )
     adam_weight_decay: float = Field(
         1e-2,
         ge=0.0,
+        json_schema_extra=authors(stage_one=0.0, stage_two=1e-3),
         description="AdamW weight decay (ours: torch/diffusers' 1e-2; authors' code: 0 for the "
         "stage-one embeddings, --weight_decay_ti=0.000, and 1e-3 for every stage-two group, "
         "--weight_decay_lora=0.001; paper: not stated).",
@@ -235,6 +237,7 @@ class _TrainingLoopConfig(_Strict):
     max_grad_norm: float = Field(
         1.0,
         gt=0.0,
+        json_schema_extra=authors(stage_two=1.0),
         description="Gradient clipping norm (authors' code: 1.0 in stage two, none in stage "
         "one; paper: not stated).",
     )
@@ -242,12 +245,14 @@ class _TrainingLoopConfig(_Strict):
         1.0,
         gt=0.0,
         le=1.0,
+        json_schema_extra=authors(stage_one=1.0, stage_two=0.8),
         description="Reconstruction timesteps are drawn from [0, fraction * T) (ours/paper: 1.0; "
         "authors' code: 0.8 in stage two, perform_tuning's loss_step(t_mutliplier=0.8)).",
     )
     style_weight: float = Field(
         1.0,
         ge=0.0,
+        json_schema_extra=authors(2.0),
         description="Weight of the reference and composed reconstruction losses while the "
         "stage is in its first style_weight_until of steps (paper: not stated, 1; authors' code: "
         "2, --lambda_style=2 with cur_t < 0.5 in loss_step).",
@@ -256,6 +261,7 @@ class _TrainingLoopConfig(_Strict):
         0.5,
         ge=0.0,
         le=1.0,
+        json_schema_extra=authors(0.5),
         description="Fraction of the stage's steps during which style_weight applies (authors' "
         "code: 0.5).",
     )
@@ -263,12 +269,15 @@ class _TrainingLoopConfig(_Strict):
         [0.0, 0.0],
         min_length=2,
         max_length=2,
+        json_schema_extra=authors([0.1, 0.1]),
         description="Brightness and contrast jitter, drawn once per image variant (ours: off, "
         "the paper states none; authors' code: 0.1, 0.1, dataset.py ColorJitter(0.1, 0.1) "
         "with --color_jitter, drawn once when the latents are cached).",
     )
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
-        "fp16", description="Accelerate mixed precision; forced to 'no' on CPU."
+        "fp16",
+        json_schema_extra=authors(stage_one="no", stage_two="fp16"),
+        description="Accelerate mixed precision; forced to 'no' on CPU.",
     )
     cache_latents: bool = Field(
         True, description="Encode each augmented image once instead of every step."
@@ -278,10 +287,10 @@ class _TrainingLoopConfig(_Strict):
         0.0,
         ge=0.0,
         le=1.0,
+        json_schema_extra=authors(0.01),
         description="Soften masks as (M + floor) / max before Eq. 4-6 (paper: binary, 0; "
         "authors' code: 0.01, loss_step's (mask + 0.01) / max).",
     )
-    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every K steps; 0 = never.")
     checkpoint_dir: str | None = Field(None, description="Folder of checkpoints (resume reads it).")
     resume: bool = Field(
         False,
@@ -297,63 +306,64 @@ class _TrainingLoopConfig(_Strict):
     log_every: int = Field(1, ge=1, description="History row every N optimiser steps.")
     device: str | None = Field(None, description="Force a device; None = accelerate's choice.")
 
-    OFFICIAL: ClassVar[dict[str, Any]] = {}
-
     @model_validator(mode="before")
     @classmethod
     def _recipe(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("recipe") == "official":
-            return _fill(dict(data), cls.OFFICIAL)
+            return deep_merge(official_recipe(cls), data)
         return data
 
 
 class StageOneConfig(_TrainingLoopConfig):
     """Stage one: only the [V1]/[V2] embedding rows train (paper Sec. 3.2, 'two-phase')."""
 
+    STAGE: ClassVar[str] = "stage_one"
+
+    checkpoint_every: int = Field(
+        200,
+        ge=0,
+        description="Checkpoint every K steps; 0 = never (ours: 200 of 1200 steps, what every "
+        "run used before issue 17).",
+    )
+
     learning_rate: float = Field(
         5e-4,
         gt=0.0,
+        json_schema_extra=authors(5e-4 * AUTHORS_SCALE_LR),
         description="AdamW lr of the embeddings (paper: 5e-4; authors' code: "
         "--learning_rate_ti=5e-4 x --scale_lr 4 = 2e-3).",
     )
-    max_steps: int = Field(1200, ge=1, description="Optimiser steps (paper: 1200).")
+    max_steps: int = Field(
+        1200, ge=1, json_schema_extra=authors(1200), description="Optimiser steps (paper: 1200)."
+    )
     embedding_norm_target: float | None = Field(
         None,
         gt=0.0,
+        json_schema_extra=authors(0.4),
         description="After each step pull the [V1]/[V2] rows' norm towards this value by "
         "min(1, 100 * lr) of the gap (authors' code: 0.4, --clip_ti_decay in train_inversion; "
         "paper: not stated; null = off). SDXL: the first (CLIP-L) table only.",
     )
-
-    OFFICIAL: ClassVar[dict[str, Any]] = {
-        "source_templates": SOURCE_TEMPLATES,
-        "reference_templates": REFERENCE_TEMPLATES,
-        "tokens": {"person_init": "person", "style_init": "random", "random_std": 0.017},
-        "learning_rate": 5e-4 * AUTHORS_SCALE_LR,
-        "max_steps": 1200,
-        "gradient_accumulation_steps": 1,
-        "lr_scheduler": "linear",
-        "lr_warmup_steps": 0,
-        "adam_weight_decay": 0.0,
-        "mixed_precision": "no",
-        "mask_floor": 0.01,
-        "max_timestep_fraction": 1.0,
-        "style_weight": 2.0,
-        "style_weight_until": 0.5,
-        "color_jitter": [0.1, 0.1],
-        "embedding_norm_target": 0.4,
-    }
 
 
 class LoraConfigModel(_Strict):
     """LoRA adapters of stage two."""
 
     rank: int = Field(
-        4, ge=1, description="LoRA rank (authors' code: --lora_rank=4; paper: not stated)."
+        4,
+        ge=1,
+        json_schema_extra=authors(4),
+        description="LoRA rank (authors' code: --lora_rank=4; paper: not stated).",
     )
-    alpha: float = Field(4.0, gt=0.0, description="LoRA alpha (diffusers' scripts: alpha = rank).")
+    alpha: float = Field(
+        4.0,
+        gt=0.0,
+        json_schema_extra=authors(4.0),
+        description="LoRA alpha (diffusers' scripts: alpha = rank).",
+    )
     preset: Literal["paper", "official", "custom_diffusion"] = Field(
         "paper",
+        json_schema_extra=authors("official"),
         description="paper = UNet cross-attention q/k/v/out (64 modules on SD 1.5); official = "
         "UNet self- and cross-attention q/k/v/out and ff.net.0.proj (144; authors' code: "
         "target_replace_module {CrossAttention, Attention, GEGLU}) plus the text encoder's "
@@ -363,6 +373,7 @@ class LoraConfigModel(_Strict):
     text_encoder_learning_rate: float = Field(
         1e-5,
         gt=0.0,
+        json_schema_extra=authors(1e-5 * AUTHORS_SCALE_LR),
         description="lr of the text-encoder LoRA (official preset only; authors' code: "
         "--learning_rate_text=1e-5, x --scale_lr 4 = 4e-5 in the official recipe; paper: no "
         "text-encoder LoRA).",
@@ -377,22 +388,28 @@ class IdentityConfig(_Strict):
 
     mode: Literal["single_pass", "two_pass", "off"] = Field(
         "single_pass",
+        json_schema_extra=authors("two_pass"),
         description="single_pass = x0 from the same UNet forward; two_pass = official extra "
         "forward; off.",
     )
     weight: float = Field(
-        1.0, ge=0.0, description="lambda_id (paper: 1; authors' code: --lambda_arc=0.25)."
+        1.0,
+        ge=0.0,
+        json_schema_extra=authors(0.25),
+        description="lambda_id (paper: 1; authors' code: --lambda_arc=0.25).",
     )
     threshold_fraction: float = Field(
         0.8,
         ge=0.0,
         le=1.0,
+        json_schema_extra=authors(0.8),
         description="Identity loss only when t < T' = fraction * T (authors' code: 0.8, "
         "t_mutliplier=0.8; paper: a threshold T' without its value).",
     )
     tasks: list[Literal["source", "composed"]] = Field(
         ["composed"],
         min_length=1,
+        json_schema_extra=authors(["source", "composed"]),
         description="Tasks whose micro-batches get Eq. 7 (paper: the composed prompt; authors' "
         "code: every non-style sample, i.e. source and composed, loss_step's "
         "types != 'style').",
@@ -408,6 +425,7 @@ class IdentityConfig(_Strict):
     )
     decoder: Literal["vae", "tiny_autoencoder"] = Field(
         "vae",
+        json_schema_extra=authors("vae"),
         description="What decodes the x0 estimate for ArcFace: vae = the base model's VAE "
         "(paper); tiny_autoencoder = a distilled TAESD decoder (diffusers AutoencoderTiny, ~10x "
         "cheaper decode, an approximate image).",
@@ -419,6 +437,7 @@ class IdentityConfig(_Strict):
     )
     decode_region: Literal["face_window", "full"] = Field(
         "full",
+        json_schema_extra=authors("full"),
         description="full = decode the whole x0 estimate (paper, authors' code: decode_latents "
         "of z_0); face_window = a speed option: VAE-decode only the latent window around the "
         "face ArcFace reads (core.arcface.face_latent_window; ~2x cheaper at SD size; its effect "
@@ -432,6 +451,7 @@ class IdentityConfig(_Strict):
     )
     autocast_dtype: Literal["none", "bf16", "fp16", "fp32"] = Field(
         "bf16",
+        json_schema_extra=authors("fp32"),
         description="Autocast of the identity branch only (VAE decode + ArcFace; alignment stays "
         "fp32): bf16 (ours, a speed option: fp32 range, no loss scaling, CPU and CUDA); fp16 "
         "(CUDA only, else off); fp32 = autocast off (authors' code: decode_latents runs outside "
@@ -452,9 +472,16 @@ class IdentityConfig(_Strict):
 class AttentionConfig(_Strict):
     """Attention refocusing, Eq. 8."""
 
-    enabled: bool = Field(True, description="Use the attention refocusing loss (paper: on).")
+    enabled: bool = Field(
+        True,
+        json_schema_extra=authors(True),
+        description="Use the attention refocusing loss (paper: on).",
+    )
     weight: float = Field(
-        2.5, ge=0.0, description="lambda_attn (paper: 2.5; authors' code: attn_loss *= 2.5)."
+        2.5,
+        ge=0.0,
+        json_schema_extra=authors(2.5),
+        description="lambda_attn (paper: 2.5; authors' code: attn_loss *= 2.5).",
     )
     resolution: int = Field(
         16,
@@ -473,6 +500,7 @@ class AttentionConfig(_Strict):
     )
     scale_order: Literal["average_then_scale", "scale_then_average"] = Field(
         "average_then_scale",
+        json_schema_extra=authors("scale_then_average"),
         description="Eq. 8 min-max scaling (min/max held constant either way): average the "
         "head/layer maps then scale (paper: one map A_k per token; 1/heads the capture memory) "
         "or scale each map then average (authors' code, magicapture_train.py loss_step).",
@@ -482,9 +510,19 @@ class AttentionConfig(_Strict):
 class StageTwoConfig(_TrainingLoopConfig):
     """Stage two: LoRA + embeddings with the three tasks (paper Sec. 3)."""
 
+    STAGE: ClassVar[str] = "stage_two"
+
+    checkpoint_every: int = Field(
+        250,
+        ge=0,
+        description="Checkpoint every K steps; 0 = never (ours: 250 of 1500 steps, what every "
+        "run used before issue 17).",
+    )
+
     composed_templates: list[str] = Field(
         default_factory=lambda: list(COMPOSED_TEMPLATES),
         min_length=1,
+        json_schema_extra=authors(COMPOSED_TEMPLATES),
         description="Composed prompts, pseudo-labelled by a reference image (paper Sec. 3.1: "
         "augmented from templates; authors' code: the 10 of dataset.py BOTH_TEMPLATE2, the "
         "source phrasings + 'in the style of [V2]').",
@@ -499,58 +537,25 @@ class StageTwoConfig(_TrainingLoopConfig):
     learning_rate: float = Field(
         1e-4,
         gt=0.0,
+        json_schema_extra=authors(1e-4 * AUTHORS_SCALE_LR),
         description="LoRA lr (paper: 1e-4; authors' code: --learning_rate_unet=1e-4 x "
         "--scale_lr 4 = 4e-4).",
     )
     embedding_learning_rate: float = Field(
         1e-5,
         ge=0.0,
+        json_schema_extra=authors(1e-4),
         description="Embedding lr (paper: 1e-5; authors' code: --continue_inversion_lr=1e-4, "
         "not scaled); 0 freezes the embeddings.",
     )
-    max_steps: int = Field(1500, ge=1, description="Optimiser steps (paper: 1500).")
+    max_steps: int = Field(
+        1500, ge=1, json_schema_extra=authors(1500), description="Optimiser steps (paper: 1500)."
+    )
     identity: IdentityConfig = Field(default_factory=IdentityConfig, description="Eq. 7.")
     attention: AttentionConfig = Field(default_factory=AttentionConfig, description="Eq. 8.")
     heatmap_every: int = Field(
         100, ge=0, description="Attention-heatmap figure every N steps; 0 = off."
     )
-
-    OFFICIAL: ClassVar[dict[str, Any]] = {
-        "source_templates": SOURCE_TEMPLATES,
-        "reference_templates": REFERENCE_TEMPLATES,
-        "composed_templates": COMPOSED_TEMPLATES,
-        "tokens": {"person_init": "person", "style_init": "random", "random_std": 0.017},
-        "lora": {
-            "rank": 4,
-            "alpha": 4.0,
-            "preset": "official",
-            "text_encoder_learning_rate": 1e-5 * AUTHORS_SCALE_LR,
-        },
-        "learning_rate": 1e-4 * AUTHORS_SCALE_LR,
-        "embedding_learning_rate": 1e-4,
-        "max_steps": 1500,
-        "gradient_accumulation_steps": 1,
-        "lr_scheduler": "linear",
-        "lr_warmup_steps": 0,
-        "adam_weight_decay": 1e-3,
-        "max_grad_norm": 1.0,
-        "mixed_precision": "fp16",
-        "mask_floor": 0.01,
-        "max_timestep_fraction": 0.8,
-        "style_weight": 2.0,
-        "style_weight_until": 0.5,
-        "color_jitter": [0.1, 0.1],
-        "identity": {
-            "mode": "two_pass",
-            "weight": 0.25,
-            "threshold_fraction": 0.8,
-            "tasks": ["source", "composed"],
-            "decode_region": "full",
-            "decoder": "vae",
-            "autocast_dtype": "fp32",
-        },
-        "attention": {"enabled": True, "weight": 2.5, "scale_order": "scale_then_average"},
-    }
 
     @model_validator(mode="after")
     def _three_tasks(self) -> StageTwoConfig:

@@ -48,6 +48,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from magicapture_pipeline.config.sections import effective_parameters, effective_section
 from magicapture_pipeline.config.tracking import TrackingConfig
 from magicapture_pipeline.pipelines.shared import materialise
 from magicapture_pipeline.tracking.store import tracking_client
@@ -501,12 +502,12 @@ def _pipeline_params(pipeline: Any, catalog: Any, parameters: Mapping[str, Any])
     """The parameters the pipeline reads, flattened; every parameter if it reads ``parameters``."""
     inputs = sorted(pipeline.inputs())
     if "parameters" in inputs:
-        return flatten(parameters)
+        return flatten(effective_parameters(parameters))
     flat: dict[str, Any] = {}
     for name in inputs:
         if name.startswith("params:"):
-            value = _plain(_load_or(catalog, name, None))
             key = name.removeprefix("params:")
+            value = effective_section(key, _load_or(catalog, name, None))
             flat.update(flatten(value, key) if isinstance(value, Mapping) else {key: value})
     return flat
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from magicapture_pipeline.config.training import (
     AttentionConfig,
@@ -156,14 +155,7 @@ def test_an_explicit_value_beats_the_recipe_and_nested_switches_are_filled():
     assert config.identity.tasks == ["source", "composed"]
 
 
-@pytest.mark.parametrize("stage", ["stage_one", "stage_two"])
-def test_the_official_env_sets_every_switch_of_the_recipe(stage):
-    model = StageOneConfig if stage == "stage_one" else StageTwoConfig
-    text = (PROJECT / "conf" / "official" / f"parameters_train_{stage}.yml").read_text()
-    params = yaml.safe_load(text)[stage]
-    assert params.pop("recipe") == "official"
-    assert params == model.OFFICIAL
-    assert model(**params, recipe="official") == model(recipe="official")
+# The official env and the recipe's single home: tests/config/test_one_home_per_default.py.
 
 
 # --------------------------------------------------------------------- LoRA module sets

@@ -24,6 +24,7 @@ from magicapture_pipeline.config.generation import (
     PostprocessConfig,
     VariantConfig,
 )
+from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core.evaluation.protocol import evaluate_with
 from magicapture_pipeline.core.generation import export as concept_io
@@ -41,16 +42,6 @@ logger = logging.getLogger(__name__)
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 # Settings every benchmark run shares: no checkpoints, no resume, no heatmaps.
@@ -174,7 +165,7 @@ def _trains_with_identity_loss(
         variant = by_name[variant.concept_from]
     if variant.method == "textual_inversion":
         return False
-    identity = _deep_merge(stage_two, variant.stage_two).get("identity") or {}
+    identity = deep_merge(stage_two, variant.stage_two).get("identity") or {}
     return identity.get("mode", "single_pass") != "off"
 
 
@@ -215,8 +206,8 @@ def _train_or_reuse(
             variant,
             examples=examples,
             base=base,
-            stage_one={**_deep_merge(stage_one, variant.stage_one), **cap},
-            stage_two={**_deep_merge(stage_two, variant.stage_two), **cap},
+            stage_one={**deep_merge(stage_one, variant.stage_one), **cap},
+            stage_two={**deep_merge(stage_two, variant.stage_two), **cap},
             out_dir=work / _slug(variant.name),
         )
     except Exception as error:  # noqa: BLE001 - one failing variant must not lose the table
