@@ -6,7 +6,7 @@ Where things live: :mod:`.loop` (the loop both stages share: accelerator, optimi
 :mod:`.attention_term` (Eq. 8 as a loss-term object), :mod:`.attention_report` (where the
 attention mass lies, behind the heatmaps), :mod:`.lora` (LoRA presets), :mod:`.checkpoints`
 (save / load / last checkpoint) and :mod:`.examples` (training examples from the training set).
-Figures (heatmaps, loss curves) are in :mod:`core.figures`.
+Figures (heatmaps, loss curves) are in :mod:`.figures`.
 
 * Stage one (:class:`StageOneTrainer`): only the [V1]/[V2] embedding rows learn, with the masked
   reconstruction loss of Eq. 4 (source images, inside the face mask) and Eq. 5 (reference images,
