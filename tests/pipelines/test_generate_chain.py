@@ -18,7 +18,7 @@ from skimage import data
 from magicapture_pipeline.config.training import TinyModelConfig
 from magicapture_pipeline.core.evaluation.metrics import AestheticMLP, FaceRegions
 from magicapture_pipeline.core.generation.postprocess import verify_provenance
-from magicapture_pipeline.core.models.loading import build_tiny_sd
+from magicapture_pipeline.core.models.builders import build_tiny_sd
 from magicapture_pipeline.pipelines import evaluate, generate, postprocess
 from tiny_concept import tiny_clip_vision, write_test_concept
 

@@ -19,7 +19,7 @@ from skimage import data
 from conftest import run_kedro
 from magicapture_pipeline.config.training import TinyModelConfig
 from magicapture_pipeline.core.generation.postprocess import verify_provenance
-from magicapture_pipeline.core.models.loading import build_tiny_sd
+from magicapture_pipeline.core.models.builders import build_tiny_sd
 from tiny_concept import write_test_concept
 
 IT_CATALOG = """

@@ -44,7 +44,7 @@ def build_tiny_concept(folder: Path) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
     from magicapture_pipeline.config.training import TinyModelConfig
-    from magicapture_pipeline.core.models.loading import build_tiny_sd
+    from magicapture_pipeline.core.models.builders import build_tiny_sd
 
     base = build_tiny_sd(folder / "tiny_sd", TinyModelConfig(sample_size=32))
     pipe = StableDiffusionPipeline.from_pretrained(base, local_files_only=True, safety_checker=None)

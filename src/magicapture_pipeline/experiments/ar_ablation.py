@@ -40,12 +40,13 @@ from magicapture_pipeline.config.training import (
     StageTwoConfig,
     TinyModelConfig,
 )
-from magicapture_pipeline.core.models.loading import build_tiny_sd, load_components
+from magicapture_pipeline.core.models.builders import build_tiny_sd
+from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.training import (
-    StageOneTrainer,
     StageTwoTrainer,
     TrainingExample,
     example_from_images,
+    train_stage_one,
 )
 
 
@@ -117,9 +118,9 @@ def run_seed(args: argparse.Namespace, model_dir: Path, examples, seed: int) -> 
         gradient_accumulation_steps=args.accumulation,
         mixed_precision="no",
     )
-    one = StageOneTrainer(load_components(model_dir), examples, stage_one)
-    one.train(progress=False)
-    embeddings = one.placeholder_embeddings()
+    embeddings = train_stage_one(
+        load_components(model_dir), examples, stage_one, progress=False
+    ).embeddings
     row: dict[str, Any] = {"seed": seed}
     for label, attention in (("ar_on", True), ("ar_off", False)):
         trainer = StageTwoTrainer(

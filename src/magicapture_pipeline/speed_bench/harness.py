@@ -36,7 +36,7 @@ class StepBench:
 
     def __init__(self, model: BenchModel, arcface_arch: str) -> None:
         from magicapture_pipeline.core.identity.arcface import FaceIdentityEncoder, build_iresnet
-        from magicapture_pipeline.core.models.loading import build_tiny_autoencoder
+        from magicapture_pipeline.core.models.builders import build_tiny_autoencoder
 
         if model.family != "sd15":
             raise ValueError(

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from magicapture_pipeline.core.models.loading import SD15_TEXT, SD15_UNET, SD15_VAE
+from magicapture_pipeline.core.models.random_weights import SD15_TEXT, SD15_UNET, SD15_VAE
 from magicapture_pipeline.core.models.sdxl import SDXL_TEXT, SDXL_TEXT_2, SDXL_UNET, SDXL_VAE
 
 REPORT_DIR = Path("data/08_reporting")
@@ -183,7 +183,8 @@ class BenchModel:
 
 def _tiny_model(spec: SizeSpec) -> BenchModel:
     from magicapture_pipeline.config.training import TinyModelConfig
-    from magicapture_pipeline.core.models.loading import build_tiny_sd, load_components
+    from magicapture_pipeline.core.models.builders import build_tiny_sd
+    from magicapture_pipeline.core.models.loading import load_components
 
     config = TinyModelConfig(sample_size=spec.resolution)
     with tempfile.TemporaryDirectory() as folder:
@@ -201,53 +202,16 @@ def _tiny_model(spec: SizeSpec) -> BenchModel:
 
 
 def _random_model(spec: SizeSpec) -> BenchModel:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from magicapture_pipeline.core.models.random_weights import build_random_model
 
-    from magicapture_pipeline.core.models.loading import build_offline_tokenizer
-    from magicapture_pipeline.core.models.sdxl import SECOND_PAD_TOKEN
-
-    def text_config(tok: Any, settings: dict[str, Any]) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            max_position_embeddings=77,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            **{**settings, "vocab_size": len(tok)},
-        )
-
-    torch.manual_seed(0)
-    tokenizer = build_offline_tokenizer()
-    text_encoder = CLIPTextModel(text_config(tokenizer, spec.text))
-    tokenizer_2 = text_encoder_2 = None
-    if spec.family == "sdxl":
-        tokenizer_2 = build_offline_tokenizer(pad_token=SECOND_PAD_TOKEN)
-        text_encoder_2 = CLIPTextModelWithProjection(text_config(tokenizer_2, spec.text_2))
-    levels = len(spec.vae["block_out_channels"])
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels,
-        latent_channels=4,
-        **{"sample_size": spec.resolution, **spec.vae},
-    )
-    unet_config = dict(spec.unet)
-    if spec.family == "sdxl":  # ar_resolution counts the latents this size really trains on
-        unet_config["sample_size"] = spec.resolution // 8
-    unet = UNet2DConditionModel(**unet_config)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-    )
-    for module in (text_encoder, text_encoder_2, vae, unet):
-        if module is not None:
-            module.requires_grad_(False)
+    parts = build_random_model(
+        spec.unet, spec.vae, spec.text,
+        resolution=spec.resolution, family=spec.family, text_2=spec.text_2,
+    )  # fmt: skip
     return BenchModel(
-        tokenizer, text_encoder, vae, unet, scheduler, spec.resolution,
-        family=spec.family, tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2,
-        ar_resolution=spec.ar_resolution,
+        parts.tokenizer, parts.text_encoder, parts.vae, parts.unet, parts.noise_scheduler,
+        spec.resolution, family=spec.family, tokenizer_2=parts.tokenizer_2,
+        text_encoder_2=parts.text_encoder_2, ar_resolution=spec.ar_resolution,
     )  # fmt: skip
 
 

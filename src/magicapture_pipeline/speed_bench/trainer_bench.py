@@ -81,6 +81,8 @@ class TrainerBench:
         self.peak_gpu_mb: dict[str, float] = {}
         self.one: dict[bool, Any] = {}
         self.two: Any = None
+        self.attention: Any = None
+        self.identity: Any = None
         self.capture: Any = None
         self.encoder: Any = None
         self.stage = ""
@@ -109,7 +111,7 @@ class TrainerBench:
             StageTwoConfig,
         )
         from magicapture_pipeline.core.models.attention import cross_attention_resolutions
-        from magicapture_pipeline.core.models.loading import build_tiny_autoencoder
+        from magicapture_pipeline.core.models.builders import build_tiny_autoencoder
         from magicapture_pipeline.core.training import StageTwoTrainer
 
         sizes = set(cross_attention_resolutions(self.m.unet).values())
@@ -131,8 +133,10 @@ class TrainerBench:
             attention=AttentionConfig(enabled=True, resolution=resolution),
         )
         self.two = StageTwoTrainer(self.components, self.examples, config)
-        self.capture = self.two.capture
-        self.encoder = self.two.face_encoder
+        self.attention = self.two.attention_term  # Eq. 8, switched off by setting None
+        self.identity = self.two.identity_term  # Eq. 7, likewise
+        self.capture = self.attention.capture
+        self.encoder = self.identity.encoder
         self.tiny_decoder = build_tiny_autoencoder().to(self.two.device)
         self.stage = "two"
 
@@ -146,14 +150,14 @@ class TrainerBench:
         decoder: str = "vae",
         every_layer: bool = False,
     ):
-        trainer = self.two
+        trainer, capture = self.two, self.capture
         settings = trainer.config.identity
         saved = (settings.decode_region, settings.autocast_dtype)
         extra = None
         if every_layer:  # the authors' way: every attention layer stores every head's map
             from magicapture_pipeline.core.models.attention import CrossAttentionCapture
 
-            captured = set(self.capture.layer_names)
+            captured = set(capture.layer_names)
             others = [
                 name
                 for name, _ in trainer.unet.named_modules()
@@ -161,34 +165,34 @@ class TrainerBench:
             ]
             extra = CrossAttentionCapture(trainer.unet, layer_names=others, keep_heads=True)
             extra.install()
-            self.capture.keep_heads = True
+            capture.keep_heads = True
             trainer.config.attention.scale_order = "scale_then_average"
         if refocus:
-            self.capture.install()
-            trainer.capture = self.capture
+            capture.install()
+            trainer.attention_term = self.attention
         else:
-            self.capture.remove()
-            trainer.capture = None
-        trainer.face_encoder = self.encoder if identity != "off" else None
+            capture.remove()
+            trainer.attention_term = None
+        trainer.identity_term = self.identity if identity != "off" else None
         if identity != "off":
             trainer.config.identity.mode = "two_pass" if identity == "two_pass" else "single_pass"
         if decode_region is not None:
             settings.decode_region = decode_region
         if autocast is not None:
             settings.autocast_dtype = autocast
-        trainer.identity_decoder = self.tiny_decoder if decoder == "tiny_autoencoder" else None
+        self.identity.decoder = self.tiny_decoder if decoder == "tiny_autoencoder" else None
         try:
             yield
         finally:
             if extra is not None:
                 extra.remove()
-                self.capture.keep_heads = False
+                capture.keep_heads = False
                 trainer.config.attention.scale_order = "average_then_scale"
             settings.decode_region, settings.autocast_dtype = saved
-            trainer.identity_decoder = None
-            self.capture.install()
-            trainer.capture = self.capture
-            trainer.face_encoder = self.encoder
+            self.identity.decoder = None
+            capture.install()
+            trainer.attention_term = self.attention
+            trainer.identity_term = self.identity
 
     def variant(self, name: str) -> tuple[Callable[[], Any], contextlib.AbstractContextManager]:
         """The step function of a figure and the context that configures the trainer for it."""

@@ -24,7 +24,8 @@ from magicapture_pipeline.core.generation.export import (
     read_concept,
     token_filename,
 )
-from magicapture_pipeline.core.models.loading import build_tiny_sd, load_components
+from magicapture_pipeline.core.models.builders import build_tiny_sd
+from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.training import StageTwoTrainer, TrainingExample
 from magicapture_pipeline.datasets.concept import ConceptDataset
 from magicapture_pipeline.datasets.tensors import SafetensorsDataset

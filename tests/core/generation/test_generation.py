@@ -12,7 +12,7 @@ from PIL import Image
 from magicapture_pipeline.config.generation import GenerationConfig
 from magicapture_pipeline.config.training import TinyModelConfig
 from magicapture_pipeline.core.generation import sampling as g
-from magicapture_pipeline.core.models.loading import build_tiny_sd
+from magicapture_pipeline.core.models.builders import build_tiny_sd
 from tiny_concept import write_test_concept
 
 

@@ -11,7 +11,7 @@ from magicapture_pipeline.core.models.attention import (
     CrossAttentionCapture,
     cross_attention_layers,
 )
-from magicapture_pipeline.core.models.loading import SD15_UNET
+from magicapture_pipeline.core.models.random_weights import SD15_UNET
 
 SD15_UNET_BLOCKS = {key: SD15_UNET[key] for key in ("down_block_types", "up_block_types")}
 

@@ -6,17 +6,18 @@ import pytest
 import torch
 
 from magicapture_pipeline.config.training import TinyModelConfig
+from magicapture_pipeline.core.models.builders import build_tiny_autoencoder, build_tiny_sd
 from magicapture_pipeline.core.models.loading import (
-    DEFAULT_WORDS,
-    build_offline_tokenizer,
-    build_tiny_autoencoder,
-    build_tiny_sd,
     check_decoder_matches,
     is_local_model,
     load_components,
     load_tiny_autoencoder,
     token_ids,
     upsampling_factor,
+)
+from magicapture_pipeline.core.models.offline_tokenizer import (
+    DEFAULT_WORDS,
+    build_offline_tokenizer,
 )
 
 

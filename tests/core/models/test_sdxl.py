@@ -15,14 +15,9 @@ from magicapture_pipeline.config.training import TinyModelConfig
 from magicapture_pipeline.core.generation import sampling as g
 from magicapture_pipeline.core.generation.export import LORA_FILE, load_concept, read_concept
 from magicapture_pipeline.core.models import sdxl
-from magicapture_pipeline.core.models.families import FamilyAdapter, build_tiny_model
-from magicapture_pipeline.core.models.loading import (
-    SD15,
-    SDXL,
-    build_tiny_sd,
-    load_components,
-    model_family,
-)
+from magicapture_pipeline.core.models.builders import build_tiny_model, build_tiny_sd
+from magicapture_pipeline.core.models.families import FamilyAdapter
+from magicapture_pipeline.core.models.loading import SD15, SDXL, load_components, model_family
 from magicapture_pipeline.core.training import lora_targets
 from tiny_sdxl import TINY_SDXL, TOKENS, write_sdxl_concept
 
@@ -184,7 +179,7 @@ def _meta_models():
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from magicapture_pipeline.core.models.loading import SD15_UNET
+    from magicapture_pipeline.core.models.random_weights import SD15_UNET
 
     with init_empty_weights():
         return {

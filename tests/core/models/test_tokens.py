@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from magicapture_pipeline.core.models.loading import build_offline_tokenizer
+from magicapture_pipeline.core.models.offline_tokenizer import build_offline_tokenizer
 from magicapture_pipeline.core.models.tokens import (
     FrozenRows,
     PlaceholderRows,

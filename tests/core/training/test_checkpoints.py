@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig, TinyModelConfig
 from magicapture_pipeline.core import atomic
-from magicapture_pipeline.core.models.loading import build_tiny_sd, load_components
+from magicapture_pipeline.core.models.builders import build_tiny_sd
+from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.models.tokens import embedding_matrix
 from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer, TrainingExample
 from magicapture_pipeline.core.training import checkpoints as ckpt

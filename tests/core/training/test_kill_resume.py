@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from magicapture_pipeline.config.training import TinyModelConfig
-from magicapture_pipeline.core.models.loading import build_tiny_sd
+from magicapture_pipeline.core.models.builders import build_tiny_sd
 
 WORKER = Path(__file__).resolve().parents[2] / "kill_worker.py"
 STEPS = 5  # per stage, kill_worker.COMMON["max_steps"]

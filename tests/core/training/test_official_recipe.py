@@ -21,12 +21,9 @@ from magicapture_pipeline.config.training import (
     StageTwoConfig,
     TinyModelConfig,
 )
-from magicapture_pipeline.core.models.loading import (
-    SD15_TEXT,
-    SD15_UNET,
-    build_tiny_sd,
-    load_components,
-)
+from magicapture_pipeline.core.models.builders import build_tiny_sd
+from magicapture_pipeline.core.models.loading import load_components
+from magicapture_pipeline.core.models.random_weights import SD15_TEXT, SD15_UNET
 from magicapture_pipeline.core.models.tokens import embedding_matrix, word_embedding
 from magicapture_pipeline.core.training import (
     TEXT_ENCODER_ATTENTION,

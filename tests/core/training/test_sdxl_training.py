@@ -20,9 +20,9 @@ from magicapture_pipeline.config.training import (
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.generation.export import export, load_concept
 from magicapture_pipeline.core.models.attention import CrossAttentionCapture, attention_mass_inside
+from magicapture_pipeline.core.models.builders import build_tiny_model
 from magicapture_pipeline.core.models.families import (
     FamilyAdapter,
-    build_tiny_model,
     embeddings_from_tensors,
     embeddings_to_tensors,
 )
@@ -34,6 +34,7 @@ from magicapture_pipeline.core.training import (
     last_checkpoint,
     lora_module_names,
 )
+from magicapture_pipeline.core.training.loop import vae_precision
 from tiny_sdxl import TINY_SDXL, TOKENS
 
 PROMPT = "a photo of a <v1> person in the <v2> style"
@@ -136,7 +137,7 @@ def test_identity_loss_alone_reaches_the_unet_lora_on_sdxl(tiny_xl):
     noisy, _, timesteps = trainer._noisy(latents, 300)
     cond = trainer._encode_prompt(PROMPT)
     pred = trainer._predict(noisy, timesteps, cond)
-    loss = trainer._identity_term(noisy, pred, timesteps, variant.example)
+    loss, _ = trainer.identity_term(noisy, pred, timesteps, variant.example.landmarks5)
     loss.backward()
     grads = [p.grad for n, p in trainer.unet.named_parameters() if "lora_B" in n]  # A: B is 0
     assert grads and any(g is not None and float(g.abs().sum()) > 0 for g in grads)
@@ -189,7 +190,7 @@ def test_sdxl_vae_runs_outside_fp16_autocast(tiny_xl):
     image = trainer.variants["source"][0][0].example.image
     plain = trainer._encode(image)
     with torch.autocast("cpu", dtype=torch.float16):
-        with trainer._vae_precision():
+        with vae_precision(trainer.family, trainer.device):
             assert not torch.is_autocast_enabled("cpu")
         guarded = trainer._encode(image)
     assert all(torch.equal(a, b) for a, b in zip(plain, guarded, strict=True))

@@ -18,7 +18,8 @@ from magicapture_pipeline.config.training import (
     TinyModelConfig,
 )
 from magicapture_pipeline.core.identity.arcface import face_latent_window
-from magicapture_pipeline.core.models.loading import build_tiny_sd, load_components
+from magicapture_pipeline.core.models.builders import build_tiny_sd
+from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.models.tokens import embedding_matrix
 from magicapture_pipeline.core.training import (
     StageOneTrainer,
@@ -322,16 +323,16 @@ def test_face_window_identity_gradient_reaches_the_unet(tiny_dir, decoder):
         tiny_dir, decoder=decoder, tiny_autoencoder=None, decode_region="face_window"
     )
     assert trainer.config.identity.decode_region == "face_window"
-    assert (trainer.identity_decoder is None) == (decoder == "vae")
+    assert (trainer.identity_term.decoder is None) == (decoder == "vae")
     decoded: dict[str, list] = {"vae": [], "tiny_autoencoder": []}
-    for name, module in (("vae", trainer.vae), ("tiny_autoencoder", trainer.identity_decoder)):
+    for name, module in (("vae", trainer.vae), ("tiny_autoencoder", trainer.identity_term.decoder)):
         if module is not None:
             module.decode = lambda z, *a, _n=name, _f=module.decode, **k: (
                 decoded[_n].append(z.shape) or _f(z, *a, **k)
             )
     noisy, timesteps, cond, example = _identity_inputs(trainer)
     pred = trainer._predict(noisy, timesteps, cond)
-    loss = trainer._identity_term(noisy, pred, timesteps, example)
+    loss = trainer.identity_term(noisy, pred, timesteps, example.landmarks5)[0]
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert len(decoded[decoder]) == 1 and sum(map(len, decoded.values())) == 1  # only that one
@@ -355,9 +356,9 @@ def test_face_window_shifts_the_landmarks_into_the_window(tiny_dir):
     noisy, timesteps, cond, example = _identity_inputs(trainer)
     with torch.no_grad():
         pred = trainer._predict(noisy, timesteps, cond)
-        window = trainer._identity_term(noisy, pred, timesteps, example)
+        window = trainer.identity_term(noisy, pred, timesteps, example.landmarks5)[0]
         trainer.config.identity.decode_region = "full"
-        full = trainer._identity_term(noisy, pred, timesteps, example)
+        full = trainer.identity_term(noisy, pred, timesteps, example.landmarks5)[0]
     assert max(sizes[0]) < 32 and sizes[1] == (32, 32)
     top, _, left, _ = face_latent_window(
         example.landmarks5.unsqueeze(0), (32, 32), margin=trainer.config.identity.window_margin

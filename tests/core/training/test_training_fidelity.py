@@ -18,7 +18,8 @@ from magicapture_pipeline.config.training import (
 )
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.models.attention import CrossAttentionCapture, attention_mass_inside
-from magicapture_pipeline.core.models.loading import build_tiny_sd, load_components, token_ids
+from magicapture_pipeline.core.models.builders import build_tiny_sd
+from magicapture_pipeline.core.models.loading import load_components, token_ids
 from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer, TrainingExample
 
 RES = 64
@@ -231,9 +232,7 @@ def _identity_only_lora_grads(trainer) -> list[float]:
     noisy, _, timesteps = trainer._noisy(latents, 300)
     cond = trainer._encode_prompt("a photo of a <v1> person in the style of <v2>")
     pred = trainer._predict(noisy, timesteps, cond)
-    identity = trainer._composed_identity(
-        noisy, pred, timesteps, latents=latents, cond=cond, example=example
-    )
+    identity, _ = trainer._identity(noisy, pred, timesteps, latents, cond, example)
     identity.backward()
     return [
         float(p.grad.abs().sum()) if p.grad is not None else 0.0
@@ -265,7 +264,7 @@ def test_no_identity_term_when_it_is_off(tiny_dir):
         identity=IdentityConfig(mode="off"),
     )
     total, terms, _ = trainer._micro_step()
-    assert trainer.face_encoder is None and terms["id_active"] == 0.0
+    assert trainer.identity_term is None and terms["id_active"] == 0.0
     assert total.item() == terms["loss_recon"]
 
 

@@ -196,15 +196,6 @@ class FamilyAdapter:
         return unet(sample, timesteps, cond.hidden, **self.unet_kwargs(sample, cond)).sample
 
 
-def build_tiny_model(out_dir: Any, config: Any) -> Any:
-    """Build the tiny random model ``config.family`` names (``TinyModelConfig``) at ``out_dir``."""
-    from magicapture_pipeline.core.models.loading import build_tiny_sd
-
-    if getattr(config, "family", SD15) == SDXL:
-        return sdxl.build_tiny_sdxl(out_dir, config)
-    return build_tiny_sd(out_dir, config)
-
-
 TABLE_SEPARATOR = "/"
 
 

@@ -1,19 +1,18 @@
-"""Base-model components: loading, the tiny random builder and the offline tokenizer.
+"""Base-model components: what a model folder is (family), and loading it.
 
 The ``base`` env loads SD 1.5 (the paper's base model) with ``from_pretrained``; the ``demo`` env
-builds a tiny random SD once in diffusers format and then loads it through the very same
-``load_components`` path, so the demo exercises exactly the code a real run uses. Which family a
-model belongs to (SD 1.x or SDXL, :func:`model_family`) is read from its ``model_index.json``;
-SDXL's second tokenizer / text encoder and its tiny builder live in ``core.sdxl``.
+builds a tiny random SD once in diffusers format (:mod:`.builders`) and then loads it through the
+very same :func:`load_components` path, so the demo exercises exactly the code a real run uses.
+Which family a model belongs to (SD 1.x or SDXL, :func:`model_family`) is read from its
+``model_index.json``; SDXL's conditioning lives in :mod:`.sdxl`, the offline tokenizer in
+:mod:`.offline_tokenizer`. Also here: loading TAESD and checking it can stand in for the VAE.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,60 +20,6 @@ from typing import Any
 import torch
 
 logger = logging.getLogger(__name__)
-
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
-WORD_END = "</w>"
-MAX_LENGTH = 77  # CLIP's context length, the same as SD 1.5's tokenizer
-
-# Words of the prompt templates (stage one, stage two, generation) and their initialisers: each
-# becomes a single token in the offline vocabulary, so a tiny model sees real words, not bytes.
-DEFAULT_WORDS: tuple[str, ...] = (
-    "a", "an", "the", "photo", "of", "person", "in", "style", "painting", "portrait", "man",
-    "woman", "face", "art", "artwork", "picture", "image", "drawing", "sketch", "and", "with",
-    "by", "wearing", "close", "up", "high", "quality", "detailed", "background", "color",
-)  # fmt: skip
-
-
-# Stable Diffusion 1.5's architectures (UNet, VAE, CLIP-L text encoder), for random-weight models
-# of the real size: the speed benchmark and tests build them with diffusers/transformers classes.
-SD15_UNET: dict[str, Any] = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": (
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ),
-    "up_block_types": (
-        "UpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-    ),
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-}
-SD15_VAE: dict[str, Any] = {
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-}
-SD15_TEXT: dict[str, Any] = {
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "vocab_size": 49410,  # SD's vocabulary + [V1], [V2]
-    "hidden_act": "quick_gelu",
-}
-
 
 SD15 = "sd15"
 SDXL = "sdxl"
@@ -122,205 +67,6 @@ class SDComponents:
             ("clip_l", self.tokenizer, self.text_encoder),
             ("clip_g", self.tokenizer_2, self.text_encoder_2),
         ]
-
-
-def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
-    """Apply BPE merges (lowest rank first) to ``symbols``, as the tokenizer will."""
-    while len(symbols) > 1:
-        pairs = [
-            (ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(symbols, symbols[1:]))
-        ]
-        rank, i = min(pairs)
-        if rank == len(ranks):
-            break
-        symbols = [*symbols[:i], symbols[i] + symbols[i + 1], *symbols[i + 2 :]]
-    return symbols
-
-
-def _word_merges(word: str, ranks: dict[tuple[str, str], int]) -> list[tuple[str, str]]:
-    """New merges (ranked after ``ranks``) that finish turning ``word</w>`` into one symbol.
-
-    The word is first segmented with the existing merges, then its pieces are joined left to
-    right; since every new merge ranks after the old ones, earlier words still tokenize whole.
-    """
-    symbols = _bpe([*word[:-1], word[-1] + WORD_END], ranks)
-    merges = []
-    while len(symbols) > 1:
-        merges.append((symbols[0], symbols[1]))
-        symbols = [symbols[0] + symbols[1], *symbols[2:]]
-    return merges
-
-
-def build_offline_tokenizer(extra_words: Iterable[str] = (), pad_token: str = EOS_TOKEN) -> Any:
-    """Build a CLIP BPE tokenizer in code, without any download.
-
-    The vocabulary holds the 256 byte-level characters, the same with ``</w>``, one merge chain per
-    word (``DEFAULT_WORDS`` + ``extra_words``, lower-cased, letters only) and the two special
-    tokens, in the order SD's tokenizer uses (specials last). Any text still tokenizes: unknown
-    words fall back to byte-level symbols.
-
-    Args:
-        extra_words: further words that should become single tokens.
-        pad_token: the padding token (SD and SDXL's first tokenizer: ``<|endoftext|>``; SDXL's
-            second tokenizer: ``!``, a byte-level symbol already in the vocabulary).
-
-    Returns:
-        A ``transformers.CLIPTokenizer`` with ``model_max_length`` 77.
-    """
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for symbol in chars + [c + WORD_END for c in chars]:
-        vocab.setdefault(symbol, len(vocab))
-    ranks: dict[tuple[str, str], int] = {}
-    words = dict.fromkeys(w.lower() for w in (*DEFAULT_WORDS, *extra_words))
-    for word in words:
-        if not word.isalpha() or not word.isascii():
-            raise ValueError(f"offline tokenizer words must be ASCII letters, got {word!r}")
-        for left, right in _word_merges(word, ranks):
-            ranks[(left, right)] = len(ranks)
-            vocab.setdefault(left + right, len(vocab))
-    for special in (BOS_TOKEN, EOS_TOKEN):
-        vocab.setdefault(special, len(vocab))
-    return CLIPTokenizer(
-        vocab=vocab,
-        merges=list(ranks),
-        unk_token=EOS_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=pad_token,
-        model_max_length=MAX_LENGTH,
-    )
-
-
-def _sd_scheduler_config() -> dict[str, Any]:
-    """SD 1.5's noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps, epsilon)."""
-    return {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon",
-        "set_alpha_to_one": False,
-        "steps_offset": 1,
-        "skip_prk_steps": True,
-    }
-
-
-def build_tiny_sd(out_dir: str | Path, config: Any) -> Path:
-    """Build a tiny random Stable Diffusion and save it in diffusers format.
-
-    The layout is SD's (a cross-attention UNet, an x8 ``AutoencoderKL``, a CLIP text encoder, a
-    CLIP tokenizer and SD's noise schedule), only much smaller; weights are seeded, so the same
-    config always gives the same model. No safety checker is saved.
-
-    Args:
-        out_dir: folder to write (``model_index.json`` + one subfolder per component).
-        config: a ``TinyModelConfig`` (or anything with the same attributes).
-
-    Returns:
-        The folder written.
-    """
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    if getattr(config, "family", SD15) != SD15:
-        raise ValueError(f"build_tiny_sd builds SD 1.x, not {config.family} (core.sdxl)")
-    out_dir = Path(out_dir)
-    torch.manual_seed(config.seed)
-    tokenizer = build_offline_tokenizer(config.extra_words)
-    unet = UNet2DConditionModel(
-        sample_size=config.sample_size // 8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=tuple(config.unet_channels),
-        layers_per_block=config.layers_per_block,
-        down_block_types=tuple(config.down_block_types),
-        up_block_types=tuple(config.up_block_types),
-        cross_attention_dim=config.text_hidden_size,
-        attention_head_dim=config.attention_head_dim,
-        norm_num_groups=config.norm_num_groups,
-    )
-    vae = tiny_vae(config)
-    text_encoder = CLIPTextModel(
-        tiny_text_config(config, config.text_hidden_size, config.text_layers, tokenizer)
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler(**_sd_scheduler_config()),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    save_tiny_pipeline(pipe, out_dir)
-    logger.info("Built a tiny random SD (seed %d) at %s", config.seed, out_dir)
-    return out_dir
-
-
-def tiny_vae(config: Any, **extra: Any) -> Any:
-    """The tiny builders' x8 ``AutoencoderKL`` (one block per ``config.vae_channels`` entry).
-
-    ``extra`` adds family settings (SDXL: ``scaling_factor``, ``force_upcast``).
-    """
-    from diffusers import AutoencoderKL
-
-    n_vae = len(config.vae_channels)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=tuple(config.vae_channels),
-        down_block_types=("DownEncoderBlock2D",) * n_vae,
-        up_block_types=("UpDecoderBlock2D",) * n_vae,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=config.norm_num_groups,
-        sample_size=config.sample_size,
-        **extra,
-    )
-
-
-def tiny_text_config(
-    config: Any, width: int, layers: int, tokenizer: Any, hidden_act: str = "quick_gelu"
-) -> Any:
-    """A tiny CLIP text encoder's config for ``tokenizer`` (projection as wide as the encoder)."""
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=width,
-        intermediate_size=width * 4,
-        num_hidden_layers=layers,
-        num_attention_heads=config.text_heads,
-        max_position_embeddings=MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        projection_dim=width,
-        hidden_act=hidden_act,
-    )
-
-
-def save_tiny_pipeline(pipe: Any, out_dir: Path) -> None:
-    """Save a built tiny pipeline beside ``out_dir`` and rename it into place.
-
-    Runs of several concepts that start at once may all build it; the first rename wins and no
-    run loads a half-written folder (same seed: the same model).
-    """
-    staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.new")
-    shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging, safe_serialization=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.rename(staging, out_dir)
-    except OSError:  # another run put it there first
-        shutil.rmtree(staging, ignore_errors=True)
-        if not is_local_model(out_dir):
-            raise
 
 
 def is_local_model(path_or_hub_id: str | Path) -> bool:
@@ -435,19 +181,6 @@ def token_ids(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- TAESD
-
-
-def build_tiny_autoencoder(seed: int = 0) -> Any:
-    """A randomly initialised ``AutoencoderTiny`` with TAESD's architecture (diffusers' defaults:
-    four 64-channel levels, x8, 4 latent channels). Tests and the benchmark stand-in for the real
-    TAESD weights, which cannot be downloaded here."""
-    from diffusers import AutoencoderTiny
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoencoderTiny()
-    model.requires_grad_(False)
-    return model.eval()
 
 
 def load_tiny_autoencoder(

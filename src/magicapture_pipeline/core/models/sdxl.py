@@ -1,4 +1,4 @@
-"""Stable Diffusion XL: its architecture, the tiny random builder and its text conditioning.
+"""Stable Diffusion XL: its architecture and its text conditioning (tiny builder: ``builders``).
 
 SDXL (Podell et al. 2023, arXiv 2307.01952) conditions its UNet on three things, all built here the
 way diffusers' ``StableDiffusionXLPipeline`` builds them at inference (so training and sampling see
@@ -17,20 +17,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from magicapture_pipeline.core.models.loading import (
-    _sd_scheduler_config,
-    build_offline_tokenizer,
-    save_tiny_pipeline,
-    tiny_text_config,
-    tiny_vae,
-    token_ids,
-)
+from magicapture_pipeline.core.models.loading import token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -80,76 +72,6 @@ SDXL_TEXT_2: dict[str, Any] = {  # OpenCLIP ViT-bigG/14 with its text projection
 }
 TIME_IDS = 6  # original (h, w), crop top-left (y, x), target (h, w)
 SECOND_PAD_TOKEN = "!"  # SDXL's tokenizer_2 pads with "!" (tokenizer_2/special_tokens_map.json)
-
-
-def _scheduler_config() -> dict[str, Any]:
-    """SDXL base's sampling schedule: SD's betas, ``leading`` spacing, Euler."""
-    config = _sd_scheduler_config()
-    for key in ("set_alpha_to_one", "skip_prk_steps"):
-        config.pop(key)
-    return {**config, "timestep_spacing": "leading", "interpolation_type": "linear"}
-
-
-def build_tiny_sdxl(out_dir: str | Path, config: Any) -> Path:
-    """Build a tiny random SDXL and save it in diffusers format (``StableDiffusionXLPipeline``).
-
-    The layout is SDXL's, only much smaller: a UNet with ``text_time`` added conditioning and
-    linear projections in its transformers, two CLIP text encoders of different widths (the
-    second with a projection, whose output is the pooled embedding), two offline tokenizers (the
-    second pads with ``"!"`` like SDXL's), an x8 ``AutoencoderKL`` with SDXL's scaling factor and
-    ``force_upcast``, and an Euler scheduler with SDXL's schedule. Weights are seeded.
-
-    Args:
-        out_dir: folder to write.
-        config: a ``TinyModelConfig`` with ``family: sdxl``.
-
-    Returns:
-        The folder written.
-    """
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    out_dir = Path(out_dir)
-    torch.manual_seed(config.seed)
-    tokenizer = build_offline_tokenizer(config.extra_words)
-    tokenizer_2 = build_offline_tokenizer(config.extra_words, pad_token=SECOND_PAD_TOKEN)
-    width_1, width_2 = config.text_hidden_size, config.text_2_hidden_size
-    unet = UNet2DConditionModel(
-        sample_size=config.sample_size // 8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=tuple(config.unet_channels),
-        layers_per_block=config.layers_per_block,
-        down_block_types=tuple(config.down_block_types),
-        up_block_types=tuple(config.up_block_types),
-        transformer_layers_per_block=tuple(config.transformer_layers_per_block),
-        cross_attention_dim=width_1 + width_2,
-        attention_head_dim=config.attention_head_dim,
-        norm_num_groups=config.norm_num_groups,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=config.addition_time_embed_dim,
-        projection_class_embeddings_input_dim=TIME_IDS * config.addition_time_embed_dim + width_2,
-    )
-    vae = tiny_vae(config, scaling_factor=SDXL_VAE["scaling_factor"], force_upcast=True)
-    text_encoder = CLIPTextModel(tiny_text_config(config, width_1, config.text_layers, tokenizer))
-    text_encoder_2 = CLIPTextModelWithProjection(
-        tiny_text_config(config, width_2, config.text_2_layers, tokenizer_2, hidden_act="gelu")
-    )
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(**_scheduler_config()),
-        force_zeros_for_empty_prompt=True,
-        add_watermarker=False,
-    )
-    save_tiny_pipeline(pipe, out_dir)
-    logger.info("Built a tiny random SDXL (seed %d) at %s", config.seed, out_dir)
-    return out_dir
 
 
 # --------------------------------------------------------------------------- conditioning

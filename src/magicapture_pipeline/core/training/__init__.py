@@ -1,10 +1,12 @@
 """The two MagiCapture training stages (arXiv 2309.06895 v2, Sec. 3), checkpoints and resume.
 
 Where things live: :mod:`.loop` (the loop both stages share: accelerator, optimiser, lr schedule),
-:mod:`.stage_one`, :mod:`.stage_two`, :mod:`.identity_term` (Eq. 7 wiring),
-:mod:`.attention_term` (Eq. 8 wiring), :mod:`.lora` (LoRA presets), :mod:`.checkpoints`
+:mod:`.stage_one`, :mod:`.stage_two` (with the entry points :func:`train_stage_one` and
+:func:`train_stage_two`), :mod:`.identity_term` (Eq. 7 as a loss-term object),
+:mod:`.attention_term` (Eq. 8 as a loss-term object), :mod:`.attention_report` (where the
+attention mass lies, behind the heatmaps), :mod:`.lora` (LoRA presets), :mod:`.checkpoints`
 (save / load / last checkpoint) and :mod:`.examples` (training examples from the training set).
-Figures (heatmaps, loss curves) are in :mod:`core.figures`.
+Figures (heatmaps, loss curves) are in :mod:`.figures`.
 
 * Stage one (:class:`StageOneTrainer`): only the [V1]/[V2] embedding rows learn, with the masked
   reconstruction loss of Eq. 4 (source images, inside the face mask) and Eq. 5 (reference images,
@@ -13,6 +15,10 @@ Figures (heatmaps, loss curves) are in :mod:`core.figures`.
   encoder) plus the embeddings, with three tasks sampled 1:1:1: source (Eq. 4), reference (Eq. 5)
   and the composed prompt pseudo-labelled by a reference image (Eq. 6), plus the identity loss
   (Eq. 7) and attention refocusing (Eq. 8).
+
+A micro-step of stage two reads top to bottom: sample a task and an image, encode, noise, UNet,
+the masked reconstruction loss, then Eq. 8 (:class:`AttentionRefocusingTerm`) and Eq. 7
+(:class:`IdentityTerm`), each built from its config section and called with explicit inputs.
 
 Both trainers expose ``.step()`` (one optimiser step = ``gradient_accumulation_steps``
 micro-batches), ``.train()`` (the loop with a progress bar, history rows, checkpoints and
@@ -32,7 +38,10 @@ prepared so fp16 loss scaling is handled). Multi-GPU, data-parallel::
 the Kedro nodes, so each writes the same outputs; run the later pipelines in one process.
 """
 
-from magicapture_pipeline.core.training.attention_term import mass_fraction
+from magicapture_pipeline.core.training.attention_term import (
+    AttentionRefocusingTerm,
+    mass_fraction,
+)
 from magicapture_pipeline.core.training.checkpoints import CHECKPOINT_PREFIX, last_checkpoint
 from magicapture_pipeline.core.training.examples import (
     COMPOSED,
@@ -44,7 +53,7 @@ from magicapture_pipeline.core.training.examples import (
     examples_from_training_set,
 )
 from magicapture_pipeline.core.training.figures import heatmap_figure, loss_curves_figure
-from magicapture_pipeline.core.training.identity_term import identity_status
+from magicapture_pipeline.core.training.identity_term import IdentityTerm, identity_status
 from magicapture_pipeline.core.training.loop import TrainingResult, build_accelerator
 from magicapture_pipeline.core.training.lora import (
     TEXT_ENCODER_ATTENTION,
@@ -54,12 +63,14 @@ from magicapture_pipeline.core.training.lora import (
     lora_module_names,
     lora_targets,
 )
-from magicapture_pipeline.core.training.stage_one import StageOneTrainer
-from magicapture_pipeline.core.training.stage_two import StageTwoTrainer
+from magicapture_pipeline.core.training.stage_one import StageOneTrainer, train_stage_one
+from magicapture_pipeline.core.training.stage_two import StageTwoTrainer, train_stage_two
 
 __all__ = [
+    "AttentionRefocusingTerm",
     "CHECKPOINT_PREFIX",
     "COMPOSED",
+    "IdentityTerm",
     "REFERENCE",
     "SOURCE",
     "TASKS",
@@ -81,4 +92,6 @@ __all__ = [
     "lora_targets",
     "loss_curves_figure",
     "mass_fraction",
+    "train_stage_one",
+    "train_stage_two",
 ]

@@ -1,34 +1,42 @@
-"""Eq. 7 wiring: the identity loss of stage two (ArcFace on the one-step x0 estimate).
+"""Eq. 7 as a loss term of stage two: ArcFace on the one-step x0 estimate.
 
 The loss itself is :func:`core.losses.identity_loss`; the face encoder and alignment live in
-:mod:`core.arcface`. This module decides whether Eq. 7 runs (:func:`identity_status`), builds the
-face encoder and the source embedding, and computes the term for a composed micro-batch
-(``single_pass`` from the same UNet forward when ``t < T'``; ``two_pass`` with a second forward).
+:mod:`core.identity.arcface`. :func:`identity_status` decides whether Eq. 7 runs;
+:class:`IdentityTerm` is built from the ``identity`` section of a ``StageTwoConfig`` (face encoder,
+optional TAESD decoder, the source embedding) and computes the term from a UNet prediction.
+Which prediction (``single_pass``: the training forward when ``t < T'``; ``two_pass``: a second
+forward at a fresh ``t < T'``) is the micro-step's choice (:mod:`.stage_two`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from magicapture_pipeline.core import losses
+from magicapture_pipeline.core.models.builders import build_tiny_autoencoder
 from magicapture_pipeline.core.models.loading import (
-    build_tiny_autoencoder,
     check_decoder_matches,
     load_tiny_autoencoder,
+    upsampling_factor,
 )
-from magicapture_pipeline.core.training.examples import SOURCE, TrainingExample
-from magicapture_pipeline.core.training.loop import _pick
+from magicapture_pipeline.core.training.examples import TrainingExample
+from magicapture_pipeline.core.training.loop import vae_precision
+
+if TYPE_CHECKING:
+    from magicapture_pipeline.config.training import IdentityConfig
 
 logger = logging.getLogger(__name__)
 
 
-def identity_status(config: Any) -> dict[str, Any]:
+def identity_status(config: IdentityConfig) -> dict[str, Any]:
     """Whether the identity loss (Eq. 7) runs, and why not when it does not."""
     mode = config.mode
     if mode == "off":
@@ -58,42 +66,169 @@ def identity_status(config: Any) -> dict[str, Any]:
 
 
 class IdentityTerm:
-    """Mixin of :class:`StageTwoTrainer`: the identity branch (Eq. 7)."""
+    """Eq. 7 of a stage-two micro-batch (arXiv 2309.06895 v2, Sec. 3.2).
 
-    def _setup_identity(self) -> None:
+    Args:
+        config: the ``identity`` section (an ``IdentityConfig``), read on every call.
+        encoder: the ArcFace ``FaceIdentityEncoder`` (frozen).
+        source_embedding: the normalised mean ArcFace embedding of the source faces.
+        vae: the base model's VAE (decodes x0 unless ``decoder`` is set).
+        decoder: TAESD when ``identity.decoder`` is ``tiny_autoencoder``, else ``None``.
+        family: the base model's family (SDXL's VAE never runs under fp16 autocast).
+        noise_scheduler: the training noise scheduler (``alphas_cumprod``, prediction type, T).
+        device: the trainer's device.
+    """
+
+    def __init__(
+        self,
+        config: IdentityConfig,
+        *,
+        encoder: torch.nn.Module,
+        source_embedding: Tensor,
+        vae: Any,
+        decoder: Any,
+        family: str,
+        noise_scheduler: Any,
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.encoder = encoder
+        self.source_embedding = source_embedding
+        self.vae = vae
+        self.scaling = float(vae.config.scaling_factor)
+        self.decoder = decoder
+        self.family = family
+        self.noise_scheduler = noise_scheduler
+        self.device = device
+        self.latent_factor = upsampling_factor(vae)  # diffusers' vae_scale_factor
+        self._warned: set[str] = set()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: IdentityConfig,
+        *,
+        vae: Any,
+        family: str,
+        noise_scheduler: Any,
+        sources: Sequence[TrainingExample],
+        device: torch.device,
+    ) -> IdentityTerm | None:
+        """ArcFace (the checkpoint, or a random IResNet with ``random_init``), TAESD when
+        configured, and the source embedding from the ``sources`` that have landmarks; ``None``
+        (with a warning) when none has."""
         from magicapture_pipeline.core.identity import arcface
 
-        cfg = self.config.identity
-        if cfg.checkpoint is not None:
-            backbone = arcface.load_arcface(cfg.checkpoint, cfg.arch)
+        if config.checkpoint is not None:
+            backbone = arcface.load_arcface(config.checkpoint, config.arch)
         else:
-            backbone = arcface.freeze(arcface.build_iresnet(cfg.arch))
-        self.face_encoder = arcface.FaceIdentityEncoder(backbone).to(self.device)
-        if cfg.decoder == "tiny_autoencoder":
-            if cfg.tiny_autoencoder is None:
+            backbone = arcface.freeze(arcface.build_iresnet(config.arch))
+        encoder = arcface.FaceIdentityEncoder(backbone).to(device)
+        decoder = None
+        if config.decoder == "tiny_autoencoder":
+            if config.tiny_autoencoder is None:
                 decoder = build_tiny_autoencoder()
             else:
-                decoder = load_tiny_autoencoder(cfg.tiny_autoencoder)
-            check_decoder_matches(decoder, self.vae)
-            self.identity_decoder = decoder.to(self.device)
-        sources = [
-            v[0].example for v in self.variants[SOURCE] if v[0].example.landmarks5 is not None
-        ]
-        if not sources:
-            self.identity = {**self.identity, "enabled": False, "reason": "no source landmarks"}
+                decoder = load_tiny_autoencoder(config.tiny_autoencoder)
+            check_decoder_matches(decoder, vae)
+            decoder = decoder.to(device)
+        marked = [example for example in sources if example.landmarks5 is not None]
+        if not marked:
             logger.warning("IDENTITY LOSS (Eq. 7) IS OFF: no source image has landmarks5")
-            self.face_encoder = None
-            return
+            return None
         with torch.no_grad():
-            images = torch.stack([e.image for e in sources]).to(self.device)
-            marks = torch.stack([e.landmarks5 for e in sources]).float().to(self.device)
-            self.source_embedding = F.normalize(self.face_encoder(images, marks).mean(0), dim=-1)
+            images = torch.stack([e.image for e in marked]).to(device)
+            marks = torch.stack([e.landmarks5 for e in marked]).float().to(device)
+            source_embedding = F.normalize(encoder(images, marks).mean(0), dim=-1)
+        return cls(
+            config,
+            encoder=encoder,
+            source_embedding=source_embedding,
+            vae=vae,
+            decoder=decoder,
+            family=family,
+            noise_scheduler=noise_scheduler,
+            device=device,
+        )
 
-    def _identity_autocast(self) -> Any:
+    # when the term runs -----------------------------------------------------------------
+    @property
+    def weight(self) -> float:
+        """Eq. 7's weight in the stage-two total (``identity.weight``)."""
+        return self.config.weight
+
+    @property
+    def two_pass(self) -> bool:
+        """``two_pass`` (official): Eq. 7 from a second UNet forward at a fresh ``t < T'`` and
+        fresh noise, every micro-batch of a task in ``identity.tasks``."""
+        return self.config.mode == "two_pass"
+
+    @property
+    def timestep_limit(self) -> int:
+        """``T'``: the second forward's timestep is drawn below it (at least 1)."""
+        total = self.noise_scheduler.config.num_train_timesteps
+        return max(int(self.config.threshold_fraction * total), 1)
+
+    def active(self, timesteps: Tensor) -> bool:
+        """``single_pass``: whether the training forward's ``t`` is below ``T'``."""
+        total = self.noise_scheduler.config.num_train_timesteps
+        return bool(losses.identity_loss_active(timesteps, total, self.config.threshold_fraction))
+
+    # the term ---------------------------------------------------------------------------
+    def __call__(
+        self, noisy: Tensor, pred: Tensor, timesteps: Tensor, landmarks5: Tensor
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """Eq. 7 on the one-step x0 estimate of ``pred``: decode (the whole latent, or only the
+        face's latent window, ``identity.decode_region``; by the VAE or TAESD,
+        ``identity.decoder``), align by the 5 ``landmarks5`` (fp32) and embed with ArcFace; decode
+        and ArcFace under ``identity.autocast_dtype``.
+
+        Returns:
+            The unweighted loss and its logs ``{"loss_id": value, "id_active": 1.0}``.
+        """
+        from magicapture_pipeline.core.identity.arcface import align_faces, face_latent_window
+
+        cfg = self.config
+        x0 = losses.one_step_x0_estimate(
+            noisy,
+            pred,
+            timesteps,
+            self.noise_scheduler.alphas_cumprod,
+            self.noise_scheduler.config.prediction_type,
+        )
+        marks = landmarks5.float().unsqueeze(0).to(self.device)
+        if cfg.decode_region == "face_window":
+            factor = self.latent_factor
+            top, bottom, left, right = face_latent_window(
+                marks, tuple(x0.shape[-2:]), latent_factor=factor, margin=cfg.window_margin
+            )
+            x0 = x0[..., top:bottom, left:right]
+            # landmarks into the decoded window's pixel frame
+            marks = marks - marks.new_tensor([left * factor, top * factor])
+        with self._autocast():
+            image = self._decode(x0)
+        # the similarity warp stays fp32 (bf16 grid coordinates would be off by ~1 px)
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            aligned = align_faces(image.float(), marks)
+        with self._autocast():
+            features = self.encoder.backbone(aligned)
+        embedding = F.normalize(features.float(), dim=-1)
+        loss = losses.identity_loss(embedding, self.source_embedding)
+        return loss, {"loss_id": loss.item(), "id_active": 1.0}
+
+    def _decode(self, latents: Tensor) -> Tensor:
+        """Pixels (about [-1, 1]) of the scaled ``latents`` the UNet sees: the base VAE, or TAESD
+        when configured (its ``scaling_factor`` is 1: it reads those latents as they are)."""
+        if self.decoder is not None:
+            decoder = self.decoder
+            scale = float(decoder.config.scaling_factor)
+            return decoder.decode(latents.to(decoder.dtype) / scale).sample
+        with vae_precision(self.family, self.device):  # SDXL's VAE: never under fp16 autocast
+            return self.vae.decode(latents.to(self.vae.dtype) / self.scaling).sample
+
+    def _autocast(self) -> Any:
         """The autocast context of the identity branch (``identity.autocast_dtype``)."""
-        import contextlib
-
-        wanted = self.config.identity.autocast_dtype
+        wanted = self.config.autocast_dtype
         kind = self.device.type
         if wanted == "none":
             return contextlib.nullcontext()
@@ -115,79 +250,3 @@ class IdentityTerm:
         if message not in self._warned:
             self._warned.add(message)
             logger.warning(message)
-
-    def _identity_term(
-        self, noisy: Tensor, pred: Tensor, timesteps: Tensor, example: TrainingExample
-    ) -> Tensor:
-        """Eq. 7 on the one-step x0 estimate: decode (the whole latent, or only the face's
-        latent window, ``identity.decode_region``; by the VAE or TAESD, ``identity.decoder``),
-        align by the 5 landmarks (fp32) and embed with ArcFace; decode and ArcFace under
-        ``identity.autocast_dtype``."""
-        from magicapture_pipeline.core.identity.arcface import align_faces, face_latent_window
-
-        cfg = self.config.identity
-        x0 = losses.one_step_x0_estimate(
-            noisy,
-            pred,
-            timesteps,
-            self.noise_scheduler.alphas_cumprod,
-            self.noise_scheduler.config.prediction_type,
-        )
-        marks = example.landmarks5.float().unsqueeze(0).to(self.device)
-        if cfg.decode_region == "face_window":
-            factor = self.latent_factor
-            top, bottom, left, right = face_latent_window(
-                marks, tuple(x0.shape[-2:]), latent_factor=factor, margin=cfg.window_margin
-            )
-            x0 = x0[..., top:bottom, left:right]
-            # landmarks into the decoded window's pixel frame
-            marks = marks - marks.new_tensor([left * factor, top * factor])
-        with self._identity_autocast():
-            image = self._decode_for_identity(x0)
-        # the similarity warp stays fp32 (bf16 grid coordinates would be off by ~1 px)
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            aligned = align_faces(image.float(), marks)
-        with self._identity_autocast():
-            features = self.face_encoder.backbone(aligned)
-        embedding = F.normalize(features.float(), dim=-1)
-        return losses.identity_loss(embedding, self.source_embedding)
-
-    def _decode_for_identity(self, latents: Tensor) -> Tensor:
-        """Pixels (about [-1, 1]) of the scaled ``latents`` the UNet sees: the base VAE, or TAESD
-        when configured (its ``scaling_factor`` is 1: it reads those latents as they are)."""
-        if self.identity_decoder is not None:
-            decoder = self.identity_decoder
-            scale = float(decoder.config.scaling_factor)
-            return decoder.decode(latents.to(decoder.dtype) / scale).sample
-        with self._vae_precision():  # SDXL's VAE: never under fp16 autocast
-            return self.vae.decode(latents.to(self.vae.dtype) / self.scaling).sample
-
-    def _identity_ready(self, example: TrainingExample) -> bool:
-        return self.face_encoder is not None and example.landmarks5 is not None
-
-    def _composed_identity(
-        self,
-        noisy: Tensor,
-        pred: Tensor,
-        timesteps: Tensor,
-        *,
-        latents: Tensor,
-        cond: Any,
-        example: TrainingExample,
-    ) -> Tensor | None:
-        """Eq. 7 for a micro-batch of a task in ``identity.tasks`` (composed; the authors' code
-        also source).
-
-        ``single_pass``: from the same UNet forward when ``t < T'``. ``two_pass`` (official): a
-        second UNet forward at a fresh ``t < T'`` and fresh noise, every composed micro-batch.
-        """
-        cfg = self.config.identity
-        total_t = self.noise_scheduler.config.num_train_timesteps
-        if cfg.mode == "single_pass":
-            if not bool(losses.identity_loss_active(timesteps, total_t, cfg.threshold_fraction)):
-                return None
-            return self._identity_term(noisy, pred, timesteps, example)
-        limit = max(int(cfg.threshold_fraction * total_t), 1)
-        noisy2, _, timesteps2 = self._noisy(latents, _pick(self.generator, limit))
-        pred2 = self._predict(noisy2, timesteps2, cond)
-        return self._identity_term(noisy2, pred2, timesteps2, example)

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -29,6 +29,9 @@ from magicapture_pipeline.core.training.examples import (
     _Variant,
     jitter_brightness_contrast,
 )
+
+if TYPE_CHECKING:
+    from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,32 @@ def _pick(generator: torch.Generator, count: int) -> int:
     return int(torch.randint(count, (1,), generator=generator))
 
 
+def region_mask(
+    face_mask: Tensor, inside_face: bool, *, floor: float, device: torch.device
+) -> Tensor:
+    """The (1, 1, H, W) loss region of an example: its face mask (Eq. 4; [V1] in Eq. 8) or the
+    rest (Eq. 5-6; [V2] in Eq. 8), softened by :func:`core.losses.soften_mask` when ``floor`` is
+    above 0 (the trainer's ``mask_floor``)."""
+    mask = face_mask if inside_face else 1.0 - face_mask
+    mask = mask.unsqueeze(0).to(device)
+    if floor > 0:
+        mask = losses.soften_mask(mask, floor=floor)
+    return mask
+
+
+def vae_precision(family: str, device: torch.device) -> Any:
+    """SDXL's VAE overflows in fp16: run it with fp16 autocast switched off (its weights are
+    fp32, ``load_components``' default), as diffusers does through ``force_upcast``. Other
+    autocasts (bf16, with fp32's range) and SD 1.x are left as they are."""
+    import contextlib
+
+    kind = device.type
+    fp16 = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
+    if family == SDXL and fp16:
+        return torch.autocast(device_type=kind, enabled=False)
+    return contextlib.nullcontext()
+
+
 class _Trainer:
     """Shared machinery: data variants, noise, text encoding, the optimiser step and checkpoints.
 
@@ -97,8 +126,14 @@ class _Trainer:
     """
 
     stage = "base"
+    config: StageOneConfig | StageTwoConfig
 
-    def __init__(self, components: SDComponents, examples: Sequence[TrainingExample], config: Any):
+    def __init__(
+        self,
+        components: SDComponents,
+        examples: Sequence[TrainingExample],
+        config: StageOneConfig | StageTwoConfig,
+    ):
         self.config = config
         self.components = components
         self.tokenizer = components.tokenizer
@@ -171,21 +206,9 @@ class _Trainer:
 
     @torch.no_grad()
     def _encode(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        with self._vae_precision():
+        with vae_precision(self.family, self.device):
             dist = self.vae.encode(image.unsqueeze(0).to(self.device, self.vae.dtype)).latent_dist
         return dist.mean.float().cpu(), dist.std.float().cpu()
-
-    def _vae_precision(self) -> Any:
-        """SDXL's VAE overflows in fp16: run it with fp16 autocast switched off (its weights are
-        fp32, ``load_components``' default), as diffusers does through ``force_upcast``. Other
-        autocasts (bf16, with fp32's range) and SD 1.x are left as they are."""
-        import contextlib
-
-        kind = self.device.type
-        fp16 = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
-        if self.family == SDXL and fp16:
-            return torch.autocast(device_type=kind, enabled=False)
-        return contextlib.nullcontext()
 
     # sampling -----------------------------------------------------------------------------
     def _sample_variant(self, role: str) -> _Variant:
@@ -238,11 +261,9 @@ class _Trainer:
         return config.style_weight if role_or_task != SOURCE and early else 1.0
 
     def _region_mask(self, example: TrainingExample, inside_face: bool) -> Tensor:
-        mask = example.face_mask if inside_face else 1.0 - example.face_mask
-        mask = mask.unsqueeze(0).to(self.device)
-        if self.config.mask_floor > 0:
-            mask = losses.soften_mask(mask, floor=self.config.mask_floor)
-        return mask
+        return region_mask(
+            example.face_mask, inside_face, floor=self.config.mask_floor, device=self.device
+        )
 
     # the optimiser step -------------------------------------------------------------------
     def _micro_step(self) -> tuple[Tensor, dict[str, float], str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,9 @@ from magicapture_pipeline.core.models.loading import SDComponents
 from magicapture_pipeline.core.training.examples import REFERENCE, SOURCE, TrainingExample
 from magicapture_pipeline.core.training.loop import TrainingResult, _pick, _Trainer
 
+if TYPE_CHECKING:
+    from magicapture_pipeline.config.training import StageOneConfig
+
 
 class StageOneTrainer(_Trainer):
     """Stage one: only the placeholder rows of the token embedding learn (Eq. 4-5).
@@ -21,12 +24,18 @@ class StageOneTrainer(_Trainer):
     Args:
         components: the base model (the tokenizer / text encoder get the placeholder tokens).
         examples: source and reference training examples.
-        config: a ``StageOneConfig``.
+        config: the stage's settings.
     """
 
     stage = "stage_one"
+    config: StageOneConfig
 
-    def __init__(self, components: SDComponents, examples: Sequence[TrainingExample], config: Any):
+    def __init__(
+        self,
+        components: SDComponents,
+        examples: Sequence[TrainingExample],
+        config: StageOneConfig,
+    ):
         super().__init__(components, examples, config)
         self.unet.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
@@ -82,3 +91,17 @@ class StageOneTrainer(_Trainer):
                 "family": self.family,
             },
         )
+
+
+def train_stage_one(
+    components: SDComponents,
+    examples: Sequence[TrainingExample],
+    config: StageOneConfig,
+    *,
+    progress: bool = True,
+) -> TrainingResult:
+    """Stage one from start to finish (resuming when ``config.resume``): the learnt [V1]/[V2]
+    embeddings and the history (:meth:`StageOneTrainer.result`)."""
+    trainer = StageOneTrainer(components, examples, config)
+    trainer.train(progress=progress)
+    return trainer.result()

@@ -1,18 +1,23 @@
 """Stage two: LoRA + embeddings, three tasks sampled 1:1:1, identity (Eq. 7) and attention
-refocusing (Eq. 8); see :mod:`.identity_term` and :mod:`.attention_term` for their wiring."""
+refocusing (Eq. 8) as the loss-term objects of :mod:`.identity_term` and :mod:`.attention_term`.
+
+:meth:`StageTwoTrainer._micro_step` reads top to bottom like diffusers' training loop: sample,
+encode, noise, UNet, masked reconstruction (Eq. 4-6), Eq. 8, Eq. 7, total.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from magicapture_pipeline.core import losses
-from magicapture_pipeline.core.models.loading import SDComponents, upsampling_factor
-from magicapture_pipeline.core.training.attention_term import AttentionTerm
+from magicapture_pipeline.core.models.loading import SDComponents
+from magicapture_pipeline.core.training.attention_report import attention_report
+from magicapture_pipeline.core.training.attention_term import AttentionRefocusingTerm
 from magicapture_pipeline.core.training.examples import (
     REFERENCE,
     SOURCE,
@@ -21,30 +26,39 @@ from magicapture_pipeline.core.training.examples import (
 )
 from magicapture_pipeline.core.training.figures import heatmap_figure
 from magicapture_pipeline.core.training.identity_term import IdentityTerm, identity_status
-from magicapture_pipeline.core.training.loop import TrainingResult, _Trainer
+from magicapture_pipeline.core.training.loop import TrainingResult, _pick, _Trainer
 from magicapture_pipeline.core.training.lora import lora_module_names, lora_targets
+
+if TYPE_CHECKING:
+    from magicapture_pipeline.config.training import StageTwoConfig
 
 logger = logging.getLogger(__name__)
 
 
-class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
+class StageTwoTrainer(_Trainer):
     """Stage two: LoRA + embeddings, three tasks, identity and attention-refocusing losses.
 
     Args:
         components: the base model.
         examples: source and reference training examples.
-        config: a ``StageTwoConfig``.
+        config: the stage's settings.
         embeddings: stage one's ``{token: embedding}`` (SDXL: ``{token: {table: row}}``),
             written into the placeholder rows.
+
+    Attributes:
+        identity_term: Eq. 7 (:class:`IdentityTerm`), ``None`` when it does not run
+            (``identity_status`` says why).
+        attention_term: Eq. 8 (:class:`AttentionRefocusingTerm`), ``None`` when off.
     """
 
     stage = "stage_two"
+    config: StageTwoConfig
 
     def __init__(
         self,
         components: SDComponents,
         examples: Sequence[TrainingExample],
-        config: Any,
+        config: StageTwoConfig,
         embeddings: Mapping[str, Any] | None = None,
     ):
         from peft import LoraConfig
@@ -106,34 +120,39 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
             )
         self._build_optimizer(groups)
         self.task_odds = torch.tensor(config.task_weights, dtype=torch.float64)
-        self.identity = identity_status(config.identity)
-        self._warned: set[str] = set()
-        self.latent_factor = upsampling_factor(self.vae)  # diffusers' vae_scale_factor
-        self.face_encoder = None
-        self.identity_decoder = None  # TAESD when identity.decoder is tiny_autoencoder
-        self.source_embedding: Tensor | None = None
-        if self.identity["enabled"]:
-            self._setup_identity()
+        self.identity_status = identity_status(config.identity)
+        self.identity_term: IdentityTerm | None = None
+        if self.identity_status["enabled"]:
+            self.identity_term = IdentityTerm.from_config(
+                config.identity,
+                vae=self.vae,
+                family=self.family,
+                noise_scheduler=self.noise_scheduler,
+                sources=[variants[0].example for variants in self.variants[SOURCE]],
+                device=self.device,
+            )
+            if self.identity_term is None:
+                self.identity_status = {
+                    **self.identity_status,
+                    "enabled": False,
+                    "reason": "no source landmarks",
+                }
         elif config.identity.mode == "off":
             logger.info("Identity loss (Eq. 7) switched off by identity.mode: off")
         else:
             logger.warning(
                 "IDENTITY LOSS (Eq. 7) IS OFF: %s. Stage two trains without it; "
                 "this is recorded in concept.json.",
-                self.identity["reason"],
+                self.identity_status["reason"],
             )
-        self.capture = None
-        if config.attention.enabled:
-            from magicapture_pipeline.core.models.attention import CrossAttentionCapture
-
-            self.capture = CrossAttentionCapture(
-                self.unet,
-                resolution=config.attention.resolution,
-                layer_names=config.attention.layers or None,
-                keep_heads=config.attention.scale_order == "scale_then_average",
-            )
-            self.capture.install()
-        self.attention_layers = list(self.capture.layer_names) if self.capture else []
+        self.attention_term = AttentionRefocusingTerm.from_config(
+            config.attention,
+            unet=self.unet,
+            token_ids=self.token_ids,
+            mask_floor=config.mask_floor,
+            device=self.device,
+        )
+        self.attention_layers = self.attention_term.layer_names if self.attention_term else []
         self.heatmaps: dict[str, Any] = {}
 
     # one micro-batch ----------------------------------------------------------------------
@@ -149,34 +168,61 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
         return self._template(cfg.composed_templates).format(v1=person, v2=style)
 
     def _micro_step(self) -> tuple[Tensor, dict[str, float], str]:
+        """One micro-batch: its loss (before accumulation scaling), the logged terms and task."""
         cfg = self.config
         task = self._sample_task()
         variant = self._sample_variant(SOURCE if task == SOURCE else REFERENCE)
         example = variant.example
         prompt = self._prompt(task)
-        latents = self._latents(variant)
+        latents = self._latents(variant)  # a VAE posterior sample, scaled
         noisy, noise, timesteps = self._noisy(latents)
         cond = self._encode_prompt(prompt)
-        pred = self._predict(noisy, timesteps, cond)
+        pred = self._predict(noisy, timesteps, cond)  # the UNet (attention maps captured)
+        # Eq. 4 (source: inside the face), Eq. 5-6 (reference, composed: outside it)
         mask = self._region_mask(example, inside_face=task == SOURCE)
-        recon = losses.masked_reconstruction_loss(
-            pred.float(), self._target(latents, noise, timesteps).float(), mask
-        )
+        target = self._target(latents, noise, timesteps)
+        recon = losses.masked_reconstruction_loss(pred.float(), target.float(), mask)
         total = self._style_weight(task) * recon
         terms = {"loss_recon": recon.item(), "loss_attn": 0.0, "loss_id": 0.0, "id_active": 0.0}
-        attention = self._attention_term(cond.ids, example)
-        if attention is not None:
-            total = total + cfg.attention.weight * attention
-            terms["loss_attn"] = attention.item()
-        if task in cfg.identity.tasks and self._identity_ready(example):
-            identity = self._composed_identity(
-                noisy, pred, timesteps, latents=latents, cond=cond, example=example
-            )
-            if identity is not None:
-                total = total + cfg.identity.weight * identity
-                terms["loss_id"], terms["id_active"] = identity.item(), 1.0
+        if self.attention_term is not None:  # Eq. 8 on the maps of this forward
+            found = self.attention_term(cond.ids, example.face_mask)
+            if found is not None:
+                attention, logs = found
+                total = total + self.attention_term.weight * attention
+                terms.update(logs)
+        if self.identity_term is not None and task in cfg.identity.tasks:  # Eq. 7
+            found = self._identity(noisy, pred, timesteps, latents, cond, example)
+            if found is not None:
+                identity, logs = found
+                total = total + self.identity_term.weight * identity
+                terms.update(logs)
         terms["loss"] = total.item()
         return total, terms, task
+
+    def _identity(  # noqa: PLR0913, PLR0917 (the micro-step's tensors, in its order)
+        self,
+        noisy: Tensor,
+        pred: Tensor,
+        timesteps: Tensor,
+        latents: Tensor,
+        cond: Any,
+        example: TrainingExample,
+    ) -> tuple[Tensor, dict[str, Any]] | None:
+        """Eq. 7 for a micro-batch of a task in ``identity.tasks`` (composed; the authors' code
+        also source), ``None`` without landmarks or when ``t >= T'`` (``single_pass``).
+
+        ``single_pass``: from the training forward when ``t < T'``. ``two_pass`` (official): a
+        second UNet forward at a fresh ``t < T'`` and fresh noise, every such micro-batch.
+        """
+        term = self.identity_term
+        if term is None or example.landmarks5 is None:
+            return None
+        if term.two_pass:
+            noisy, _, timesteps = self._noisy(latents, _pick(self.generator, term.timestep_limit))
+            pred = self._predict(noisy, timesteps, cond)
+        elif not term.active(timesteps):
+            return None
+        return term(noisy, pred, timesteps, example.landmarks5)
 
     # checkpoints, heatmaps, results -------------------------------------------------------
     def _trainable(self) -> dict[str, Tensor]:
@@ -207,9 +253,20 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
     def close(self) -> None:
         """Remove the attention capture (processors back to SDPA) and the placeholder-row hook."""
         self.placeholder_rows.detach()
-        if self.capture is not None:
-            self.capture.remove()
-            self.capture = None
+        if self.attention_term is not None:
+            self.attention_term.close()
+            self.attention_term = None
+
+    def attention_report(
+        self,
+        role: str = REFERENCE,
+        timestep_fraction: float = 0.5,
+        seed: int = 1234,
+        max_examples: int = 8,
+    ) -> dict[str, Any]:
+        """Where the [V1]/[V2] attention mass lies on fixed inputs
+        (:func:`.attention_report.attention_report`)."""
+        return attention_report(self, role, timestep_fraction, seed, max_examples)
 
     def result(self, base_model: str = "", resolution: int | None = None) -> TrainingResult:
         """LoRA state dicts in diffusers format, embeddings, history, heatmaps and metadata."""
@@ -243,7 +300,7 @@ class StageTwoTrainer(IdentityTerm, AttentionTerm, _Trainer):
             "text_encoder_lora_modules": sum(
                 len(lora_module_names(encoder)) for encoder in self.adapter.text_encoders
             ),
-            "identity_loss": self.identity,
+            "identity_loss": self.identity_status,
             "attention_refocusing": {
                 "enabled": cfg.attention.enabled,
                 "weight": cfg.attention.weight,
@@ -269,3 +326,21 @@ def _cpu(state: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
     if not state:
         return None
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def train_stage_two(  # noqa: PLR0913 (the stage's inputs and what its metadata records)
+    components: SDComponents,
+    examples: Sequence[TrainingExample],
+    config: StageTwoConfig,
+    embeddings: Mapping[str, Any] | None = None,
+    *,
+    base_model: str = "",
+    resolution: int | None = None,
+    progress: bool = True,
+) -> TrainingResult:
+    """Stage two from start to finish (resuming when ``config.resume``), from stage one's
+    ``embeddings``: LoRA, embeddings, history, heatmaps and metadata
+    (:meth:`StageTwoTrainer.result`; ``base_model`` and ``resolution`` are recorded there)."""
+    trainer = StageTwoTrainer(components, examples, config, embeddings)
+    trainer.train(progress=progress)
+    return trainer.result(base_model, resolution)
