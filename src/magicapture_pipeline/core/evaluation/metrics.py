@@ -343,7 +343,7 @@ class FaceRegions:
     """
 
     def __init__(self, min_detection_confidence: float = 0.5) -> None:
-        from magicapture_pipeline.core.faces.analysis import FaceAnalyzer
+        from magicapture_pipeline.core.faces.detection import FaceAnalyzer
 
         self._analyzer = FaceAnalyzer(min_detection_confidence=min_detection_confidence)
 
@@ -357,14 +357,14 @@ class FaceRegions:
 
     def landmarks5(self, image_rgb: np.ndarray) -> np.ndarray | None:
         """ArcFace-order 5 points from the mesh, or None."""
-        from magicapture_pipeline.core.faces.analysis import landmarks5
+        from magicapture_pipeline.core.faces.detection import landmarks5
 
         points = self._analyzer.mesh(np.ascontiguousarray(image_rgb))
         return landmarks5(points) if points is not None else None
 
     def mask(self, image: Image.Image) -> Image.Image | None:
         """Face mask (mode L, 255 = face) at the image's size, or None without a face."""
-        from magicapture_pipeline.core.faces.analysis import ellipse_mask, face_mask
+        from magicapture_pipeline.core.faces.masks import ellipse_mask, face_mask
 
         rgb = np.asarray(image.convert("RGB").resize((max(image.size),) * 2))
         size = rgb.shape[0]

@@ -9,7 +9,7 @@ import pandas as pd
 from PIL import Image
 
 from magicapture_pipeline.config.preprocess import PreprocessConfig, ValidationConfig
-from magicapture_pipeline.core.faces.analysis import analyze_image_set
+from magicapture_pipeline.core.faces.image_set import analyze_image_set
 from magicapture_pipeline.core.faces.images import RawImage, to_pil
 from magicapture_pipeline.core.faces.validation import (
     raise_if_failed,
