@@ -1,8 +1,8 @@
 """The preprocessed face set, read once from the catalog contract of the ``preprocess`` pipeline.
 
-The contract (written by ``accept_training_set``): ``training_set`` lists the accepted ``items``
-(trained on) and the ``held_out`` source photos (never trained on), each with its ``id``,
-``role`` (``"source"`` or ``"reference"``), partition keys (``crop`` ``<role>/<id>`` in
+The contract (written by :func:`training_set_contract`): ``training_set`` lists the accepted
+``items`` (trained on) and the ``held_out`` source photos (never trained on), each with its
+``id``, ``role`` (``"source"`` or ``"reference"``), partition keys (``crop`` ``<role>/<id>`` in
 ``face_crops``; ``mask`` ``image/<role>/<id>`` and ``latent_mask`` ``latent/<role>/<id>`` in
 ``face_masks``) and ``landmarks5`` in crop pixels; ``resolution`` is the crop side. Training
 (:mod:`core.training.examples`) and evaluation read the set through :class:`FaceSet` only.
@@ -14,11 +14,21 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from magicapture_pipeline.config.preprocess import PreprocessConfig
+
 SOURCE, REFERENCE = "source", "reference"
+MASK_CONVENTION = (
+    "masks are the face region (255 = face); source images train on the face mask, reference "
+    "images on its complement (all-ones when no face; a face the mesh cannot outline has its "
+    "detection box masked)"
+)
 
 
 def materialise(value: Any) -> Any:
@@ -187,3 +197,48 @@ class EvaluationInputs:
                 out.heldout.append(crop.convert("RGB"))
                 out.heldout_landmarks.append(face.landmarks5)
         return out
+
+
+def training_set_contract(
+    face_metadata: pd.DataFrame, config: PreprocessConfig
+) -> dict[str, Any]:
+    """The ``training_set`` a validated ``face_metadata`` table gives (the contract above).
+
+    Args:
+        face_metadata: the ``face_metadata`` table (one row per file).
+        config: the ``preprocess`` settings (resolution, held-out rule).
+
+    Returns:
+        ``{"resolution", "latent_resolution", "mask_convention", "items": [...],
+        "held_out": [...], "held_out_rule"}``: training reads ``items`` only; ``held_out``
+        source photos (split off here, before any training) are for the held-out identity score.
+    """
+    from magicapture_pipeline.core.faces.validation import split_heldout_sources
+
+    resolution = config.resolution
+    everything = [
+        {
+            "id": str(row.id),
+            "role": row.role,
+            "crop": f"{row.role}/{row.id}",
+            "mask": f"image/{row.role}/{row.id}",
+            "latent_mask": f"latent/{row.role}/{row.id}",
+            "landmarks5": json.loads(row.landmarks5) if isinstance(row.landmarks5, str) else None,
+        }
+        for row in face_metadata.itertuples()
+    ]
+    sources = [item["id"] for item in everything if item["role"] == SOURCE]
+    _, heldout_ids = split_heldout_sources(
+        sources, config.heldout_sources, config.heldout_min_sources
+    )
+    held = set(heldout_ids)
+    items = [i for i in everything if not (i["role"] == SOURCE and i["id"] in held)]
+    return {
+        "resolution": resolution,
+        "latent_resolution": resolution // 8,
+        "mask_convention": MASK_CONVENTION,
+        "items": items,
+        "held_out": [i for i in everything if i["role"] == SOURCE and i["id"] in held],
+        "held_out_rule": f"the last {config.heldout_sources} source photo(s) in id order when "
+        f"at least {config.heldout_min_sources} are accepted; never trained on",
+    }

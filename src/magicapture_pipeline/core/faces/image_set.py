@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
 from magicapture_pipeline.core.faces.analysis import FaceResult, analyze_reference, analyze_source
 from magicapture_pipeline.core.faces.detection import FaceAnalyzer
+from magicapture_pipeline.core.faces.images import to_pil
 from magicapture_pipeline.core.faces.quality import phash
+
+if TYPE_CHECKING:
+    from magicapture_pipeline.config.preprocess import PreprocessConfig
+
+# The columns of the ``face_metadata`` table, in the order it is written.
+METADATA_COLUMNS = [
+    "id", "role", "path", "width", "height", "n_faces", "face_score", "bbox",
+    "face_area_fraction", "mask_coverage", "sharpness", "phash", "status", "reason", "crop_box",
+    "landmarks5", "mask_source", "identity_distance",
+]
 
 
 @dataclass
@@ -101,3 +114,26 @@ def _failed_row(reason: str) -> dict[str, Any]:
         "crop_box": None, "landmarks5": None, "mask_source": None,
         "status": "decode_error", "reason": reason,
     }
+
+
+def preprocess(
+    source_images: dict[str, Any], reference_images: dict[str, Any], config: PreprocessConfig
+) -> tuple[pd.DataFrame, dict[str, Image.Image], dict[str, Image.Image], dict[str, Image.Image]]:
+    """The preprocessing step: every photo decoded, its face found, cropped, masked and drawn.
+
+    Args:
+        source_images: raw source photos ``{id: RawImage}``.
+        reference_images: raw reference (style) images ``{id: RawImage}``.
+        config: the ``preprocess`` settings.
+
+    Returns:
+        ``face_metadata`` (one row per file, :data:`METADATA_COLUMNS`), and the crops, masks and
+        overlays as PIL images keyed for the catalog (see :class:`ProcessedSet`).
+    """
+    result = analyze_image_set({"source": source_images, "reference": reference_images}, config)
+    metadata = pd.DataFrame(result.rows).reindex(columns=METADATA_COLUMNS)
+    return metadata, _pil(result.crops), _pil(result.masks), _pil(result.overlays)
+
+
+def _pil(arrays: dict[str, np.ndarray]) -> dict[str, Image.Image]:
+    return {key: to_pil(array) for key, array in arrays.items()}
