@@ -13,8 +13,8 @@
 - Held-out identity: ``<csim key>_heldout`` scores the generated faces against source photos that
   training never saw (split off in preprocessing); the copy check compares each generated face's
   similarity to its nearest training photo with its similarity to the held-out photos.
-- Style and aesthetic: :mod:`core.style_metrics` (CLIP); the Table-1-shaped report:
-  :mod:`core.comparison`.
+- Style and aesthetic: :mod:`core.evaluation.style` (CLIP); the Table-1-shaped report:
+  :mod:`core.evaluation.comparison`.
 - Face-detected rate of the generated images.
 
 A metric that cannot be computed lands in ``unavailable`` with the reason, never as a fake 0.
