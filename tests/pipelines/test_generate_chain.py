@@ -16,7 +16,8 @@ from PIL import Image
 from skimage import data
 
 from magicapture_pipeline.config.training import TinyModelConfig
-from magicapture_pipeline.core.evaluation.metrics import AestheticMLP, FaceRegions
+from magicapture_pipeline.core.evaluation.metrics import AestheticMLP
+from magicapture_pipeline.core.faces.regions import FaceRegions
 from magicapture_pipeline.core.generation.postprocess import verify_provenance
 from magicapture_pipeline.core.models.builders import build_tiny_sd
 from magicapture_pipeline.pipelines import evaluate, generate, postprocess

@@ -269,13 +269,13 @@ def test_accepted_set_holds_a_source_photo_out_of_training():
     assert trained == {"s0", "s1", "s2", "s3", "r0"}
     four = accept_training_set(report, pd.DataFrame(rows[1:]), {"resolution": 64})
     assert four["held_out"] == [] and len(four["items"]) == 5
-    from magicapture_pipeline.pipelines.shared import inputs_from_preprocess
+    from magicapture_pipeline.core.faces.face_set import EvaluationInputs, FaceSet
 
     crops = {f"source/s{i}": Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(5)}
     crops["reference/r0"] = Image.new("RGB", (8, 8))
-    data_in = inputs_from_preprocess(crops, {}, training)
-    assert len(data_in["sources"]) == 4 and len(data_in["heldout"]) == 1
-    assert data_in["heldout"][0].getpixel((0, 0)) == (4, 0, 0)
+    data_in = EvaluationInputs.from_face_set(FaceSet.from_catalog(training, crops, {}))
+    assert len(data_in.sources) == 4 and len(data_in.heldout) == 1
+    assert data_in.heldout[0].getpixel((0, 0)) == (4, 0, 0)
     # what the trainers build from the training set never includes the held-out photo
     from magicapture_pipeline.core.training import examples_from_training_set
 

@@ -12,7 +12,8 @@ from kedro_datasets.pandas import CSVDataset
 from kedro_datasets.pillow import ImageDataset
 from PIL import Image
 
-from magicapture_pipeline.core.faces.analysis import FaceAnalyzer, analyze_reference, analyze_source
+from magicapture_pipeline.core.faces.analysis import analyze_reference, analyze_source
+from magicapture_pipeline.core.faces.detection import FaceAnalyzer
 from magicapture_pipeline.core.faces.sample_data import build_sample_set
 from magicapture_pipeline.core.models.loading import is_local_model
 from magicapture_pipeline.datasets.tensors import SafetensorsDataset

@@ -52,11 +52,8 @@ from magicapture_pipeline.core.training import (
 
 def demo_examples(resolution: int, sources: int, references: int) -> list[TrainingExample]:
     """The demo photos, cropped and masked by the preprocessing core (``core.faces``)."""
-    from magicapture_pipeline.core.faces.analysis import (
-        FaceAnalyzer,
-        analyze_reference,
-        analyze_source,
-    )
+    from magicapture_pipeline.core.faces.analysis import analyze_reference, analyze_source
+    from magicapture_pipeline.core.faces.detection import FaceAnalyzer
     from magicapture_pipeline.core.faces.sample_data import build_sample_set
 
     examples = []

@@ -17,16 +17,15 @@ def measure_preprocess(repeats: int = 20) -> dict[str, Any]:
     """Images per second of detection + mesh + mask + crop on a decoded 512 px photo.
 
     The headline is the median of whole ``analyze_source`` calls (what preprocessing runs per
-    source photo); the breakdown times each of its parts alone (``core.faces.measure_stages``).
+    source photo); the breakdown times each of its parts alone
+    (``core.faces.throughput.measure_stages``).
     """
     try:
         from skimage import data
 
-        from magicapture_pipeline.core.faces.analysis import (
-            FaceAnalyzer,
-            analyze_source,
-            measure_stages,
-        )
+        from magicapture_pipeline.core.faces.analysis import analyze_source
+        from magicapture_pipeline.core.faces.detection import FaceAnalyzer
+        from magicapture_pipeline.core.faces.throughput import measure_stages
     except ImportError as error:
         return {"preprocess_images_per_s": None, "reason": f"not measured: {error}"}
     rgb = data.astronaut()  # 512x512, decoded once: decode is excluded

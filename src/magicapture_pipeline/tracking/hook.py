@@ -50,7 +50,7 @@ from kedro.framework.hooks import hook_impl
 
 from magicapture_pipeline.config.sections import effective_parameters, effective_section
 from magicapture_pipeline.config.tracking import TrackingConfig
-from magicapture_pipeline.pipelines.shared import materialise
+from magicapture_pipeline.core.faces.face_set import materialise
 from magicapture_pipeline.tracking.store import tracking_client
 
 logger = logging.getLogger(__name__)

@@ -305,15 +305,3 @@ def test_metrics_without_weights_are_unavailable_with_reasons(astronaut):
         assert name not in out
         assert out["unavailable"][name]
     assert all(isinstance(v, float) for k, v in out.items() if k not in ("unavailable", "info"))
-
-
-def test_face_regions_on_real_photo(astronaut):
-    faces = m.FaceRegions()
-    try:
-        assert faces.detected(astronaut)
-        assert not faces.detected(Image.new("RGB", (256, 256), "gray"))
-        mask = np.asarray(faces.mask(astronaut))
-        assert mask.shape == (512, 512) and 0.02 < (mask > 127).mean() < 0.5
-        assert faces.landmarks5(np.asarray(astronaut)).shape == (5, 2)
-    finally:
-        faces.close()

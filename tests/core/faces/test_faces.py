@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 from skimage import data
 
-from magicapture_pipeline.core.faces import analysis as faces
+from magicapture_pipeline.core.faces.analysis import FaceResult, analyze_reference, analyze_source
+from magicapture_pipeline.core.faces.crops import box_in_crop, square_box_around
+from magicapture_pipeline.core.faces.detection import Detection, FaceAnalyzer, face_oval_index
+from magicapture_pipeline.core.faces.masks import face_mask
+from magicapture_pipeline.core.faces.quality import hamming, phash, sharpness
+from magicapture_pipeline.core.faces.throughput import measure_stages, measure_throughput
 
 # Regions of scikit-image's 512x512 astronaut, (y0, y1, x0, x1), checked by eye on an overlay.
 HAIR_TOP = (40, 78, 160, 290)
@@ -18,7 +23,7 @@ FACE_CENTRE = (100, 160, 195, 255)
 
 @pytest.fixture(scope="module")
 def analyzer():
-    with faces.FaceAnalyzer() as shared:
+    with FaceAnalyzer() as shared:
         yield shared
 
 
@@ -29,10 +34,10 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def astronaut_result(analyzer, astronaut):
-    return faces.analyze_source(astronaut, analyzer, 512)
+    return analyze_source(astronaut, analyzer, 512)
 
 
-def _mask_in_image(result: faces.FaceResult, shape) -> np.ndarray:
+def _mask_in_image(result: FaceResult, shape) -> np.ndarray:
     x0, y0, side = result.crop_box
     full = np.zeros(shape[:2], dtype=np.uint8)
     full[y0 : y0 + side, x0 : x0 + side] = cv2.resize(
@@ -58,7 +63,7 @@ def test_mask_sits_on_the_face_not_hair_or_neck(astronaut_result, astronaut):
     assert result.status == "ok" and result.mask_source == "face_mesh"
     assert 0.08 < result.mask_coverage < 0.35
     ys, xs = np.nonzero(result.mask > 127)
-    bx, by, bw, bh = faces._box_in_crop(tuple(result.bbox), result.crop_box, 512)
+    bx, by, bw, bh = box_in_crop(tuple(result.bbox), result.crop_box, 512)
     assert bx < xs.mean() < bx + bw and by < ys.mean() < by + bh
     full = _mask_in_image(result, astronaut.shape)
     assert _share(full, FACE_CENTRE) > 0.95
@@ -91,7 +96,7 @@ def test_outputs_have_catalog_shapes(astronaut_result):
     ids=["two_side_by_side", "no_face_coffee"],
 )
 def test_source_face_count_problems(analyzer, astronaut, make, n_faces, status):
-    result = faces.analyze_source(np.ascontiguousarray(make(astronaut)), analyzer, 128)
+    result = analyze_source(np.ascontiguousarray(make(astronaut)), analyzer, 128)
     assert (result.n_faces, result.status) == (n_faces, status)
     assert result.crop.shape == (128, 128, 3)
 
@@ -102,7 +107,7 @@ def test_source_face_count_problems(analyzer, astronaut, make, n_faces, status):
     ids=["portrait", "no_face"],
 )
 def test_reference_mask_is_face_or_empty(analyzer, image, has_face):
-    result = faces.analyze_reference(image(), analyzer, 128)
+    result = analyze_reference(image(), analyzer, 128)
     assert result.status == "ok"
     assert (result.mask_coverage > 0.02) is has_face
     if not has_face:
@@ -113,7 +118,7 @@ def test_reference_face_the_mesh_misses_is_masked_by_its_box(analyzer):
     """scikit-image's cameraman (a real photo): the detector finds his face (score ~0.9), the
     mesh does not outline it. The face must not stay in the style region (issue 10 §4)."""
     camera = np.ascontiguousarray(np.stack([data.camera()] * 3, axis=-1))
-    result = faces.analyze_reference(camera, analyzer, 128)
+    result = analyze_reference(camera, analyzer, 128)
     assert result.n_faces == 1 and result.mask_source == "detection_box"
     assert "could not outline" in result.reason
     x, y, w, h = (v * 128 / 512 for v in result.bbox)  # crop = whole 512 px image here
@@ -133,17 +138,17 @@ def test_reference_face_the_mesh_misses_is_masked_by_its_box(analyzer):
     ],
 )
 def test_square_box_around(box, size, scale, expected):
-    assert faces.square_box_around(box, size[0], size[1], scale) == expected
+    assert square_box_around(box, size[0], size[1], scale) == expected
 
 
 def test_mask_dilation_and_feather(astronaut_result):
     crop = astronaut_result.crop
-    with faces.FaceAnalyzer() as own:
+    with FaceAnalyzer() as own:
         points = own.mesh(crop)
-    plain = faces.face_mask(points, 512)
-    grown = faces.face_mask(points, 512, dilation=0.1)
-    shrunk = faces.face_mask(points, 512, dilation=-0.1)
-    soft = faces.face_mask(points, 512, feather=0.05)
+    plain = face_mask(points, 512)
+    grown = face_mask(points, 512, dilation=0.1)
+    shrunk = face_mask(points, 512, dilation=-0.1)
+    soft = face_mask(points, 512, feather=0.05)
     assert (shrunk > 127).sum() < (plain > 127).sum() < (grown > 127).sum()
     assert np.count_nonzero((soft > 20) & (soft < 235)) > 10 * np.count_nonzero(
         (plain > 20) & (plain < 235)
@@ -167,29 +172,29 @@ def _recompress(rgb):
     ],
 )
 def test_phash_distance(astronaut, name, other, low, high):
-    distance = faces.hamming(faces.phash(astronaut), faces.phash(other(astronaut)))
+    distance = hamming(phash(astronaut), phash(other(astronaut)))
     assert low <= distance <= high
 
 
 def test_phash_format():
-    value = faces.phash(data.astronaut())
+    value = phash(data.astronaut())
     assert len(value) == 16 and int(value, 16) >= 0
-    assert faces.hamming("ff00", "0f00") == 4
+    assert hamming("ff00", "0f00") == 4
 
 
 def test_sharpness_drops_with_blur(astronaut):
-    assert faces.sharpness(cv2.GaussianBlur(astronaut, (0, 0), 3)) < 0.2 * faces.sharpness(
+    assert sharpness(cv2.GaussianBlur(astronaut, (0, 0), 3)) < 0.2 * sharpness(
         astronaut
     )
 
 
 def test_face_oval_is_one_closed_polygon():
-    order = faces.face_oval_index()
+    order = face_oval_index()
     assert len(order) == len(set(order)) == 36 and order[0] == 10
 
 
 def test_measure_throughput_reports_both_rates(astronaut):
-    rates = faces.measure_throughput([astronaut], resolution=128, repeats=1)
+    rates = measure_throughput([astronaut], resolution=128, repeats=1)
     assert set(rates) == {"detect_mesh_mask", "full"}
     # rates only: speed belongs in `make bench`, not in a test (FINDINGS)
     assert all(np.isfinite(rate) and rate > 0 for rate in rates.values())
@@ -212,12 +217,12 @@ def test_mesh_from_detection_matches_the_self_detecting_mesh(analyzer, astronaut
     own = analyzer.mesh(crop)
     assert from_detection.shape == own.shape == (478, 2)
     assert float(np.abs(from_detection - own).mean()) < 3.0  # px at 512
-    bare = faces.Detection(found.score, found.box)
+    bare = Detection(found.score, found.box)
     assert np.array_equal(analyzer.mesh_at(crop, bare), own)
 
 
 def test_overlay_is_drawn_only_when_read(analyzer, astronaut):
-    result = faces.analyze_source(astronaut, analyzer, 128)
+    result = analyze_source(astronaut, analyzer, 128)
     assert result._overlay is None
     drawn = result.overlay
     assert drawn.shape == (128, 128, 3) and result.overlay is drawn
@@ -227,13 +232,13 @@ def test_overlay_is_drawn_only_when_read(analyzer, astronaut):
 def test_sharpness_is_the_laplacian_variance(astronaut):
     gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
     expected = float(cv2.Laplacian(gray, cv2.CV_64F).var())
-    assert faces.sharpness(astronaut) == pytest.approx(expected, rel=1e-9)
-    assert faces.sharpness(gray) == pytest.approx(expected, rel=1e-9)
-    assert faces.sharpness(np.full((64, 64, 3), 7, np.uint8)) == 0.0
+    assert sharpness(astronaut) == pytest.approx(expected, rel=1e-9)
+    assert sharpness(gray) == pytest.approx(expected, rel=1e-9)
+    assert sharpness(np.full((64, 64, 3), 7, np.uint8)) == 0.0
 
 
 def test_measure_stages_names_every_part(astronaut):
-    stages = faces.measure_stages(astronaut, resolution=128, repeats=1)
+    stages = measure_stages(astronaut, resolution=128, repeats=1)
     assert set(stages) == {"detect", "crop", "mesh", "mask", "sharpness", "analyze_source",
                            "overlay", "phash"}
     assert all(value > 0.0 for value in stages.values())

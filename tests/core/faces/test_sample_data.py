@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from magicapture_pipeline.core.faces.analysis import hamming, phash
+from magicapture_pipeline.core.faces.quality import hamming, phash
 from magicapture_pipeline.core.faces.sample_data import (
     MANIFEST_NAME,
     build_sample_set,

@@ -10,7 +10,8 @@ from matplotlib import cbook
 from PIL import Image
 from skimage import data
 
-from magicapture_pipeline.core.faces import analysis as faces
+from magicapture_pipeline.core.faces.analysis import analyze_source
+from magicapture_pipeline.core.faces.detection import FaceAnalyzer
 from magicapture_pipeline.core.faces.sample_data import build_sample_set
 from magicapture_pipeline.core.identity.embedders import (
     DLIB_SAME_PERSON_DISTANCE,
@@ -50,8 +51,8 @@ def test_dlib_no_face_gives_none(dlib_embedder):
 
 def test_dlib_falls_back_to_landmarks_on_small_crops(dlib_embedder):
     """HOG misses faces ~40 px wide; the 5 mesh landmarks still place the face."""
-    with faces.FaceAnalyzer() as analyzer:
-        result = faces.analyze_source(data.astronaut(), analyzer, 96)
+    with FaceAnalyzer() as analyzer:
+        result = analyze_source(data.astronaut(), analyzer, 96)
     assert dlib_embedder.face_rectangle(result.crop) is None
     vector = dlib_embedder.embed(result.crop, np.asarray(result.landmarks5))
     full = dlib_embedder.embed(data.astronaut())
@@ -82,8 +83,8 @@ def arcface(tmp_path_factory) -> ArcFaceOnnxEmbedder:
 
 
 def test_arcface_embeds_aligned_face(arcface):
-    with faces.FaceAnalyzer() as analyzer:
-        result = faces.analyze_source(data.astronaut(), analyzer, 256)
+    with FaceAnalyzer() as analyzer:
+        result = analyze_source(data.astronaut(), analyzer, 256)
     points = np.asarray(result.landmarks5)
     first = arcface.embed(result.crop, points)
     again = arcface.embed(result.crop, points)

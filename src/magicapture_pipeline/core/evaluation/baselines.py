@@ -20,22 +20,30 @@ from typing import Any
 from PIL import Image
 
 from magicapture_pipeline.config.generation import (
+    BenchmarkConfig,
+    EvaluationConfig,
     GenerationConfig,
     PostprocessConfig,
     VariantConfig,
 )
 from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
-from magicapture_pipeline.core.evaluation.protocol import evaluate_with
-from magicapture_pipeline.core.generation import export as concept_io
-from magicapture_pipeline.core.generation.postprocess import (
-    mark,
-    postprocess_images,
-    provenance_record,
+from magicapture_pipeline.core.evaluation.comparison import (
+    comparison_markdown,
+    comparison_rows,
+    unavailable_reasons,
 )
+from magicapture_pipeline.core.evaluation.metrics import load_loss_recognizer
+from magicapture_pipeline.core.evaluation.protocol import load_metric_models
+from magicapture_pipeline.core.evaluation.scoring import score_images
+from magicapture_pipeline.core.faces.face_set import EvaluationInputs, FaceSet
+from magicapture_pipeline.core.generation import export as concept_io
+from magicapture_pipeline.core.generation.postprocess import mark, provenance_record
 from magicapture_pipeline.core.generation.sampling import make_grid, run_generation
+from magicapture_pipeline.core.generation.steps import restore_and_upscale
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer
+from magicapture_pipeline.core.training.examples import examples_from_face_set
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +116,7 @@ def _score_variant(
     generation: GenerationConfig,
     postprocess: PostprocessConfig,
     models: Any,
-    data: dict[str, list[Any]],
+    data: EvaluationInputs,
     mask_face: bool,
     steps_fixed: bool = False,
 ) -> tuple[dict[str, Any], Image.Image, dict[str, Any]]:
@@ -121,38 +129,12 @@ def _score_variant(
         "scheduler": generation.scheduler,
     }
     if variant.postprocess:
-        sr = postprocess.super_resolution
-        restoration = postprocess.face_restoration
-        restorer = (
-            (restoration.backend, restoration.checkpoint, restoration.fidelity_weight)
-            if restoration.enabled
-            else None
-        )
         faces = getattr(models, "faces", None)
-        result = postprocess_images(
-            images,
-            super_resolution=sr.enabled,
-            upscaler_kwargs=sr.upscaler_kwargs(),
-            restorer=restorer,
-            face_mask_fn=faces.mask if faces is not None else None,
-            feather=restoration.blend_feather,
-            progress=False,
-            landmark_fn=faces.landmarks5 if faces is not None else None,
-        )
+        result = restore_and_upscale(images, postprocess, faces, progress=False)
         images = result.images
         sampling["postprocess_steps"] = sorted({s for v in result.steps.values() for s in v})
         sampling["postprocess_unavailable"] = dict(result.unavailable)
-    evaluation = evaluate_with(
-        models,
-        images,
-        data["sources"],
-        data["references"],
-        reference_masks=data["masks"],
-        source_landmarks=data["landmarks"],
-        mask_face_for_style=mask_face,
-        heldout=data.get("heldout", ()),
-        heldout_landmarks=data.get("heldout_landmarks"),
-    )
+    evaluation = score_images(models, images, data, mask_face)
     grid = make_grid(list(images.values()), list(images), generation.grid_columns)
     return evaluation.as_json(), grid, sampling
 
@@ -226,7 +208,7 @@ def run_variants(
     generation: GenerationConfig,
     postprocess: PostprocessConfig,
     models: Any,
-    data: dict[str, list[Any]],
+    data: EvaluationInputs,
     mask_face: bool,
     steps_fixed: bool = False,
     loss_recognizer: tuple[Any, str | None] | None = None,
@@ -303,3 +285,73 @@ def run_variants(
                 )
             results.append(entry)
     return results, grids
+
+
+def benchmark(  # noqa: PLR0913 - one config per pipeline section the rows share
+    face_set: FaceSet,
+    *,
+    base: str,
+    stage_one: dict[str, Any],
+    stage_two: dict[str, Any],
+    generation: GenerationConfig,
+    postprocess: PostprocessConfig,
+    evaluation: EvaluationConfig,
+    config: BenchmarkConfig,
+) -> tuple[dict[str, Any], list[dict[str, Any]], str, dict[str, Image.Image]]:
+    """Train, sample and score every variant of ``config``; build the Table-1-shaped comparison.
+
+    The benchmark's own ``images_per_prompt`` / ``num_inference_steps`` / ``max_steps`` (a demo
+    budget) override ``generation`` and both stages when set.
+
+    Returns:
+        The report (everything per variant), the comparison rows, the comparison as Markdown and
+        one contact sheet per scored variant.
+    """
+    updates = {
+        k: v
+        for k, v in (
+            ("images_per_prompt", config.images_per_prompt),
+            ("num_inference_steps", config.num_inference_steps),
+        )
+        if v is not None
+    }
+    generation = generation.model_copy(update=updates)
+    inputs = EvaluationInputs.from_face_set(face_set)
+    try:
+        if not face_set.listed:
+            raise ValueError("training_set lists no accepted items: nothing to train on")
+        examples = examples_from_face_set(face_set)
+    except (ValueError, KeyError) as error:
+        logger.warning("Benchmark has no training examples: %s", error)
+        examples = []
+    cap = {"max_steps": config.max_steps} if config.max_steps is not None else {}
+    models = load_metric_models(evaluation)
+    loss = load_loss_recognizer(stage_two.get("identity"))
+    if loss is not None and loss[0] is not None and models.faces is not None:
+        loss[0].landmark_finder = models.faces.landmarks5
+    try:
+        results, grids = run_variants(
+            config.variants,
+            examples=examples,
+            base=base,
+            stage_one=stage_one,
+            stage_two=stage_two,
+            cap=cap,
+            generation=generation,
+            postprocess=postprocess,
+            models=models,
+            data=inputs,
+            mask_face=evaluation.mask_face_for_style,
+            steps_fixed=config.num_inference_steps is not None,
+            loss_recognizer=loss,
+        )
+    finally:
+        models.close()
+    rows = comparison_rows(results)
+    report = {
+        "variants": results,
+        "generation": generation.model_dump(),
+        "paper_note": config.paper_note,
+    }
+    markdown = comparison_markdown(rows, config.paper_note, unavailable_reasons(results))
+    return report, rows, markdown, grids

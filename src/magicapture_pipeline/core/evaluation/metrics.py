@@ -13,8 +13,8 @@
 - Held-out identity: ``<csim key>_heldout`` scores the generated faces against source photos that
   training never saw (split off in preprocessing); the copy check compares each generated face's
   similarity to its nearest training photo with its similarity to the held-out photos.
-- Style and aesthetic: :mod:`core.style_metrics` (CLIP); the Table-1-shaped report:
-  :mod:`core.comparison`.
+- Style and aesthetic: :mod:`core.evaluation.style` (CLIP); the Table-1-shaped report:
+  :mod:`core.evaluation.comparison`.
 - Face-detected rate of the generated images.
 
 A metric that cannot be computed lands in ``unavailable`` with the reason, never as a fake 0.
@@ -52,7 +52,6 @@ __all__ = [
     "AestheticMLP",
     "ClipEmbedder",
     "CsimResult",
-    "FaceRegions",
     "IdentityReport",
     "StyleResult",
     "aesthetic_scores",
@@ -330,50 +329,3 @@ def load_loss_recognizer(identity: Mapping[str, Any] | None) -> tuple[Any, str |
         return IResNetEmbedder(load_arcface(checkpoint, identity.get("arch", "r100"))), None
     except Exception as error:  # noqa: BLE001 - reported; the CSIM is then labelled to be safe
         return None, f"{checkpoint}: {error}"
-
-
-# --------------------------------------------------------------------------- faces in outputs
-
-
-class FaceRegions:
-    """Face detection, 5 landmarks and face masks of square images (mediapipe, ``core.faces``).
-
-    The mask is the mesh's face oval; when the mesh finds nothing but the detector does, the
-    ellipse in the detection box. Create once, reuse for a whole image set, ``close()`` after.
-    """
-
-    def __init__(self, min_detection_confidence: float = 0.5) -> None:
-        from magicapture_pipeline.core.faces.analysis import FaceAnalyzer
-
-        self._analyzer = FaceAnalyzer(min_detection_confidence=min_detection_confidence)
-
-    def close(self) -> None:
-        """Release mediapipe."""
-        self._analyzer.close()
-
-    def detected(self, image: Image.Image) -> bool:
-        """True when at least one face is detected."""
-        return bool(self._analyzer.detect(np.asarray(image.convert("RGB"))))
-
-    def landmarks5(self, image_rgb: np.ndarray) -> np.ndarray | None:
-        """ArcFace-order 5 points from the mesh, or None."""
-        from magicapture_pipeline.core.faces.analysis import landmarks5
-
-        points = self._analyzer.mesh(np.ascontiguousarray(image_rgb))
-        return landmarks5(points) if points is not None else None
-
-    def mask(self, image: Image.Image) -> Image.Image | None:
-        """Face mask (mode L, 255 = face) at the image's size, or None without a face."""
-        from magicapture_pipeline.core.faces.analysis import ellipse_mask, face_mask
-
-        rgb = np.asarray(image.convert("RGB").resize((max(image.size),) * 2))
-        size = rgb.shape[0]
-        points = self._analyzer.mesh(rgb)
-        if points is not None:
-            array = face_mask(points, size)
-        else:
-            found = self._analyzer.detect(rgb)
-            if not found:
-                return None
-            array = ellipse_mask(found[0].box, size)
-        return Image.fromarray(array, mode="L").resize(image.size)

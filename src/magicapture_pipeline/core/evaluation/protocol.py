@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from magicapture_pipeline.core.evaluation.metrics import (
-    FaceRegions,
     identity_report,
     load_identity_embedder,
     load_loss_recognizer,
@@ -30,6 +29,7 @@ from magicapture_pipeline.core.evaluation.style import (
     load_clip,
     style_similarity,
 )
+from magicapture_pipeline.core.faces.regions import FaceRegions
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from magicapture_pipeline.config.preprocess import ValidationConfig
-from magicapture_pipeline.core.faces.analysis import hamming
+from magicapture_pipeline.core.faces.quality import hamming
 
 SOURCE, REFERENCE = "source", "reference"
 

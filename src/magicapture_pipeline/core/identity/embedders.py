@@ -116,7 +116,7 @@ class ArcFaceOnnxEmbedder:
         model_path: an ArcFace recognition ONNX (input 1x3x112x112), e.g. ``w600k_r50.onnx``.
         landmark_finder: called as ``landmark_finder(image_rgb)`` to get 5 points when ``embed``
             is given none (e.g. mesh landmarks from
-            :mod:`magicapture_pipeline.core.faces.analysis`).
+            :mod:`magicapture_pipeline.core.faces.detection`).
     """
 
     backend = "arcface"

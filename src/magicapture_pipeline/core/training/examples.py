@@ -6,14 +6,14 @@ stage two samples three tasks, the third (``composed``) pseudo-labelled by a ref
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from magicapture_pipeline.core.faces.face_set import FaceSet, parse_landmarks5
 
 SOURCE, REFERENCE, COMPOSED = "source", "reference", "composed"
 TASKS = (SOURCE, REFERENCE, COMPOSED)
@@ -86,17 +86,9 @@ def jitter_brightness_contrast(
     return pixels * 2.0 - 1.0
 
 
-def _materialise(value: Any) -> Any:
-    """A partition value: the object itself or, for lazy partitions, what calling it returns."""
-    return value() if callable(value) else value
-
-
 def _landmarks(value: Any) -> Tensor | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, str):
-        value = json.loads(value) if value.strip() else None
-    return None if value is None else torch.tensor(value, dtype=torch.float32).reshape(5, 2)
+    points = parse_landmarks5(value)
+    return None if points is None else torch.tensor(points)
 
 
 def example_from_images(
@@ -128,27 +120,25 @@ def examples_from_training_set(
 
     Partition values may be loaded objects or the lazy callables ``PartitionedDataset`` returns.
     """
-    items = training_set.get("items") if isinstance(training_set, Mapping) else None
-    if not items:
+    face_set = FaceSet.from_catalog(training_set, face_crops, face_masks)
+    if not face_set.listed:
         raise ValueError("training_set lists no accepted items: nothing to train on")
-    examples = []
-    for item in items:
-        role, ident = str(item["role"]), str(item["id"])
-        crop_key = str(item.get("crop") or f"{role}/{ident}")
-        if crop_key not in face_crops:
-            raise KeyError(f"face_crops has no {crop_key}")
-        image = _materialise(face_crops[crop_key])
-        latent_key = str(item.get("latent_mask") or f"latent/{role}/{ident}")
-        image_key = str(item.get("mask") or f"image/{role}/{ident}")
-        if latent_key in face_masks:
-            mask = _materialise(face_masks[latent_key])
-        elif image_key in face_masks:
-            from PIL import Image
+    return examples_from_face_set(face_set)
 
-            full = _materialise(face_masks[image_key]).convert("L")
-            size = (max(full.width // 8, 1), max(full.height // 8, 1))
-            mask = full.resize(size, Image.Resampling.BOX)
-        else:
-            raise KeyError(f"face_masks has no {latent_key} (nor {image_key})")
-        examples.append(example_from_images(ident, role, image, mask, item.get("landmarks5")))
+
+def examples_from_face_set(face_set: FaceSet) -> list[TrainingExample]:
+    """The accepted faces of ``face_set`` as examples: crop, latent mask, landmarks in crop pixels.
+
+    Raises:
+        KeyError: a face's crop or mask is missing from the catalog's partitions.
+    """
+    examples = []
+    for face in face_set.items:
+        image = face_set.crop(face)
+        if image is None:
+            raise KeyError(f"face_crops has no {face.crop_key}")
+        mask = face_set.latent_mask(face)
+        if mask is None:
+            raise KeyError(f"face_masks has no {face.latent_mask_key} (nor {face.mask_key})")
+        examples.append(example_from_images(face.id, face.role, image, mask, face.landmarks5))
     return examples

@@ -1,0 +1,104 @@
+"""How fast the face stage runs: images per second, and the milliseconds of each part."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from magicapture_pipeline.core.faces.analysis import analyze_source
+from magicapture_pipeline.core.faces.crops import crop_resize, detection_in_crop, square_box_around
+from magicapture_pipeline.core.faces.detection import FaceAnalyzer
+from magicapture_pipeline.core.faces.masks import face_mask, latent_mask
+from magicapture_pipeline.core.faces.overlays import overlay
+from magicapture_pipeline.core.faces.quality import phash, sharpness
+
+
+def measure_throughput(
+    images: list[np.ndarray], resolution: int = 512, repeats: int = 5
+) -> dict[str, float]:
+    """Images per second of the face stage on decoded images (decoding excluded).
+
+    ``detect_mesh_mask``: detection, square crop, mesh and image + latent masks (the path of
+    :func:`analyze_source`); ``full``: everything :func:`analyze_source` does, plus the overlay
+    and the pHash preprocessing adds per image. Both reuse one :class:`FaceAnalyzer`, as
+    preprocessing does; a first pass warms it up, then each rate is the median over ``repeats``
+    timed passes (robust to other work on the machine).
+    """
+    import statistics
+    import time
+
+    def core(rgb: np.ndarray, analyzer: FaceAnalyzer) -> None:
+        found = analyzer.detect(rgb)
+        if not found:
+            return
+        crop_box = square_box_around(found[0].box, rgb.shape[1], rgb.shape[0], 2.2)
+        crop = crop_resize(rgb, crop_box, resolution)
+        points = analyzer.mesh_at(crop, detection_in_crop(found[0], crop_box, resolution))
+        if points is not None:
+            latent_mask(face_mask(points, resolution))
+
+    def full(rgb: np.ndarray, analyzer: FaceAnalyzer) -> None:
+        _ = analyze_source(rgb, analyzer, resolution).overlay
+        phash(rgb)
+
+    rates = {}
+    with FaceAnalyzer() as analyzer:
+        for name, step in (("detect_mesh_mask", core), ("full", full)):
+            for rgb in images:
+                step(rgb, analyzer)
+            passes = []
+            for _ in range(max(1, repeats)):
+                start = time.perf_counter()
+                for rgb in images:
+                    step(rgb, analyzer)
+                passes.append(time.perf_counter() - start)
+            rates[name] = len(images) / statistics.median(passes)
+    return rates
+
+
+def measure_stages(
+    rgb: np.ndarray, resolution: int = 512, repeats: int = 30
+) -> dict[str, float]:
+    """Median milliseconds of each part of :func:`analyze_source` on one decoded image.
+
+    Keys: ``detect``, ``crop``, ``mesh`` (on the crop, from the detection), ``mask`` (image +
+    latent mask), ``sharpness``, ``analyze_source`` (all of it), and the reporting extras
+    ``overlay`` and ``phash``. For finding where the time goes; the image needs a face.
+    """
+    import statistics
+    import time
+
+    def median_ms(step: Any) -> float:
+        step()
+        times = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return 1e3 * statistics.median(times)
+
+    height, width = rgb.shape[:2]
+    with FaceAnalyzer() as analyzer:
+        found = analyzer.detect(rgb)
+        if not found:
+            raise ValueError("measure_stages needs an image with a face")
+        crop_box = square_box_around(found[0].box, width, height, 2.2)
+        crop = crop_resize(rgb, crop_box, resolution)
+        in_crop = detection_in_crop(found[0], crop_box, resolution)
+        points = analyzer.mesh_at(crop, in_crop)
+        if points is None:
+            raise ValueError("measure_stages needs an image the mesh finds a face in")
+        mask = face_mask(points, resolution)
+        result = analyze_source(rgb, analyzer, resolution)
+        options = result.overlay_options
+        return {
+            "detect": median_ms(lambda: analyzer.detect(rgb)),
+            "crop": median_ms(lambda: crop_resize(rgb, crop_box, resolution)),
+            "mesh": median_ms(lambda: analyzer.mesh_at(crop, in_crop)),
+            "mask": median_ms(lambda: latent_mask(face_mask(points, resolution))),
+            "sharpness": median_ms(lambda: sharpness(crop)),
+            "analyze_source": median_ms(lambda: analyze_source(rgb, analyzer, resolution)),
+            "overlay": median_ms(lambda: overlay(crop, mask, **options)),
+            "phash": median_ms(lambda: phash(rgb)),
+        }
