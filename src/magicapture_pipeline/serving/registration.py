@@ -70,7 +70,6 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-
 def client_for(tracking_uri: str | None) -> MlflowClient:
     """An ``MlflowClient`` whose registry is the tracking store (sqlite keeps both); calls to a
     local sqlite store are serialised across processes (``tracking_store``)."""

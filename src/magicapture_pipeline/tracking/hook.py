@@ -245,8 +245,6 @@ class MlflowTrackingHook:
         logger.info("MLflow run %s %s", run.run_id, status)
 
 
-
-
 def _tracking_config(parameters: Mapping[str, Any]) -> TrackingConfig:
     try:
         return TrackingConfig.model_validate(plain(parameters.get("tracking") or {}))

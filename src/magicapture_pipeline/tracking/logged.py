@@ -58,8 +58,6 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-
-
 def plain(value: Any) -> Any:
     """A pydantic model (Kedro 1.7 validates typed parameters into models) as a dict."""
     return value.model_dump() if hasattr(value, "model_dump") else value
@@ -81,7 +79,6 @@ def _is_number(value: Any) -> bool:
         and not isinstance(value, bool)
         and math.isfinite(float(value))
     )
-
 
 
 def _git_tags(project_path: Path) -> dict[str, str]:
@@ -106,7 +103,6 @@ def _git_tags(project_path: Path) -> dict[str, str]:
         "git.dirty": str(dirty).lower(),
         "mlflow.source.git.commit": commit or "unknown",
     }
-
 
 
 def run_tags(
@@ -139,7 +135,6 @@ def session_id(run_params: Mapping[str, Any]) -> str:
 def _class_name(text: str) -> str:
     """``<kedro.runner.thread_runner.ThreadRunner object at 0x..>`` -> ``ThreadRunner``."""
     return text.strip("<>").split(" object")[0].rsplit(".", 1)[-1]
-
 
 
 def _scalar_options(data: Mapping[str, Any], prefix: str, depth: int = 3) -> dict[str, str]:
@@ -181,7 +176,6 @@ def option_tags(dataset_name: str, data: Mapping[str, Any]) -> dict[str, str]:
     return {_key(k): clipped(v, MAX_TAG_LENGTH) for k, v in tags.items()}
 
 
-
 def pipeline_params(pipeline: Any, catalog: Any, parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters the pipeline reads, flattened; every parameter if it reads ``parameters``."""
     inputs = sorted(pipeline.inputs())
@@ -198,7 +192,6 @@ def pipeline_params(pipeline: Any, catalog: Any, parameters: Mapping[str, Any]) 
 
 def _numeric_column(column: Any) -> bool:
     return column.dtype.kind in "iuf"
-
 
 
 def history_metrics(prefix: str, history: Any) -> list[Any]:
@@ -248,7 +241,6 @@ def as_mapping(data: Any, path: Path | None) -> Mapping[str, Any] | None:
     return content or None
 
 
-
 def log_saved(
     client: Any, run_id: str, path: Path | None, data: Any, folder: str, name: str, limit: int
 ) -> None:
@@ -271,7 +263,6 @@ def _files(folder: Path, limit: int) -> Iterator[Path]:
             logger.info("MLflow: logged the first %d files of %s", limit, folder)
             return
         yield path
-
 
 
 def _log_in_memory(client: Any, run_id: str, data: Any, folder: str, name: str, limit: int) -> None:
