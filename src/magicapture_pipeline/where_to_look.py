@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from magicapture_pipeline.concepts import validate_concept_name
+from magicapture_pipeline.tracking.uris import resolve_tracking_uri, tracking_section
 
 REPORTS = Path("data/08_reporting")
 
@@ -32,21 +33,18 @@ def _params(project: Path, env: str, concept: str | None = None) -> dict[str, An
 
 
 def _registry_lines(tracking_uri: str, model_name: str, env: str) -> list[str]:
-    from mlflow import MlflowClient
+    from magicapture_pipeline.serving.promotion import aliases  # imports MLflow: only here
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        model = client.get_registered_model(model_name)
-    except Exception:  # noqa: BLE001 - nothing registered yet
+    found = aliases(tracking_uri, model_name)
+    if found is None:
         return [f"    {model_name}: not registered yet"]
-    aliases = model.aliases or {}
     lines = [
         f"    {model_name}: "
-        + (", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "no aliases")
+        + (", ".join(f"@{a} -> v{v}" for a, v in sorted(found.items())) or "no aliases")
     ]
     lines.append(
         f"    load it: mlflow.pyfunc.load_model('models:/{model_name}@champion')"
-        if "champion" in aliases
+        if "champion" in found
         else f"    promote it: make promote ENV={env} "
         f"CONCEPT={model_name.removeprefix('magicapture-')}"
     )
@@ -55,13 +53,10 @@ def _registry_lines(tracking_uri: str, model_name: str, env: str) -> list[str]:
 
 def summary(project: Path, env: str, concept: str | None = None) -> str:
     """The text printed at the end of ``make demo`` (for ``concept``, default the env's)."""
-    from magicapture_pipeline.tracking.hook import resolve_tracking_uri
-
     params = _params(project, env, concept)
     concept = validate_concept_name(params.get("concept"))
     reports_dir = REPORTS / concept
-    tracking = params.get("tracking") or {}
-    tracking = tracking.model_dump() if hasattr(tracking, "model_dump") else tracking
+    tracking = tracking_section(params)
     registry = params.get("registry") or {}
     registry = registry.model_dump() if hasattr(registry, "model_dump") else registry
     uri = resolve_tracking_uri(project, tracking.get("tracking_uri"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -25,6 +26,17 @@ def _no_temporaries(folder: Path) -> bool:
 
 def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_json_writer_replaces_whole_and_leaves_no_temporary(tmp_path):
+    """The one JSON writer of state files (batch attempts/result, progress): old or new, whole."""
+    target = tmp_path / "state" / "result.json"
+    atomic.write_json(target, {"status": "failed", "path": Path("a")})
+    assert json.loads(target.read_text()) == {"status": "failed", "path": "a"}
+    assert target.read_text().startswith('{\n  "status"')  # indent=2 unless asked otherwise
+    atomic.write_json(target, {"stage": "done"}, indent=None)
+    assert target.read_text() == '{"stage": "done"}'
+    assert _no_temporaries(target.parent)
 
 
 def test_file_write_failure_keeps_the_old_file_and_names_the_path(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from magicapture_pipeline.pipelines.evaluate.nodes import evaluate_generated
-from magicapture_pipeline.tracking.hook import option_tags
+from magicapture_pipeline.tracking.logged import option_tags
 
 
 @pytest.mark.parametrize("enabled", [False, True])

@@ -24,9 +24,9 @@ from magicapture_pipeline.config.serving import ServingConfig
 from magicapture_pipeline.config.tracking import PromotionGates, RegistryConfig
 from magicapture_pipeline.pipelines.promote.nodes import apply_promotion
 from magicapture_pipeline.pipelines.register.nodes import register_concept
-from magicapture_pipeline.serving.registry import (
+from magicapture_pipeline.serving.concept_model import decode_image
+from magicapture_pipeline.serving.promotion import (
     PromotionRefused,
-    decode_image,
     failed_gates,
     promote,
     rollback,

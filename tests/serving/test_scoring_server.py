@@ -30,7 +30,8 @@ from magicapture_pipeline.config.serving import ServingConfig, ServingLimits
 from magicapture_pipeline.config.tracking import RegistryConfig
 from magicapture_pipeline.core.generation.postprocess import read_provenance
 from magicapture_pipeline.pipelines.register.nodes import register_concept
-from magicapture_pipeline.serving.registry import decode_image, promote
+from magicapture_pipeline.serving.concept_model import decode_image
+from magicapture_pipeline.serving.promotion import promote
 
 pytestmark = pytest.mark.slow
 

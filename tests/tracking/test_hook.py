@@ -24,13 +24,9 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from conftest import run_kedro
-from magicapture_pipeline.tracking.hook import (
-    RUN_DATASET,
-    MlflowTrackingHook,
-    dataset_path,
-    flatten,
-    option_tags,
-)
+from magicapture_pipeline.tracking.catalog import RUN_DATASET, dataset_path
+from magicapture_pipeline.tracking.hook import MlflowTrackingHook
+from magicapture_pipeline.tracking.logged import flatten, option_tags
 
 PARAMETERS = {
     "tracking": {"experiment_name": "magicapture-toy"},

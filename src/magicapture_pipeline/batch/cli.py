@@ -20,7 +20,8 @@ from typing import Any
 
 from magicapture_pipeline.batch.engines import LocalEngine, RayEngine
 from magicapture_pipeline.batch.manifest import ManifestError, load_manifest
-from magicapture_pipeline.batch.summary import LiveTable, build_summary, log_summary_run
+from magicapture_pipeline.batch.summary import LiveTable, build_summary
+from magicapture_pipeline.tracking.batches import log_summary_run
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def _tracking_uri(project: Path, env: str) -> str | None:
     from kedro.config import OmegaConfigLoader
 
     from magicapture_pipeline.settings import CONFIG_LOADER_ARGS
-    from magicapture_pipeline.tracking.hook import resolve_tracking_uri, tracking_disabled_by_env
+    from magicapture_pipeline.tracking.uris import resolve_tracking_uri, tracking_disabled_by_env
 
     if tracking_disabled_by_env():
         return None

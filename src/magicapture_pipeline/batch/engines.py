@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from magicapture_pipeline.batch.worker import describe_failure, write_json
+from magicapture_pipeline.batch.worker import describe_failure
+from magicapture_pipeline.core.atomic import write_json
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": local Ray keeps every port on 127.0.0.1
 POLL_S = 0.5

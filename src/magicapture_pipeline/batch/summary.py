@@ -1,4 +1,6 @@
-"""What a batch shows while it runs (the live table) and leaves behind (summary JSON + MLflow).
+"""What a batch shows while it runs (the live table) and leaves behind (the summary JSON).
+
+The summary is also logged as one MLflow run (``tracking/batches.py``).
 
 The table is read from each concept's state folder (``attempts``, ``progress.json``,
 ``result.json``), so it looks the same whichever engine or machine runs the concept. On a terminal
@@ -13,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-SUMMARY_EXPERIMENT = "magicapture-batches"
 CONCEPT_FIELDS = (
     "name", "status", "reason", "mlflow_run_id", "registered_version", "concept_dir", "attempts",
     "wall_s", "peak_rss_mb",
@@ -121,33 +122,3 @@ def build_summary(
         "engine_info": engine_info,
         "concepts": concepts,
     }
-
-
-def log_summary_run(summary: dict[str, Any], summary_file: Path, tracking_uri: str) -> str:
-    """One MLflow run in ``magicapture-batches`` whose artifact is the summary; returns its id."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    from magicapture_pipeline.tracking.store import tracking_client
-
-    client = tracking_client(tracking_uri)
-    experiment = client.get_experiment_by_name(SUMMARY_EXPERIMENT)
-    experiment_id = (
-        experiment.experiment_id if experiment else client.create_experiment(SUMMARY_EXPERIMENT)
-    )
-    run = client.create_run(
-        experiment_id, run_name=summary["batch_id"],
-        tags={"magicapture.batch_id": summary["batch_id"], "mlflow.source.name": "make batch"},
-    )
-    run_id = run.info.run_id
-    now = int(time.time() * 1000)
-    params = [Param(k, str(summary[k])) for k in ("engine", "workers", "env", "manifest")]
-    metrics = [Metric(k, float(summary[k]), now, 0) for k in ("wall_s", "succeeded", "failed")]
-    tags = []
-    for concept in summary["concepts"]:
-        tags.append(RunTag(f"concept.{concept['name']}.status", str(concept["status"])))
-        if concept.get("mlflow_run_id"):
-            tags.append(RunTag(f"concept.{concept['name']}.run_id", concept["mlflow_run_id"]))
-    client.log_batch(run_id, metrics=metrics, params=params, tags=tags[:100])
-    client.log_artifact(run_id, str(summary_file))
-    client.set_terminated(run_id, status="FINISHED" if summary["failed"] == 0 else "FAILED")
-    return run_id

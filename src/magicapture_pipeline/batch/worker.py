@@ -6,7 +6,7 @@ process per task). Both leave the same files in the concept's state folder
 ``data/08_reporting/batch/<batch-id>/<concept>/``:
 
 * ``attempts``: how many times this concept was started (a retry reads and increments it);
-* ``progress.json``: the running stage (written by ``concept_hooks.ProgressHook``);
+* ``progress.json``: the running stage (written by ``hooks/concept.py``'s ``ProgressHook``);
 * ``result.json``: the outcome (see :func:`execute_job`).
 
 Attempt 1 starts from scratch: it removes the concept's old training checkpoints (under the
@@ -31,20 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from magicapture_pipeline.batch.manifest import set_nested
-from magicapture_pipeline.tracking.hook import BATCH_ID_ENV
+from magicapture_pipeline.core.atomic import write_json
+from magicapture_pipeline.tracking.batches import mark_dead_runs, session_run_id
+from magicapture_pipeline.tracking.logged import BATCH_ID_ENV
 
 logger = logging.getLogger(__name__)
 
 TRAINING_STAGES = ("stage_one", "stage_two")
 MAX_REASON = 4000
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Replace ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def next_attempt(state_dir: Path) -> int:
@@ -72,42 +66,8 @@ def _clear_checkpoints(project: Path, concept: str, params: dict[str, Any]) -> N
                 shutil.rmtree(project / folder)
 
 
-def _tracking(params: dict[str, Any], project: Path) -> tuple[Any, str] | None:
-    from magicapture_pipeline.tracking.hook import resolve_tracking_uri, tracking_disabled_by_env
-    from magicapture_pipeline.tracking.store import tracking_client
-
-    tracking = params.get("tracking") or {}
-    tracking = tracking.model_dump() if hasattr(tracking, "model_dump") else dict(tracking)
-    if tracking_disabled_by_env() or tracking.get("enabled") is False:
-        return None
-    client = tracking_client(resolve_tracking_uri(project, tracking.get("tracking_uri")))
-    experiment = client.get_experiment_by_name(tracking.get("experiment_name") or "")
-    return (client, experiment.experiment_id) if experiment else None
-
-
-def _mark_dead_runs(params: dict[str, Any], project: Path, batch_id: str) -> None:
-    """Runs of this batch left RUNNING by a worker that died are KILLED, not forever RUNNING."""
-    found = _tracking(params, project)
-    if found is None:
-        return
-    client, experiment_id = found
-    query = f"tags.`magicapture.batch_id` = '{batch_id}' and attributes.status = 'RUNNING'"
-    for run in client.search_runs([experiment_id], filter_string=query):
-        client.set_terminated(run.info.run_id, status="KILLED")
-
-
-def _run_id(params: dict[str, Any], project: Path, session_id: str) -> str | None:
-    found = _tracking(params, project)
-    if found is None:
-        return None
-    client, experiment_id = found
-    query = f"tags.`kedro.run_id` = '{session_id}'"
-    runs = client.search_runs([experiment_id], filter_string=query)
-    return runs[0].info.run_id if runs else None
-
-
 def _outcome(context: Any, succeeded: bool) -> dict[str, Any]:
-    from magicapture_pipeline.tracking.hook import dataset_path
+    from magicapture_pipeline.tracking.catalog import dataset_path
 
     catalog = context.catalog
     concept_dir = dataset_path(catalog, "concept")
@@ -174,7 +134,7 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
                 context = session.load_context()
                 params = dict(context.params)
                 if resume:
-                    _mark_dead_runs(params, project, job["batch_id"])
+                    mark_dead_runs(params, project, job["batch_id"])
                 else:
                     _clear_checkpoints(project, job["name"], params)
                 try:
@@ -186,7 +146,7 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
                 outcome = _outcome(context, result["status"] == "succeeded")
                 result["concept_dir"] = outcome["concept_dir"]
                 result["registered_version"] = outcome["registered_version"]
-                result["mlflow_run_id"] = outcome["registered_run_id"] or _run_id(
+                result["mlflow_run_id"] = outcome["registered_run_id"] or session_run_id(
                     params, project, session.session_id
                 )
         except Exception as error:  # noqa: BLE001 - a session that could not even start

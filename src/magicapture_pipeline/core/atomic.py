@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 class WriteFailed(OSError):
@@ -111,6 +113,16 @@ def write_bytes(target: str | Path, data: bytes) -> None:
 def write_text(target: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``target`` atomically."""
     write_bytes(target, text.encode("utf-8"))
+
+
+def write_json(target: str | Path, data: Any, *, indent: int | None = 2) -> None:
+    """Write ``data`` as JSON to ``target`` atomically (objects JSON cannot hold as ``str``).
+
+    The one JSON writer of the project's own state files (a batch's ``attempts``, ``result.json``,
+    ``progress.json``); the catalog's JSON reports go through ``datasets/atomic.py``, which uses
+    :func:`atomic_path` too.
+    """
+    write_text(target, json.dumps(data, indent=indent, default=str))
 
 
 def fsync_tree(folder: str | Path) -> None:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -21,6 +20,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from magicapture_pipeline.concepts import ConceptLock, validate_concept_name
+from magicapture_pipeline.core import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +77,8 @@ class ConceptLockHook:
 
 def write_progress(path: str | Path, **fields: Any) -> None:
     """Replace the progress file atomically (a reader never sees half a JSON)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     record = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), **fields}
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, target)
+    atomic.write_json(path, record, indent=None)
 
 
 class ProgressHook:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from magicapture_pipeline.config.tracking import PromoteRequest, RegistryConfig
-from magicapture_pipeline.serving.registry import client_for, promote, rollback
+from magicapture_pipeline.serving.promotion import promote, rollback
+from magicapture_pipeline.serving.registration import client_for
 
 
 def apply_promotion(

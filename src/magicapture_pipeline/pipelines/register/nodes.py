@@ -1,4 +1,4 @@
-"""Node of the ``register`` pipeline: the registry does the work (``registry.register_concept``)."""
+"""Node of the ``register`` pipeline: ``serving.registration.register_concept`` does the work."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from magicapture_pipeline.config.tracking import RegistryConfig
 from magicapture_pipeline.core.generation.export import git_commit
 from magicapture_pipeline.pipelines.shared import base_model_path
 from magicapture_pipeline.serving.base_model import portable_reference
-from magicapture_pipeline.serving.registry import register_concept as register_in_mlflow
+from magicapture_pipeline.serving.registration import register_concept as register_in_mlflow
 
 logger = logging.getLogger(__name__)
 
