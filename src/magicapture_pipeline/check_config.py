@@ -1,4 +1,4 @@
-"""Check a run's parameters before any work: a project hook, and the same check on its own.
+"""Check a run's parameters before any work (``hooks/parameter_check.py`` runs it as a hook).
 
 Every ``kedro run`` checks all the parameter sections its pipelines read (``params:stage_two``
 included when stage two is hours away) before the first node runs, against the typed models in
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kedro.framework.hooks import hook_impl
 
 from magicapture_pipeline.config.recipes import official_recipe
 from magicapture_pipeline.config.sections import (
@@ -39,19 +38,6 @@ from magicapture_pipeline.config.sections import (
     effective_section,
     sections_read_by,
 )
-
-
-class ParameterCheckHook:
-    """Refuses a run whose parameters break their typed models, before its first node."""
-
-    @hook_impl(tryfirst=True)  # before the tracking hook starts an MLflow run
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        parameters = catalog.load("parameters") if "parameters" in catalog else {}
-        sections = sections_read_by(pipeline.inputs())
-        problems = check_sections(parameters or {}, sections)
-        if problems:
-            names = ",".join(run_params.get("pipeline_names") or ["__default__"])
-            raise ParameterError(problems, f"kedro run --pipelines={names}; nothing was run")
 
 
 def _runtime_params(text: str | None) -> dict[str, Any]:
@@ -77,7 +63,7 @@ def _leaves(value: Any, prefix: str) -> dict[str, Any]:
 
 def _layers(project_path: Path, env: str) -> list[tuple[str, dict[str, Any]]]:
     """``(file, its keys as dotted leaves)`` for every parameters file, lowest layer first."""
-    from magicapture_pipeline.settings import ENV_PARENTS
+    from magicapture_pipeline.config.loader import ENV_PARENTS
 
     envs = [env]
     while envs[0] in ENV_PARENTS:

@@ -2,7 +2,7 @@
 
 ``python -m magicapture_pipeline.dvc_stages`` writes it (``make dvc-yaml``); ``--check`` only says
 whether the committed file is current (exit 1 and the first differing line if not). One stage per
-pipeline of the main job (``pipeline_registry.CUSTOMIZE_CHAIN``), run for every concept listed
+pipeline of the main job (``pipelines.CUSTOMIZE_CHAIN``), run for every concept listed
 under ``concepts`` in ``params.yaml`` (DVC ``foreach``). For the pipeline of a stage:
 
 - outs: the catalog path of every dataset its nodes write (``all_outputs``, so a dataset a later
@@ -283,7 +283,8 @@ def stage_for(
 
 def render(env: str | None = None, root: Path = PROJECT_ROOT) -> str:
     """The text of ``dvc.yaml`` for ``env`` (default: ``kedro_env`` in ``params.yaml``)."""
-    from magicapture_pipeline.pipeline_registry import CUSTOMIZE_CHAIN, discover_pipelines
+    from magicapture_pipeline.pipeline_registry import discover_pipelines
+    from magicapture_pipeline.pipelines import CUSTOMIZE_CHAIN
 
     env = env or tracked_env(root)
     pipelines = discover_pipelines()

@@ -16,17 +16,7 @@ import pkgutil
 from kedro.pipeline import Pipeline
 
 import magicapture_pipeline.pipelines as pipelines_package
-
-# The order of the main job.
-CUSTOMIZE_CHAIN = (
-    "preprocess",
-    "train_stage_one",
-    "train_stage_two",
-    "generate",
-    "postprocess",
-    "evaluate",
-    "register",
-)
+from magicapture_pipeline.pipelines import CUSTOMIZE_CHAIN
 
 
 def discover_pipelines() -> dict[str, Pipeline]:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel
 
 from magicapture_pipeline.check_config import knob_sources
+from magicapture_pipeline.config.loader import LayeredConfigLoader
 from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.recipes import official_recipe
 from magicapture_pipeline.config.sections import SECTIONS, effective_section
@@ -23,7 +24,7 @@ from magicapture_pipeline.config.training import (
     StageOneConfig,
     StageTwoConfig,
 )
-from magicapture_pipeline.settings import CONFIG_LOADER_ARGS, LayeredConfigLoader
+from magicapture_pipeline.settings import CONFIG_LOADER_ARGS
 
 PROJECT = Path(__file__).resolve().parents[2]
 CONF = PROJECT / "conf"

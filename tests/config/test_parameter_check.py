@@ -10,7 +10,7 @@ import pytest
 from kedro.pipeline import Node, Pipeline
 
 from conftest import run_kedro
-from magicapture_pipeline.check_config import ParameterCheckHook, _runtime_params
+from magicapture_pipeline.check_config import _runtime_params
 from magicapture_pipeline.config.docs import config_models
 from magicapture_pipeline.config.ranges import field_range
 from magicapture_pipeline.config.sections import (
@@ -19,6 +19,7 @@ from magicapture_pipeline.config.sections import (
     check_sections,
     sections_read_by,
 )
+from magicapture_pipeline.hooks.parameter_check import ParameterCheckHook
 
 # Numeric fields whose whole type is the rule.
 FREE_NUMBERS: set[str] = set()

@@ -51,11 +51,19 @@ def numbers(value, prefix: str = "") -> dict[str, float]:
 def run_demo(workdir: Path) -> tuple[Path, dict[str, float]]:
     """Run the shrunk demo in a copy of the project; the concept folder and metrics numbers."""
     project = copy_project(workdir / "project")
-    os.environ["MAGICAPTURE_MLFLOW"] = "0"
-    os.environ["OMP_NUM_THREADS"] = "1"
-    done = run_kedro(
-        project, "run", "--pipelines=customize", "--env=demo", f"--params={SHRINK}", timeout=1500
-    )
+    saved = {key: os.environ.get(key) for key in ("MAGICAPTURE_MLFLOW", "OMP_NUM_THREADS")}
+    os.environ.update(MAGICAPTURE_MLFLOW="0", OMP_NUM_THREADS="1")
+    try:
+        done = run_kedro(
+            project, "run", "--pipelines=customize", "--env=demo", f"--params={SHRINK}",
+            timeout=1500,
+        )  # fmt: skip
+    finally:  # the caller's environment as it was (later tests in this process track again)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-4000:])
     (concept,) = (project / "data" / "06_models").glob("*/concept")

@@ -100,7 +100,7 @@ def test_dvc_params_file_selects_the_demo_env_and_concept():
 
 
 def test_every_stage_runs_its_pipeline_per_concept_in_the_chosen_env():
-    from magicapture_pipeline.pipeline_registry import CUSTOMIZE_CHAIN
+    from magicapture_pipeline.pipelines import CUSTOMIZE_CHAIN
 
     stages = dvc_stages()
     assert list(stages) == list(CUSTOMIZE_CHAIN)

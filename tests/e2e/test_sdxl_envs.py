@@ -15,8 +15,8 @@ CONF = PROJECT_ROOT / "conf"
 
 
 def test_demo_sdxl_extends_demo():
-    """demo-sdxl is demo plus its own model and concept (settings.ENV_PARENTS), not a copy."""
-    from magicapture_pipeline.settings import ENV_PARENTS
+    """demo-sdxl is demo plus its own model and concept (config.loader.ENV_PARENTS), not a copy."""
+    from magicapture_pipeline.config.loader import ENV_PARENTS
 
     assert ENV_PARENTS["demo-sdxl"] == "demo"
     model = _params("demo-sdxl")["model"]

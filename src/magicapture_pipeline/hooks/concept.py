@@ -98,7 +98,7 @@ class ProgressHook:
             return
         from kedro.framework.project import pipelines
 
-        from magicapture_pipeline.pipeline_registry import CUSTOMIZE_CHAIN
+        from magicapture_pipeline.pipelines import CUSTOMIZE_CHAIN
 
         self._stages = {}
         for stage in CUSTOMIZE_CHAIN:
