@@ -46,6 +46,7 @@ def _numbers(value):
     return out
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_customize_twice_with_one_seed_is_identical(project_copy, monkeypatch):
     monkeypatch.setenv("MAGICAPTURE_MLFLOW", "0")

@@ -80,6 +80,7 @@ def test_two_stage_run_on_the_demo_photos(tmp_path):
     assert np.abs(_image(stock) - with_lora).max() > 1e-3  # the LoRA changes the output
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_kedro_demo_run_writes_the_concept(project_copy):
     """The issue's done criterion: the demo chain up to stage two through the Kedro CLI."""

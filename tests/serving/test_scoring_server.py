@@ -179,6 +179,7 @@ BAD_REQUESTS = [
 ]
 
 
+@pytest.mark.service
 def test_concurrent_load_and_bad_requests(server):
     def good(index: int) -> tuple[int, dict, float]:
         return post(server, [{"prompt": PROMPT, "seed": index}])
@@ -226,6 +227,7 @@ def test_make_serve_binds_loopback_with_the_venv_on_path():
     assert f'PATH="{PROJECT_ROOT}/.venv/bin:' in done
 
 
+@pytest.mark.integration
 def test_batch_pipeline_writes_images_and_records(registry, project_copy):
     root, uri = registry
     prompts = project_copy / "prompts.csv"
