@@ -20,11 +20,6 @@ from magicapture_pipeline.core.models.loading import (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny") / "tiny_sd", TinyModelConfig())
-
-
 @pytest.mark.parametrize(
     ("text", "tokens"),
     [
