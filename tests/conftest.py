@@ -68,6 +68,19 @@ def project_copy(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """One ``kedro run --pipelines=customize --env=demo`` (tracked in the copy's sqlite store),
+    shared by the tests that read what the whole demo chain writes.
+
+    Returns ``(project, finished_process)``. Those tests only read the project; they carry
+    ``@pytest.mark.xdist_group("demo_run")`` so that one worker runs the chain once.
+    """
+    project = copy_project(tmp_path_factory.mktemp("demo_run") / "project")
+    done = run_kedro(project, "run", "--pipelines=customize", "--env=demo", timeout=1800)
+    return project, done
+
+
 # --- one tiny random SD per session, one example builder ------------------------------------
 
 RES = 64

@@ -53,8 +53,9 @@ def test_notebook_runs_before_any_run(project_copy, monkeypatch):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_notebook_shows_the_last_demo_run(project_copy, monkeypatch):
-    done = run_kedro(project_copy, "run", "--pipelines=customize", "--env=demo", timeout=1800)
+@pytest.mark.xdist_group("demo_run")
+def test_notebook_shows_the_last_demo_run(demo_run, monkeypatch):
+    project_copy, done = demo_run
     assert done.returncode == 0, done.stderr[-4000:]
     notebook = execute(project_copy, monkeypatch)
     text = "".join(outputs(notebook, "text"))

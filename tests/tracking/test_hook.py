@@ -271,8 +271,9 @@ EXPECTED_IMAGES = ("images/mask_overlays", "images/attention_heatmaps", "images/
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_demo_customize_run_is_tracked_and_registered(project_copy):
-    done = run_kedro(project_copy, "run", "--pipelines=customize", "--env=demo", timeout=1800)
+@pytest.mark.xdist_group("demo_run")
+def test_demo_customize_run_is_tracked_and_registered(demo_run):
+    project_copy, done = demo_run
     assert done.returncode == 0, done.stderr[-4000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{project_copy / 'mlflow.db'}")
     run = only_run(client, "magicapture-demo")
