@@ -124,7 +124,7 @@ def _trainer(kind, tiny_dir, **overrides):
     )
 
 
-@pytest.mark.parametrize("kind", ["one", "two"])
+@pytest.mark.parametrize("kind", ["one", pytest.param("two", marks=pytest.mark.slow)])
 def test_resume_equals_uninterrupted(tiny_dir, tmp_path, kind):
     settings = {"max_steps": 4, "lr_scheduler": "linear", "lr_warmup_steps": 1}
     straight = _trainer(kind, tiny_dir, **settings)
@@ -288,7 +288,9 @@ def _identity_inputs(trainer):
     return noisy, timesteps, cond, example
 
 
-@pytest.mark.parametrize("decoder", ["vae", "tiny_autoencoder"])
+@pytest.mark.parametrize(
+    "decoder", ["vae", pytest.param("tiny_autoencoder", marks=pytest.mark.slow)]
+)
 def test_face_window_identity_gradient_reaches_the_unet(tiny_dir, decoder):
     # the speed options face_window + bf16; the TAESD stand-in has random weights
     trainer = _window_trainer(
