@@ -48,8 +48,8 @@ UNIT := not integration and not service
 test: install  ## every test: unit, integration (Kedro, DVC, notebook) and service tiers
 	$(PYTEST)
 
-test-fast: install  ## the unit tier: no Kedro session, DVC, notebook or service
-	$(PYTEST) -m "$(UNIT)"
+test-fast: install  ## the unit tier (no Kedro session, DVC, notebook or service), less the slow tests
+	$(PYTEST) -m "$(UNIT) and not slow"
 
 test-integration: install  ## the integration and service tiers only
 	$(PYTEST) -m "not ($(UNIT))"

@@ -2,10 +2,11 @@
 session, one builder of hand-made training examples, and the guard that keeps the test tiers honest.
 
 Tiers (``pyproject.toml`` declares the markers): a test with neither ``integration`` nor ``service``
-is a unit test (``make test-fast``). ``integration`` runs Kedro (``kedro run`` or a
-``KedroSession``), DVC or a notebook kernel; ``service`` starts PostgreSQL, Ray, a scoring or
-tracking server or Chromium. The guard below fails a test that does one of these without its
-marker, so ``-m "not integration and not service"`` stays fast and needs nothing running.
+is a unit test. ``integration`` runs Kedro (``kedro run`` or a ``KedroSession``), DVC or a
+notebook kernel; ``service`` starts PostgreSQL, Ray, a scoring or tracking server or Chromium;
+``slow`` marks a long test of any tier. ``make test-fast`` runs the unit tier less ``slow``. The
+guard below fails a test that runs Kedro, DVC, a kernel or a service without its marker, so
+``-m "not integration and not service"`` needs nothing running.
 """
 
 from __future__ import annotations
