@@ -32,7 +32,7 @@ from magicapture_pipeline.core.generation.postprocess import read_provenance
 from magicapture_pipeline.pipelines.register.nodes import register_concept
 from magicapture_pipeline.serving.registry import decode_image, promote
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scoring_server")]  # one registry
 
 MODEL = "magicapture-demo"
 PROMPT = "a photo of a [V1] person in the [V2] style"

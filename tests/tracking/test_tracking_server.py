@@ -20,6 +20,7 @@ from magicapture_pipeline.tracking import server as tracking_server
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.service,
+    pytest.mark.xdist_group("postgres"),  # one PostgreSQL cluster per module
     pytest.mark.skipif(
         tracking_server.pg_bin() is None,
         reason="PostgreSQL binaries not found ($MAGICAPTURE_PG_BIN, "
