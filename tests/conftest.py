@@ -78,7 +78,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     ``@pytest.mark.xdist_group("demo_run")`` so that one worker runs the chain once.
     """
     project = copy_project(tmp_path_factory.mktemp("demo_run") / "project")
-    done = run_kedro(project, "run", "--pipelines=customize", "--env=demo", timeout=1800)
+    with pytest.MonkeyPatch.context() as patch:  # tracked in the copy, whatever ran before
+        patch.delenv("MAGICAPTURE_MLFLOW", raising=False)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        done = run_kedro(project, "run", "--pipelines=customize", "--env=demo", timeout=1800)
     return project, done
 
 
