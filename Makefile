@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 CONCEPT ?= demo
 comma := ,
 
-.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast check-config bench bench-gpu promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop
+.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -39,11 +39,20 @@ demo-sdxl: install  ## the same chain on a tiny random SDXL (two text encoders, 
 	$(BIN)/kedro run --pipelines=customize --env=demo-sdxl
 	@$(BIN)/python -m magicapture_pipeline.where_to_look --env=demo-sdxl
 
-test: install  ## the test suite (CPU only, tiny models, real photos)
-	$(BIN)/python -m pytest
+# The suite runs in two worker processes (pytest-xdist), one per core, each torch on one thread
+# (two threads per worker on two cores oversubscribe and slow everything); tests that share a
+# session fixture (the demo run) carry one xdist_group and go to the same worker.
+PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
+UNIT := not integration and not service
 
-test-fast: install  ## the tests without the slow end-to-end runs
-	$(BIN)/python -m pytest -m "not slow"
+test: install  ## every test: unit, integration (Kedro, DVC, notebook) and service tiers
+	$(PYTEST)
+
+test-fast: install  ## the unit tier (no Kedro session, DVC, notebook or service), less the slow tests
+	$(PYTEST) -m "$(UNIT) and not slow"
+
+test-integration: install  ## the integration and service tiers only
+	$(PYTEST) -m "not ($(UNIT))"
 
 dvc-yaml: install  ## regenerate dvc.yaml from the pipelines, the catalog and params.yaml's kedro_env
 	$(BIN)/python -m magicapture_pipeline.dvc_stages

@@ -1,4 +1,13 @@
-"""Shared test fixtures: a throw-away copy of the project to run Kedro in."""
+"""Shared test fixtures: a throw-away copy of the project to run Kedro in, one tiny random SD per
+session, one builder of hand-made training examples, and the guard that keeps the test tiers honest.
+
+Tiers (``pyproject.toml`` declares the markers): a test with neither ``integration`` nor ``service``
+is a unit test. ``integration`` runs Kedro (``kedro run`` or a ``KedroSession``), DVC or a
+notebook kernel; ``service`` starts PostgreSQL, Ray, a scoring or tracking server or Chromium;
+``slow`` marks a long test of any tier. ``make test-fast`` runs the unit tier less ``slow``. The
+guard below fails a test that runs Kedro, DVC, a kernel or a service without its marker, so
+``-m "not integration and not service"`` needs nothing running.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +67,152 @@ def run_kedro(project: Path, *args: str, timeout: int = 900) -> subprocess.Compl
 def project_copy(tmp_path: Path) -> Path:
     """A fresh copy of the project in a temporary folder (data/ empty)."""
     return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """One ``kedro run --pipelines=customize --env=demo`` (tracked in the copy's sqlite store),
+    shared by the tests that read what the whole demo chain writes.
+
+    Returns ``(project, finished_process)``. Those tests only read the project; they carry
+    ``@pytest.mark.xdist_group("demo_run")`` so that one worker runs the chain once.
+    """
+    project = copy_project(tmp_path_factory.mktemp("demo_run") / "project")
+    with pytest.MonkeyPatch.context() as patch:  # tracked in the copy, whatever ran before
+        patch.delenv("MAGICAPTURE_MLFLOW", raising=False)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        done = run_kedro(project, "run", "--pipelines=customize", "--env=demo", timeout=1800)
+    return project, done
+
+
+# --- one tiny random SD per session, one example builder ------------------------------------
+
+RES = 64
+"""Side of the hand-made training crops, in pixels (the latent is ``RES // 8``)."""
+
+LANDMARKS = [[22.4, 25.6], [41.6, 25.6], [32.0, 35.2], [24.3, 44.8], [39.7, 44.8]]
+"""Five facial landmarks (eyes, nose, mouth corners) of a 64 px crop, as detection writes them."""
+
+
+def make_examples(res: int = RES) -> list:
+    """Four training examples (two ``source``, two ``reference``) of random pixels in [-1, 1].
+
+    Each has a centred square face mask on the latent grid (the middle half of each side) and
+    :data:`LANDMARKS` scaled to ``res``. Seeded, so every call returns the same tensors.
+    """
+    from magicapture_pipeline.core.training import TrainingExample
+
+    generator = torch.Generator().manual_seed(0)
+    latent = res // 8
+    mask = torch.zeros(1, latent, latent)
+    mask[:, latent // 4 : 3 * latent // 4, latent // 4 : 3 * latent // 4] = 1.0
+    return [
+        TrainingExample(
+            f"{role}{i}",
+            role,
+            torch.rand(3, res, res, generator=generator) * 2 - 1,
+            mask.clone(),
+            torch.tensor(LANDMARKS) * res / 64,
+        )
+        for role in ("source", "reference")
+        for i in range(2)
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory):
+    """Build (once per session and size) the tiny random SD of ``core.models.build_tiny_sd``.
+
+    Returns a function ``tiny_sd(sample_size=128) -> Path`` of the saved folder. The weights are
+    seeded, so every test sees the same model; tests only read the folder (``from_pretrained``).
+    """
+    from magicapture_pipeline.config.training import TinyModelConfig
+    from magicapture_pipeline.core.models.builders import build_tiny_sd
+
+    built: dict[int, Path] = {}
+
+    def get(sample_size: int = TinyModelConfig().sample_size) -> Path:
+        if sample_size not in built:
+            folder = tmp_path_factory.mktemp(f"tiny_sd_{sample_size}") / "tiny_sd"
+            built[sample_size] = build_tiny_sd(folder, TinyModelConfig(sample_size=sample_size))
+        return built[sample_size]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_sd) -> Path:
+    """The session's tiny random SD at the default size (``TinyModelConfig()``)."""
+    return tiny_sd()
+
+
+# --- the tier guard ---------------------------------------------------------------------------
+
+_INTEGRATION_PROGRAMS = {"kedro", "dvc", "ipykernel_launcher"}
+_SERVICE_PROGRAMS = {"pg_ctl", "initdb", "postgres", "chromium", "uvicorn", "gunicorn", "raylet"}
+_current: list[pytest.Item] = []  # the test being set up, run or torn down
+
+
+def tier_of_command(args) -> str | None:
+    """The tier a child process needs (``"integration"``, ``"service"``) or None for a unit test.
+
+    ``args`` is what ``subprocess.Popen`` got: a program and its arguments, or a shell string.
+    """
+    words = args.split() if isinstance(args, str | bytes) else [os.fspath(a) for a in args]
+    words = [w.decode() if isinstance(w, bytes) else str(w) for w in words]
+    names = {Path(w).name for w in words}
+    modules = {words[i + 1] for i, w in enumerate(words[:-1]) if w == "-m"}
+    if names & _SERVICE_PROGRAMS or any("/ray/" in w for w in words):
+        return "service"
+    if "magicapture_pipeline.tracking.server" in modules:
+        return "service"
+    if ("mlflow" in names or "mlflow" in modules) and {"serve", "server"} & set(words):
+        return "service"
+    if names & _INTEGRATION_PROGRAMS or modules & _INTEGRATION_PROGRAMS:
+        return "integration"
+    return None
+
+
+def _require(tier: str, what: str) -> None:
+    """Fail the current test if it does ``what`` without the ``tier`` marker."""
+    if _current and _current[-1].get_closest_marker(tier) is None:
+        item = _current[-1]
+        pytest.fail(
+            f"{item.nodeid} {what} but is not marked {tier}: add @pytest.mark.{tier} "
+            "(or the module's pytestmark) so the unit tier stays fast and needs no service",
+            pytrace=False,
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Install the tier guard: every child process and every in-process Kedro session is checked
+    against the current test's markers (fixtures of any scope included, since the guard is on
+    from the first setup to the last teardown)."""
+    from kedro.framework.session import KedroSession
+
+    execute_child = subprocess.Popen._execute_child
+    create = KedroSession.__dict__["create"]
+
+    def checked_child(self, args, *rest, **kwargs):
+        tier = tier_of_command(args)
+        if tier is not None:
+            _require(tier, f"starts {args if isinstance(args, str) else list(args)[:4]}")
+        return execute_child(self, args, *rest, **kwargs)
+
+    def checked_create(cls, *args, **kwargs):
+        _require("integration", "creates a KedroSession")
+        return create.__func__(cls, *args, **kwargs)
+
+    subprocess.Popen._execute_child = checked_child
+    KedroSession.create = classmethod(checked_create)
+    config.add_cleanup(lambda: setattr(subprocess.Popen, "_execute_child", execute_child))
+    config.add_cleanup(lambda: setattr(KedroSession, "create", create))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem):
+    _current.append(item)
+    try:
+        yield
+    finally:
+        _current.pop()

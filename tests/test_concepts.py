@@ -110,6 +110,7 @@ def test_overwrite_removes_partitions_of_an_earlier_run(tmp_path):
     assert sorted(p.name for p in (tmp_path / "crops").rglob("*") if p.is_file()) == ["kept"]
 
 
+@pytest.mark.integration
 def test_a_bad_name_is_refused_by_kedro_run_before_any_io(project_copy):
     env = {**os.environ, "MAGICAPTURE_MLFLOW": "0"}
     done = subprocess.run(
@@ -183,6 +184,7 @@ def test_held_lock_is_refreshed(tmp_path):
         lock.release()
 
 
+@pytest.mark.integration
 def test_kedro_run_on_a_locked_concept_is_refused(project_copy, monkeypatch):
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
@@ -215,6 +217,7 @@ def test_dvc_concepts_and_catalog_agree():
         validate_concept_name(name)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_rerun_after_the_photos_changed_keeps_nothing_of_the_old_ones(project_copy, tmp_path):
     """Same concept, a new source folder: its partitions and tables hold only the new photos."""

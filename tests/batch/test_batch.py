@@ -228,6 +228,7 @@ def check_three_concepts(
     return summary
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_local_batch_two_succeed_one_fails(project_copy, tmp_path):
     manifest = three_concepts(project_copy, tmp_path)
@@ -237,6 +238,9 @@ def test_local_batch_two_succeed_one_fails(project_copy, tmp_path):
     check_three_concepts(project_copy, manifest, output, "local", 2)
 
 
+@pytest.mark.integration
+@pytest.mark.service
+@pytest.mark.xdist_group("ray")  # one local Ray at a time
 @pytest.mark.slow
 def test_ray_batch_two_succeed_one_fails(project_copy, tmp_path):
     manifest = three_concepts(project_copy, tmp_path)
@@ -257,6 +261,9 @@ def _weights(concept_dir: Path) -> dict:
     return tensors
 
 
+@pytest.mark.integration
+@pytest.mark.service
+@pytest.mark.xdist_group("ray")  # one local Ray at a time
 @pytest.mark.slow
 def test_killed_ray_worker_resumes_from_its_checkpoint(project_copy, tmp_path):
     """Two identical concepts side by side; one's Ray worker is SIGKILLed mid stage two. Ray
@@ -302,6 +309,7 @@ def test_killed_ray_worker_resumes_from_its_checkpoint(project_copy, tmp_path):
     assert statuses == ["FINISHED", "KILLED"]
 
 
+@pytest.mark.integration
 def test_ctrl_c_stops_the_local_workers(project_copy):
     """The workers run in their own sessions (a dying worker must not take others with it), so
     an interrupted batch must stop them itself."""

@@ -154,6 +154,7 @@ def test_refused_knob_takes_no_concept_lock(tmp_path: Path):
     assert not list(tmp_path.rglob("*.lock"))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_kedro_run_with_a_bad_late_knob_fails_before_the_first_node(project_copy: Path):
     """A real `kedro run` of the whole chain: bad stage-two and generation knobs stop it before

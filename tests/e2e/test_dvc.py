@@ -224,6 +224,7 @@ json.dump({"lr": lr}, open("metrics.json", "w"))
 """
 
 
+@pytest.mark.integration
 def test_repro_is_idempotent_and_reruns_only_downstream(tmp_path):
     repo = git_repo(tmp_path / "repo")
     (repo / "dvc.yaml").write_text(TOY_DVC)
@@ -277,6 +278,7 @@ open(f"out/{key}/model.txt", "w").write(open(f"out/{key}/prepared.txt").read() +
 """
 
 
+@pytest.mark.integration
 def test_foreach_concepts_rerun_only_the_changed_concept(tmp_path):
     """The shape of dvc.yaml: one chain per concept; one concept's change reruns only it."""
     repo = git_repo(tmp_path / "repo")
@@ -302,6 +304,7 @@ def test_foreach_concepts_rerun_only_the_changed_concept(tmp_path):
     assert (repo / "out/bob/model.txt").read_text() == "b!"
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_real_chain_repro_then_noop_then_partial(tmp_path, monkeypatch):
     project = tmp_path / "project"

@@ -43,6 +43,7 @@ def outputs(notebook: nbformat.NotebookNode, kind: str) -> list:
     return found
 
 
+@pytest.mark.integration
 def test_notebook_runs_before_any_run(project_copy, monkeypatch):
     notebook = execute(project_copy, monkeypatch)
     text = "".join(outputs(notebook, "text"))
@@ -50,9 +51,11 @@ def test_notebook_runs_before_any_run(project_copy, monkeypatch):
     assert "not written yet" in text
 
 
+@pytest.mark.integration
 @pytest.mark.slow
-def test_notebook_shows_the_last_demo_run(project_copy, monkeypatch):
-    done = run_kedro(project_copy, "run", "--pipelines=customize", "--env=demo", timeout=1800)
+@pytest.mark.xdist_group("demo_run")
+def test_notebook_shows_the_last_demo_run(demo_run, monkeypatch):
+    project_copy, done = demo_run
     assert done.returncode == 0, done.stderr[-4000:]
     notebook = execute(project_copy, monkeypatch)
     text = "".join(outputs(notebook, "text"))
@@ -61,6 +64,7 @@ def test_notebook_shows_the_last_demo_run(project_copy, monkeypatch):
     assert len(outputs(notebook, "image/png")) >= 4
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_kedro_viz_build_renders_the_pipelines(project_copy):
     done = run_kedro(project_copy, "viz", "build", timeout=600)

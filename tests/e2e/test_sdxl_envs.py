@@ -55,6 +55,7 @@ def test_sdxl_envs_pass_the_parameter_check(env):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_demo_sdxl_customize_runs_end_to_end(project_copy):
     done = run_kedro(project_copy, "run", "--pipelines=customize", "--env=demo-sdxl", timeout=1800)

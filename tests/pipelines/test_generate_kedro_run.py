@@ -51,6 +51,7 @@ def _write(path: Path, image: Image.Image) -> None:
     image.save(path)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_kedro_run_generate_postprocess_evaluate(project_copy: Path, monkeypatch):
     monkeypatch.setenv("MAGICAPTURE_MLFLOW", "0")

@@ -204,6 +204,7 @@ def test_written_images_carry_no_exif_or_gps(bad_run):
                          for p in masks)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_kedro_demo_run_writes_the_catalog(project_copy):
     (project_copy / "src").mkdir(exist_ok=True)  # Kedro insists on the source dir existing
@@ -232,6 +233,7 @@ def test_kedro_demo_run_writes_the_catalog(project_copy):
     assert "it/s]" not in result.stderr  # great-expectations progress bars silenced
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_kedro_run_stops_on_invalid_set(project_copy, tmp_path):
     (project_copy / "src").mkdir(exist_ok=True)

@@ -15,7 +15,6 @@ from kedro_datasets.pillow import ImageDataset
 from PIL import Image
 from test_train_stage_one import RES, demo_inputs
 
-from conftest import run_kedro
 from magicapture_pipeline.core.generation.export import load_concept
 from magicapture_pipeline.datasets.concept import ConceptDataset
 from magicapture_pipeline.datasets.tensors import SafetensorsDataset
@@ -80,15 +79,13 @@ def test_two_stage_run_on_the_demo_photos(tmp_path):
     assert np.abs(_image(stock) - with_lora).max() > 1e-3  # the LoRA changes the output
 
 
+@pytest.mark.integration
 @pytest.mark.slow
-def test_kedro_demo_run_writes_the_concept(project_copy):
-    """The issue's done criterion: the demo chain up to stage two through the Kedro CLI."""
-    result = run_kedro(
-        project_copy,
-        "run",
-        "--pipelines=sample_data,preprocess,train_stage_one,train_stage_two",
-        "--env=demo",
-    )
+@pytest.mark.xdist_group("demo_run")
+def test_kedro_demo_run_writes_the_concept(demo_run):
+    """The issue's done criterion: the demo chain up to stage two through the Kedro CLI (the
+    shared ``customize`` run, which holds these stages)."""
+    project_copy, result = demo_run
     assert result.returncode == 0, result.stderr[-4000:]
     # the demo env's concept is "demo": data/<layer>/demo/ (conf/demo/globals.yml)
     concept = project_copy / "data" / "06_models" / "demo" / "concept"

@@ -334,6 +334,7 @@ def test_champion_loads_elsewhere_from_its_own_code_and_requirements(
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_promote_and_rollback_from_the_command_line(project_copy, tiny_concept):
     uri = f"sqlite:///{project_copy / 'mlflow.db'}"

@@ -33,7 +33,7 @@ from magicapture_pipeline.pipelines.register.nodes import register_concept
 from magicapture_pipeline.serving.concept_model import decode_image
 from magicapture_pipeline.serving.promotion import promote
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scoring_server")]  # one registry
 
 MODEL = "magicapture-demo"
 PROMPT = "a photo of a [V1] person in the [V2] style"
@@ -180,6 +180,7 @@ BAD_REQUESTS = [
 ]
 
 
+@pytest.mark.service
 def test_concurrent_load_and_bad_requests(server):
     def good(index: int) -> tuple[int, dict, float]:
         return post(server, [{"prompt": PROMPT, "seed": index}])
@@ -227,6 +228,7 @@ def test_make_serve_binds_loopback_with_the_venv_on_path():
     assert f'PATH="{PROJECT_ROOT}/.venv/bin:' in done
 
 
+@pytest.mark.integration
 def test_batch_pipeline_writes_images_and_records(registry, project_copy):
     root, uri = registry
     prompts = project_copy / "prompts.csv"

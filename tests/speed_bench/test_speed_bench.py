@@ -18,6 +18,7 @@ def quick_tiny(monkeypatch):
     return spec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["trainer", "harness"])
 def test_measure_size_reports_every_step_figure_and_ratio(quick_tiny, engine):
     result = speed_bench.measure_size("tiny", profile_missed=False, engine=engine)

@@ -24,6 +24,7 @@ def quick_sdxl(monkeypatch):
     return spec
 
 
+@pytest.mark.slow
 def test_sdxl_like_size_reports_every_figure_through_the_trainers(quick_sdxl):
     result = speed_bench.measure_size("sdxl_like_256", profile_missed=False)
     assert result["engine"] == "trainer" and "engine_error" not in result

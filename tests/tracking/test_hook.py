@@ -211,6 +211,7 @@ def test_thread_runner_logs_to_the_same_run(tmp_path, tracking):
     assert run.data.metrics["csim"] == pytest.approx(0.42)
 
 
+@pytest.mark.integration
 def test_failed_kedro_run_is_marked_failed_and_champion_untouched(project_copy):
     """A real failing ``kedro run`` (a promotion refused by the base env's gates)."""
     uri = f"sqlite:///{project_copy / 'mlflow.db'}"
@@ -264,9 +265,11 @@ def test_dataset_path_finds_files_and_folders(tmp_path):
 EXPECTED_IMAGES = ("images/mask_overlays", "images/attention_heatmaps", "images/samples")
 
 
+@pytest.mark.integration
 @pytest.mark.slow
-def test_demo_customize_run_is_tracked_and_registered(project_copy):
-    done = run_kedro(project_copy, "run", "--pipelines=customize", "--env=demo", timeout=1800)
+@pytest.mark.xdist_group("demo_run")
+def test_demo_customize_run_is_tracked_and_registered(demo_run):
+    project_copy, done = demo_run
     assert done.returncode == 0, done.stderr[-4000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{project_copy / 'mlflow.db'}")
     run = only_run(client, "magicapture-demo")

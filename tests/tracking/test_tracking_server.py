@@ -19,6 +19,8 @@ from magicapture_pipeline.tracking import server as tracking_server
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.service,
+    pytest.mark.xdist_group("postgres"),  # one PostgreSQL cluster per module
     pytest.mark.skipif(
         tracking_server.pg_bin() is None,
         reason="PostgreSQL binaries not found ($MAGICAPTURE_PG_BIN, "
@@ -93,6 +95,7 @@ def check_concept_run(client: MlflowClient, project: Path, concept: str) -> None
     assert model.source_run_id == run.info.run_id
 
 
+@pytest.mark.integration
 def test_demo_then_four_concurrent_concepts_on_postgres(server, project_copy, monkeypatch):
     uri = server.tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

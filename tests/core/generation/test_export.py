@@ -14,7 +14,6 @@ from magicapture_pipeline.config.training import (
     IdentityConfig,
     LoraConfigModel,
     StageTwoConfig,
-    TinyModelConfig,
 )
 from magicapture_pipeline.core.generation.export import (
     CONCEPT_JSON,
@@ -24,18 +23,12 @@ from magicapture_pipeline.core.generation.export import (
     read_concept,
     token_filename,
 )
-from magicapture_pipeline.core.models.builders import build_tiny_sd
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.training import StageTwoTrainer, TrainingExample
 from magicapture_pipeline.datasets.concept import ConceptDataset
 from magicapture_pipeline.datasets.tensors import SafetensorsDataset
 
 PROMPT = "a photo of a <v1> person in the <v2> style"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny") / "tiny_sd", TinyModelConfig())
 
 
 def _examples() -> list[TrainingExample]:

@@ -10,16 +10,14 @@ import torch
 from PIL import Image
 
 from magicapture_pipeline.config.generation import GenerationConfig
-from magicapture_pipeline.config.training import TinyModelConfig
 from magicapture_pipeline.core.generation import sampling as g
-from magicapture_pipeline.core.models.builders import build_tiny_sd
 from tiny_concept import write_test_concept
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, Path]:
+def tiny(tmp_path_factory, tiny_sd) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny")
-    base = build_tiny_sd(root / "sd", TinyModelConfig(sample_size=64))
+    base = tiny_sd(sample_size=64)
     return base, write_test_concept(base, root / "concept")
 
 

@@ -21,11 +21,6 @@ from magicapture_pipeline.core.models.offline_tokenizer import (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny") / "tiny_sd", TinyModelConfig())
-
-
 @pytest.mark.parametrize(
     ("text", "tokens"),
     [

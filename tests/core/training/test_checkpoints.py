@@ -11,9 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig, TinyModelConfig
+from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core import atomic
-from magicapture_pipeline.core.models.builders import build_tiny_sd
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.models.tokens import embedding_matrix
 from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer, TrainingExample
@@ -30,10 +29,8 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_sd(
-        tmp_path_factory.mktemp("tiny") / "tiny_sd", TinyModelConfig(sample_size=RES)
-    )
+def tiny_dir(tiny_sd):
+    return tiny_sd(sample_size=RES)
 
 
 def _examples() -> list[TrainingExample]:

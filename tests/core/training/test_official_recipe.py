@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import make_examples
 from magicapture_pipeline.config.training import (
     AttentionConfig,
     IdentityConfig,
     StageOneConfig,
     StageTwoConfig,
-    TinyModelConfig,
 )
-from magicapture_pipeline.core.models.builders import build_tiny_sd
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.models.random_weights import SD15_TEXT, SD15_UNET
 from magicapture_pipeline.core.models.tokens import embedding_matrix, word_embedding
@@ -29,36 +28,11 @@ from magicapture_pipeline.core.training import (
     TEXT_ENCODER_ATTENTION,
     StageOneTrainer,
     StageTwoTrainer,
-    TrainingExample,
     lora_targets,
 )
 from magicapture_pipeline.core.training.examples import jitter_brightness_contrast
 
 PROJECT = Path(__file__).resolve().parents[3]
-RES = 64
-LANDMARKS = [[22.4, 25.6], [41.6, 25.6], [32.0, 35.2], [24.3, 44.8], [39.7, 44.8]]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny") / "tiny_sd", TinyModelConfig())
-
-
-def make_examples() -> list[TrainingExample]:
-    generator = torch.Generator().manual_seed(0)
-    mask = torch.zeros(1, 8, 8)
-    mask[:, 2:6, 2:6] = 1.0
-    return [
-        TrainingExample(
-            f"{role}{i}",
-            role,
-            torch.rand(3, RES, RES, generator=generator) * 2 - 1,
-            mask.clone(),
-            torch.tensor(LANDMARKS),
-        )
-        for role in ("source", "reference")
-        for i in range(2)
-    ]
 
 
 def quick(**values):

@@ -9,54 +9,26 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import LANDMARKS, RES, make_examples
 from magicapture_pipeline.config.training import (
     AttentionConfig,
     IdentityConfig,
     LoraConfigModel,
     StageOneConfig,
     StageTwoConfig,
-    TinyModelConfig,
 )
 from magicapture_pipeline.core.identity.arcface import face_latent_window
-from magicapture_pipeline.core.models.builders import build_tiny_sd
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.models.tokens import embedding_matrix
 from magicapture_pipeline.core.training import (
     StageOneTrainer,
     StageTwoTrainer,
-    TrainingExample,
     examples_from_training_set,
     identity_status,
     last_checkpoint,
     lora_module_names,
     lora_targets,
 )
-
-RES = 64
-LANDMARKS = [[22.4, 25.6], [41.6, 25.6], [32.0, 35.2], [24.3, 44.8], [39.7, 44.8]]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny") / "tiny_sd", TinyModelConfig())
-
-
-def make_examples(res: int = RES) -> list[TrainingExample]:
-    generator = torch.Generator().manual_seed(0)
-    latent = res // 8
-    mask = torch.zeros(1, latent, latent)
-    mask[:, latent // 4 : 3 * latent // 4, latent // 4 : 3 * latent // 4] = 1.0
-    return [
-        TrainingExample(
-            f"{role}{i}",
-            role,
-            torch.rand(3, res, res, generator=generator) * 2 - 1,
-            mask.clone(),
-            torch.tensor(LANDMARKS) * res / 64,
-        )
-        for role in ("source", "reference")
-        for i in range(2)
-    ]
 
 
 def stage_one_config(**overrides) -> StageOneConfig:
@@ -152,7 +124,7 @@ def _trainer(kind, tiny_dir, **overrides):
     )
 
 
-@pytest.mark.parametrize("kind", ["one", "two"])
+@pytest.mark.parametrize("kind", ["one", pytest.param("two", marks=pytest.mark.slow)])
 def test_resume_equals_uninterrupted(tiny_dir, tmp_path, kind):
     settings = {"max_steps": 4, "lr_scheduler": "linear", "lr_warmup_steps": 1}
     straight = _trainer(kind, tiny_dir, **settings)
@@ -316,7 +288,9 @@ def _identity_inputs(trainer):
     return noisy, timesteps, cond, example
 
 
-@pytest.mark.parametrize("decoder", ["vae", "tiny_autoencoder"])
+@pytest.mark.parametrize(
+    "decoder", ["vae", pytest.param("tiny_autoencoder", marks=pytest.mark.slow)]
+)
 def test_face_window_identity_gradient_reaches_the_unet(tiny_dir, decoder):
     # the speed options face_window + bf16; the TAESD stand-in has random weights
     trainer = _window_trainer(

@@ -9,44 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import make_examples
 from magicapture_pipeline.config.training import (
     AttentionConfig,
     IdentityConfig,
     StageOneConfig,
     StageTwoConfig,
-    TinyModelConfig,
 )
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.models.attention import CrossAttentionCapture, attention_mass_inside
-from magicapture_pipeline.core.models.builders import build_tiny_sd
 from magicapture_pipeline.core.models.loading import load_components, token_ids
-from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer, TrainingExample
-
-RES = 64
-LANDMARKS = [[22.4, 25.6], [41.6, 25.6], [32.0, 35.2], [24.3, 44.8], [39.7, 44.8]]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny") / "tiny_sd", TinyModelConfig())
-
-
-def make_examples(res: int = RES) -> list[TrainingExample]:
-    generator = torch.Generator().manual_seed(0)
-    latent = res // 8
-    mask = torch.zeros(1, latent, latent)
-    mask[:, latent // 4 : 3 * latent // 4, latent // 4 : 3 * latent // 4] = 1.0
-    return [
-        TrainingExample(
-            f"{role}{i}",
-            role,
-            torch.rand(3, res, res, generator=generator) * 2 - 1,
-            mask.clone(),
-            torch.tensor(LANDMARKS) * res / 64,
-        )
-        for role in ("source", "reference")
-        for i in range(2)
-    ]
+from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer
 
 
 def stage_two(tiny_dir, **overrides) -> StageTwoTrainer:
