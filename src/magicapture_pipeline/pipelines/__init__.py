@@ -1,4 +1,4 @@
-"""Kedro wiring: one package per pipeline (`pipeline.py` wires, `nodes.py` maps catalog <-> core)."""
+"""Kedro wiring: a package per pipeline; `pipeline.py` wires, `nodes.py` maps catalog <-> core."""
 
 # The order of the main job.
 CUSTOMIZE_CHAIN = (
