@@ -126,7 +126,7 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory):
     Returns a function ``tiny_sd(sample_size=128) -> Path`` of the saved folder. The weights are
     seeded, so every test sees the same model; tests only read the folder (``from_pretrained``).
     """
-    from magicapture_pipeline.config.training import TinyModelConfig
+    from magicapture_pipeline.config.model import TinyModelConfig
     from magicapture_pipeline.core.models.builders import build_tiny_sd
 
     built: dict[int, Path] = {}

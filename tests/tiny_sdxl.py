@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from magicapture_pipeline.config.training import TinyModelConfig
+from magicapture_pipeline.config.model import TinyModelConfig
 
 TINY_SDXL = TinyModelConfig(
     family="sdxl",

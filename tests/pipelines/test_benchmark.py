@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from magicapture_pipeline.config.training import TinyModelConfig
+from magicapture_pipeline.config.model import TinyModelConfig
 from magicapture_pipeline.core.evaluation.comparison import comparison_markdown, comparison_rows
 from magicapture_pipeline.core.models.builders import build_tiny_sd
 from magicapture_pipeline.pipelines.benchmark.nodes import run_benchmark

@@ -15,7 +15,7 @@ from kedro.runner import SequentialRunner
 from PIL import Image
 from skimage import data
 
-from magicapture_pipeline.config.training import TinyModelConfig
+from magicapture_pipeline.config.model import TinyModelConfig
 from magicapture_pipeline.core.evaluation.metrics import AestheticMLP
 from magicapture_pipeline.core.faces.regions import FaceRegions
 from magicapture_pipeline.core.generation.postprocess import verify_provenance

@@ -17,7 +17,7 @@ from PIL import Image
 from skimage import data
 
 from conftest import run_kedro
-from magicapture_pipeline.config.training import TinyModelConfig
+from magicapture_pipeline.config.model import TinyModelConfig
 from magicapture_pipeline.core.generation.postprocess import verify_provenance
 from magicapture_pipeline.core.models.builders import build_tiny_sd
 from tiny_concept import write_test_concept

@@ -43,7 +43,7 @@ def build_tiny_concept(folder: Path) -> tuple[Path, Path]:
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from magicapture_pipeline.config.training import TinyModelConfig
+    from magicapture_pipeline.config.model import TinyModelConfig
     from magicapture_pipeline.core.models.builders import build_tiny_sd
 
     base = build_tiny_sd(folder / "tiny_sd", TinyModelConfig(sample_size=32))

@@ -19,6 +19,7 @@ from magicapture_pipeline.config.generation import (
     PostprocessConfig,
 )
 from magicapture_pipeline.config.merge import deep_merge
+from magicapture_pipeline.config.model import ModelConfig
 from magicapture_pipeline.config.preprocess import (
     PreprocessConfig,
     SampleDataConfig,
@@ -27,7 +28,7 @@ from magicapture_pipeline.config.preprocess import (
 from magicapture_pipeline.config.ranges import describe_errors
 from magicapture_pipeline.config.serving import ServingConfig
 from magicapture_pipeline.config.tracking import PromoteRequest, RegistryConfig, TrackingConfig
-from magicapture_pipeline.config.training import ModelConfig, StageOneConfig, StageTwoConfig
+from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 
 # ``params:<key>`` -> the model its node validates it with.
 SECTIONS: dict[str, type[BaseModel]] = {

@@ -1,5 +1,6 @@
-"""Configuration of the base model and the two training stages (``parameters_model.yml``,
-``parameters_train_stage_one.yml``, ``parameters_train_stage_two.yml``).
+"""Configuration of the two training stages (``parameters_train_stage_one.yml``,
+``parameters_train_stage_two.yml``); the base model is in ``model.py``, Eq. 7 / Eq. 8 in
+``loss_terms.py``.
 
 Defaults are the paper's (MagiCapture, arXiv 2309.06895 v2, "paper") or, where the paper is silent,
 the authors' code (junhahyung/MagiCapture, "official"); each ``description`` says which.
@@ -11,6 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
 from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.recipes import authors, official_recipe
 
@@ -50,107 +52,6 @@ AUTHORS_SCALE_LR = 4
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TinyModelConfig(_Strict):
-    """Architecture of the tiny random SD / SDXL built for the CPU demos (never used with real
-    weights)."""
-
-    family: Literal["sd15", "sdxl"] = Field(
-        "sd15",
-        description="Which layout to build: sd15 (core.models.build_tiny_sd) or sdxl "
-        "(core.sdxl.build_tiny_sdxl: text_time UNet, two text encoders). Only the builder reads "
-        "it; loading reads the family from the saved model_index.json.",
-    )
-    seed: int = Field(
-        0, ge=0, lt=2**32, description="Seed of the random weights (same seed, same model)."
-    )
-    sample_size: int = Field(
-        128, ge=8, multiple_of=8, description="Image size in pixels the model is laid out for."
-    )
-    unet_channels: list[int] = Field(
-        [32, 64],
-        min_length=1,
-        description="UNet block_out_channels (diffusers' test UNet: 32, 64).",
-    )
-    layers_per_block: int = Field(1, ge=1, description="Resnet layers per UNet block.")
-    down_block_types: list[str] = Field(
-        ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        description="UNet down blocks; cross-attention at both levels so AR has a map to read.",
-    )
-    up_block_types: list[str] = Field(
-        ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], description="UNet up blocks."
-    )
-    attention_head_dim: int = Field(8, ge=1, description="UNet attention head dimension.")
-    norm_num_groups: int = Field(8, ge=1, description="GroupNorm groups in the UNet and the VAE.")
-    vae_channels: list[int] = Field(
-        [8, 16, 32, 32],
-        min_length=1,
-        description="VAE block channels; 4 levels = x8 downsampling like SD.",
-    )
-    text_hidden_size: int = Field(
-        32, ge=1, description="CLIP text hidden size = UNet cross_attention_dim."
-    )
-    text_layers: int = Field(2, ge=1, description="CLIP text encoder layers.")
-    text_heads: int = Field(4, ge=1, description="CLIP text encoder attention heads.")
-    text_2_hidden_size: int = Field(
-        64,
-        ge=1,
-        description="SDXL only: width of the second text encoder (SDXL: 1280 vs 768); UNet "
-        "cross_attention_dim = text_hidden_size + this.",
-    )
-    text_2_layers: int = Field(2, ge=1, description="SDXL only: layers of the second text encoder.")
-    transformer_layers_per_block: list[int] = Field(
-        [1, 1],
-        min_length=1,
-        description="SDXL only: transformer layers per UNet level, one per unet_channels entry "
-        "(SDXL: 1, 2, 10).",
-    )
-    addition_time_embed_dim: int = Field(
-        8, ge=1, description="SDXL only: width of each time-id embedding (SDXL: 256)."
-    )
-    extra_words: list[str] = Field(
-        [], description="Words beyond the built-in template words that get their own token."
-    )
-
-    @model_validator(mode="after")
-    def _divisible(self) -> TinyModelConfig:
-        widths = {"text_hidden_size": self.text_hidden_size}
-        if self.family == "sdxl":
-            widths["text_2_hidden_size"] = self.text_2_hidden_size
-            if len(self.transformer_layers_per_block) != len(self.unet_channels):
-                raise ValueError(
-                    f"transformer_layers_per_block {self.transformer_layers_per_block} needs one "
-                    f"entry per unet_channels level ({len(self.unet_channels)})"
-                )
-        for name, width in widths.items():
-            if width % self.text_heads:
-                raise ValueError(
-                    f"{name} ({width}) must be a multiple of text_heads ({self.text_heads})"
-                )
-        for name in ("unet_channels", "vae_channels"):
-            bad = [c for c in getattr(self, name) if c < 1 or c % self.norm_num_groups]
-            if bad:
-                raise ValueError(
-                    f"{name} {getattr(self, name)}: each must be a positive multiple of "
-                    f"norm_num_groups ({self.norm_num_groups}); {bad} are not"
-                )
-        return self
-
-
-class ModelConfig(_Strict):
-    """The base model (``params:model``)."""
-
-    pretrained: str = Field(
-        "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        description="Diffusers folder or hub id of the base model (paper: Stable Diffusion 1.5; "
-        "an SDXL folder also works, its family is read from model_index.json). SDXL's VAE "
-        "overflows in fp16, so it encodes and decodes in fp32 whatever the mixed precision.",
-    )
-    revision: str | None = Field(None, description="Hub revision; ignored for a local folder.")
-    tiny: TinyModelConfig | None = Field(
-        None, description="Demo only: build a tiny random SD at `pretrained` when it is missing."
-    )
 
 
 class TokensConfig(_Strict):
@@ -380,130 +281,6 @@ class LoraConfigModel(_Strict):
     )
     init: Literal["gaussian", "default"] = Field(
         "default", description="peft init_lora_weights ('default' = B zero, output unchanged)."
-    )
-
-
-class IdentityConfig(_Strict):
-    """Identity loss, Eq. 7."""
-
-    mode: Literal["single_pass", "two_pass", "off"] = Field(
-        "single_pass",
-        json_schema_extra=authors("two_pass"),
-        description="single_pass = x0 from the same UNet forward; two_pass = official extra "
-        "forward; off.",
-    )
-    weight: float = Field(
-        1.0,
-        ge=0.0,
-        json_schema_extra=authors(0.25),
-        description="lambda_id (paper: 1; authors' code: --lambda_arc=0.25).",
-    )
-    threshold_fraction: float = Field(
-        0.8,
-        ge=0.0,
-        le=1.0,
-        json_schema_extra=authors(0.8),
-        description="Identity loss only when t < T' = fraction * T (authors' code: 0.8, "
-        "t_mutliplier=0.8; paper: a threshold T' without its value).",
-    )
-    tasks: list[Literal["source", "composed"]] = Field(
-        ["composed"],
-        min_length=1,
-        json_schema_extra=authors(["source", "composed"]),
-        description="Tasks whose micro-batches get Eq. 7 (paper: the composed prompt; authors' "
-        "code: every non-style sample, i.e. source and composed, loss_step's "
-        "types != 'style').",
-    )
-    checkpoint: str | None = Field(
-        None, description="arcface_torch IResNet checkpoint; None = identity loss off (logged)."
-    )
-    arch: str = Field("r100", description="IResNet arch of the checkpoint (official: r100).")
-    random_init: bool = Field(
-        False,
-        description="Tests/benchmarks only: a randomly initialised IResNet (and TAESD decoder "
-        "when identity.tiny_autoencoder is null).",
-    )
-    decoder: Literal["vae", "tiny_autoencoder"] = Field(
-        "vae",
-        json_schema_extra=authors("vae"),
-        description="What decodes the x0 estimate for ArcFace: vae = the base model's VAE "
-        "(paper); tiny_autoencoder = a distilled TAESD decoder (diffusers AutoencoderTiny, ~10x "
-        "cheaper decode, an approximate image).",
-    )
-    tiny_autoencoder: str | None = Field(
-        "madebyollin/taesd",
-        description="Folder or hub id of the AutoencoderTiny for decoder: tiny_autoencoder (TAESD "
-        "for SD 1.x, MIT licence); null = random weights (needs random_init).",
-    )
-    decode_region: Literal["face_window", "full"] = Field(
-        "full",
-        json_schema_extra=authors("full"),
-        description="full = decode the whole x0 estimate (paper, authors' code: decode_latents "
-        "of z_0); face_window = a speed option: VAE-decode only the latent window around the "
-        "face ArcFace reads (core.arcface.face_latent_window; ~2x cheaper at SD size; its effect "
-        "on identity is not measured).",
-    )
-    window_margin: int = Field(
-        4,
-        ge=0,
-        description="Latent pixels added on each side of the face window (VAE decoder receptive "
-        "field); only for decode_region: face_window.",
-    )
-    autocast_dtype: Literal["none", "bf16", "fp16", "fp32"] = Field(
-        "bf16",
-        json_schema_extra=authors("fp32"),
-        description="Autocast of the identity branch only (VAE decode + ArcFace; alignment stays "
-        "fp32): bf16 (ours, a speed option: fp32 range, no loss scaling, CPU and CUDA); fp16 "
-        "(CUDA only, else off); fp32 = autocast off (authors' code: decode_latents runs outside "
-        "their fp16 autocast); none = the trainer's own mixed precision.",
-    )
-
-    @model_validator(mode="after")
-    def _decoder_source(self) -> IdentityConfig:
-        needs_source = self.decoder == "tiny_autoencoder" and self.tiny_autoencoder is None
-        if needs_source and not self.random_init:
-            raise ValueError(
-                "identity.decoder: tiny_autoencoder needs identity.tiny_autoencoder (a folder "
-                "or hub id of TAESD); null is allowed only with random_init (tests)"
-            )
-        return self
-
-
-class AttentionConfig(_Strict):
-    """Attention refocusing, Eq. 8."""
-
-    enabled: bool = Field(
-        True,
-        json_schema_extra=authors(True),
-        description="Use the attention refocusing loss (paper: on).",
-    )
-    weight: float = Field(
-        2.5,
-        ge=0.0,
-        json_schema_extra=authors(2.5),
-        description="lambda_attn (paper: 2.5; authors' code: attn_loss *= 2.5).",
-    )
-    resolution: int = Field(
-        16,
-        ge=1,
-        description="Side in latent pixels (at the UNet's sample_size) of the attn2 maps read. "
-        "SD 1.5 at 512 px: 16 (official: down_blocks.2 + up_blocks.1). SDXL at 1024 px (ours): "
-        "32 = down_blocks.2 + up_blocks.0, the same 1/32 of the image side as SD 1.5's 16/512 and "
-        "SDXL's deepest cross-attention level (its 64x64 level is 1/16 and holds 10 of 60 "
-        "down/up attn2 layers).",
-    )
-    layers: list[str] = Field(
-        [],
-        description="Explicit attn2 module names to read instead of `resolution` (e.g. "
-        "'up_blocks.0.attentions.1.transformer_blocks.3.attn2'); empty = every down/up attn2 "
-        "at `resolution`.",
-    )
-    scale_order: Literal["average_then_scale", "scale_then_average"] = Field(
-        "average_then_scale",
-        json_schema_extra=authors("scale_then_average"),
-        description="Eq. 8 min-max scaling (min/max held constant either way): average the "
-        "head/layer maps then scale (paper: one map A_k per token; 1/heads the capture memory) "
-        "or scale each map then average (authors' code, magicapture_train.py loss_step).",
     )
 
 

@@ -33,13 +33,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from magicapture_pipeline.config.training import (
-    AttentionConfig,
-    IdentityConfig,
-    StageOneConfig,
-    StageTwoConfig,
-    TinyModelConfig,
-)
+from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+from magicapture_pipeline.config.model import TinyModelConfig
+from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core.models.builders import build_tiny_sd
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.training import (

@@ -55,7 +55,7 @@ def sdxl_layer_counts() -> dict[str, Any]:
 
 
 def _tiny_parts(folder: Path) -> Any:
-    from magicapture_pipeline.config.training import TinyModelConfig
+    from magicapture_pipeline.config.model import TinyModelConfig
     from magicapture_pipeline.core.models.builders import build_tiny_model
     from magicapture_pipeline.core.models.loading import load_components
 

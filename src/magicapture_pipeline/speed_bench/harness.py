@@ -138,7 +138,7 @@ class StepBench:
         bf16: bool = False,
         tiny: bool = False,
     ) -> torch.Tensor:
-        from magicapture_pipeline.config.training import IdentityConfig
+        from magicapture_pipeline.config.loss_terms import IdentityConfig
         from magicapture_pipeline.core.identity.arcface import face_latent_window
         from magicapture_pipeline.core.losses import identity_loss, one_step_x0_estimate
 

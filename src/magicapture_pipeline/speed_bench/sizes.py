@@ -182,7 +182,7 @@ class BenchModel:
 
 
 def _tiny_model(spec: SizeSpec) -> BenchModel:
-    from magicapture_pipeline.config.training import TinyModelConfig
+    from magicapture_pipeline.config.model import TinyModelConfig
     from magicapture_pipeline.core.models.builders import build_tiny_sd
     from magicapture_pipeline.core.models.loading import load_components
 

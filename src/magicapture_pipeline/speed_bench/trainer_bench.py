@@ -105,11 +105,8 @@ class TrainerBench:
 
     def setup_stage_two(self) -> None:
         """One stage-two trainer, composed task only, AR and identity (random IResNet) on."""
-        from magicapture_pipeline.config.training import (
-            AttentionConfig,
-            IdentityConfig,
-            StageTwoConfig,
-        )
+        from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+        from magicapture_pipeline.config.training import StageTwoConfig
         from magicapture_pipeline.core.models.attention import cross_attention_resolutions
         from magicapture_pipeline.core.models.builders import build_tiny_autoencoder
         from magicapture_pipeline.core.training import StageTwoTrainer

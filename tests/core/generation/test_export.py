@@ -9,12 +9,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from magicapture_pipeline.config.training import (
-    AttentionConfig,
-    IdentityConfig,
-    LoraConfigModel,
-    StageTwoConfig,
-)
+from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+from magicapture_pipeline.config.training import LoraConfigModel, StageTwoConfig
 from magicapture_pipeline.core.generation.export import (
     CONCEPT_JSON,
     LORA_FILE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from magicapture_pipeline.config.training import TinyModelConfig
+from magicapture_pipeline.config.model import TinyModelConfig
 from magicapture_pipeline.core.models.builders import build_tiny_autoencoder, build_tiny_sd
 from magicapture_pipeline.core.models.loading import (
     check_decoder_matches,

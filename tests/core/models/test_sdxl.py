@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from magicapture_pipeline.config.generation import GenerationConfig
-from magicapture_pipeline.config.training import TinyModelConfig
+from magicapture_pipeline.config.model import TinyModelConfig
 from magicapture_pipeline.core.generation import sampling as g
 from magicapture_pipeline.core.generation.export import LORA_FILE, load_concept, read_concept
 from magicapture_pipeline.core.models import sdxl

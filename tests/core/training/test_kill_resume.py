@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from magicapture_pipeline.config.training import TinyModelConfig
+from magicapture_pipeline.config.model import TinyModelConfig
 from magicapture_pipeline.core.models.builders import build_tiny_sd
 
 WORKER = Path(__file__).resolve().parents[2] / "kill_worker.py"

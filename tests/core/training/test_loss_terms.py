@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from magicapture_pipeline.config.training import AttentionConfig, IdentityConfig
+from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.training.attention_term import (
     AttentionRefocusingTerm,

@@ -15,12 +15,8 @@ import pytest
 import torch
 
 from conftest import make_examples
-from magicapture_pipeline.config.training import (
-    AttentionConfig,
-    IdentityConfig,
-    StageOneConfig,
-    StageTwoConfig,
-)
+from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.models.random_weights import SD15_TEXT, SD15_UNET
 from magicapture_pipeline.core.models.tokens import embedding_matrix, word_embedding

@@ -10,13 +10,8 @@ import pytest
 import torch
 from test_training import make_examples
 
-from magicapture_pipeline.config.training import (
-    AttentionConfig,
-    IdentityConfig,
-    LoraConfigModel,
-    StageOneConfig,
-    StageTwoConfig,
-)
+from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+from magicapture_pipeline.config.training import LoraConfigModel, StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.generation.export import export, load_concept
 from magicapture_pipeline.core.models.attention import CrossAttentionCapture, attention_mass_inside

@@ -10,13 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import LANDMARKS, RES, make_examples
-from magicapture_pipeline.config.training import (
-    AttentionConfig,
-    IdentityConfig,
-    LoraConfigModel,
-    StageOneConfig,
-    StageTwoConfig,
-)
+from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+from magicapture_pipeline.config.training import LoraConfigModel, StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core.identity.arcface import face_latent_window
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.models.tokens import embedding_matrix

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from magicapture_pipeline.config.training import TinyModelConfig
+from magicapture_pipeline.config.model import TinyModelConfig
 from magicapture_pipeline.core.models.builders import build_tiny_sd
 
 SCRIPT = Path(__file__).with_name("ddp_lr_check.py")

@@ -10,12 +10,8 @@ import pytest
 import torch
 
 from conftest import make_examples
-from magicapture_pipeline.config.training import (
-    AttentionConfig,
-    IdentityConfig,
-    StageOneConfig,
-    StageTwoConfig,
-)
+from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.models.attention import CrossAttentionCapture, attention_mass_inside
 from magicapture_pipeline.core.models.loading import load_components, token_ids

@@ -20,7 +20,7 @@ from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.training.loop import region_mask
 
 if TYPE_CHECKING:
-    from magicapture_pipeline.config.training import AttentionConfig
+    from magicapture_pipeline.config.loss_terms import AttentionConfig
     from magicapture_pipeline.core.models.attention import CrossAttentionCapture
 
 

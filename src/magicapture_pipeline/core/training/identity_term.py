@@ -31,7 +31,7 @@ from magicapture_pipeline.core.training.examples import TrainingExample
 from magicapture_pipeline.core.training.loop import vae_precision
 
 if TYPE_CHECKING:
-    from magicapture_pipeline.config.training import IdentityConfig
+    from magicapture_pipeline.config.loss_terms import IdentityConfig
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ import pandas as pd
 from PIL import Image
 from torch import Tensor
 
-from magicapture_pipeline.config.training import ModelConfig, StageOneConfig
+from magicapture_pipeline.config.model import ModelConfig
+from magicapture_pipeline.config.training import StageOneConfig
 from magicapture_pipeline.core import training
 from magicapture_pipeline.core.models import builders
 from magicapture_pipeline.core.models.families import embeddings_to_tensors
