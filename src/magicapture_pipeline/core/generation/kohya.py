@@ -22,7 +22,9 @@ Module names (how the tools name them; checked against their loaders):
   ``convert_diffusers_to_sai_if_needed`` maps them to SDXL's SGM blocks on load.
 - Text encoders: kohya's networks/lora.py ``LORA_PREFIX_TEXT_ENCODER = "lora_te"`` (one encoder,
   SD 1.x) and ``LORA_PREFIX_TEXT_ENCODER1/2 = "lora_te1"/"lora_te2"`` (SDXL), followed by the
-  transformers module path (``text_model_encoder_layers_0_self_attn_q_proj``). SDXL's second
+  transformers module path as transformers 4 named it
+  (``text_model_encoder_layers_0_self_attn_q_proj``: transformers 5's ``CLIPTextModel`` has no
+  ``text_model`` level, so its ``encoder.layers...`` paths get the level back). SDXL's second
   encoder is OpenCLIP ViT-bigG, whose original checkpoint fuses q/k/v into ``in_proj``; the LoRA
   names stay the split transformers ones (``q_proj``/``k_proj``/``v_proj``/``out_proj``), as
   ComfyUI's comfy/lora.py ``model_lora_keys_clip`` (``LORA_CLIP_MAP``, "lora_te2_... #SDXL
@@ -89,6 +91,8 @@ def kohya_module_name(component: str, module: str, family: str) -> str:
         if component not in prefixes:
             raise ExportRefused(f"a {family} concept has no component {component!r}")
         prefix = prefixes[component]
+        if not module.startswith("text_model."):  # transformers >= 5 dropped this level
+            module = f"text_model.{module}"
     return f"{prefix}_{module.replace('.', '_')}"
 
 
