@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         concept = validate_concept_name(args.concept)
     except ValueError as error:
-        print(f"export refused: {error}", file=sys.stderr)
+        sys.stderr.write(f"export refused: {error}\n")
         return 2
     project = Path(args.project).resolve()
     models = project / "data" / "06_models" / concept
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise ExportRefused(f"{folder}: no concept folder (train it first)")
             done = export_bundle(folder, out, concept, args.format, config, metrics)
     except (ExportRefused, LookupError) as error:
-        print(f"export refused: {error}", file=sys.stderr)
+        sys.stderr.write(f"export refused: {error}\n")
         return 2
-    print(json.dumps(done, indent=2))
+    sys.stdout.write(json.dumps(done, indent=2) + "\n")
     return 0
 
 

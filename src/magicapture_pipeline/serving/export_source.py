@@ -40,7 +40,8 @@ def registered_concept(
     folder = local / "artifacts" / CONCEPT_ARTIFACT
     if not folder.is_dir():
         raise LookupError(f"models:/{model_name}@{alias}: no '{CONCEPT_ARTIFACT}' artifact")
-    mlmodel = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
+    mlmodel_file = local / "MLmodel"
+    mlmodel = yaml.safe_load(mlmodel_file.read_text()) if mlmodel_file.is_file() else {}
     config = ((mlmodel or {}).get("flavors", {}).get("python_function", {})).get("model_config")
     metrics = dict(client.get_run(version.run_id).data.metrics) if version.run_id else {}
     return folder, dict((config or {}).get("sampling") or {}), metrics
