@@ -42,6 +42,7 @@ def registered_concept(
         raise LookupError(f"models:/{model_name}@{alias}: no '{CONCEPT_ARTIFACT}' artifact")
     mlmodel_file = local / "MLmodel"
     mlmodel = yaml.safe_load(mlmodel_file.read_text()) if mlmodel_file.is_file() else {}
-    config = ((mlmodel or {}).get("flavors", {}).get("python_function", {})).get("model_config")
+    # MLflow writes a pyfunc's model_config under flavors.python_function.config
+    config = ((mlmodel or {}).get("flavors", {}).get("python_function", {})).get("config")
     metrics = dict(client.get_run(version.run_id).data.metrics) if version.run_id else {}
     return folder, dict((config or {}).get("sampling") or {}), metrics
