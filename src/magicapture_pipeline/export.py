@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                 metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
                 if not folder.is_dir():
                     raise ExportRefused(f"{folder}: no concept folder (train it first)")
-            done = export_bundle(folder, out, concept, args.format, config, metrics)
+            grid = project / "data" / "08_reporting" / concept / "generation_grid.png"
+            done = export_bundle(folder, out, concept, args.format, config, metrics, grid)
     except (ExportRefused, LookupError) as error:
         sys.stderr.write(f"export refused: {error}\n")
         return 2

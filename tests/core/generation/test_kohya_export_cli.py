@@ -9,6 +9,7 @@ import json
 import pytest
 import yaml
 from mlflow import MlflowClient
+from PIL import Image
 from test_kohya_roundtrip import _sd_concept
 
 from magicapture_pipeline.config.generation import GenerationConfig
@@ -28,9 +29,13 @@ def test_export_from_the_concept_folder_and_refusals(tiny_dir, tmp_path, capsys)
     reports = tmp_path / "data" / "08_reporting" / "alice"
     reports.mkdir(parents=True)
     (reports / "metrics.json").write_text(json.dumps({"csim_dlib": 0.3, "n_images": 6.0}))
+    Image.new("RGB", (8, 4), (200, 10, 10)).save(reports / "generation_grid.png")
     assert main(["--concept", "alice", "--project", str(tmp_path), "--format", "kohya"]) == 0
     out = models / "export"
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "embeddings", "loras"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "embeddings", "loras", "sample_grid.png"]  # fmt: skip
+    assert Image.open(out / "sample_grid.png").getpixel((0, 0)) == (200, 10, 10)
+    assert _front(out)["widget"][0]["output"]["url"] == "sample_grid.png"
     assert _front(out)["magicapture"]["evaluation"]["figures"]["csim_dlib"] == {
         "value": 0.3, "n": 6}  # fmt: skip
     capsys.readouterr()

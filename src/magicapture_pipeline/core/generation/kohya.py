@@ -199,6 +199,7 @@ def write_kohya(concept_dir: Path, folder: Path, concept: str) -> dict[str, Any]
 
 
 FORMATS = ("diffusers", "kohya", "all")
+SAMPLE_GRID = "sample_grid.png"
 
 
 def export_bundle(  # noqa: PLR0913 (the card's inputs)
@@ -208,10 +209,12 @@ def export_bundle(  # noqa: PLR0913 (the card's inputs)
     fmt: str = "all",
     sampling: Any = None,
     metrics: Mapping[str, Any] | None = None,
+    grid: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir`` whole (staged, then swapped in: ``core.atomic.staged_dir``):
     ``diffusers/`` (the concept folder as is), ``loras/`` + ``embeddings/`` (kohya, web UIs) and
-    ``README.md`` (the model card). ``fmt``: ``diffusers``, ``kohya`` or ``all``.
+    ``README.md`` (the model card), and ``sample_grid.png`` when ``grid`` (the generate step's
+    contact sheet) exists. ``fmt``: ``diffusers``, ``kohya`` or ``all``.
 
     Returns ``{"out": path, "family", "lora", "embeddings", "card"}``.
     """
@@ -239,6 +242,9 @@ def export_bundle(  # noqa: PLR0913 (the card's inputs)
                 ],
             }
         written["format"] = fmt
+        if grid is not None and Path(grid).is_file():
+            shutil.copyfile(grid, folder / SAMPLE_GRID)
+            written["grid"] = SAMPLE_GRID
         if fmt in ("diffusers", "all"):
             shutil.copytree(concept_dir, folder / "diffusers")
         info = json.loads((concept_dir / CONCEPT_JSON).read_text())

@@ -122,6 +122,11 @@ def card(  # noqa: PLR0913 (one argument per part of the card)
             "stable-diffusion-xl" if family == "sdxl" else "stable-diffusion",
         ],  # fmt: skip
         "instance_prompt": prompt,
+        **(
+            {"widget": [{"text": prompt, "output": {"url": written["grid"]}}]}
+            if written.get("grid")
+            else {}
+        ),  # fmt: skip
         "magicapture": {
             "concept": concept,
             "family": family,
@@ -179,6 +184,7 @@ def card(  # noqa: PLR0913 (one argument per part of the card)
         f"{sampling.num_inference_steps} steps, CFG {sampling.guidance_scale}. ComfyUI: "
         f"LoraLoader strength_model {unet_strength}, strength_clip {te_strength or 0}, "
         f"KSampler `{comfy}`; type the trigger words as `embedding:<trigger>`.", "",
+        *([f"![samples: {prompt}]({written['grid']})", ""] if written.get("grid") else []),
         "Strength 1.0 is the LoRA as trained; the recommended strengths are the official "
         "inference scales. Evaluation figures, the recipe and every value's source are in the "
         "front matter above.", "",
