@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 CONCEPT ?= demo
 comma := ,
 
-.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop
+.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop export
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -89,6 +89,10 @@ serve: install  ## serve models:/magicapture-$(CONCEPT)@$(ALIAS) on http://127.0
 batch-generate: install  ## PROMPTS=file.csv [CONCEPT=demo ALIAS=champion ENV=demo]: images from a registered concept
 	$(SERVE_ENV) $(BIN)/kedro run --pipelines=batch_generate --env=$(or $(ENV),demo) \
 	  --params="concept=$(CONCEPT),prompts_file=$(abspath $(PROMPTS)),serving.model_uri=models:/magicapture-$(CONCEPT)@$(ALIAS)"
+
+export: install  ## CONCEPT=name [ALIAS=champion] FORMAT=diffusers|kohya|all: files for diffusers, ComfyUI, A1111, Forge + model card (docs/export.md)
+	$(SERVE_ENV) $(BIN)/python -m magicapture_pipeline.export --concept $(or $(CONCEPT),demo) \
+	  --format $(or $(FORMAT),all)$(if $(filter command line environment,$(origin ALIAS)), --alias $(ALIAS))
 
 # A shared tracking server: private PostgreSQL 15 cluster + mlflow server on 127.0.0.1, data in
 # .tracking/ (cluster, artifacts, logs). Then: export MLFLOW_TRACKING_URI=http://127.0.0.1:5002

@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, ...]] = [
         "dvc_stages",
         "speed_bench",
         "experiments",
+        "export",
         "__main__",
     ),
 ]
