@@ -61,7 +61,7 @@ def _rows(payload: Any, limits: ServingLimits) -> list[dict[str, Any]]:
     if not isinstance(payload, dict) or len(payload) != 1 or next(iter(payload)) not in FORMATS:
         keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
         raise Refusal(400, f"the body must be a JSON object with {formats} only; got {keys}")
-    (kind, body), = payload.items()
+    ((kind, body),) = payload.items()
     if kind == "dataframe_records":
         if not isinstance(body, list) or not all(isinstance(row, dict) for row in body):
             raise Refusal(400, "'dataframe_records' must be a list of objects (one per image)")
@@ -115,7 +115,11 @@ def check_payload(payload: Any, limits: ServingLimits) -> list[str]:
                 )
         if "seed" in row and _integer(row["seed"]) and not 0 <= row["seed"] <= MAX_SEED:
             problems.append(f"{where}: 'seed' is {row['seed']}; it must be in [0, {MAX_SEED}]")
-        if "steps" in row and _integer(row["steps"]) and not 0 <= row["steps"] <= MAX_SEED:
+        if (
+            "steps" in row
+            and _integer(row["steps"])
+            and not -MAX_SEED - 1 <= row["steps"] <= MAX_SEED
+        ):
             problems.append(f"{where}: 'steps' is {row['steps']}; it must fit a 64-bit integer")
         if "guidance_scale" in row:
             value = row["guidance_scale"]
@@ -146,7 +150,9 @@ def parse_body(body: bytes, content_type: str | None, limits: ServingLimits) -> 
     try:
         payload = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise Refusal(400, f"the body is not UTF-8 ({error.reason} at byte {error.start})") from None
+        raise Refusal(
+            400, f"the body is not UTF-8 ({error.reason} at byte {error.start})"
+        ) from None
     except RecursionError:
         raise Refusal(400, "the body's JSON is nested too deeply for a request") from None
     except json.JSONDecodeError as error:
@@ -210,7 +216,10 @@ class RequestGuard:
 async def _answer(send: Send, refusal: Refusal) -> None:
     codes = {413: "REQUEST_LIMIT_EXCEEDED", 415: "INVALID_PARAMETER_VALUE"}
     body = json.dumps(
-        {"error_code": codes.get(refusal.status, "INVALID_PARAMETER_VALUE"), "message": refusal.message}
+        {
+            "error_code": codes.get(refusal.status, "INVALID_PARAMETER_VALUE"),
+            "message": refusal.message,
+        }
     ).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
@@ -218,7 +227,8 @@ async def _answer(send: Send, refusal: Refusal) -> None:
 
 
 def create_app() -> RequestGuard:
-    """The guarded scoring app of the model at ``$MAGICAPTURE_SERVE_MODEL_URI`` (uvicorn factory)."""
+    """The guarded scoring app of the model at ``$MAGICAPTURE_SERVE_MODEL_URI`` (uvicorn factory).
+    """
     from mlflow.pyfunc import scoring_server
 
     model = scoring_server.load_model_with_mlflow_config(os.environ[MODEL_URI_ENV])
