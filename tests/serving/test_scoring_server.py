@@ -254,6 +254,21 @@ HOSTILE = [
 ]
 
 
+def post_expecting_continue(url: str, size: int) -> tuple[int, str, float]:
+    """What curl does with a large body: headers with ``Expect: 100-continue``, then wait."""
+    host, port = url.removeprefix("http://").split(":")
+    start = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = (
+            f"POST /invocations HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        answer = sock.recv(65536).decode("latin-1")
+    status = int(answer.split(" ", 2)[1])
+    return status, answer, time.perf_counter() - start
+
+
 @pytest.mark.service
 def test_hostile_requests_are_refused_early_and_exactly(server):
     """Each refusal is a 4xx naming the field or limit, in well under a second (real server)."""
@@ -263,6 +278,9 @@ def test_hostile_requests_are_refused_early_and_exactly(server):
         assert (got, name) == (status, name), payload
         assert expected in payload["message"], (name, payload["message"][:300])
         assert seconds < 1.0, f"{name}: {seconds:.2f} s"
+    status, answer, seconds = post_expecting_continue(server, 10 * 1024**3)  # 10 GB announced
+    assert (status, "max_body_bytes" in answer) == (413, True), answer[:300]
+    assert seconds < 1.0
     # refused bodies left the server able to answer, with the request's own values
     status, payload, _ = post(server, [{"prompt": PROMPT, "seed": 7, "steps": 2}])
     [row] = payload["predictions"] if status == 200 else [{}]

@@ -10,7 +10,7 @@ module serves the same scoring app (``mlflow.pyfunc.scoring_server.init``, same 
 
 * ``Content-Type`` must be ``application/json`` (415 otherwise; CSV is refused because its values
   have no types to check);
-* the body is at most ``limits.max_body_bytes`` (413, read no further) and valid UTF-8 JSON no
+* the body is at most ``limits.max_body_bytes`` (413, never kept in memory) and valid UTF-8 JSON no
   deeper than the request format needs (400);
 * the payload is ``{"dataframe_records": [...]}`` or ``{"dataframe_split": {"columns", "data"}}``
   with at most ``limits.max_rows`` rows; columns are only ``prompt``, ``seed``, ``steps``,
@@ -40,6 +40,7 @@ from magicapture_pipeline.config.serving import MAX_SEED, ServingLimits
 MODEL_URI_ENV = "MAGICAPTURE_SERVE_MODEL_URI"
 COLUMNS = ("prompt", "seed", "steps", "guidance_scale")
 FORMATS = ("dataframe_records", "dataframe_split")
+DRAIN_BYTES = 64 * 1024 * 1024  # an oversized body up to this is read and dropped (see _read)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -198,6 +199,11 @@ class RequestGuard:
     async def _read(self, headers: dict[str, str], receive: Receive) -> bytes:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.limits.max_body_bytes:
+            # A client that sent "Expect: 100-continue" (curl does for large bodies) gets the 413
+            # before it sends the body. One that sends it anyway would see its connection reset
+            # if the answer came first: read and drop up to DRAIN_BYTES of it, then answer.
+            if headers.get("expect", "").lower() != "100-continue" and int(length) <= DRAIN_BYTES:
+                await _drain(receive)
             raise Refusal(413, _too_large(self.limits))
         chunks, size = [], 0
         while True:
@@ -211,6 +217,13 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+async def _drain(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
 
 
 async def _answer(send: Send, refusal: Refusal) -> None:
