@@ -7,9 +7,12 @@ run around a session whose outcome each concept's name decides:
 * ``good-*``: the run succeeds;
 * ``broken-*``: the run raises (a failed concept, never retried);
 * ``flaky-*``: the first attempt writes ``checkpoint-1`` into ``<checkpoint_dir>`` and dies by
-  SIGKILL, as a killed worker does; a later attempt resumes from it.
+  SIGKILL, as a killed worker does; a later attempt resumes from it;
+* ``hold-*``: the first attempt writes ``checkpoint-1`` and waits (for its Ray node to be killed);
+  a later attempt resumes from it.
 
-Every ``run`` appends ``{concept, pid, resume, found}`` to ``$STANDIN_CALLS`` (JSON lines).
+Every ``run`` appends ``{concept, pid, resume, found, node}`` to ``$STANDIN_CALLS`` (JSON lines;
+``node``: the Ray node id inside a Ray worker, else None).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import kedro.framework.session as _session
@@ -61,14 +65,26 @@ class StandInSession:
         folder = self.project / self.params["stage_one"]["checkpoint_dir"]
         resume = [self.params[s]["resume"] for s in ("stage_one", "stage_two")]
         found = sorted(p.name for p in folder.glob("checkpoint-*")) if folder.is_dir() else []
+        node = None
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+        except ImportError:
+            pass
         with open(os.environ["STANDIN_CALLS"], "a") as calls:
             calls.write(json.dumps({"concept": name, "pid": os.getpid(), "resume": resume,
-                                    "found": found}) + "\n")
+                                    "found": found, "node": node}) + "\n")
         if name.startswith("broken"):
             raise ValueError(f"{name}: no face found in source photo 3")
         if name.startswith("flaky") and not found:
             (folder / "checkpoint-1").mkdir(parents=True)
             os.kill(os.getpid(), signal.SIGKILL)
+        if name.startswith("hold") and not found:
+            (folder / "checkpoint-1").mkdir(parents=True)
+            time.sleep(300)
+            raise RuntimeError(f"{name}: its node was not killed")
 
 
 _session.KedroSession = StandInSession
