@@ -43,12 +43,13 @@ def test_a_killed_node_s_concept_resumes_on_another_node(project_copy, tmp_path,
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
+    address = cluster.address
     driver = None
     try:
         path = manifest(tmp_path, "hold-a", "good-b")
         driver = subprocess.Popen(
             [sys.executable, "-m", "magicapture_pipeline.batch", str(path), "--engine", "ray",
-             "--address", cluster.address, "--workers", "2", "--retries", "2", "--threads", "1",
+             "--address", address, "--workers", "2", "--retries", "2", "--threads", "1",
              "--project", str(project_copy), "--batch-id", "multi"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
@@ -79,4 +80,4 @@ def test_a_killed_node_s_concept_resumes_on_another_node(project_copy, tmp_path,
     )
     by_name = {c["name"]: c for c in summary["concepts"]}
     assert by_name["hold-a"]["status"] == by_name["good-b"]["status"] == "succeeded"
-    assert summary["engine_info"]["address"] == cluster.address
+    assert summary["engine_info"]["address"] == address
