@@ -76,15 +76,17 @@ rollback: install  ## give @champion back to @previous (ENV=demo, CONCEPT=demo)
 	$(BIN)/kedro run --pipelines=promote --env=$(or $(ENV),demo) --params=concept=$(CONCEPT),action=rollback
 
 # Serving: MLflow's scoring server on loopback (it has no authentication: put a reverse proxy with
-# auth in front of anything wider). The venv's bin goes first on PATH (the server runs uvicorn).
+# auth in front of anything wider), behind serving/guard.py, which refuses oversized bodies (413),
+# other content types (415) and values of the wrong JSON type or unknown columns (400) before MLflow
+# parses and coerces them. The venv's bin goes first on PATH (uvicorn).
 ALIAS ?= champion
 PORT ?= 5001
 SERVE_ENV := PATH="$(CURDIR)/$(BIN):$$PATH" MAGICAPTURE_PROJECT_ROOT="$(CURDIR)" \
 	MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
 
 serve: install  ## serve models:/magicapture-$(CONCEPT)@$(ALIAS) on http://127.0.0.1:$(PORT)/invocations
-	$(SERVE_ENV) $(BIN)/mlflow models serve -m "models:/magicapture-$(CONCEPT)@$(ALIAS)" \
-	  --env-manager local --host 127.0.0.1 --port $(PORT) --workers 1
+	$(SERVE_ENV) $(BIN)/python -m magicapture_pipeline.serving.guard \
+	  -m "models:/magicapture-$(CONCEPT)@$(ALIAS)" --host 127.0.0.1 --port $(PORT) --workers 1
 
 batch-generate: install  ## PROMPTS=file.csv [CONCEPT=demo ALIAS=champion ENV=demo]: images from a registered concept
 	$(SERVE_ENV) $(BIN)/kedro run --pipelines=batch_generate --env=$(or $(ENV),demo) \

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from full_disk import pytest_terminal_summary  # noqa: F401 - the "could not run" report
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from full_disk import tiny_tmpfs
 from magicapture_pipeline.core import atomic
 from magicapture_pipeline.core.generation import export as concept_io
 
@@ -79,22 +79,10 @@ def test_concept_export_failing_midway_leaves_the_previous_concept(tmp_path, mon
     assert sorted(p.name for p in folder.iterdir()) == ["concept.json", "token_1_v1.safetensors"]
 
 
-@contextlib.contextmanager
 def _tiny_tmpfs(where: Path, size: str = "192k"):
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True, check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+    return tiny_tmpfs(where, size)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
 def test_full_disk_and_read_only_folder_on_a_real_filesystem(tmp_path):
     with _tiny_tmpfs(tmp_path / "disk") as disk:
         folder = disk / "concept"

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from kedro.io import DatasetError
 
+from full_disk import tiny_tmpfs
 from magicapture_pipeline.datasets.atomic import CSVDataset, JSONDataset, TextDataset
 
 
@@ -51,21 +52,13 @@ def test_a_write_that_fails_midway_keeps_the_previous_report(tmp_path, monkeypat
     assert _no_temporaries(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only tmpfs needs root")
 def test_read_only_folder_names_the_path(tmp_path):
     import subprocess
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-                      capture_output=True, check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tiny_tmpfs(tmp_path / "disk") as disk:
         dataset = CSVDataset(filepath=str(disk / "h.csv"))
         dataset.save(pd.DataFrame({"x": [1]}))
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         with pytest.raises(DatasetError, match="could not write " + str(disk / "h.csv")):
             dataset.save(pd.DataFrame({"x": [2]}))
         assert dataset.load()["x"].tolist() == [1]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)

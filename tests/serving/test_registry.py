@@ -239,8 +239,21 @@ def test_champion_samples_exactly_like_generate(store, tiny_concept, monkeypatch
     assert generated.images[0].seed == 11
     expected = np.asarray(generated.images[0].image)
     assert np.array_equal(np.asarray(served.convert("RGB")), expected)
-    other = model.predict(pd.DataFrame({"prompt": ["[V1]"], "seed": [12], "steps": [3]}))
-    assert (other.loc[0, "seed"], other.loc[0, "steps"]) == (12, 3)
+    # the request's steps and guidance_scale reach the sampler: pixels at non-default values
+    asked = {"seed": [11], "steps": [4], "guidance_scale": [2.5]}
+    other = model.predict(pd.DataFrame({"prompt": [row["prompt"]], **asked}))
+    assert (other.loc[0, "seed"], other.loc[0, "steps"], other.loc[0, "guidance_scale"]) == (
+        11,
+        4,
+        2.5,
+    )
+    settings = {"images_per_prompt": 1, "num_inference_steps": 4, "guidance_scale": 2.5}
+    expected = np.asarray(
+        run_generation(base, concept, SAMPLING.model_copy(update=settings)).images[0].image
+    )
+    pixels = np.asarray(decode_image(other.loc[0, "image"]))
+    assert np.array_equal(pixels, expected)
+    assert not np.array_equal(pixels, np.asarray(served.convert("RGB")))  # the values matter
 
 
 def test_refused_request_does_no_work(store, tiny_concept, monkeypatch):

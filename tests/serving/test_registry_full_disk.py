@@ -9,30 +9,23 @@ model keeps exactly its first version and aliases.
 from __future__ import annotations
 
 import errno
-import os
-import subprocess
 
 import pytest
 from mlflow import MlflowClient
 from test_registry import MODEL, SAMPLING, aliases, tiny_concept  # noqa: F401 (a fixture)
 
+from full_disk import tiny_tmpfs
 from magicapture_pipeline.config.serving import ServingConfig
 from magicapture_pipeline.config.tracking import RegistryConfig
 from magicapture_pipeline.pipelines.register.nodes import register_concept
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
 def test_full_artifact_disk_registers_nothing(tmp_path, tiny_concept):  # noqa: F811
     base, concept = tiny_concept
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-                      capture_output=True, check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tiny_tmpfs(tmp_path / "disk") as disk:
         config = RegistryConfig(model_name=MODEL)  # sampling lives in SAMPLING (one home)
         metrics = {"csim_arcface": 0.5, "unavailable": {}}
         roomy = client.create_experiment("roomy", artifact_location=(tmp_path / "a").as_uri())
@@ -52,5 +45,3 @@ def test_full_artifact_disk_registers_nothing(tmp_path, tiny_concept):  # noqa: 
         assert str(disk) in f"{error.filename} {error.filename2} {error}"
         assert [int(v.version) for v in client.search_model_versions(f"name='{MODEL}'")] == [1]
         assert aliases(client) == before == {"candidate": 1}
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -1,7 +1,8 @@
 """The registered tiny concept behind MLflow's real scoring server, and the batch pipeline.
 
-The server is started the way ``make serve`` starts it (``mlflow models serve --env-manager local``
-on 127.0.0.1 with the venv's bin on PATH) and stopped by the fixture, process group and all.
+The server is started the way ``make serve`` starts it (MLflow's scoring app behind
+``serving/guard.py`` on 127.0.0.1 with the venv's bin on PATH) and stopped by the fixture,
+process group and all.
 """
 
 from __future__ import annotations
@@ -90,13 +91,11 @@ def server(registry):
     log = (root / "serve.log").open("w")
     process = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "mlflow"),
-            "models",
-            "serve",
+            sys.executable,
+            "-m",
+            "magicapture_pipeline.serving.guard",
             "-m",
             f"models:/{MODEL}@champion",
-            "--env-manager",
-            "local",
             "--host",
             "127.0.0.1",
             "--port",
@@ -215,6 +214,79 @@ def test_concurrent_load_and_bad_requests(server):
     assert answers[5][1]["predictions"][0]["image"] == payload["predictions"][0]["image"]
 
 
+def post_raw(url: str, body: bytes, content_type: str | None) -> tuple[int, dict, float]:
+    headers = {"Content-Type": content_type} if content_type else {}
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers=headers)
+    if content_type is None:  # urllib adds a form Content-Type unless told there is none
+        request.remove_header("Content-type")
+        request.unredirected_hdrs.pop("Content-type", None)
+    start = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            status, text = answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read()
+    except (ConnectionError, urllib.error.URLError) as error:  # a server that closes early
+        raise AssertionError(f"no answer: {error!r}") from error
+    return status, json.loads(text or b"{}"), time.perf_counter() - start
+
+
+def records(*rows: dict) -> bytes:
+    return json.dumps({"dataframe_records": list(rows)}).encode()
+
+
+HOSTILE = [
+    ("50 MB prompt", records({"prompt": "a" * 50_000_000}), 413, "max_body_bytes"),
+    ("900 kB prompt", records({"prompt": "a " * 450_000}), 400, "max_prompt_chars"),
+    ("no content type", records({"prompt": PROMPT}), 415, "Content-Type"),
+    ("csv", b"prompt\nx\n", 415, "application/json"),
+    ("100k-deep JSON", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+    ("steps 10.5", records({"prompt": PROMPT, "steps": 10.5}), 400, "'steps' must be a JSON int"),
+    ("seed true", records({"prompt": PROMPT, "seed": True}), 400, "'seed' must be a JSON integer"),
+    ("seed '7'", records({"prompt": PROMPT, "seed": "7"}), 400, "'seed' must be a JSON integer"),
+    ("seed 1e30", records({"prompt": PROMPT, "seed": 1e30}), 400, "'seed' must be a JSON integer"),
+    ("seed 2**64", records({"prompt": PROMPT, "seed": 2**64}), 400, "'seed' is 1844674407"),
+    ("unknown column", records({"prompt": PROMPT, "width": 4096}), 400, "unknown column(s) ['wid"),
+    ("guidance NaN", b'{"dataframe_records": [{"prompt": "x", "guidance_scale": NaN}]}', 400,
+     "'guidance_scale' must be a finite"),
+    ("not UTF-8", b'{"dataframe_records": [{"prompt": "\xff"}]}', 400, "not UTF-8"),
+    ("other shape", json.dumps({"instances": [PROMPT]}).encode(), 400, "dataframe_records"),
+]
+
+
+def post_expecting_continue(url: str, size: int) -> tuple[int, str, float]:
+    """What curl does with a large body: headers with ``Expect: 100-continue``, then wait."""
+    host, port = url.removeprefix("http://").split(":")
+    start = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = (
+            f"POST /invocations HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        answer = sock.recv(65536).decode("latin-1")
+    status = int(answer.split(" ", 2)[1])
+    return status, answer, time.perf_counter() - start
+
+
+@pytest.mark.service
+def test_hostile_requests_are_refused_early_and_exactly(server):
+    """Each refusal is a 4xx naming the field or limit, in well under a second (real server)."""
+    content = {"no content type": None, "csv": "text/csv"}
+    for name, body, status, expected in HOSTILE:
+        got, payload, seconds = post_raw(server, body, content.get(name, "application/json"))
+        assert (got, name) == (status, name), payload
+        assert expected in payload["message"], (name, payload["message"][:300])
+        assert seconds < 1.0, f"{name}: {seconds:.2f} s"
+    status, answer, seconds = post_expecting_continue(server, 10 * 1024**3)  # 10 GB announced
+    assert (status, "max_body_bytes" in answer) == (413, True), answer[:300]
+    assert seconds < 1.0
+    # refused bodies left the server able to answer, with the request's own values
+    status, payload, _ = post(server, [{"prompt": PROMPT, "seed": 7, "steps": 2}])
+    [row] = payload["predictions"] if status == 200 else [{}]
+    assert (status, row.get("seed"), row.get("steps")) == (200, 7, 2)
+
+
 def test_make_serve_binds_loopback_with_the_venv_on_path():
     done = subprocess.run(
         ["make", "-n", "serve", "CONCEPT=alice", "ALIAS=candidate", "PORT=5123"],
@@ -223,8 +295,8 @@ def test_make_serve_binds_loopback_with_the_venv_on_path():
         text=True,
         check=True,
     ).stdout
-    assert 'models serve -m "models:/magicapture-alice@candidate"' in done
-    assert "--host 127.0.0.1 --port 5123" in done and "--env-manager local" in done
+    assert '-m magicapture_pipeline.serving.guard \\\n' in done
+    assert '-m "models:/magicapture-alice@candidate" --host 127.0.0.1 --port 5123' in done
     assert f'PATH="{PROJECT_ROOT}/.venv/bin:' in done
 
 

@@ -33,6 +33,21 @@ class ServingLimits(BaseModel):
         "encoder's own limit (CLIP: 77). Longer prompts are refused, never silently cut.",
     )
 
+    max_prompt_chars: int = Field(
+        2000,
+        ge=1,
+        le=1_000_000,
+        description="Longest prompt in characters, checked before tokenising (ours: CLIP's 77 "
+        "tokens rarely span 1000 characters; a 50 MB prompt took minutes and GBs to tokenise).",
+    )
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        le=256 * 1_048_576,
+        description="Largest request body in bytes, refused (413) by the serving guard before it "
+        "is parsed (ours: 1 MiB holds max_rows prompts of max_prompt_chars with room to spare).",
+    )
+
     @model_validator(mode="after")
     def _ranges(self) -> ServingLimits:
         if self.min_steps > self.max_steps:

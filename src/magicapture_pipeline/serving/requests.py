@@ -112,6 +112,13 @@ def validate_request(
         if _missing(prompt) or not isinstance(prompt, str) or not prompt.strip():
             problems.append(f"{where}: 'prompt' is missing or empty")
             prompt = ""
+        elif len(prompt) > limits.max_prompt_chars:
+            problems.append(
+                f"{where}: 'prompt' is {len(prompt)} characters; the limit is "
+                f"{limits.max_prompt_chars} (serving.limits.max_prompt_chars), checked before "
+                "tokenising; shorten it, nothing is cut"
+            )
+            prompt = ""
         else:
             prompt = fill_tokens(prompt)
             tokens = count_tokens(prompt)
