@@ -212,9 +212,23 @@ def test_kedro_run_on_a_locked_concept_is_refused(project_copy, monkeypatch):
 
 
 def test_dvc_concepts_and_catalog_agree():
+    """params.yaml's concepts are valid names and include the env's default concept (what
+    ``make demo`` builds); every dvc.yaml stage runs once per listed concept and writes only
+    under that concept's ``data/<layer>/<concept>/`` (break caught: an out without ``${key}``)."""
     params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    for name in params["concepts"]:
-        validate_concept_name(name)
+    concepts = list(params["concepts"])
+    assert concepts and [validate_concept_name(name) for name in concepts] == concepts
+    env_globals = PROJECT_ROOT / "conf" / params["kedro_env"] / "globals.yml"
+    assert yaml.safe_load(env_globals.read_text())["concept_name"] in concepts
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages
+    for name, stage in stages.items():
+        assert stage["foreach"] == "${concepts}", name
+        assert "--params=concept=${key}," in stage["do"]["cmd"][-1], name
+        for out in stage["do"]["outs"]:
+            path = out if isinstance(out, str) else next(iter(out))
+            parts = path.split("/")
+            assert parts[0] == "data" and parts[2] == "${key}", (name, path)
 
 
 @pytest.mark.integration

@@ -173,6 +173,27 @@ def test_ar_loss_per_token_masks_and_broadcast():
     assert attention_refocusing_loss(attention, face).item() == 0.0
 
 
+@pytest.mark.parametrize("order", ["average_then_scale", "scale_then_average"])
+def test_ar_loss_keeps_each_tokens_own_map(order):
+    """[V1] attends only to the face, [V2] only to the rest, at a different strength (different
+    maps per token, an off-centre face): each inside its own region, so Eq. 8 is exactly 0; with
+    the regions swapped every scaled pixel of both maps is outside: the mean of 6/16 and 10/16.
+    Breaks caught: the maps averaged over the token axis (both tokens then share one map that
+    lies in both regions) and [V2]'s region set to the face.
+    """
+    face = torch.zeros(1, 1, 4, 4)
+    face[..., :3, :2] = 1.0  # top-left corner, 6 of 16 pixels
+    maps = torch.cat([face, 0.5 * (1.0 - face)], dim=1)  # (1, 2, 4, 4): [V1] on the face only
+    per_head = maps.unsqueeze(2).expand(1, 2, 3, 4, 4)  # the same with 3 head/layer maps
+    regions = torch.cat([face, 1.0 - face], dim=1)
+    swapped = torch.cat([1.0 - face, face], dim=1)
+    for attention in (maps, per_head):
+        assert attention_refocusing_loss(attention, regions, order=order).item() == 0.0
+        assert attention_refocusing_loss(attention, swapped, order=order).item() == (
+            pytest.approx(6 / 16 / 2 + 10 / 16 / 2)
+        )
+
+
 def test_ar_loss_upsamples_maps_to_mask_size_and_has_gradient():
     mask = _half_mask(1, 16)
     attention = torch.rand(1, 2, 4, 4, requires_grad=True)

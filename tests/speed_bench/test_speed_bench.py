@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 
 import pytest
+import torch
 
 from magicapture_pipeline import speed_bench
 
@@ -27,12 +30,12 @@ def test_measure_size_reports_every_step_figure_and_ratio(quick_tiny, engine):
     if engine == "trainer":  # the authors' step over the default one: trainer switches only
         figures += speed_bench.TRAINER_FIGURES
         assert "stage2_authors_over_default" in result
-    for key in figures:
-        assert result[key] > 0, key
-    for key, (numerator, denominator) in speed_bench.RATIOS.items():
-        if numerator in figures and denominator in figures:
-            assert result[key] == pytest.approx(result[numerator] / result[denominator], rel=1e-2)
-    assert result["peak_rss_mb"] > 0
+    # what is reported, never how fast (a "> 0" or a ratio recomputed from the same two numbers
+    # cannot fail; speed is `make bench`'s)
+    ratios = [k for k, (a, b) in speed_bench.RATIOS.items() if a in figures and b in figures]
+    assert ratios
+    for key in (*figures, *ratios, "peak_rss_mb"):
+        assert math.isfinite(result[key]), key
     assert set(result["breakdown_s"]) >= {"unet_fwd_bwd_s", "vae_decode_fwd_bwd_s"}
     assert result["capture_layers"] and all(n.endswith("attn2") for n in result["capture_layers"])
 
@@ -80,3 +83,38 @@ def test_markdown_shows_gpu_name_precision_and_peak_memory():
     text = speed_bench._markdown({"environment": env, "sizes": {"sd15_512": size}})
     assert "NVIDIA H100 (CUDA 12.8, mixed precision fp16)" in text
     assert "| stage2_full_step_s | 5120.5 |" in text
+
+
+class _ScriptedBench:
+    """A bench whose steps advance a scripted clock by known seconds: after a 50 s warm-up round,
+    variant ``a`` takes 1, 9, 2 s and ``b`` 4, 6, 100 s."""
+
+    durations = {"a": [50.0, 1.0, 9.0, 2.0], "b": [50.0, 4.0, 6.0, 100.0]}
+
+    def __init__(self, clock):
+        self.device = torch.device("cpu")
+        self.minimum: dict[str, float] = {}
+        self.peak_gpu_mb: dict[str, float] = {}
+        self.clock, self.rounds = clock, {"a": 0, "b": 0}
+
+    def variant(self, name):
+        def step():
+            self.clock.now += self.durations[name][self.rounds[name]]
+            self.rounds[name] += 1
+
+        return step, contextlib.nullcontext()
+
+
+def test_step_figures_are_medians_of_the_timed_rounds_per_variant(monkeypatch):
+    """The timing harness on a scripted clock (no real speed asserted): each variant's figure
+    is the median of its own timed rounds, warm-up excluded, and its minimum is kept. Breaks
+    caught: the warm-up round counted, the mean for the median, rounds of one variant credited
+    to another."""
+    from magicapture_pipeline.speed_bench import measure
+
+    clock = type("Clock", (), {"now": 0.0})()
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock.now)
+    bench = _ScriptedBench(clock)
+    medians = measure._interleaved_medians(bench, ("a", "b"), repeats=3, warmup=1)
+    assert medians == {"a": 2.0, "b": 6.0}
+    assert bench.minimum == {"a": 1.0, "b": 4.0}

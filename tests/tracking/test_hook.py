@@ -173,7 +173,22 @@ def test_flatten_and_options():
     assert tags["magicapture.concept.attention_refocusing.enabled"] == "True"
 
 
+def _git_commit_in(folder: Path) -> str:
+    """Make ``folder`` a git repository with one commit; its hash."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        return done.stdout.strip()
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "t")
+    return git("rev-parse", "HEAD")
+
+
 def test_one_finished_run_with_params_losses_metrics_and_images(tmp_path, tracking):
+    commit = _git_commit_in(tmp_path)  # the project's commit, not the fallback "unknown"
     hook, catalog = run_toy(tmp_path)
     run = only_run(tracking)
     assert run.info.status == "FINISHED"
@@ -188,7 +203,7 @@ def test_one_finished_run_with_params_losses_metrics_and_images(tmp_path, tracki
     tags = run.data.tags
     assert tags["kedro.env"] == "test" and tags["kedro.pipelines"] == "toy"
     assert tags["kedro.run_id"] == "2026-11-25T10.00.00.000Z"
-    assert tags["git.commit"]  # a commit hash or "unknown" outside git
+    assert tags["git.commit"] == tags["mlflow.source.git.commit"] == commit
     assert tags["magicapture.identity_loss"] == "off"
     assert tags["magicapture.concept.identity.backend"] == "dlib"
     assert tags["magicapture.unavailable"] == "aesthetic"

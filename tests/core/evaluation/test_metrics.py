@@ -288,19 +288,27 @@ def test_metrics_without_weights_are_unavailable_with_reasons(astronaut):
     clip = m.load_clip("/nonexistent/clip-vit-large-patch14", local_files_only=True)
     aesthetic = m.load_aesthetic(None)
     assert clip[0] is None and "could not be loaded" in clip[1]
-    evaluation = evaluate_images(
-        {"g": astronaut},
-        [astronaut],
-        [astronaut],
-        identity=(DlibFaceEmbedder(), None),
-        clip=clip,
-        aesthetic=aesthetic,
-        face_mask_fn=None,
-        face_detect_fn=lambda image: True,
-    )
+    from magicapture_pipeline.core.faces.regions import FaceRegions
+
+    faces = FaceRegions()  # the real detector: one image with a face, one without
+    try:
+        evaluation = evaluate_images(
+            {"g": astronaut, "no_face": Image.new("RGB", astronaut.size, (90, 140, 200))},
+            [astronaut],
+            [astronaut],
+            identity=(DlibFaceEmbedder(), None),
+            clip=clip,
+            aesthetic=aesthetic,
+            face_mask_fn=None,
+            face_detect_fn=faces.detected,
+        )
+    finally:
+        faces.close()
     out = evaluation.as_json()
     assert out["csim_dlib"] > 0.99
-    assert out["face_detected_rate"] == 1.0
+    assert out["face_detected_rate"] == 0.5
+    assert evaluation.per_image["g"]["face_detected"] is True
+    assert evaluation.per_image["no_face"]["face_detected"] is False
     for name in ("style_similarity", "aesthetic_score"):
         assert name not in out
         assert out["unavailable"][name]

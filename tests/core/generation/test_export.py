@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
+from conftest import PROJECT_ROOT
 from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
 from magicapture_pipeline.config.training import LoraConfigModel, StageTwoConfig
 from magicapture_pipeline.core.generation.export import (
@@ -97,7 +99,10 @@ def test_concept_json_contract(tiny_dir, tmp_path):
     assert info["base_model"] == str(tiny_dir) and info["resolution"] == 64
     assert [t["token"] for t in info["tokens"]] == ["<v1>", "<v2>"]
     assert info["lora"] == LORA_FILE and (tmp_path / LORA_FILE).is_file()
-    assert info["preset"] == "paper" and info["commit"]
+    assert info["preset"] == "paper"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    assert info["commit"] == head  # the package's commit, not the fallback "unknown"
     assert info["identity_loss"]["enabled"] is False
     assert all((tmp_path / t["file"]).is_file() for t in info["tokens"])
     assert not any(p.suffix in {".bin", ".pt", ".pkl"} for p in tmp_path.iterdir())

@@ -77,6 +77,20 @@ def test_attention_term_pairs_v1_with_the_face_and_v2_with_the_rest():
     assert logs == {"loss_attn": loss.item()}
 
 
+@pytest.mark.parametrize("order", ["average_then_scale", "scale_then_average"])
+def test_attention_term_is_zero_when_each_token_attends_only_to_its_region(order):
+    """[V1]'s map lies on the face, [V2]'s (a different, weaker map) on the rest: Eq. 8 is 0.
+    Breaks caught: [V2] refocused onto the face (``region_mask(..., True)`` for both tokens) and
+    the two maps averaged into one before the loss."""
+    face = _face_mask()
+    capture = _StubCapture({2: face[0].clone(), 5: 0.5 * (1.0 - face[0])})
+    term = AttentionRefocusingTerm(AttentionConfig(scale_order=order), capture, [V1, V2], 0.0, CPU)
+    loss, _ = term(torch.tensor([[0, 7, V1, 9, 9, V2, 3]]), face)
+    assert loss.item() == 0.0
+    lone, _ = term(torch.tensor([[0, 7, 4, 9, 9, V2, 3]]), face)  # [V2] alone: still 0
+    assert lone.item() == 0.0
+
+
 def test_attention_term_leaves_out_v1_without_a_face_and_none_without_tokens():
     term, capture = _term()
     loss, _ = term(torch.tensor([[0, V1, V2]]), torch.zeros(1, 8, 8))

@@ -209,12 +209,21 @@ def test_heatmaps_and_attention_report(tiny_dir):
     assert report["maps"].shape[1] == 2
 
 
-def test_cache_latents_off_matches_on_in_shape(tiny_dir):
-    trainer = _trainer("one", tiny_dir, cache_latents=False, hflip=False)
-    assert all(
-        v.latent_mean is None for items in trainer.variants.values() for i in items for v in i
-    )
-    assert np.isfinite(trainer.step()["loss"])
+def test_cache_latents_off_matches_on(tiny_dir):
+    """Cached latents are each variant's own VAE posterior (flipped variants included), and a
+    step reads the same latents with the cache on or off: the same seed gives the same loss
+    (break caught: the flipped variant caching the unflipped image's latents)."""
+    off = _trainer("one", tiny_dir, cache_latents=False, hflip=True)
+    on = _trainer("one", tiny_dir, cache_latents=True, hflip=True)
+    variants_off = [v for items in off.variants.values() for i in items for v in i]
+    variants_on = [v for items in on.variants.values() for i in items for v in i]
+    assert all(v.latent_mean is None for v in variants_off)
+    for variant in variants_on:
+        mean, std = on._encode(variant.example.image)
+        assert torch.equal(variant.latent_mean, mean) and torch.equal(variant.latent_std, std)
+    losses_off = [off.step()["loss"] for _ in range(3)]
+    losses_on = [on.step()["loss"] for _ in range(3)]
+    assert losses_on == pytest.approx(losses_off, rel=1e-5, abs=1e-7)
 
 
 def test_flip_mirrors_landmarks_and_swaps_sides():
