@@ -192,10 +192,14 @@ def pool_at_end_of_text(tokenizer: Any, text_encoder: Any) -> dict[str, Any]:
     eos = int(tokenizer.eos_token_id)
     found = text_encoder.config.eos_token_id
     text_encoder.config.eos_token_id = eos
-    model = getattr(text_encoder, "text_model", None)
-    if model is not None and hasattr(model, "eos_token_id"):
-        model.eos_token_id = eos
+    for module in pooling_modules(text_encoder):  # the encoder itself or its ``text_model``
+        module.eos_token_id = eos
     return {"config_eos_token_id": found, "eos_token_id": eos}
+
+
+def pooling_modules(text_encoder: Any) -> list[Any]:
+    """The modules of ``text_encoder`` that cache the ``eos_token_id`` they pool at."""
+    return [module for module in text_encoder.modules() if hasattr(module, "eos_token_id")]
 
 
 def ensure_end_of_text_pooling(components: SDComponents) -> dict[str, dict[str, Any]]:
