@@ -67,7 +67,12 @@ def write_sdxl_concept(base: Path, out: Path) -> tuple[dict, object]:
         embeddings,
         unet_lora,
         te_lora,
-        {"base_model": str(base), "family": "sdxl", "resolution": 64},
+        {
+            "base_model": str(base),
+            "family": "sdxl",
+            "resolution": 64,
+            "text_pooling": parts.text_pooling,
+        },
         text_encoder_2_lora=te2_lora,
     )
     return info, parts

@@ -288,4 +288,5 @@ def test_check_config_names_each_source():
     assert rows["stage_two.lora.rank"] == (8, "--params")
     assert rows["stage_two.max_steps"] == (80, "conf/demo/parameters_train_stage_two.yml")
     assert rows["stage_two.lr_scheduler"] == ("linear", "recipe official (authors' code)")
-    assert rows["stage_two.lora.init"][1].startswith("default")
+    assert rows["stage_two.lora.init"] == ("gaussian", "recipe official (authors' code)")
+    assert rows["stage_two.heatmap_every"][1].startswith("default")

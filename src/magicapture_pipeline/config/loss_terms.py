@@ -24,8 +24,9 @@ class IdentityConfig(_Strict):
     mode: Literal["single_pass", "two_pass", "off"] = Field(
         "single_pass",
         json_schema_extra=authors("two_pass"),
-        description="single_pass = x0 from the same UNet forward; two_pass = official extra "
-        "forward; off.",
+        description="single_pass = x0 from the same UNet forward (ours); two_pass = the "
+        "authors' extra forward at its own t < T' with the step's noise (magicapture_train.py "
+        "loss_step: add_noise(latents, noise, id_timesteps)), storing no attention maps; off.",
     )
     weight: float = Field(
         1.0,

@@ -110,9 +110,10 @@ class _TrainingLoopConfig(_Strict):
         4,
         ge=1,
         json_schema_extra=authors(1),
-        description="Micro-batches of one image per optimiser step (ours: 4, what the authors' "
-        "--gradient_accumulation_steps=4 asks for; their loops step after every image, so the "
-        "official recipe uses 1; paper: not stated).",
+        description="Micro-batches of one image per optimiser step (paper: 4, Training Details "
+        "'batch size of 1 and gradient accumulation over 4 steps'; authors' code: 1, their loops "
+        "step after every image although train_magicapture.sh passes "
+        "--gradient_accumulation_steps=4).",
     )
     lr_scheduler: str = Field(
         "constant",
@@ -135,12 +136,13 @@ class _TrainingLoopConfig(_Strict):
         "stage-one embeddings, --weight_decay_ti=0.000, and 1e-3 for every stage-two group, "
         "--weight_decay_lora=0.001; paper: not stated).",
     )
-    max_grad_norm: float = Field(
+    max_grad_norm: float | None = Field(
         1.0,
-        gt=0.0,
-        json_schema_extra=authors(stage_two=1.0),
-        description="Gradient clipping norm (authors' code: 1.0 in stage two, none in stage "
-        "one; paper: not stated).",
+        ge=0.0,
+        json_schema_extra=authors(stage_one=None, stage_two=1.0),
+        description="Gradient clipping norm; 0 or null = no clipping (authors' code: none in "
+        "stage one, train_inversion has no clip_grad_norm_; 1.0 in stage two, perform_tuning's "
+        "clip_grad_norm_(..., 1.0); paper: not stated; ours: 1.0 in both stages).",
     )
     max_timestep_fraction: float = Field(
         1.0,
@@ -280,7 +282,14 @@ class LoraConfigModel(_Strict):
         "text-encoder LoRA).",
     )
     init: Literal["gaussian", "default"] = Field(
-        "default", description="peft init_lora_weights ('default' = B zero, output unchanged)."
+        "gaussian",
+        json_schema_extra=authors("gaussian"),
+        description="peft init_lora_weights of A (B is zero either way, so the output starts "
+        "unchanged): gaussian = N(0, (1/rank)^2), std 0.25 at rank 4 (authors' code: "
+        "lora_diffusion_/lora.py LoraInjectedLinear, nn.init.normal_(lora_down.weight, "
+        "std=1 / r), lora_up zero; paper: not stated, so both recipes follow the authors); "
+        "default = peft's kaiming-uniform A (std 1/sqrt(3 fan_in), 8-15x smaller at SD 1.5's "
+        "widths).",
     )
 
 

@@ -253,9 +253,16 @@ def _stock_image(base, folder, scales, seed=7):
     """The recipe the README shows, with nothing from this project."""
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline
     from safetensors.torch import load_file
+    from transformers import CLIPTextModelWithProjection
 
     meta = json.loads((folder / "concept.json").read_text())
-    pipe = StableDiffusionXLPipeline.from_pretrained(base, local_files_only=True)
+    text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+        base, subfolder="text_encoder_2", local_files_only=True,
+        eos_token_id=meta["text_pooling"]["clip_g"]["eos_token_id"],
+    )  # fmt: skip
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        base, local_files_only=True, text_encoder_2=text_encoder_2
+    )
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     for t in meta["tokens"]:
         state = load_file(str(folder / t["file"]))

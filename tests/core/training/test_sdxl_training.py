@@ -210,6 +210,9 @@ def test_trained_sdxl_concept_loads_in_stock_diffusers(tiny_xl, tmp_path):
         text_encoder_2_lora=result.text_encoder_2_lora,
     )
     assert info["family"] == "sdxl" and info["text_encoder_2_lora"]
+    # concept.json says where the pooled embedding was taken: end-of-text, not the published 2
+    end_of_text = trainer.components.tokenizer_2.eos_token_id
+    assert info["text_pooling"]["clip_g"] == {"config_eos_token_id": 2, "eos_token_id": end_of_text}
 
     def sample(pipe):
         pipe.set_progress_bar_config(disable=True)

@@ -198,10 +198,10 @@ def test_each_task_trains_only_inside_its_region(tiny_dir, stage, odds, want):
 def _identity_only_lora_grads(trainer) -> list[float]:
     example = trainer.variants["reference"][0][0].example
     latents = trainer._latents(trainer.variants["reference"][0][0])
-    noisy, _, timesteps = trainer._noisy(latents, 300)
+    noisy, noise, timesteps = trainer._noisy(latents, 300)
     cond = trainer._encode_prompt("a photo of a <v1> person in the style of <v2>")
     pred = trainer._predict(noisy, timesteps, cond)
-    identity, _ = trainer._identity(noisy, pred, timesteps, latents, cond, example)
+    identity, _ = trainer._identity(noisy, pred, timesteps, (latents, noise), cond, example)
     identity.backward()
     return [
         float(p.grad.abs().sum()) if p.grad is not None else 0.0

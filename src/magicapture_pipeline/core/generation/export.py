@@ -167,12 +167,16 @@ def load_embeddings(pipe: Any, concept_dir: str | Path, info: Mapping[str, Any])
 
     SD 1.x: ``load_textual_inversion(file, token=token)``. SDXL: the file's ``clip_l`` row into
     ``text_encoder`` / ``tokenizer`` and its ``clip_g`` row into ``text_encoder_2`` /
-    ``tokenizer_2`` (diffusers' documented SDXL recipe).
+    ``tokenizer_2`` (diffusers' documented SDXL recipe). First every text encoder of ``pipe`` is
+    made to pool at end-of-text, as in training (``core.models.loading.pool_at_end_of_text``;
+    ``concept.json`` ``text_pooling``).
 
     Raises:
         ValueError: the concept's family (``concept.json``) is not the pipeline's.
     """
     from safetensors.torch import load_file
+
+    from magicapture_pipeline.core.models.loading import pool_at_end_of_text
 
     folder = Path(concept_dir)
     family = info.get("family") or SD15
@@ -182,6 +186,12 @@ def load_embeddings(pipe: Any, concept_dir: str | Path, info: Mapping[str, Any])
             f"({type(pipe).__name__}) is {pipeline_family(pipe)!r}: load the concept on a base "
             f"model of its family ({info.get('base_model')})"
         )
+    for tokenizer, encoder in (
+        (pipe.tokenizer, pipe.text_encoder),
+        (getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)),
+    ):
+        if encoder is not None:  # pooled output at end-of-text, as the concept was trained
+            pool_at_end_of_text(tokenizer, encoder)
     for item in info["tokens"]:
         path = folder / item["file"]
         if family == SD15:

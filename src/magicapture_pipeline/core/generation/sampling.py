@@ -73,14 +73,15 @@ def load_base_pipeline(
     """The family's pipeline (``core.models.model_family``) with ``from_pretrained``
     (``device`` / ``dtype`` ``auto``: CUDA and float16 when present, see ``core.devices``):
     ``StableDiffusionPipeline`` without the safety checker, or ``StableDiffusionXLPipeline``
-    (whose VAE decodes in fp32 even when ``dtype`` is float16: its ``force_upcast``).
+    (whose VAE decodes in fp32 even when ``dtype`` is float16: its ``force_upcast``). Every
+    text encoder pools at end-of-text (``core.models.loading.pool_at_end_of_text``).
 
     A local folder is read with ``local_files_only=True``; a hub id goes through the HF cache.
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from magicapture_pipeline.core.models.devices import resolve_device, resolve_dtype
-    from magicapture_pipeline.core.models.loading import SDXL, model_family
+    from magicapture_pipeline.core.models.loading import SDXL, model_family, pool_at_end_of_text
 
     dtype, device = resolve_dtype(dtype, device), resolve_device(device)
     source = str(path_or_hub_id)
@@ -91,7 +92,15 @@ def load_base_pipeline(
         pipe = StableDiffusionPipeline.from_pretrained(
             source, safety_checker=None, requires_safety_checker=False, **kwargs
         )
+    for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), _second_encoder(pipe)):
+        if encoder is not None:  # pooled output at end-of-text, as in training
+            pool_at_end_of_text(tokenizer, encoder)
     return pipe.to(device)
+
+
+def _second_encoder(pipe: Any) -> tuple[Any, Any]:
+    """SDXL's ``(tokenizer_2, text_encoder_2)``; ``(None, None)`` for SD 1.x."""
+    return getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None)
 
 
 def set_scheduler(pipe: Any, name: str) -> None:

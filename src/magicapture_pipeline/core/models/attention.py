@@ -10,8 +10,9 @@ measured cost 0-4 % per step.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -212,6 +213,8 @@ class CrossAttentionCapture:
         keep_heads: store every head's map instead of the head-mean (needed for Eq. 8 in the
             authors' order, ``attention.scale_order: scale_then_average``; ``heads`` x the
             memory).
+        latent_size: side of the latents the UNet will run on, at which ``resolution`` is read
+            (default ``unet.config.sample_size``).
     """
 
     def __init__(
@@ -221,11 +224,14 @@ class CrossAttentionCapture:
         layer_names: Sequence[str] | None = None,
         clear_each_forward: bool = True,
         keep_heads: bool = False,
+        latent_size: int | None = None,
     ) -> None:
         self.unet = unet
         self.keep_heads = keep_heads
         self.layer_names = (
-            list(layer_names) if layer_names else cross_attention_layers(unet, resolution)
+            list(layer_names)
+            if layer_names
+            else cross_attention_layers(unet, resolution, latent_size=latent_size)
         )
         self.clear_each_forward = clear_each_forward
         self.enabled = True
@@ -272,6 +278,16 @@ class CrossAttentionCapture:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Within: nothing is stored and the captured layers run SDPA; the maps captured before
+        are kept (:attr:`enabled` is restored on exit)."""
+        before, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = before
 
     # recording ----------------------------------------------------------------------------
     def fallback(

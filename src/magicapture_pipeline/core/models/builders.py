@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from magicapture_pipeline.core.models import published
 from magicapture_pipeline.core.models.loading import (
     SD15,
     SDXL,
@@ -24,31 +25,19 @@ from magicapture_pipeline.core.models.loading import (
     load_components,
     model_family,
 )
-from magicapture_pipeline.core.models.offline_tokenizer import MAX_LENGTH, build_offline_tokenizer
-from magicapture_pipeline.core.models.sdxl import SDXL_VAE, SECOND_PAD_TOKEN, TIME_IDS
+from magicapture_pipeline.core.models.offline_tokenizer import build_offline_tokenizer
+from magicapture_pipeline.core.models.sdxl import SECOND_PAD_TOKEN, TIME_IDS
 
 logger = logging.getLogger(__name__)
-
-def _sd_scheduler_config() -> dict[str, Any]:
-    """SD 1.5's noise schedule (scaled-linear betas 0.00085..0.012, 1000 steps, epsilon)."""
-    return {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon",
-        "set_alpha_to_one": False,
-        "steps_offset": 1,
-        "skip_prk_steps": True,
-    }
 
 
 def build_tiny_sd(out_dir: str | Path, config: Any) -> Path:
     """Build a tiny random Stable Diffusion and save it in diffusers format.
 
     The layout is SD's (a cross-attention UNet, an x8 ``AutoencoderKL``, a CLIP text encoder, a
-    CLIP tokenizer and SD's noise schedule), only much smaller; weights are seeded, so the same
-    config always gives the same model. No safety checker is saved.
+    CLIP tokenizer and SD's noise schedule), only much smaller; every non-size field is SD 1.5's
+    published one (:mod:`.published`); weights are seeded, so the same config always gives the
+    same model. No safety checker is saved.
 
     Args:
         out_dir: folder to write (``model_index.json`` + one subfolder per component).
@@ -65,17 +54,19 @@ def build_tiny_sd(out_dir: str | Path, config: Any) -> Path:
     out_dir = Path(out_dir)
     torch.manual_seed(config.seed)
     tokenizer = build_offline_tokenizer(config.extra_words)
-    unet = tiny_unet(config, config.text_hidden_size)
-    vae = tiny_vae(config)
+    unet = tiny_unet(config, config.text_hidden_size, **published.SD15_UNET)
+    vae = tiny_vae(config, **published.SD15_VAE)
     text_encoder = CLIPTextModel(
-        tiny_text_config(config, config.text_hidden_size, config.text_layers, tokenizer)
+        tiny_text_config(
+            config, config.text_hidden_size, config.text_layers, tokenizer, published.CLIP_L_TEXT
+        )
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=PNDMScheduler(**_sd_scheduler_config()),
+        scheduler=PNDMScheduler.from_config(published.SD15_SCHEDULER),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -89,14 +80,13 @@ def tiny_unet(config: Any, cross_attention_dim: int, **extra: Any) -> Any:
     """The tiny builders' ``UNet2DConditionModel`` from a ``TinyModelConfig`` (latents at
     ``sample_size / 8``), attending to ``cross_attention_dim``-wide text.
 
-    ``extra`` adds family settings (SDXL: ``text_time`` conditioning, linear projections).
+    ``extra`` adds the published non-size fields (:mod:`.published`) and family settings (SDXL:
+    ``text_time`` conditioning sizes).
     """
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         sample_size=config.sample_size // 8,
-        in_channels=4,
-        out_channels=4,
         block_out_channels=tuple(config.unet_channels),
         layers_per_block=config.layers_per_block,
         down_block_types=tuple(config.down_block_types),
@@ -111,18 +101,16 @@ def tiny_unet(config: Any, cross_attention_dim: int, **extra: Any) -> Any:
 def tiny_vae(config: Any, **extra: Any) -> Any:
     """The tiny builders' x8 ``AutoencoderKL`` (one block per ``config.vae_channels`` entry).
 
-    ``extra`` adds family settings (SDXL: ``scaling_factor``, ``force_upcast``).
+    ``extra`` adds the published non-size fields (:mod:`.published`; SDXL: ``scaling_factor``,
+    ``force_upcast``).
     """
     from diffusers import AutoencoderKL
 
     n_vae = len(config.vae_channels)
     return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
         block_out_channels=tuple(config.vae_channels),
         down_block_types=("DownEncoderBlock2D",) * n_vae,
         up_block_types=("UpDecoderBlock2D",) * n_vae,
-        latent_channels=4,
         layers_per_block=1,
         norm_num_groups=config.norm_num_groups,
         sample_size=config.sample_size,
@@ -131,23 +119,21 @@ def tiny_vae(config: Any, **extra: Any) -> Any:
 
 
 def tiny_text_config(
-    config: Any, width: int, layers: int, tokenizer: Any, hidden_act: str = "quick_gelu"
+    config: Any, width: int, layers: int, tokenizer: Any, published_fields: dict[str, Any]
 ) -> Any:
-    """A tiny CLIP text encoder's config for ``tokenizer`` (projection as wide as the encoder)."""
+    """A tiny CLIP text encoder's config for ``tokenizer``: the published non-size fields
+    (``published_fields``: activation, norms, special token ids as published, ``eos_token_id: 2``
+    included) with the sizes shrunk (projection as wide as the encoder)."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
+        **published_fields,
         vocab_size=len(tokenizer),
         hidden_size=width,
         intermediate_size=width * 4,
         num_hidden_layers=layers,
         num_attention_heads=config.text_heads,
-        max_position_embeddings=MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         projection_dim=width,
-        hidden_act=hidden_act,
     )
 
 
@@ -172,14 +158,6 @@ def save_tiny_pipeline(pipe: Any, out_dir: Path) -> None:
 # --------------------------------------------------------------------------- SDXL
 
 
-def _sdxl_scheduler_config() -> dict[str, Any]:
-    """SDXL base's sampling schedule: SD's betas, ``leading`` spacing, Euler."""
-    config = _sd_scheduler_config()
-    for key in ("set_alpha_to_one", "skip_prk_steps"):
-        config.pop(key)
-    return {**config, "timestep_spacing": "leading", "interpolation_type": "linear"}
-
-
 def build_tiny_sdxl(out_dir: str | Path, config: Any) -> Path:
     """Build a tiny random SDXL and save it in diffusers format (``StableDiffusionXLPipeline``).
 
@@ -187,7 +165,8 @@ def build_tiny_sdxl(out_dir: str | Path, config: Any) -> Path:
     linear projections in its transformers, two CLIP text encoders of different widths (the
     second with a projection, whose output is the pooled embedding), two offline tokenizers (the
     second pads with ``"!"`` like SDXL's), an x8 ``AutoencoderKL`` with SDXL's scaling factor and
-    ``force_upcast``, and an Euler scheduler with SDXL's schedule. Weights are seeded.
+    ``force_upcast``, and an Euler scheduler with SDXL's schedule; every non-size field is SDXL
+    base's published one (:mod:`.published`). Weights are seeded.
 
     Args:
         out_dir: folder to write.
@@ -207,16 +186,19 @@ def build_tiny_sdxl(out_dir: str | Path, config: Any) -> Path:
     unet = tiny_unet(
         config,
         width_1 + width_2,
+        **published.SDXL_UNET,
         transformer_layers_per_block=tuple(config.transformer_layers_per_block),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
         addition_time_embed_dim=config.addition_time_embed_dim,
         projection_class_embeddings_input_dim=TIME_IDS * config.addition_time_embed_dim + width_2,
     )
-    vae = tiny_vae(config, scaling_factor=SDXL_VAE["scaling_factor"], force_upcast=True)
-    text_encoder = CLIPTextModel(tiny_text_config(config, width_1, config.text_layers, tokenizer))
+    vae = tiny_vae(config, **published.SDXL_VAE)
+    text_encoder = CLIPTextModel(
+        tiny_text_config(config, width_1, config.text_layers, tokenizer, published.SDXL_TEXT)
+    )
     text_encoder_2 = CLIPTextModelWithProjection(
-        tiny_text_config(config, width_2, config.text_2_layers, tokenizer_2, hidden_act="gelu")
+        tiny_text_config(
+            config, width_2, config.text_2_layers, tokenizer_2, published.SDXL_TEXT_2
+        )
     )
     pipe = StableDiffusionXLPipeline(
         vae=vae,
@@ -225,7 +207,7 @@ def build_tiny_sdxl(out_dir: str | Path, config: Any) -> Path:
         tokenizer=tokenizer,
         tokenizer_2=tokenizer_2,
         unet=unet,
-        scheduler=EulerDiscreteScheduler(**_sdxl_scheduler_config()),
+        scheduler=EulerDiscreteScheduler.from_config(published.SDXL_SCHEDULER),
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class SDComponents:
         tokenizer_2: SDXL's second tokenizer (``None`` for SD 1.x).
         text_encoder_2: SDXL's ``CLIPTextModelWithProjection`` (OpenCLIP bigG, 1280-d; ``None``
             for SD 1.x).
+        text_pooling: ``{table: record}`` of :func:`pool_at_end_of_text` per text encoder
+            (filled by :func:`ensure_end_of_text_pooling`; ``concept.json`` records it).
     """
 
     tokenizer: Any
@@ -57,6 +59,7 @@ class SDComponents:
     family: str = SD15
     tokenizer_2: Any = None
     text_encoder_2: Any = None
+    text_pooling: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def text_pairs(self) -> list[tuple[str, Any, Any]]:
         """``[(name, tokenizer, text encoder)]``: one pair for SD 1.x, two for SDXL. The names
@@ -156,7 +159,7 @@ def load_components(
         module.requires_grad_(False)
         module.eval()
         module.to(device)
-    return SDComponents(
+    components = SDComponents(
         tokenizer,
         text_encoder,
         vae,
@@ -167,6 +170,45 @@ def load_components(
         tokenizer_2=tokenizer_2,
         text_encoder_2=text_encoder_2,
     )
+    ensure_end_of_text_pooling(components)
+    return components
+
+
+def pool_at_end_of_text(tokenizer: Any, text_encoder: Any) -> dict[str, Any]:
+    """Make a CLIP text encoder pool at the end-of-text token whatever ids are added after it.
+
+    transformers' ``CLIPTextTransformer`` pools at ``input_ids.argmax(-1)`` when its config's
+    ``eos_token_id`` is 2 (configs written before transformers PR #24773, e.g. the published
+    SD 1.5 ``text_encoder`` and SDXL base ``text_encoder`` / ``text_encoder_2`` configs): at the
+    largest id of the prompt, which is end-of-text (49407) only while no token was added. [V1] and
+    [V2] are added after it (49408, 49409), so on those configs SDXL's pooled ``text_embeds`` would
+    be the hidden state of a placeholder. Setting ``eos_token_id`` (config and the transformer's
+    cached copy) to the tokenizer's end-of-text id makes it pool at the first end-of-text
+    position, PR #24773's rule. Idempotent.
+
+    Returns:
+        ``{"config_eos_token_id": the value found, "eos_token_id": the value now}``.
+    """
+    eos = int(tokenizer.eos_token_id)
+    found = text_encoder.config.eos_token_id
+    text_encoder.config.eos_token_id = eos
+    for module in pooling_modules(text_encoder):  # the encoder itself or its ``text_model``
+        module.eos_token_id = eos
+    return {"config_eos_token_id": found, "eos_token_id": eos}
+
+
+def pooling_modules(text_encoder: Any) -> list[Any]:
+    """The modules of ``text_encoder`` that cache the ``eos_token_id`` they pool at."""
+    return [module for module in text_encoder.modules() if hasattr(module, "eos_token_id")]
+
+
+def ensure_end_of_text_pooling(components: SDComponents) -> dict[str, dict[str, Any]]:
+    """:func:`pool_at_end_of_text` on every text encoder of ``components`` not yet done; the
+    records (kept in ``components.text_pooling``) by table name (``clip_l``, ``clip_g``)."""
+    for name, tokenizer, encoder in components.text_pairs():
+        if name not in components.text_pooling:
+            components.text_pooling[name] = pool_at_end_of_text(tokenizer, encoder)
+    return components.text_pooling
 
 
 def token_ids(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:

@@ -61,7 +61,10 @@ def attention_report(
     installed = trainer.attention_term.capture if trainer.attention_term is not None else None
     own = installed is None
     capture = installed or CrossAttentionCapture(
-        trainer.unet, resolution=cfg.attention.resolution, layer_names=cfg.attention.layers or None
+        trainer.unet,
+        resolution=cfg.attention.resolution,
+        layer_names=cfg.attention.layers or None,
+        latent_size=trainer.latent_size,
     )
     if own:
         capture.install()

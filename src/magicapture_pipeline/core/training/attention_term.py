@@ -76,9 +76,11 @@ class AttentionRefocusingTerm:
         token_ids: Sequence[int],
         mask_floor: float,
         device: torch.device,
+        latent_size: int | None = None,
     ) -> AttentionRefocusingTerm | None:
         """The term with its capture installed on ``unet``; ``None`` when ``config.enabled`` is
-        off (no capture: every attention stays on SDPA)."""
+        off (no capture: every attention stays on SDPA). ``latent_size``: the training latents'
+        side, which ``config.resolution`` is read at (default the UNet's ``sample_size``)."""
         if not config.enabled:
             return None
         from magicapture_pipeline.core.models.attention import CrossAttentionCapture
@@ -88,6 +90,7 @@ class AttentionRefocusingTerm:
             resolution=config.resolution,
             layer_names=config.layers or None,
             keep_heads=config.scale_order == "scale_then_average",
+            latent_size=latent_size,
         )
         capture.install()
         return cls(config, capture, token_ids, mask_floor, device)

@@ -159,8 +159,8 @@ class IdentityTerm:
 
     @property
     def two_pass(self) -> bool:
-        """``two_pass`` (official): Eq. 7 from a second UNet forward at a fresh ``t < T'`` and
-        fresh noise, every micro-batch of a task in ``identity.tasks``."""
+        """``two_pass`` (official): Eq. 7 from a second UNet forward at a fresh ``t < T'`` with
+        the step's own noise, every micro-batch of a task in ``identity.tasks``."""
         return self.config.mode == "two_pass"
 
     @property

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.models.families import Conditioning, FamilyAdapter, TableRows
-from magicapture_pipeline.core.models.loading import SDXL, SDComponents
+from magicapture_pipeline.core.models.loading import SDXL, SDComponents, ensure_end_of_text_pooling
 from magicapture_pipeline.core.models.tokens import placeholder_ids
 from magicapture_pipeline.core.training import checkpoints
 from magicapture_pipeline.core.training.examples import (
@@ -136,6 +136,7 @@ class _Trainer:
     ):
         self.config = config
         self.components = components
+        ensure_end_of_text_pooling(components)  # pooled text embeds at end-of-text, not [V2]
         self.tokenizer = components.tokenizer
         self.noise_scheduler = components.noise_scheduler
         self.accelerator = build_accelerator(config.mixed_precision, config.device)
@@ -224,8 +225,13 @@ class _Trainer:
         eps = torch.randn(mean.shape, generator=self.generator)
         return ((mean + std * eps) * self.scaling).to(self.device)
 
-    def _noisy(self, latents: Tensor, timestep: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        noise = torch.randn(latents.shape, generator=self.generator).to(self.device)
+    def _noisy(
+        self, latents: Tensor, timestep: int | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(noisy latents, noise, timesteps)`` at ``timestep`` (drawn below
+        ``max_timestep_fraction * T`` when ``None``) with ``noise`` (drawn when ``None``)."""
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=self.generator).to(self.device)
         if timestep is None:
             total = self.noise_scheduler.config.num_train_timesteps
             limit = max(int(self.config.max_timestep_fraction * total), 1)
@@ -292,7 +298,7 @@ class _Trainer:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.accelerator.num_processes > 1:  # data parallel: average the gradients
             average_gradients(self.accelerator, params)
-        if self.config.max_grad_norm > 0:
+        if self.config.max_grad_norm:  # 0 or None: no clipping (the authors' stage one)
             self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
         self.optimizer.step()
         skipped = getattr(self.optimizer, "step_was_skipped", False)  # fp16 overflow: no step

@@ -7,6 +7,7 @@ encode, noise, UNet, masked reconstruction (Eq. 4-6), Eq. 8, Eq. 7, total.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -151,9 +152,16 @@ class StageTwoTrainer(_Trainer):
             token_ids=self.token_ids,
             mask_floor=config.mask_floor,
             device=self.device,
+            latent_size=self.latent_size,
         )
         self.attention_layers = self.attention_term.layer_names if self.attention_term else []
         self.heatmaps: dict[str, Any] = {}
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the training latents (the face masks are at latent resolution): the size
+        Eq. 8's ``attention.resolution`` is read at, whatever the UNet's ``sample_size``."""
+        return int(self.variants[SOURCE][0][0].example.face_mask.shape[-1])
 
     # one micro-batch ----------------------------------------------------------------------
     def _sample_task(self) -> str:
@@ -191,7 +199,7 @@ class StageTwoTrainer(_Trainer):
                 total = total + self.attention_term.weight * attention
                 terms.update(logs)
         if self.identity_term is not None and task in cfg.identity.tasks:  # Eq. 7
-            found = self._identity(noisy, pred, timesteps, latents, cond, example)
+            found = self._identity(noisy, pred, timesteps, (latents, noise), cond, example)
             if found is not None:
                 identity, logs = found
                 total = total + self.identity_term.weight * identity
@@ -204,25 +212,38 @@ class StageTwoTrainer(_Trainer):
         noisy: Tensor,
         pred: Tensor,
         timesteps: Tensor,
-        latents: Tensor,
+        clean: tuple[Tensor, Tensor],
         cond: Any,
         example: TrainingExample,
     ) -> tuple[Tensor, dict[str, Any]] | None:
         """Eq. 7 for a micro-batch of a task in ``identity.tasks`` (composed; the authors' code
         also source), ``None`` without landmarks or when ``t >= T'`` (``single_pass``).
 
-        ``single_pass``: from the training forward when ``t < T'``. ``two_pass`` (official): a
-        second UNet forward at a fresh ``t < T'`` and fresh noise, every such micro-batch.
+        ``clean`` is the micro-batch's ``(latents, noise)``. ``single_pass``: from the training
+        forward when ``t < T'``. ``two_pass`` (official): a second UNet forward at a fresh
+        ``t < T'`` with the step's own noise (authors' code: magicapture_train.py loss_step,
+        ``id_noisy_latents = scheduler.add_noise(latents, noise, id_timesteps)``), every such
+        micro-batch, with the attention capture paused (its maps are not used: Eq. 8 reads the
+        training forward's).
         """
         term = self.identity_term
         if term is None or example.landmarks5 is None:
             return None
         if term.two_pass:
-            noisy, _, timesteps = self._noisy(latents, _pick(self.generator, term.timestep_limit))
-            pred = self._predict(noisy, timesteps, cond)
+            latents, noise = clean
+            t_id = _pick(self.generator, term.timestep_limit)
+            noisy, _, timesteps = self._noisy(latents, t_id, noise=noise)
+            with self._capture_paused():
+                pred = self._predict(noisy, timesteps, cond)
         elif not term.active(timesteps):
             return None
         return term(noisy, pred, timesteps, example.landmarks5)
+
+    def _capture_paused(self) -> Any:
+        """A context in which the UNet's cross-attention capture stores nothing (SDPA runs)."""
+        if self.attention_term is None:
+            return contextlib.nullcontext()
+        return self.attention_term.capture.paused()
 
     # checkpoints, heatmaps, results -------------------------------------------------------
     def _trainable(self) -> dict[str, Tensor]:
@@ -301,6 +322,8 @@ class StageTwoTrainer(_Trainer):
                 len(lora_module_names(encoder)) for encoder in self.adapter.text_encoders
             ),
             "identity_loss": self.identity_status,
+            # the eos_token_id each text encoder pools at (core.models.loading.pool_at_end_of_text)
+            "text_pooling": dict(self.components.text_pooling),
             "attention_refocusing": {
                 "enabled": cfg.attention.enabled,
                 "weight": cfg.attention.weight,
