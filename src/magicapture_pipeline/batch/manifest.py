@@ -19,8 +19,9 @@ the public-domain sample photos. Every problem is reported with the file and the
 
 Bounds (ours, issue 21: a hostile manifest is refused at once, never run): at most
 ``MAX_BYTES`` (1 MiB), ``MAX_CONCEPTS`` concepts (1000; split a larger batch), YAML nested at most
-``MAX_DEPTH`` (20) levels with at most ``MAX_ALIASES`` (100) aliases (a 1 KB "billion laughs"
-expands to gigabytes); a UTF-8 byte-order mark is read, not taken for part of the first column.
+``MAX_DEPTH`` (20) levels with at most ``MAX_ALIASES`` (100) aliases and ``MAX_NODES`` (100,000)
+values once they are expanded (a 1 KB "billion laughs" expands to gigabytes); a UTF-8 byte-order
+mark is read, not taken for part of the first column.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ MAX_BYTES = 1 << 20
 MAX_CONCEPTS = 1000
 MAX_DEPTH = 20
 MAX_ALIASES = 100
+MAX_NODES = 100_000
 
 
 class ManifestError(ValueError):
@@ -144,10 +146,31 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` becomes once every alias is expanded (memoised per node)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(
+            _expanded_size(key, sizes) + _expanded_size(value, sizes) for key, value in node.value
+        )
+    sizes[id(node)] = min(size, MAX_NODES + 1)
+    return sizes[id(node)]
+
+
 def _read_yaml(path: Path, text: str) -> Any:
     loader = _BoundedLoader(text)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_NODES:
+            raise ManifestError(f"expands to more than {MAX_NODES} values (aliases)")
+        return loader.construct_document(node)
     except ManifestError as error:
         raise ManifestError(f"{path}: refused: {error}") from None
     except yaml.YAMLError as error:
