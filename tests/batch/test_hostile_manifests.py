@@ -189,13 +189,13 @@ def test_a_worker_checks_before_it_clears(project_copy, tmp_path):
         cwd=project_copy, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in victim.iterdir()) == [
+        "checkpoint-1", "checkpoint-2", "precious.jpg"
+    ]
     result = json.loads((state / "result.json").read_text())
     assert result["status"] == "failed"
     assert "params:stage_one.checkpoint_dir" in result["reason"]
     assert "nothing was run or cleared" in result["reason"]
-    assert sorted(p.name for p in victim.iterdir()) == [
-        "checkpoint-1", "checkpoint-2", "precious.jpg"
-    ]
 
 
 @pytest.mark.integration
