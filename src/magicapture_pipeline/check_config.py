@@ -34,7 +34,7 @@ from magicapture_pipeline.config.recipes import official_recipe
 from magicapture_pipeline.config.sections import (
     SECTIONS,
     ParameterError,
-    check_sections,
+    check_run,
     effective_section,
     sections_read_by,
 )
@@ -140,7 +140,7 @@ def check_project(
         if report is not None:
             layers = _layers(project_path, env or "local")
             report.extend(knob_sources(parameters, sections, layers, params))
-        return check_sections(parameters, sections)
+        return check_run(parameters, sections, project_path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ def test_error_names_field_value_and_range():
     problems = check_sections({"generation": {"resolution": 100}}, ["generation"])
     assert problems == [
         "params:generation.resolution = 100: Input should be a multiple of 8 "
-        "(allowed: >= 8, multiple of 8)"
+        "(allowed: >= 8, <= 4096, multiple of 8)"
     ]
 
 
@@ -210,7 +210,7 @@ def test_the_issue_examples_are_refused_by_value():
     }
     problems = check_sections({"stage_two": stage_two}, ["stage_two"])
     text = "\n".join(problems)
-    assert "params:stage_two.max_steps = -1" in text and "(allowed: >= 1)" in text
+    assert "params:stage_two.max_steps = -1" in text and "(allowed: >= 1, <= 100000)" in text
     assert "params:stage_two.learning_rate = -0.0001" in text and "(allowed: > 0.0)" in text
     assert "params:stage_two.lora.rank = 0" in text
     assert "params:stage_two.attention.weight = -2" in text

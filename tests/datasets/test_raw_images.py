@@ -50,7 +50,9 @@ def test_save_refuses_and_leaves_files(tmp_path):
 
 def test_sample_folder_materialises_once(tmp_path):
     folder = tmp_path / "demo" / "source"
-    dataset = SampleImageFolderDataset(path=str(folder), role="source", count=4)
+    dataset = SampleImageFolderDataset(
+        path=str(folder), role="source", count=4, sample_root=str(tmp_path / "demo")
+    )
     loaded = dataset.load()
     assert len(loaded) == 4 and (folder / MANIFEST_NAME).is_file()
     stamp = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}

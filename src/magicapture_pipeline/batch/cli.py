@@ -3,7 +3,8 @@
 Runs every concept of the manifest (see :mod:`.manifest`) as its own Kedro session, prints a live
 table, writes ``data/08_reporting/batch/<batch-id>.json`` and logs it as one MLflow run in the
 experiment ``magicapture-batches``. Exit code: 0 when every concept succeeded, 1 when any failed,
-2 when the manifest or the options are unusable (nothing ran).
+2 when the manifest or the options are unusable (nothing ran): the manifest's bounds, its keys
+and values against the env's configs and the batch id are checked first (:mod:`.preflight`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from magicapture_pipeline.batch.engines import LocalEngine, RayEngine
 from magicapture_pipeline.batch.manifest import ManifestError, load_manifest
+from magicapture_pipeline.batch.preflight import check_batch_id, check_manifest
 from magicapture_pipeline.batch.summary import LiveTable, build_summary
 from magicapture_pipeline.tracking.batches import log_summary_run
 
@@ -76,8 +78,9 @@ def _tracking_uri(project: Path, env: str) -> str | None:
 def run_batch(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     """Run the manifest's concepts; returns the summary and where it was written."""
     project = args.project.resolve()
+    batch_id = check_batch_id(args.batch_id) if args.batch_id else new_batch_id()
     manifest = load_manifest(args.manifest)
-    batch_id = args.batch_id or new_batch_id()
+    check_manifest(manifest, args.manifest, project, args.env)  # before any folder or worker
     state_root = project / BATCH_DIR / batch_id
     jobs = []
     for spec in manifest.concepts:

@@ -16,6 +16,12 @@ CSV: a header ``name,source_dir,reference_dir`` and any further columns as dotte
 
 ``source_dir``/``reference_dir`` may be left out in the ``demo`` env, whose default folders are
 the public-domain sample photos. Every problem is reported with the file and the field.
+
+Bounds (ours, issue 21: a hostile manifest is refused at once, never run): at most
+``MAX_BYTES`` (1 MiB), ``MAX_CONCEPTS`` concepts (1000; split a larger batch), YAML nested at most
+``MAX_DEPTH`` (20) levels with at most ``MAX_ALIASES`` (100) aliases and ``MAX_NODES`` (100,000)
+values once they are expanded (a 1 KB "billion laughs" expands to gigabytes); a UTF-8 byte-order
+mark is read, not taken for part of the first column.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from magicapture_pipeline.concepts import validate_concept_name
 
 RESERVED = {"concept", "source_dir", "reference_dir"}
+MAX_BYTES = 1 << 20
+MAX_CONCEPTS = 1000
+MAX_DEPTH = 20
+MAX_ALIASES = 100
+MAX_NODES = 100_000
 
 
 class ManifestError(ValueError):
@@ -113,13 +124,72 @@ def set_nested(target: dict[str, Any], dotted: str, value: Any) -> None:
     target[leaf] = value
 
 
-def _read_csv(path: Path) -> dict[str, Any]:
-    with path.open(newline="") as handle:
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a bound on nesting depth and on aliases (``*ref``)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise ManifestError(f"more than {MAX_ALIASES} YAML aliases (*ref)")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ManifestError(f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes ``node`` becomes once every alias is expanded (memoised per node)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(
+            _expanded_size(key, sizes) + _expanded_size(value, sizes) for key, value in node.value
+        )
+    sizes[id(node)] = min(size, MAX_NODES + 1)
+    return sizes[id(node)]
+
+
+def _read_yaml(path: Path, text: str) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_NODES:
+            raise ManifestError(f"expands to more than {MAX_NODES} values (aliases)")
+        return loader.construct_document(node)
+    except ManifestError as error:
+        raise ManifestError(f"{path}: refused: {error}") from None
+    except yaml.YAMLError as error:
+        raise ManifestError(f"{path}: not valid YAML ({error})") from None
+    finally:
+        loader.dispose()
+
+
+def _read_csv(path: Path, text: str) -> dict[str, Any]:
+    import io
+
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "name" not in reader.fieldnames:
             raise ManifestError(f"{path}: the CSV header must name a 'name' column")
         concepts = []
         for row in reader:
+            if len(concepts) >= MAX_CONCEPTS:
+                raise ManifestError(f"{path}: refused: more than {MAX_CONCEPTS} concepts")
             entry: dict[str, Any] = {"params": {}}
             for column, raw in row.items():
                 if column is None:
@@ -128,7 +198,7 @@ def _read_csv(path: Path) -> dict[str, Any]:
                 if column in ("name", "source_dir", "reference_dir"):
                     entry[column] = cell or None
                 elif cell:
-                    entry["params"][column.strip()] = yaml.safe_load(cell)
+                    entry["params"][column.strip()] = _read_yaml(path, cell)
             concepts.append(entry)
     return {"concepts": concepts}
 
@@ -153,19 +223,29 @@ def load_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
-    if path.suffix.lower() == ".csv":
-        data = _read_csv(path)
-    elif path.suffix.lower() in (".yml", ".yaml"):
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ManifestError(f"{path}: not valid YAML ({error})") from error
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".yml", ".yaml"):
+        raise ManifestError(f"{path}: a manifest is .yaml, .yml or .csv, not {path.suffix!r}")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ManifestError(f"{path}: refused: {size} bytes, more than {MAX_BYTES}")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is not data
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{path}: not UTF-8 text ({error})") from None
+    if suffix == ".csv":
+        data = _read_csv(path, text)
+    else:
+        data = _read_yaml(path, text)
         if isinstance(data, list):
             data = {"concepts": data}
         if not isinstance(data, dict):
             raise ManifestError(f"{path}: expected a mapping with a 'concepts' list")
-    else:
-        raise ManifestError(f"{path}: a manifest is .yaml, .yml or .csv, not {path.suffix!r}")
+    concepts = data.get("concepts")
+    if isinstance(concepts, list) and len(concepts) > MAX_CONCEPTS:
+        raise ManifestError(
+            f"{path}: refused: {len(concepts)} concepts, more than {MAX_CONCEPTS}; split the batch"
+        )
     try:
         return Manifest.model_validate(data)
     except ValidationError as error:

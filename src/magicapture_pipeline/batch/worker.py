@@ -9,11 +9,12 @@ process per task). Both leave the same files in the concept's state folder
 * ``progress.json``: the running stage (written by ``hooks/concept.py``'s ``ProgressHook``);
 * ``result.json``: the outcome (see :func:`execute_job`).
 
-Attempt 1 starts from scratch: it removes the concept's old training checkpoints (under the
-concept's run lock, so never those of a live run) and trains with ``resume: false``. A later
-attempt (the worker died: killed, out of memory, node lost) runs with ``resume: true`` and continues
-from the newest checkpoint of each stage; its earlier MLflow run, left RUNNING by the dead worker,
-is marked KILLED.
+Attempt 1 starts from scratch: after the run's parameter check (typed sections and path rules,
+``config/paths.py``) it removes the concept's old training checkpoints, only ``checkpoint-N``
+folders the project wrote (under the concept's run lock, so never those of a live run), and
+trains with ``resume: false``. A later attempt (the worker died: killed, out of memory, node
+lost) runs with ``resume: true`` and continues from the newest checkpoint of each stage; its
+earlier MLflow run, left RUNNING by the dead worker, is marked KILLED.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import json
 import logging
 import os
 import resource
-import shutil
 import sys
 import time
 import traceback
@@ -55,15 +55,31 @@ def describe_failure(error: BaseException) -> str:
     return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
+def _check_run(project: Path, params: dict[str, Any]) -> None:
+    """The run's parameter check (typed sections and path rules), before anything is cleared."""
+    from kedro.framework.project import pipelines
+
+    from magicapture_pipeline.config.sections import check_parameters, sections_read_by
+
+    sections = sections_read_by(pipelines["customize"].inputs())
+    where = "kedro run --pipelines=customize; nothing was run or cleared"
+    check_parameters(params, sections, where, project=project)
+
+
 def _clear_checkpoints(project: Path, concept: str, params: dict[str, Any]) -> None:
+    """Remove the concept's old checkpoints: only ``checkpoint-N`` folders the project wrote
+    (``core.training.checkpoints.clear_checkpoints``), in folders the parameter check accepted."""
     from magicapture_pipeline.concepts import ConceptLock
+    from magicapture_pipeline.core.training.checkpoints import clear_checkpoints
 
     with ConceptLock(project, concept, note="batch: clearing old checkpoints"):
         for stage in TRAINING_STAGES:
             folder = (params.get(stage) or {}).get("checkpoint_dir")
-            if folder and (project / folder).is_dir():
-                logger.info("Fresh attempt: removing old checkpoints in %s", folder)
-                shutil.rmtree(project / folder)
+            if folder:
+                removed = clear_checkpoints(project / folder)
+                if removed:
+                    logger.info("Fresh attempt: removed %d old checkpoint(s) in %s",
+                                len(removed), folder)
 
 
 def _outcome(context: Any, succeeded: bool) -> dict[str, Any]:
@@ -133,6 +149,7 @@ def execute_job(job: dict[str, Any]) -> dict[str, Any]:
                 result["session_id"] = session.session_id
                 context = session.load_context()
                 params = dict(context.params)
+                _check_run(project, params)
                 if resume:
                     mark_dead_runs(params, project, job["batch_id"])
                 else:

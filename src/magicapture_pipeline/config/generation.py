@@ -26,7 +26,11 @@ class SamplingConfig(BaseModel):
         default="", description="Negative prompt (official inference default: empty)."
     )
     num_inference_steps: int = Field(
-        default=50, ge=1, description="Denoising steps (official inference_magicapture.py: 50)."
+        default=50,
+        ge=1,
+        le=1000,
+        description="Denoising steps (official inference_magicapture.py: 50); at most 1000, the "
+        "scheduler's training timesteps (more steps only repeat timesteps).",
     )
     guidance_scale: float = Field(
         default=7.0, ge=0.0, description="Classifier-free guidance (official code: 7.0)."
@@ -46,9 +50,11 @@ class SamplingConfig(BaseModel):
     resolution: int = Field(
         default=512,
         ge=8,
+        le=4096,
         multiple_of=8,
         description="Output height and width in pixels, a multiple of 8 (the VAE's factor; "
-        "SD 1.5: 512).",
+        "SD 1.5: 512); at most 4096 (ours: 4x SDXL's 1024, the largest side either family "
+        "was trained near; more runs out of memory on any single GPU).",
     )
     seed: int = Field(
         default=0,
@@ -257,7 +263,9 @@ class VariantConfig(BaseModel):
     num_inference_steps: int | None = Field(
         default=None,
         ge=1,
-        description="Sampling steps for this row (None: params:generation's); baselines: 50.",
+        le=1000,
+        description="Sampling steps for this row (None: params:generation's); baselines: 50; "
+        "at most 1000, the scheduler's training timesteps.",
     )
     settings_source: str = Field(
         default="",
@@ -283,13 +291,16 @@ class BenchmarkConfig(BaseModel):
     num_inference_steps: int | None = Field(
         default=None,
         ge=1,
+        le=1000,
         description="Overrides every variant's sampling steps (generation's and the row's; "
-        "a demo budget).",
+        "a demo budget); at most 1000, the scheduler's training timesteps.",
     )
     max_steps: int | None = Field(
         default=None,
         ge=1,
-        description="Caps every variant's stage one / two optimiser steps (demo: tiny budget).",
+        le=100_000,
+        description="Caps every variant's stage one / two optimiser steps (demo: tiny budget); "
+        "at most 100,000 like the stages' own max_steps.",
     )
     paper_note: str = Field(
         default="",

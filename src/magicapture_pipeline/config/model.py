@@ -108,7 +108,10 @@ class ModelConfig(_Strict):
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="Diffusers folder or hub id of the base model (paper: Stable Diffusion 1.5; "
         "an SDXL folder also works, its family is read from model_index.json). SDXL's VAE "
-        "overflows in fp16, so it encodes and decodes in fp32 whatever the mixed precision.",
+        "overflows in fp16, so it encodes and decodes in fp32 whatever the mixed precision. "
+        "A local path must be a diffusers folder (model_index.json), else an owner/name hub id; "
+        "with `tiny` it is built there, so it must lie inside the project's data/ (ours: the check "
+        "refuses e.g. /etc before any work).",
     )
     revision: str | None = Field(None, description="Hub revision; ignored for a local folder.")
     tiny: TinyModelConfig | None = Field(

@@ -32,8 +32,9 @@ class PreprocessConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     resolution: int = Field(
-        512, ge=64, multiple_of=8,
-        description="Side of crops and image masks in px (SD 1.5 trains at 512, paper Sec. 4).",
+        512, ge=64, le=4096, multiple_of=8,
+        description="Side of crops and image masks in px (SD 1.5 trains at 512, paper Sec. 4); "
+        "at most 4096 (ours: 4x SDXL's 1024; more runs out of memory on any single GPU).",
     )
     crop_scale: float = Field(
         2.2, gt=1.0, le=6.0,

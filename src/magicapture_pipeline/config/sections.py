@@ -8,6 +8,7 @@ the run reads is reported at once, each naming the field, the value and the allo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -20,6 +21,7 @@ from magicapture_pipeline.config.generation import (
 )
 from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.model import ModelConfig
+from magicapture_pipeline.config.paths import path_problems
 from magicapture_pipeline.config.preprocess import (
     PreprocessConfig,
     SampleDataConfig,
@@ -142,10 +144,28 @@ def _check_variants(parameters: Mapping[str, Any], benchmark: Mapping[str, Any])
     return problems
 
 
+def check_run(
+    parameters: Mapping[str, Any], sections: Iterable[str], project: str | Path
+) -> list[str]:
+    """Every problem of a run before anything is written or cleared: the typed sections and the
+    path rules (:mod:`magicapture_pipeline.config.paths`) of the folders it writes and reads."""
+    sections = list(sections)
+    return check_sections(parameters, sections) + path_problems(parameters, sections, project)
+
+
 def check_parameters(
-    parameters: Mapping[str, Any], sections: Iterable[str], where: str = ""
+    parameters: Mapping[str, Any],
+    sections: Iterable[str],
+    where: str = "",
+    project: str | Path | None = None,
 ) -> None:
-    """Raise :class:`ParameterError` naming every invalid field of ``sections`` at once."""
-    problems = check_sections(parameters, sections)
+    """Raise :class:`ParameterError` naming every invalid field of ``sections`` at once (and
+    every broken path rule when ``project`` is given)."""
+    sections = list(sections)
+    problems = (
+        check_sections(parameters, sections)
+        if project is None
+        else check_run(parameters, sections, project)
+    )
     if problems:
         raise ParameterError(problems, where)

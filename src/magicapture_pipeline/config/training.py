@@ -194,7 +194,12 @@ class _TrainingLoopConfig(_Strict):
         description="Soften masks as (M + floor) / max before Eq. 4-6 (paper: binary, 0; "
         "authors' code: 0.01, loss_step's (mask + 0.01) / max).",
     )
-    checkpoint_dir: str | None = Field(None, description="Folder of checkpoints (resume reads it).")
+    checkpoint_dir: str | None = Field(
+        None,
+        description="Folder of checkpoints (resume reads it); must lie inside the project's "
+        "data/<layer>/<concept>/ (or $MAGICAPTURE_DATA_ROOT/<layer>/<concept>/), checked before "
+        "anything is cleared (ours: a run writes and clears only inside its concept).",
+    )
     resume: bool = Field(
         False,
         description="Continue from the newest complete checkpoint in checkpoint_dir (incomplete "
@@ -237,7 +242,12 @@ class StageOneConfig(_TrainingLoopConfig):
         "--learning_rate_ti=5e-4 x --scale_lr 4 = 2e-3).",
     )
     max_steps: int = Field(
-        1200, ge=1, json_schema_extra=authors(1200), description="Optimiser steps (paper: 1200)."
+        1200,
+        ge=1,
+        le=100_000,
+        json_schema_extra=authors(1200),
+        description="Optimiser steps (paper: 1200; at most 100,000, ours: 80x the paper's, "
+        "beyond any run a machine can finish and a sign of a typo).",
     )
     embedding_norm_target: float | None = Field(
         None,
@@ -255,8 +265,11 @@ class LoraConfigModel(_Strict):
     rank: int = Field(
         4,
         ge=1,
+        le=256,
         json_schema_extra=authors(4),
-        description="LoRA rank (authors' code: --lora_rank=4; paper: not stated).",
+        description="LoRA rank (authors' code: --lora_rank=4; paper: not stated). At most 256 "
+        "(ours: 64x the authors' value; the adapter grows linearly with the rank, and at 256 it "
+        "is already about as large as the attention weights it adapts).",
     )
     alpha: float = Field(
         4.0,
@@ -335,7 +348,12 @@ class StageTwoConfig(_TrainingLoopConfig):
         "not scaled); 0 freezes the embeddings.",
     )
     max_steps: int = Field(
-        1500, ge=1, json_schema_extra=authors(1500), description="Optimiser steps (paper: 1500)."
+        1500,
+        ge=1,
+        le=100_000,
+        json_schema_extra=authors(1500),
+        description="Optimiser steps (paper: 1500; at most 100,000, ours: 66x the paper's, "
+        "beyond any run a machine can finish and a sign of a typo).",
     )
     identity: IdentityConfig = Field(default_factory=IdentityConfig, description="Eq. 7.")
     attention: AttentionConfig = Field(default_factory=AttentionConfig, description="Eq. 8.")

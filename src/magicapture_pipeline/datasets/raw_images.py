@@ -4,8 +4,10 @@
 the preprocessing node, so every decode error names its file and the whole set can be reported at
 once. ``save`` refuses: the user's photos are never modified, moved or deleted.
 
-:class:`SampleImageFolderDataset` is the demo variant: when its folder has no images it first
-writes the public-domain demo set there (``core.sample_data``), then behaves the same.
+:class:`SampleImageFolderDataset` is the demo variant: when its folder is the project's own demo
+folder (inside ``sample_root``, ``data/01_raw/demo``) and has no images it first writes the
+public-domain demo set there (``core.sample_data``), then behaves the same. Any other folder (a
+user's ``source_dir``) is read-only like above: missing or empty is an error naming it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from kedro.io import AbstractDataset, DatasetError
 
 from magicapture_pipeline.core.faces.images import RawImage
 
-IMAGE_SUFFIXES = (
-    ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif",
-)
+__all__ = ["IMAGE_SUFFIXES", "RawImageFolderDataset", "SampleImageFolderDataset", "file_id"]
+from magicapture_pipeline.config.paths import IMAGE_SUFFIXES
+
 # Image-like files this project does not decode: named in the validation report, never dropped
 # silently (camera RAW, JPEG XL, Photoshop, vector).
 IMAGE_LIKE_SUFFIXES = (
@@ -189,12 +191,15 @@ class RawImageFolderDataset(AbstractDataset[None, dict[str, RawImage]]):
 
 
 class SampleImageFolderDataset(RawImageFolderDataset):
-    """The demo folder: writes the public-domain demo set into an empty folder, then loads it.
+    """The demo folder: writes the public-domain demo set into its own empty folder, then loads it.
 
     Args:
-        path: the folder (created when missing).
+        path: the folder (created when missing, only when it lies inside ``sample_root``).
         role: "source" (astronaut variants) or "reference" (stylised public-domain images).
         count: how many demo images to write (4-6 like the paper).
+        sample_root: the only folder the demo set is ever written into (relative to the working
+            directory, the project when run by Kedro). A ``path`` elsewhere is a user folder:
+            never created or filled.
     """
 
     def __init__(
@@ -203,19 +208,32 @@ class SampleImageFolderDataset(RawImageFolderDataset):
         path: str,
         role: str,
         count: int = 5,
+        sample_root: str = "data/01_raw/demo",
         suffixes: list[str] | tuple[str, ...] = IMAGE_SUFFIXES,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(path=path, suffixes=suffixes, metadata=metadata)
+        self._sample_root = sample_root
         if role not in ("source", "reference"):
             raise DatasetError(f"{path}: role must be 'source' or 'reference', got {role!r}")
         self._role = role
         self._count = count
 
     def _describe(self) -> dict[str, Any]:
-        return {**super()._describe(), "role": self._role, "count": self._count}
+        return {**super()._describe(), "role": self._role, "count": self._count,
+                "sample_root": self._sample_root}
+
+    def _is_demo_folder(self) -> bool:
+        """Whether ``path`` lies inside ``sample_root`` (resolved; a symlink loop is not)."""
+        try:
+            root = Path(self._sample_root).resolve()
+            return self._path.resolve().is_relative_to(root) and self._path.resolve() != root
+        except (RuntimeError, OSError):
+            return False
 
     def load(self) -> dict[str, RawImage]:
+        if not self._is_demo_folder():
+            return super().load()  # a user folder: read only, never filled
         if not self._image_files():
             import fcntl
 
@@ -233,4 +251,4 @@ class SampleImageFolderDataset(RawImageFolderDataset):
         return super().load()
 
     def _exists(self) -> bool:
-        return True
+        return self._is_demo_folder() or super()._exists()

@@ -43,6 +43,9 @@ FORMAT_VERSION = 2
 STATE_FILE = "state.json"
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
+# Written first into every checkpoint this project makes: clearing and pruning touch only folders
+# that hold it, so a checkpoint_dir pointed at someone else's folder loses nothing (issue 21).
+MARKER_FILE = ".magicapture-checkpoint"
 
 
 class CheckpointUnusable(ValueError):
@@ -122,6 +125,7 @@ def save_checkpoint(trainer: Any, root: str | Path, keep: int = 0) -> Path:
             if temp.exists():
                 shutil.rmtree(temp)  # left by a run killed while saving
             temp.mkdir(parents=True)
+            (temp / MARKER_FILE).write_text(f"{trainer.stage} step {trainer.global_step}\n")
         accelerator.wait_for_everyone()
         rng = {
             "generator": trainer.generator.get_state(),
@@ -140,6 +144,7 @@ def save_checkpoint(trainer: Any, root: str | Path, keep: int = 0) -> Path:
             manifest = {
                 p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
                 for p in sorted(temp.iterdir())
+                if p.name != MARKER_FILE
             }
             state = {
                 "format_version": FORMAT_VERSION,
@@ -175,10 +180,11 @@ def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
     killed save or delete left behind.
     """
     for leftover in Path(root).glob(f".{CHECKPOINT_PREFIX}*"):
-        shutil.rmtree(leftover, ignore_errors=True)  # a save or a delete that was killed
+        if is_ours(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)  # a save or a delete that was killed
     if keep <= 0:
         return []
-    dirs = _checkpoint_dirs(Path(root))
+    dirs = [d for d in _checkpoint_dirs(Path(root)) if is_ours(d)]
     complete = [d for d in dirs if (d / STATE_FILE).is_file()]
     if not complete:
         return []
@@ -188,6 +194,29 @@ def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
     for folder in doomed:
         trash = folder.with_name(f".{folder.name}.deleting-{os.getpid()}")
         os.rename(folder, trash)  # never a half-deleted folder under a checkpoint name
+        shutil.rmtree(trash, ignore_errors=True)
+    return doomed
+
+
+def is_ours(folder: Path) -> bool:
+    """Whether ``folder`` is a checkpoint this project wrote (it holds the marker file)."""
+    return folder.is_dir() and not folder.is_symlink() and (folder / MARKER_FILE).is_file()
+
+
+def clear_checkpoints(root: str | Path) -> list[Path]:
+    """Delete the checkpoints this project wrote under ``root`` (``checkpoint-<N>/`` and hidden
+    leftovers holding the marker); anything else there, and ``root`` itself, stays. Returns the
+    deleted folders. Call it only after the parameter check accepted ``root``."""
+    root = Path(root)
+    if not root.is_dir() or root.is_symlink():
+        return []
+    doomed = [
+        p for p in root.iterdir()
+        if p.name.startswith((CHECKPOINT_PREFIX, f".{CHECKPOINT_PREFIX}")) and is_ours(p)
+    ]  # fmt: skip
+    for folder in doomed:
+        trash = folder.with_name(f".{folder.name.lstrip('.')}.deleting-{os.getpid()}")
+        os.rename(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
     return doomed
 
