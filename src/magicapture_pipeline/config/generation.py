@@ -76,9 +76,11 @@ class GenerationConfig(SamplingConfig):
     sampling settings it shares with the registered model (``SamplingConfig``)."""
 
     prompt_templates: list[str] = Field(
-        default=["a photo of a {v1} person in the {v2} style"],
+        default=["a photo of a {v1} person in the style of {v2}"],
         description="Composed prompts; {v1} / {v2} become the concept's source and style tokens "
-        "(paper Sec. 3: 'a photo of [V1] person in the [V2] style').",
+        "(ours: the first composed template both recipes train on, stage_two."
+        "composed_templates; the paper's 'in the [V2] style' and the authors' inference "
+        "'with style [V2]' are phrasings the concept never trained on).",
     )
     extra_prompts: list[str] = Field(
         default=[],
