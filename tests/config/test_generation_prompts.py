@@ -32,7 +32,9 @@ def _params(env: str, runtime: dict) -> dict:
 @pytest.mark.parametrize("env", ENVS)
 def test_every_default_generation_prompt_is_a_trained_composed_template(env, recipe):
     params = _params(env, {"stage_two": {"recipe": recipe}})
-    generation = GenerationConfig.model_validate(effective_section("generation", params["generation"]))
+    generation = GenerationConfig.model_validate(
+        effective_section("generation", params["generation"])
+    )
     stage_two = effective_section("stage_two", params["stage_two"])
     assert stage_two["recipe"] == recipe
     trained = set(stage_two["composed_templates"])
