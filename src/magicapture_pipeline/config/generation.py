@@ -261,6 +261,19 @@ class VariantConfig(BaseModel):
         ge=1,
         description="Sampling steps for this row (None: params:generation's); baselines: 50.",
     )
+    lora_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="LoRA scale of the row's UNet and text encoder at sampling (None: "
+        "params:generation's 0.6 / 0.9 for MagiCapture rows, 1.0 = full strength for the "
+        "baselines, as their papers sample; ours: MagiCapture's 0.6 biased them low).",
+    )
+    masked_losses: bool | None = Field(
+        default=None,
+        description="Train on MagiCapture's masked reconstruction (face region for source "
+        "images, its complement for references; Eq. 4-6) or on the whole image (None: masked "
+        "for MagiCapture rows, whole image for the baselines, as their papers train).",
+    )
     settings_source: str = Field(
         default="",
         description="Where this row's training and sampling settings come from (paper / "
