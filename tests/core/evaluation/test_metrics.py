@@ -396,3 +396,42 @@ def test_every_reported_mean_carries_n_and_its_standard_error(tiny_clip):
         clip=(None, "none"), aesthetic=(None, "none"), face_mask_fn=None, face_detect_fn=None,
     )
     assert one.metrics["csim_arcface_n"] == 1.0 and "csim_arcface_se" not in one.metrics
+
+
+# --------------------------------------------- style masks alike for both sides (issue 18 §4)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "cameraman", "blank"])
+def test_generated_image_is_masked_for_style_exactly_as_a_reference(name, tiny_clip):
+    """The same picture as a reference (preprocessing's rule: mesh oval; a face the mesh cannot
+    outline -> its detection boxes; no face -> nothing masked) and as a generated image (the
+    evaluate wiring, real mediapipe) must score style 1.0: both sides masked alike. scikit-image's
+    cameraman is the face the mesh misses (box, not the ellipse the restorer's mask uses)."""
+    from magicapture_pipeline.core.evaluation.protocol import MetricModels, evaluate_with
+    from magicapture_pipeline.core.faces.analysis import analyze_reference
+    from magicapture_pipeline.core.faces.detection import FaceAnalyzer
+    from magicapture_pipeline.core.faces.regions import FaceRegions
+
+    pictures = {
+        "astronaut": data.astronaut(),
+        "cameraman": np.stack([data.camera()] * 3, axis=-1),
+        "blank": np.full((256, 256, 3), 127, np.uint8),
+    }
+    analyzer = FaceAnalyzer()
+    try:
+        reference = analyze_reference(np.ascontiguousarray(pictures[name]), analyzer, 128)
+    finally:
+        analyzer.close()
+    crop = Image.fromarray(reference.crop)
+    models = MetricModels(
+        identity=(None, "none"), clip=(tiny_clip, None), aesthetic=(None, "none"),
+        faces=FaceRegions(),
+    )
+    try:
+        result = evaluate_with(
+            models, {"g": crop}, [], [crop], reference_masks=[Image.fromarray(reference.mask)]
+        )
+    finally:
+        models.close()
+    assert result.metrics["style_similarity"] == pytest.approx(1.0, abs=1e-6)
+    assert result.per_image["g"]["style_face_masked"] is (name != "blank")

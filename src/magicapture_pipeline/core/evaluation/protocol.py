@@ -261,7 +261,7 @@ def evaluate_with(
         identity=models.identity,
         clip=models.clip,
         aesthetic=models.aesthetic,
-        face_mask_fn=faces.mask if faces is not None else None,
+        face_mask_fn=faces.style_mask if faces is not None else None,
         face_detect_fn=faces.detected if faces is not None else None,
         reference_masks=reference_masks,
         source_landmarks=source_landmarks,
