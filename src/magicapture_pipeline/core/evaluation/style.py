@@ -5,8 +5,8 @@
   ``FaceRegions.style_mask``): a detected face the mesh outlines loses its oval, one the mesh
   cannot outline its detection boxes, and an image with no detected face is scored whole, as a
   reference without a face is (issue 18 §4). The pairwise mean, not the cosine to the mean
-  embedding, which is inflated by the mean vector's length; the authors' identity helper ``evaluate_pipe`` in
-  ``lora_diffusion_/utils.py`` averages pairwise cosines the same way.
+  embedding, which is inflated by the mean vector's length; the authors' identity helper
+  ``evaluate_pipe`` in ``lora_diffusion_/utils.py`` averages pairwise cosines the same way.
 - Aesthetic: the LAION aesthetic predictor, an MLP (or the older linear head) on L2-normalised
   CLIP ViT-L/14 image embeddings.
 """
