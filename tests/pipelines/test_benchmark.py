@@ -77,6 +77,7 @@ def test_benchmark_runs_every_variant_at_tiny_budget(tmp_path: Path):
             "stage_two": {
                 "learning_rate": 1e-6,
                 "embedding_learning_rate": 0.0,
+                "tokens": {"person_init": "sks"},
                 "task_weights": [1.0, 1.0, 0.0],
                 "attention": {"enabled": False},
                 "identity": {"mode": "off"},
@@ -142,6 +143,12 @@ def test_benchmark_runs_every_variant_at_tiny_budget(tmp_path: Path):
     assert (cd_row["cfg"], cd_row["steps"]) == (7.5, 3)
     assert rows.loc["MagiCapture", "steps"] == 2
     assert rows.loc["MagiCapture", "cfg"] == 7.0
+    # issue 18 §2: baselines train unmasked and sample at full LoRA strength, and say so
+    assert rows.loc["MagiCapture", "lora_scale"] == 0.6
+    assert bool(rows.loc["MagiCapture", "masked_losses"]) is True
+    for name in ("Textual Inversion", "DreamBooth-LoRA", "Custom Diffusion-LoRA"):
+        assert rows.loc[name, "lora_scale"] == 1.0, name
+        assert bool(rows.loc[name, "masked_losses"]) is False, name
 
 
 def _base_benchmark():
