@@ -249,9 +249,9 @@ def test_champion_samples_exactly_like_generate(store, tiny_concept, monkeypatch
     monkeypatch.setenv(PROJECT_ROOT_ENV, str(base.parent))
     promote(client, MODEL, register(store, tiny_concept, csim=0.6)["version"], GATES)
     model = _load_champion(uri)
-    out = model.predict(pd.DataFrame({"prompt": ["a photo of a [V1] person in the [V2] style"]}))
+    out = model.predict(pd.DataFrame({"prompt": ["a photo of a [V1] person in the style of [V2]"]}))
     row = out.loc[0]
-    assert row["prompt"] == "a photo of a <v1> person in the <v2> style"
+    assert row["prompt"] == "a photo of a <v1> person in the style of <v2>"
     assert (row["seed"], row["steps"], row["guidance_scale"]) == (11, 2, 7.0)
     assert (row["scheduler"], row["lora_scale_unet"], row["resolution"]) == (
         "euler_ancestral",
