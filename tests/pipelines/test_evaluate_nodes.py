@@ -7,6 +7,7 @@ import json
 import pytest
 
 from magicapture_pipeline.pipelines.evaluate.nodes import evaluate_generated
+from magicapture_pipeline.serving.promotion import HELDOUT_PHOTOS
 from magicapture_pipeline.tracking.logged import option_tags
 
 
@@ -19,6 +20,8 @@ def test_identity_loss_fact_reaches_metrics_and_the_tracking_summary(tmp_path, e
         {}, {}, {}, {}, {"items": []}, str(tmp_path), {}, {"clip_model": None, "device": "cpu"}
     )
     assert metrics["identity_loss_trained"] == (1.0 if enabled else 0.0)
+    # the count the promotion gates read to choose held-out CSIM (issue 18 §4): no photo here
+    assert metrics[HELDOUT_PHOTOS] == 0.0
     # metrics.json is saved last: its summary must not turn an untrained concept "on"
     assert option_tags("metrics", metrics)["magicapture.identity_loss"] == (
         "on" if enabled else "off"

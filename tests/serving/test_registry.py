@@ -129,6 +129,33 @@ def test_gates_name_what_failed():
     assert "unavailable: no face" in failed_gates({}, {"csim": "no face"}, gates)[0]
 
 
+def test_identity_gates_read_heldout_csim_when_a_photo_was_held_out():
+    """Issue 18 §4: high CSIM on the training photos (0.9) and low on the held-out photo (0.3):
+    with a held-out photo the gate reads the held-out CSIM and refuses, saying so; without one it
+    reads the training photos and says that instead."""
+    from magicapture_pipeline.serving.promotion import gate_readings
+
+    gates = PromotionGates()  # the shipped gates: csim_arcface required and >= 0.4
+    scores = {"csim_arcface": 0.9, "csim_arcface_heldout": 0.3, "identity_loss_trained": 1.0}
+    held = {**scores, "heldout_photos": 1.0}
+    (failure,) = failed_gates(held, {}, gates)
+    assert failure == (
+        "gate min_metrics.csim_arcface: csim_arcface_heldout=0.3 < 0.4 [held-out photos]"
+    )
+    assert gate_readings(held, gates)["csim_arcface"] == "csim_arcface_heldout (held-out photos)"
+    none_held = {**scores, "heldout_photos": 0.0}
+    assert failed_gates(none_held, {}, gates) == []
+    assert "training photos" in gate_readings(none_held, gates)["csim_arcface"]
+    # a held-out photo whose CSIM could not be scored fails the gate; no fallback to training
+    (missing,) = [f for f in failed_gates(
+        {"csim_arcface": 0.9, "heldout_photos": 1.0, "identity_loss_trained": 1.0},
+        {"csim_arcface_heldout": "no face found in any generated image"}, gates,
+    ) if f.startswith("gate required")]
+    assert "'csim_arcface_heldout' is missing (unavailable: no face found" in missing
+    off = PromotionGates(identity_from_heldout=False)
+    assert failed_gates(held, {}, off) == []
+
+
 def test_gate_refuses_a_concept_trained_without_the_identity_loss():
     """base without an ArcFace checkpoint trains without Eq. 7: refused unless overridden."""
     gates = PromotionGates(required_metrics=[], min_metrics={})
@@ -222,9 +249,9 @@ def test_champion_samples_exactly_like_generate(store, tiny_concept, monkeypatch
     monkeypatch.setenv(PROJECT_ROOT_ENV, str(base.parent))
     promote(client, MODEL, register(store, tiny_concept, csim=0.6)["version"], GATES)
     model = _load_champion(uri)
-    out = model.predict(pd.DataFrame({"prompt": ["a photo of a [V1] person in the [V2] style"]}))
+    out = model.predict(pd.DataFrame({"prompt": ["a photo of a [V1] person in the style of [V2]"]}))
     row = out.loc[0]
-    assert row["prompt"] == "a photo of a <v1> person in the <v2> style"
+    assert row["prompt"] == "a photo of a <v1> person in the style of <v2>"
     assert (row["seed"], row["steps"], row["guidance_scale"]) == (11, 2, 7.0)
     assert (row["scheduler"], row["lora_scale_unet"], row["resolution"]) == (
         "euler_ancestral",

@@ -11,6 +11,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Enough images that the standard error of the mean CSIM is at most CSIM_SE_TARGET (issue 18 §4):
+# n >= (spread / target)^2. The paper prints no per-image spread of CSIM; 0.16 is ours, a
+# pessimistic standard deviation of ArcFace cosines of generated faces to a person's photos
+# (per-image CSIM values of one concept typically spread 0.1-0.15). 64 = (0.16 / 0.02)^2.
+CSIM_SPREAD_ASSUMED = 0.16
+CSIM_SE_TARGET = 0.02
+IMAGES_FOR_CSIM_SE = 64
+
 SchedulerName = Literal["euler_ancestral", "dpm", "kdpm", "ddim", "pndm"]
 
 _FROZEN = ConfigDict(extra="forbid")
@@ -82,15 +90,23 @@ class GenerationConfig(SamplingConfig):
     sampling settings it shares with the registered model (``SamplingConfig``)."""
 
     prompt_templates: list[str] = Field(
-        default=["a photo of a {v1} person in the {v2} style"],
+        default=["a photo of a {v1} person in the style of {v2}"],
         description="Composed prompts; {v1} / {v2} become the concept's source and style tokens "
-        "(paper Sec. 3: 'a photo of [V1] person in the [V2] style').",
+        "(ours: the first composed template both recipes train on, stage_two."
+        "composed_templates; the paper's 'in the [V2] style' and the authors' inference "
+        "'with style [V2]' are phrasings the concept never trained on).",
     )
     extra_prompts: list[str] = Field(
         default=[],
         description="Further prompt templates (same {v1} / {v2} placeholders) added to the list.",
     )
-    images_per_prompt: int = Field(default=4, ge=1, description="Images sampled per prompt.")
+    images_per_prompt: int = Field(
+        default=IMAGES_FOR_CSIM_SE,
+        ge=1,
+        description="Images sampled per prompt (ours: 64, so the standard error of mean CSIM "
+        "is <= 0.02 at a per-image CSIM spread of 0.16, CSIM_SPREAD_ASSUMED; the paper "
+        "sampled 100 per source-reference pair and prints no spread).",
+    )
     grid_columns: int = Field(default=4, ge=1, description="Columns of the contact sheet.")
     concept_name: str = Field(
         default="my-concept", description="Concept name written into each image's provenance."
@@ -266,6 +282,19 @@ class VariantConfig(BaseModel):
         le=1000,
         description="Sampling steps for this row (None: params:generation's); baselines: 50; "
         "at most 1000, the scheduler's training timesteps.",
+    )
+    lora_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="LoRA scale of the row's UNet and text encoder at sampling (None: "
+        "params:generation's 0.6 / 0.9 for MagiCapture rows, 1.0 = full strength for the "
+        "baselines, as their papers sample; ours: MagiCapture's 0.6 biased them low).",
+    )
+    masked_losses: bool | None = Field(
+        default=None,
+        description="Train on MagiCapture's masked reconstruction (face region for source "
+        "images, its complement for references; Eq. 4-6) or on the whole image (None: masked "
+        "for MagiCapture rows, whole image for the baselines, as their papers train).",
     )
     settings_source: str = Field(
         default="",

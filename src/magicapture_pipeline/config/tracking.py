@@ -84,13 +84,21 @@ class PromotionGates(_Strict):
     max_metrics: dict[str, float | None] = Field(
         {}, description="Upper bounds (e.g. a distance metric); null: none."
     )
+    identity_from_heldout: bool = Field(
+        True,
+        description="A gate on a CSIM metric (csim_*) reads its held-out counterpart "
+        "(csim_*_heldout: generated faces against source photos training never saw) when the "
+        "run held a photo out (metric heldout_photos > 0), else the training photos; the gate "
+        "says which (ours: CSIM against the photos a concept trained on rewards copying them).",
+    )
     allow_without_identity_loss: bool = Field(
         False,
         description="Explicit override: promote a concept trained without the identity loss "
         "(Eq. 7; e.g. base without an ArcFace checkpoint). Off: such a concept is refused.",
     )
     note: str = Field(
-        "paper settings: CSIM (ArcFace cosine, source vs generated) must be computed and >= 0.4",
+        "paper settings: CSIM (ArcFace cosine, source vs generated; against the held-out "
+        "photos when one was held out) must be computed and >= 0.4",
         description="Why these gates (shown when a promotion is refused).",
     )
 

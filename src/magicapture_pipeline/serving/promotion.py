@@ -61,29 +61,69 @@ def _unavailable_reasons(client: MlflowClient, run_id: str | None) -> dict[str, 
         return {}
 
 
+# The evaluate step's count of held-out source photos (core/evaluation/scoring.py).
+HELDOUT_PHOTOS = "heldout_photos"
+
+
+def gate_metric(name: str, metrics: Mapping[str, float], gates: PromotionGates) -> str:
+    """The metric a gate on ``name`` reads: a CSIM gate reads the held-out CSIM
+    (``<name>_heldout``) when the run held a source photo out and ``identity_from_heldout`` is
+    on; anything else reads ``name`` itself."""
+    if (
+        gates.identity_from_heldout
+        and name.startswith("csim_")
+        and not name.endswith("_heldout")
+        and metrics.get(HELDOUT_PHOTOS, 0.0) > 0
+    ):
+        return f"{name}_heldout"
+    return name
+
+
+def gate_readings(
+    metrics: Mapping[str, float], gates: PromotionGates
+) -> dict[str, str]:
+    """Which metric each gate reads, and on which photos (``{gate: "csim_x_heldout (held-out
+    photos)"}``), for the refusal message and the promotion record."""
+    names = [*gates.required_metrics, *gates.min_metrics, *gates.max_metrics]
+    out = {}
+    for name in dict.fromkeys(names):
+        read = gate_metric(name, metrics, gates)
+        if read != name:
+            out[name] = f"{read} (held-out photos)"
+        elif name.startswith("csim_") and not name.endswith("_heldout"):
+            out[name] = f"{name} (training photos: no held-out photo)"
+        else:
+            out[name] = name
+    return out
+
+
 def failed_gates(
     metrics: Mapping[str, float], unavailable: Mapping[str, str], gates: PromotionGates
 ) -> list[str]:
-    """One message per failed gate, naming it (empty: the version may become champion)."""
+    """One message per failed gate, naming it and the metric it read (empty: the version may
+    become champion)."""
     failures = []
-    for name in gates.required_metrics:
+    read = gate_readings(metrics, gates)
+    for gate in gates.required_metrics:
+        name, which = gate_metric(gate, metrics, gates), _which(read[gate])
         if name not in metrics:
             why = f" (unavailable: {unavailable[name]})" if name in unavailable else ""
-            failures.append(f"gate required_metrics: '{name}' is missing{why}")
-    for name, bound in gates.min_metrics.items():
-        if bound is None:
-            continue
-        if name not in metrics:
-            failures.append(f"gate min_metrics.{name}: '{name}' is missing")
-        elif metrics[name] < bound:
-            failures.append(f"gate min_metrics.{name}: {name}={metrics[name]:.4g} < {bound}")
-    for name, bound in gates.max_metrics.items():
-        if bound is None:
-            continue
-        if name not in metrics:
-            failures.append(f"gate max_metrics.{name}: '{name}' is missing")
-        elif metrics[name] > bound:
-            failures.append(f"gate max_metrics.{name}: {name}={metrics[name]:.4g} > {bound}")
+            failures.append(f"gate required_metrics: '{name}' is missing{why}{which}")
+    for bounds, verb, fails in (
+        (gates.min_metrics, "<", lambda v, b: v < b),
+        (gates.max_metrics, ">", lambda v, b: v > b),
+    ):
+        kind = "min_metrics" if verb == "<" else "max_metrics"
+        for gate, bound in bounds.items():
+            if bound is None:
+                continue
+            name, which = gate_metric(gate, metrics, gates), _which(read[gate])
+            if name not in metrics:
+                failures.append(f"gate {kind}.{gate}: '{name}' is missing{which}")
+            elif fails(metrics[name], bound):
+                failures.append(
+                    f"gate {kind}.{gate}: {name}={metrics[name]:.4g} {verb} {bound}{which}"
+                )
     trained = metrics.get("identity_loss_trained")
     if not gates.allow_without_identity_loss and trained != 1.0:
         state = "missing" if trained is None else f"{trained:g}"
@@ -93,6 +133,11 @@ def failed_gates(
             "true to promote it anyway"
         )
     return failures
+
+
+def _which(reading: str) -> str:
+    """`` [held-out photos]`` / `` [training photos: ...]`` for a CSIM gate, else nothing."""
+    return f" [{reading.split(' (', 1)[1].rstrip(')')}]" if " (" in reading else ""
 
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> int | None:
@@ -140,6 +185,7 @@ def promote(
         "champion": int(version),
         "previous": old if old != int(version) else None,
         "metrics": metrics,
+        "gates_read": gate_readings(metrics, config.gates),
     }
 
 

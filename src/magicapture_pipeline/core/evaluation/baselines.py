@@ -58,16 +58,42 @@ _QUIET = {"checkpoint_every": 0, "resume": False, "checkpoint_dir": None}
 # What each baseline is, in terms of this project's trainers (stated in the results).
 METHOD_NOTES = {
     "magicapture": "stage one + stage two (core.training), exported with core.concept.export",
-    "textual_inversion": "embeddings only: the stage-one trainer (masked reconstruction, Eq. 4-5) "
-    "at the paper's TI settings; no LoRA",
+    "textual_inversion": "embeddings only: the stage-one trainer on the whole image (plain, "
+    "unmasked reconstruction) at the paper's TI settings; no LoRA",
     "dreambooth_lora": "DreamBooth as a rank-4 LoRA, NOT the paper's DreamBooth (full UNet + text "
-    "encoder fine-tune with prior preservation, lr 1e-6): the stage-two trainer without stage "
-    "one, composed prompts, identity or attention losses, embeddings frozen, no prior "
-    "preservation, at a LoRA learning rate",
-    "custom_diffusion_lora": "Custom Diffusion as a rank-4 LoRA on cross-attention k/v plus the "
-    "[V1]/[V2] modifier tokens, NOT the paper's Custom Diffusion (full k/v fine-tune, lr 5e-6): "
-    "at a LoRA learning rate",
+    "encoder fine-tune, lr 1e-6): the stage-two trainer on the whole image (unmasked) without "
+    "stage one, composed prompts, identity or attention losses, a frozen rare-token "
+    "identifier, sampled at full LoRA strength; no prior preservation yet (see the row)",
+    "custom_diffusion_lora": "Custom Diffusion as a rank-4 LoRA on cross-attention k/v plus "
+    "modifier tokens initialised from Custom Diffusion's rare tokens, NOT the paper's Custom "
+    "Diffusion (full k/v fine-tune, lr 5e-6): whole-image (unmasked) reconstruction, at a LoRA "
+    "learning rate, sampled at full LoRA strength",
 }
+
+# Baselines sample at full LoRA strength (their papers apply the whole fine-tune) and train on the
+# whole image (their papers know no face masks); MagiCapture rows keep params:generation's scales
+# and the masked losses (issue 18 §2).
+BASELINES = ("textual_inversion", "dreambooth_lora", "custom_diffusion_lora")
+BASELINE_LORA_SCALE = 1.0
+
+
+def trains_masked(variant: VariantConfig) -> bool:
+    """Whether the row trains on MagiCapture's masked reconstruction (Eq. 4-6)."""
+    if variant.masked_losses is not None:
+        return variant.masked_losses
+    return variant.method not in BASELINES
+
+
+def whole_image_examples(examples: list[Any]) -> list[Any]:
+    """The examples with loss regions covering the whole image for every role: a source's region
+    is its face mask, a reference's the complement (``core.training.loop.region_mask``), so the
+    mask becomes all ones for sources and all zeros for references."""
+    out = []
+    for example in examples:
+        fill = 1.0 if example.role == "source" else 0.0
+        out.append(replace(example, face_mask=example.face_mask.new_full(
+            example.face_mask.shape, fill)))
+    return out
 
 
 def train_variant(
@@ -82,6 +108,8 @@ def train_variant(
     """Train one variant into a concept folder, or say why it was not run."""
     if not examples:
         return None, "not run: no accepted training images (training_set / face_crops / masks)"
+    if not trains_masked(variant):
+        examples = whole_image_examples(examples)
     s1 = StageOneConfig(**{**stage_one, **_QUIET})
     s2 = StageTwoConfig(**{**stage_two, **_QUIET, "heatmap_every": 0})
     metadata = {"base_model": base, "benchmark_variant": variant.name, "method": variant.method}
@@ -124,6 +152,9 @@ def _score_variant(
     run = run_generation(base, concept, generation)
     images = {item.key: item.image for item in run.images}
     sampling = {
+        "lora_scale_unet": generation.lora_scale_unet,
+        "lora_scale_text_encoder": generation.lora_scale_text_encoder,
+        "masked_losses": trains_masked(variant),
         "guidance_scale": generation.guidance_scale,
         "num_inference_steps": generation.num_inference_steps,
         "scheduler": generation.scheduler,
@@ -160,6 +191,11 @@ def variant_generation(
     ``num_inference_steps`` then yields.
     """
     updates: dict[str, Any] = {}
+    scale = variant.lora_scale
+    if scale is None and variant.method in BASELINES:
+        scale = BASELINE_LORA_SCALE
+    if scale is not None:
+        updates["lora_scale_unet"] = updates["lora_scale_text_encoder"] = scale
     if variant.guidance_scale is not None:
         updates["guidance_scale"] = variant.guidance_scale
     if variant.num_inference_steps is not None and not steps_fixed:

@@ -15,6 +15,8 @@ import numpy as np
 
 TABLE_METRICS = ("csim", "style_similarity", "aesthetic_score", "face_detected_rate")
 PAPER_COLUMNS = ("csim", "style", "aesthetic")
+# Means reported with ``_se`` (standard error) and ``_n`` beside them (the CSIM columns too).
+MEAN_COLUMNS = ("style_similarity", "aesthetic_score")
 
 
 def _csim_names(metrics: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -43,15 +45,22 @@ def comparison_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
         name, heldout = _csim_names(metrics)
         name = name or common
         row: dict[str, Any] = {"variant": result["name"], "method": result["method"]}
-        row[name or "csim"] = metrics.get(name) if name else None
-        row[f"{name or 'csim'}_heldout"] = metrics.get(heldout) if heldout else None
-        for metric in TABLE_METRICS[1:]:
-            row[metric] = metrics.get(metric)
+        columns = [(name or "csim", name), (f"{name or 'csim'}_heldout", heldout)]
+        columns += [(metric, metric) for metric in TABLE_METRICS[1:]]
+        for column, key in columns:
+            row[column] = metrics.get(key) if key else None
+            if column in MEAN_COLUMNS or column.startswith("csim"):
+                # every mean with its n and standard error (issue 18 §4)
+                row[f"{column}_se"] = metrics.get(f"{key}_se") if key else None
+                n = metrics.get(f"{key}_n") if key else None
+                row[f"{column}_n"] = int(n) if n is not None else None
         paper = result.get("paper") or {}
         for column in PAPER_COLUMNS:
             row[f"paper_{column}"] = paper.get(column)
         row["paper_source"] = paper.get("source")
         sampling = result.get("sampling") or {}
+        row["lora_scale"] = sampling.get("lora_scale_unet")
+        row["masked_losses"] = sampling.get("masked_losses")
         row["cfg"] = sampling.get("guidance_scale")
         row["steps"] = sampling.get("num_inference_steps")
         row["settings_source"] = result.get("settings_source") or None
@@ -86,7 +95,8 @@ def comparison_markdown(
         "",
         "Columns `paper_*` are the paper's numbers (arXiv 2309.06895; `paper_source` names the "
         "table), never ours; our CSIM columns name the recognizer that produced them, and "
-        "`*_heldout` scores against source photos that training never saw. An empty cell means "
+        "`*_heldout` scores against source photos that training never saw; `*_se` is the "
+        "standard error of the mean over `*_n` images. An empty cell means "
         "the number does not exist (see `status` / `unavailable`).",
         "",
         "| " + " | ".join(columns) + " |",

@@ -12,7 +12,11 @@
   the network it was optimised for under the name of an independent measurement.
 - Held-out identity: ``<csim key>_heldout`` scores the generated faces against source photos that
   training never saw (split off in preprocessing); the copy check compares each generated face's
-  similarity to its nearest training photo with its similarity to the held-out photos.
+  nearest training photo with its nearest held-out photo over equally sized sets (the expected
+  nearest of a random training subset as large as the held-out set), so a concept that learned
+  the person and copies nothing reads a gap of 0 (a max over K training photos against one
+  held-out photo read +0.05 with no copying at all; issue 18 §4).
+- Every mean carries ``_n`` and ``_se`` (:mod:`core.evaluation.stats`).
 - Style and aesthetic: :mod:`core.evaluation.style` (CLIP); the Table-1-shaped report:
   :mod:`core.evaluation.comparison`.
 - Face-detected rate of the generated images.
@@ -31,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from magicapture_pipeline.core.evaluation.stats import expected_nearest, mean_with_error
 from magicapture_pipeline.core.evaluation.style import (
     MASK_FILL,
     AestheticMLP,
@@ -96,6 +101,10 @@ class CsimResult:
     def mean(self) -> float | None:
         values = [v for v in self.per_image.values() if v is not None]
         return float(np.mean(values)) if values else None
+
+    def summary(self) -> dict[str, float]:
+        """The mean with its n and standard error (``core.evaluation.stats``)."""
+        return mean_with_error(self.name, self.per_image.values())
 
 
 def _embed_sources(
@@ -203,21 +212,22 @@ class IdentityReport:
         """The report's numbers under their metric names (nothing for a missing value)."""
         out: dict[str, float] = {}
         if self.training.mean is not None and not self.training.reason:
-            out[self.name] = self.training.mean
-            out[f"{self.name}_faces"] = float(
-                sum(v is not None for v in self.training.per_image.values())
-            )
+            out.update(self.training.summary())
+            out[f"{self.name}_faces"] = out[f"{self.name}_n"]
         if self.heldout is not None and self.heldout.mean is not None:
-            out[f"{self.name}{HELDOUT}"] = self.heldout.mean
+            out.update(self.heldout.summary())
         if self.copy_check:
             prefix = f"copy_check_{self.name.removeprefix('csim_')}"
-            nearest = float(np.mean([v["nearest_training"] for v in self.copy_check.values()]))
-            heldout = float(np.mean([v["heldout"] for v in self.copy_check.values()]))
-            out[f"{prefix}_nearest_training"] = nearest
-            out[f"{prefix}_heldout"] = heldout
-            out[f"{prefix}_gap"] = nearest - heldout
+            checks = list(self.copy_check.values())
+            out.update(mean_with_error(f"{prefix}_gap", [v["gap"] for v in checks]))
+            for key in ("nearest_training", "nearest_heldout"):
+                out[f"{prefix}_{key}"] = float(np.mean([v[key] for v in checks]))
+            out[f"{prefix}_set_size"] = checks[0]["set_size"]
             if self.heldout_nearest_training is not None:
                 out[f"{prefix}_heldout_photo_nearest_training"] = self.heldout_nearest_training
+                # the other like-with-like reading: both sides a max over all training photos
+                nearest_all = float(np.mean([v["nearest_training_all"] for v in checks]))
+                out[f"{prefix}_gap_vs_heldout_photo"] = nearest_all - self.heldout_nearest_training
         return out
 
 
@@ -234,12 +244,17 @@ def identity_report(
 ) -> IdentityReport:
     """CSIM against the training photos and the held-out photos, plus the copy check.
 
-    Copy check, per generated face: ``nearest_training`` = its highest cosine to any training
-    photo, ``heldout`` = its mean cosine to the held-out photos. A concept that learned the person
-    scores the two alike; one that reproduces its training photos scores ``nearest_training``
-    well above ``heldout`` (the ``_gap``) and above ``heldout_photo_nearest_training``, the
-    held-out photo's own cosine to its nearest training photo (what a new real photo of the
-    person reaches).
+    Copy check, per generated face, over equally sized sets (m = the smaller of the two sets):
+    ``nearest_training`` = its expected highest cosine to a random m-photo subset of the training
+    photos (:func:`core.evaluation.stats.expected_nearest`), ``nearest_heldout`` = its highest
+    cosine to m held-out photos, ``gap`` = the difference. Both sides are maxima over m photos
+    of one person, so a concept that learned the person and copies nothing reads a gap of 0 in
+    expectation; one that reproduces a training photo reads a positive gap.
+    ``heldout_photo_nearest_training`` is the held-out photo's own cosine to its nearest training
+    photo (what a new real photo of the person reaches); ``gap_vs_heldout_photo`` = the mean
+    generated face's nearest over all training photos minus that (both a max over the same K
+    photos: 0 in expectation when generated faces are new photos of the person, more sensitive
+    to copying, but it reads low when the style moves faces away from photos).
 
     Args:
         loss_recognizer: ``(embedder of the identity loss's network, None)`` when the loss ran
@@ -274,15 +289,28 @@ def identity_report(
             train_stack, held_stack = np.stack(training_vectors), np.stack(held_vectors)
             heldout_nearest = float(pairwise_cosines(held_stack, train_stack).max(axis=1).mean())
             for key, vector in vectors.items():
-                if vector is None:
-                    continue
-                copy_check[key] = {
-                    "nearest_training": float(pairwise_cosines(vector, train_stack).max()),
-                    "heldout": float(pairwise_cosines(vector, held_stack).mean()),
-                }
+                if vector is not None:
+                    copy_check[key] = copy_check_one(vector, train_stack, held_stack)
     return IdentityReport(
         name, training, held_result, copy_check, heldout_nearest, same, agreement, note
     )
+
+
+def copy_check_one(
+    vector: np.ndarray, training: np.ndarray, heldout: np.ndarray
+) -> dict[str, float]:
+    """One generated face's copy check: nearest training vs nearest held-out over m photos each
+    (m = the smaller set; the training side is the exact expectation over random m-subsets)."""
+    size = min(len(training), len(heldout))
+    nearest_training = expected_nearest(pairwise_cosines(vector, training)[0], size)
+    nearest_heldout = expected_nearest(pairwise_cosines(vector, heldout)[0], size)
+    return {
+        "nearest_training": nearest_training,
+        "nearest_training_all": float(pairwise_cosines(vector, training).max()),
+        "nearest_heldout": nearest_heldout,
+        "gap": nearest_training - nearest_heldout,
+        "set_size": float(size),
+    }
 
 
 def load_identity_embedder(backend: str, arcface_model: str | None) -> tuple[Any, str | None]:

@@ -22,6 +22,7 @@ from magicapture_pipeline.core.evaluation.metrics import (
     load_identity_embedder,
     load_loss_recognizer,
 )
+from magicapture_pipeline.core.evaluation.stats import mean_with_error
 from magicapture_pipeline.core.evaluation.style import (
     ClipEmbedder,
     aesthetic_scores,
@@ -124,8 +125,7 @@ def evaluate_images(
         for key, value in style.per_image.items():
             per_image[key]["style_similarity"] = value
             per_image[key]["style_face_masked"] = style.masked.get(key, False)
-        if style.mean is not None:
-            metrics["style_similarity"] = style.mean
+        metrics.update(mean_with_error("style_similarity", style.per_image.values()))
 
     head, head_reason = aesthetic
     if clip_model is None:
@@ -140,8 +140,7 @@ def evaluate_images(
         else:
             for key, value in scores.items():
                 per_image[key]["aesthetic_score"] = value
-            if scores:
-                metrics["aesthetic_score"] = float(np.mean(list(scores.values())))
+            metrics.update(mean_with_error("aesthetic_score", scores.values()))
 
     for name, why in unavailable.items():
         logger.warning("Metric %s unavailable: %s", name, why)
@@ -262,7 +261,7 @@ def evaluate_with(
         identity=models.identity,
         clip=models.clip,
         aesthetic=models.aesthetic,
-        face_mask_fn=faces.mask if faces is not None else None,
+        face_mask_fn=faces.style_mask if faces is not None else None,
         face_detect_fn=faces.detected if faces is not None else None,
         reference_masks=reference_masks,
         source_landmarks=source_landmarks,

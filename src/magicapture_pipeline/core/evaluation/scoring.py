@@ -71,7 +71,8 @@ def evaluate(
         the per-image rows (one per image and image set).
     """
     loss_on = bool(loss_record.get("enabled"))
-    metrics: dict[str, Any] = {}
+    # how many source photos training never saw: promotion gates read held-out CSIM when > 0
+    metrics: dict[str, Any] = {"heldout_photos": float(len(inputs.heldout))}
     unavailable: dict[str, str] = {}
     info: dict[str, Any] = {
         "n_sources": len(inputs.sources),

@@ -1,9 +1,12 @@
 """CLIP-based metrics of the paper's protocol (Sec. 4.1): masked style similarity, aesthetic score.
 
 - Style: the mean pairwise cosine over (reference x generated) CLIP image embeddings, with the
-  face region masked out of both (the pairwise mean, not the cosine to the mean embedding, which
-  is inflated by the mean vector's length; the authors' identity helper ``evaluate_pipe`` in
-  ``lora_diffusion_/utils.py`` averages pairwise cosines the same way).
+  face region masked out of both, by one rule for both sides (preprocessing's reference rule,
+  ``FaceRegions.style_mask``): a detected face the mesh outlines loses its oval, one the mesh
+  cannot outline its detection boxes, and an image with no detected face is scored whole, as a
+  reference without a face is (issue 18 §4). The pairwise mean, not the cosine to the mean
+  embedding, which is inflated by the mean vector's length; the authors' identity helper
+  ``evaluate_pipe`` in ``lora_diffusion_/utils.py`` averages pairwise cosines the same way.
 - Aesthetic: the LAION aesthetic predictor, an MLP (or the older linear head) on L2-normalised
   CLIP ViT-L/14 image embeddings.
 """

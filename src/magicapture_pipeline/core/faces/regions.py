@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from magicapture_pipeline.core.faces.detection import FaceAnalyzer, landmarks5
-from magicapture_pipeline.core.faces.masks import ellipse_mask, face_mask
+from magicapture_pipeline.core.faces.masks import box_mask, ellipse_mask, face_mask
 
 
 class FaceRegions:
@@ -36,6 +36,24 @@ class FaceRegions:
         """ArcFace-order 5 points from the mesh, or None."""
         points = self._analyzer.mesh(np.ascontiguousarray(image_rgb))
         return landmarks5(points) if points is not None else None
+
+    def style_mask(self, image: Image.Image) -> Image.Image | None:
+        """The face region the style metric masks out, by the rule preprocessing applies to the
+        reference images (``core.faces.analysis.analyze_reference``), so generated and reference
+        images are masked alike: detect first; a detected face the mesh outlines -> its oval; a
+        detected face the mesh cannot outline -> every detection box; no face detected -> None
+        (nothing masked: the whole image is style, as for a reference without a face)."""
+        rgb = np.asarray(image.convert("RGB").resize((max(image.size),) * 2))
+        size = rgb.shape[0]
+        found = self._analyzer.detect(rgb)
+        if not found:
+            return None
+        points = self._analyzer.mesh(rgb)
+        if points is not None:
+            array = face_mask(points, size)
+        else:
+            array = box_mask([d.box for d in found], size)
+        return Image.fromarray(array, mode="L").resize(image.size)
 
     def mask(self, image: Image.Image) -> Image.Image | None:
         """Face mask (mode L, 255 = face) at the image's size, or None without a face."""
