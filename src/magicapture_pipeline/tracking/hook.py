@@ -5,9 +5,10 @@ its active run in a thread-local, so under ``ThreadRunner`` nodes would log to d
 
 This module is the run's life: it starts the run before the pipeline (tags and parameters), logs
 each dataset right after it is saved, and ends the run FINISHED or FAILED (with the error and the
-node). What a run holds (tags, parameters, metrics, artifacts) is ``tracking/logged.py``; the
-``mlflow_run`` dataset it adds to the catalog for the ``register`` node is ``tracking/catalog.py``;
-the tracking URI is ``tracking/uris.py``.
+node), or KILLED with the tag ``stopped_by_signal`` when SIGTERM/SIGINT stopped it
+(``hooks/stop.py``). What a run holds (tags, parameters, metrics, artifacts) is
+``tracking/logged.py``; the ``mlflow_run`` dataset it adds to the catalog for the ``register``
+node is ``tracking/catalog.py``; the tracking URI is ``tracking/uris.py``.
 
 The experiment carries ``mlflow.experimentKind = custom_model_development``, so MLflow 3's UI opens
 it in its model-training view (not the GenAI view).
@@ -30,6 +31,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from magicapture_pipeline.concepts import RunStopped
 from magicapture_pipeline.config.tracking import TrackingConfig
 from magicapture_pipeline.tracking.catalog import add_run_dataset, dataset_path, load_or
 from magicapture_pipeline.tracking.logged import (
@@ -58,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by MLflow 3's UI to pick the view
 EXPERIMENT_KIND = "custom_model_development"  # the model-training view
+STOPPED_TAG = "stopped_by_signal"  # SIGTERM / SIGINT: the run is KILLED (hooks/stop.py)
 
 
 def _safe(method: Callable) -> Callable:
@@ -232,10 +235,12 @@ class MlflowTrackingHook:
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
         run, self._run = self._run, None
         if run is not None:
-            self._finish(run, "FAILED", error)
+            self._finish(run, "KILLED" if isinstance(error, RunStopped) else "FAILED", error)
 
     @_safe
     def _finish(self, run: _ActiveRun, status: str, error: Exception | None) -> None:
+        if isinstance(error, RunStopped):  # hooks/stop.py: SIGTERM/SIGINT
+            run.client.set_tag(run.run_id, STOPPED_TAG, error.signal_name)
         if error is not None:
             message = f"{type(error).__name__}: {error}"
             run.client.set_tag(run.run_id, "error", clipped(message, MAX_TAG_LENGTH))
