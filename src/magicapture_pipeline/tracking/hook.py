@@ -49,6 +49,13 @@ from magicapture_pipeline.tracking.logged import (
     run_tags,
     session_id,
 )
+from magicapture_pipeline.tracking.spool import (
+    COMPLETE_TAG,
+    SPOOL_DIR,
+    SPOOLED_TAG,
+    SpoolingClient,
+    set_http_timeouts,
+)
 from magicapture_pipeline.tracking.store import tracking_client
 from magicapture_pipeline.tracking.uris import (
     local_artifact_root,
@@ -161,6 +168,8 @@ class MlflowTrackingHook:
         tracking_uri: str,
     ) -> _ActiveRun:
         project_path = Path(run_params.get("project_path") or self._project_path)
+        if tracking_uri.startswith(("http://", "https://")):
+            set_http_timeouts()  # a dead server costs seconds per call, not minutes
         client = tracking_client(tracking_uri)  # serialised on a shared local sqlite store
         experiment_id = _experiment_id(client, config.experiment_name, tracking_uri, project_path)
         pipelines = run_params.get("pipeline_names") or ["__default__"]
@@ -170,6 +179,8 @@ class MlflowTrackingHook:
             tags=run_tags(run_params, self._env, project_path),
         )
         run_id = run.info.run_id
+        # from here on, a call the server cannot take waits in a spool (tracking/spool.py)
+        client = SpoolingClient(client, run_id, project_path / SPOOL_DIR, tracking_uri)
         params = params_batch(pipeline_params(pipeline, catalog, parameters))
         client.log_batch(run_id, params=params)  # splits into MLflow's per-call limits itself
         logger.info(
@@ -246,7 +257,23 @@ class MlflowTrackingHook:
             run.client.set_tag(run.run_id, "error", clipped(message, MAX_TAG_LENGTH))
             if run.failed_node:
                 run.client.set_tag(run.run_id, "error.node", run.failed_node)
-        run.client.set_terminated(run.run_id, status=status)
+        client = run.client
+        if isinstance(client, SpoolingClient):
+            client.flush(force=True)
+            if client.dropped:  # data lost past the spool's bound: never FINISHED
+                status = "FAILED" if status == "FINISHED" else status
+                lost = f"{client.dropped} tracking call(s) dropped: the spool was full"
+                client.set_tag(run.run_id, "error", lost)
+            client.set_tag(run.run_id, COMPLETE_TAG, "false" if client.dropped else "true")
+            client.set_tag(run.run_id, SPOOLED_TAG, str(client.spooled))
+        client.set_terminated(run.run_id, status=status)
+        if isinstance(client, SpoolingClient) and client.pending:
+            logger.warning(
+                "MLflow run %s: the server is unreachable; the run stays RUNNING there until "
+                "`python -m magicapture_pipeline.tracking.spool sync` delivers %s and ends it %s",
+                run.run_id, client.path, status,
+            )
+            return
         logger.info("MLflow run %s %s", run.run_id, status)
 
 
