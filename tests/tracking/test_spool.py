@@ -29,6 +29,7 @@ from mlflow import MlflowClient
 
 from magicapture_pipeline.tracking import spool
 from magicapture_pipeline.tracking.hook import MlflowTrackingHook
+from magicapture_pipeline.tracking.logged import UNAVAILABLE_ARTIFACT
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 MLFLOW = Path(sys.executable).parent / "mlflow"
@@ -91,29 +92,30 @@ def history(parameters: dict) -> pd.DataFrame:
 
 
 def run_with_outage(folder: Path, server: Server) -> tuple[MlflowTrackingHook, float]:
-    """Log a history, kill the server, log metrics and options (the hook as Kedro calls it)."""
+    """Log a history, kill the server, log metrics and a report (the hook as Kedro calls it)."""
 
     def outage(frame: pd.DataFrame) -> int:
         server.kill()
         return len(frame)
 
     def metrics(rows: int) -> dict:
-        return {"csim": 0.25, "clip_style": 0.5, "rows": rows}
+        return {"csim": 0.25, "clip_style": 0.5, "rows": rows,
+                "unavailable": {"aesthetic": "no weights here"}}
 
-    def options(rows: int) -> dict:
-        return {"sampler": "ddim", "unavailable": {"aesthetic": "no weights here"}}
+    def report(rows: int) -> dict:
+        return {"faces": rows}
 
     pipeline = Pipeline([
         Node(history, "parameters", "stage_one_history", name="history"),
         Node(outage, "stage_one_history", "rows", name="outage"),
         Node(metrics, "rows", "metrics", name="metrics"),
-        Node(options, "rows", "generation_options", name="options"),
+        Node(report, "rows", "validation_report", name="report"),
     ])
     catalog = DataCatalog(datasets={
         "stage_one_history": CSVDataset(filepath=str(folder / "history.csv")),
         "rows": MemoryDataset(),
         "metrics": JSONDataset(filepath=str(folder / "metrics.json")),
-        "generation_options": JSONDataset(filepath=str(folder / "options.json")),
+        "validation_report": JSONDataset(filepath=str(folder / "report.json")),
     })
     catalog["parameters"] = PARAMS
     hook = MlflowTrackingHook()
@@ -166,9 +168,10 @@ def test_killed_server_spools_the_run_and_sync_delivers_it(tmp_path, server, mon
     assert run.data.metrics["csim"] == 0.25 and run.data.metrics["clip_style"] == 0.5
     assert run.data.tags[spool.COMPLETE_TAG] == "true"
     assert int(run.data.tags[spool.SPOOLED_TAG]) == len(calls) - 2  # less its own tag and end
-    assert run.data.tags["option.generation_options.sampler"] == "ddim" or any(
-        "sampler" in key for key in run.data.tags
-    )
+    # files too: the unavailable-parts JSON (log_dict) and the report (log_artifact)
+    files = {item.path for item in client.list_artifacts(run.info.run_id)}
+    files |= {item.path for item in client.list_artifacts(run.info.run_id, "reports")}
+    assert {UNAVAILABLE_ARTIFACT, "reports/report.json"} <= files, files
 
 
 def test_a_full_spool_drops_and_the_run_ends_failed_never_finished(tmp_path, server, monkeypatch):

@@ -33,7 +33,7 @@ def psql(state, query: str) -> str:
 def test_restart_after_mlflow_died_team_refused_private_and_ordinary_role():
     folder = Path(tempfile.mkdtemp(prefix="magicapture-recover-"))
     try:
-        state = tracking_server.start(folder)
+        state = tracking_server.start(folder, timeout=600)  # a busy shared machine is slow
         expected = 0o710 if os.geteuid() == 0 else 0o700
         assert folder.stat().st_mode & 0o777 == expected
         assert psql(state, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == "f"
@@ -41,7 +41,7 @@ def test_restart_after_mlflow_died_team_refused_private_and_ordinary_role():
                            "WHERE datname = 'mlflow'") == "mlflow"
         os.killpg(state.mlflow_pid, signal.SIGKILL)  # PostgreSQL keeps running
         tracking_server._reap(state.mlflow_pid)
-        again = tracking_server.start(folder, port=state.port)
+        again = tracking_server.start(folder, port=state.port, timeout=600)
         assert again.mlflow_pid != state.mlflow_pid and again.pg_port == state.pg_port
         team = subprocess.run(
             [sys.executable, "-m", "magicapture_pipeline.tracking.server", "start", "--dir",
@@ -58,7 +58,7 @@ def test_restart_after_mlflow_died_team_refused_private_and_ordinary_role():
         dead.wait()
         pid_file = folder / "postgres" / "data" / "postmaster.pid"
         pid_file.write_text(f"{dead.pid}\n{folder}/postgres/data\n0\n{state.pg_port}\n")
-        third = tracking_server.start(folder)
+        third = tracking_server.start(folder, timeout=600)
         assert tracking_server._alive(third.mlflow_pid)
     finally:
         tracking_server.stop(folder)
