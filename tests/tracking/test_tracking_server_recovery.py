@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,10 @@ def test_restart_after_mlflow_died_team_refused_private_and_ordinary_role():
         assert psql(state, "SELECT pg_get_userbyid(datdba) FROM pg_database "
                            "WHERE datname = 'mlflow'") == "mlflow"
         os.killpg(state.mlflow_pid, signal.SIGKILL)  # PostgreSQL keeps running
-        tracking_server._reap(state.mlflow_pid)
+        deadline = time.time() + 60
+        while tracking_server._alive(state.mlflow_pid) and time.time() < deadline:
+            tracking_server._reap(state.mlflow_pid)
+            time.sleep(0.2)
         again = tracking_server.start(folder, port=state.port, timeout=600)
         assert again.mlflow_pid != state.mlflow_pid and again.pg_port == state.pg_port
         team = subprocess.run(
