@@ -41,6 +41,21 @@ class ConceptLockedError(RuntimeError):
     """Another live run holds the concept's lock."""
 
 
+class RunStopped(Exception):  # noqa: N818 - a stop, not an error in the run
+    """The run was stopped by a signal (SIGTERM, SIGINT): see ``hooks/stop.py``.
+
+    An ``Exception`` (not a ``BaseException`` like ``KeyboardInterrupt``) so that Kedro passes it to
+    ``on_pipeline_error`` and every hook closes what it opened.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(self.signum).name
+        super().__init__(f"stopped by {self.signal_name}")
+
+
 def validate_concept_name(name: Any) -> str:
     """``name`` if it follows :data:`CONCEPT_NAME_RULE`, else :class:`ConceptNameError`.
 

@@ -6,6 +6,7 @@ from magicapture_pipeline.concepts import validate_concept_name
 from magicapture_pipeline.config.loader import LayeredConfigLoader
 from magicapture_pipeline.hooks.concept import ConceptLockHook, ProgressHook
 from magicapture_pipeline.hooks.parameter_check import ParameterCheckHook
+from magicapture_pipeline.hooks.stop import StopSignalHook
 from magicapture_pipeline.tracking.hook import MlflowTrackingHook
 
 # ParameterCheckHook: every parameter section the run reads is checked before the first node.
@@ -15,8 +16,12 @@ from magicapture_pipeline.tracking.hook import MlflowTrackingHook
 # Order matters: pluggy calls tryfirst hooks last-registered first, and Kedro calls
 # `on_pipeline_error` only for errors raised after `before_pipeline_run`. ParameterCheckHook is
 # registered after ConceptLockHook so it refuses a bad knob before the lock is taken (the other
-# way round, a refused run left `data/.locks/<concept>.lock` behind).
-HOOKS = (ConceptLockHook(), ParameterCheckHook(), MlflowTrackingHook(), ProgressHook())
+# way round, a refused run left `data/.locks/<concept>.lock` behind). StopSignalHook: SIGTERM/SIGINT
+# close the run (MLflow KILLED, lock released) and the process still dies by the signal; its
+# `on_pipeline_error` is trylast, so every other hook has closed what it opened first.
+HOOKS = (
+    ConceptLockHook(), ParameterCheckHook(), MlflowTrackingHook(), ProgressHook(), StopSignalHook()
+)
 
 CONFIG_LOADER_CLASS = LayeredConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -5,6 +5,8 @@ table, writes ``data/08_reporting/batch/<batch-id>.json`` and logs it as one MLf
 experiment ``magicapture-batches``. Exit code: 0 when every concept succeeded, 1 when any failed,
 2 when the manifest or the options are unusable (nothing ran): the manifest's bounds, its keys
 and values against the env's configs and the batch id are checked first (:mod:`.preflight`).
+SIGTERM or Ctrl-C stops the workers (their runs end KILLED, locks released), writes the summary
+with those concepts ``stopped`` and ``stopped_by`` set, and then the driver dies by that signal.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from magicapture_pipeline.batch.engines import LocalEngine, RayEngine
+from magicapture_pipeline.batch.engines import BatchStopped, LocalEngine, RayEngine
 from magicapture_pipeline.batch.manifest import ManifestError, load_manifest
 from magicapture_pipeline.batch.preflight import check_batch_id, check_manifest
 from magicapture_pipeline.batch.summary import LiveTable, build_summary
@@ -112,6 +115,7 @@ def run_batch(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         wall_s=time.time() - started, env=args.env, manifest=str(args.manifest),
         engine_info=engine.describe(),
     )
+    summary["stopped_by"] = getattr(engine, "stopped_by", None)
     summary_file = project / BATCH_DIR / f"{batch_id}.json"
     summary_file.write_text(json.dumps(summary, indent=2))
     uri = _tracking_uri(project, args.env)
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1 or args.retries < 0 or (args.threads is not None and args.threads < 1):
         sys.stderr.write("--workers and --threads must be >= 1, --retries >= 0\n")
         return 2
+    signal.signal(signal.SIGTERM, _stop)  # Slurm, Kubernetes, `timeout`: stop the workers
     try:
         summary, summary_file = run_batch(args)
     except ManifestError as error:
@@ -139,13 +144,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for concept in summary["concepts"]:
         if concept["status"] != "succeeded":
-            sys.stdout.write(f"\nFAILED {concept['name']} (attempts {concept['attempts']}):\n")
+            status, name = concept["status"].upper(), concept["name"]
+            sys.stdout.write(f"\n{status} {name} (attempts {concept['attempts']}):\n")
             sys.stdout.write(f"  {concept['reason']}\n".replace("\n", "\n  ").rstrip() + "\n")
     sys.stdout.write(
         f"\n{summary['succeeded']} succeeded, {summary['failed']} failed in "
         f"{summary['wall_s']:.1f} s; summary: {summary_file}\n"
     )
+    if summary.get("stopped_by"):  # die by the signal, as a scheduler expects
+        sys.stdout.flush()
+        signum = signal.Signals[summary["stopped_by"]]
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
     return 0 if summary["failed"] == 0 else 1
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM: the engine stops its workers and the summary marks their concepts ``stopped``."""
+    signal.signal(signum, signal.SIG_IGN)  # once is enough; the workers are being stopped
+    raise BatchStopped(signum)
 
 
 if __name__ == "__main__":

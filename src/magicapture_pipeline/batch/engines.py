@@ -47,6 +47,18 @@ def died_result(job: dict[str, Any], reason: str) -> dict[str, Any]:
     return result
 
 
+def stopped_result(job: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The result of a concept the batch stopped (SIGTERM/Ctrl-C to the driver) before it ended.
+
+    Its worker got SIGTERM: its MLflow run is KILLED, its lock released, its checkpoints resumable
+    (``hooks/stop.py``); running the manifest again with the same concept resumes nothing by
+    itself (attempt 1 starts fresh), a retry of the same batch id does.
+    """
+    result = {**died_result(job, reason), "status": "stopped"}
+    write_json(Path(job["state_dir"]) / "result.json", result)
+    return result
+
+
 def _exit_text(code: int) -> str:
     if code < 0:
         try:
@@ -54,6 +66,14 @@ def _exit_text(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit code {code}"
+
+
+class BatchStopped(BaseException):  # noqa: N818 - a stop, like KeyboardInterrupt
+    """SIGTERM to the batch driver (``batch/cli.py`` raises it from its signal handler)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal_name}")
 
 
 class LocalEngine:
@@ -68,6 +88,7 @@ class LocalEngine:
         self.threads = max(1, threads or (os.cpu_count() or 1) // self.workers)
         self._live: set[subprocess.Popen] = set()
         self._stopping = False
+        self.stopped_by: str | None = None  # "SIGTERM", "SIGINT": the batch was stopped
 
     def describe(self) -> dict[str, Any]:
         return {"threads_per_worker": self.threads}
@@ -94,6 +115,9 @@ class LocalEngine:
                     start_new_session=True,
                 )
                 self._live.add(process)
+                if self._stopping:  # the stop came while this worker was being started
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGTERM)
                 write_json(state_dir / "worker.json", {"pid": process.pid})
                 code = process.wait()
                 self._live.discard(process)
@@ -101,6 +125,8 @@ class LocalEngine:
             if code == 0 and result_file.is_file():
                 return json.loads(result_file.read_text())
             last = _exit_text(code)
+        if self._stopping:
+            return stopped_result(job, f"stopped by {self.stopped_by} ({last or 'not started'})")
         return died_result(
             job, f"worker died ({last}) on each of {self.retries + 1} attempts; see worker.log"
         )
@@ -112,16 +138,23 @@ class LocalEngine:
                 while not all(f.done() for f in futures):
                     poll()
                     time.sleep(POLL_S)
-            except BaseException:  # Ctrl-C: the workers run in their own sessions, stop them
+            except BaseException as error:  # SIGTERM/Ctrl-C: the workers run in their own
+                # sessions (a dying worker must not take others with it): stop them here
+                self.stopped_by = getattr(error, "signal_name", None) or "SIGINT"
                 self._stopping = True
                 for future in futures:
                     future.cancel()
                 for process in list(self._live):
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(process.pid, signal.SIGTERM)
-                raise
-            poll()
-            return [f.result() for f in futures]
+                if not isinstance(error, (KeyboardInterrupt, BatchStopped)):
+                    raise
+        poll()  # the pool has waited for every started worker to end
+        return [
+            stopped_result(job, f"stopped by {self.stopped_by} before it started")
+            if future.cancelled() else future.result()
+            for job, future in zip(jobs, futures, strict=True)
+        ]
 
     def close(self) -> None:
         """Nothing to stop."""

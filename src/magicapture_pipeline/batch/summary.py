@@ -29,7 +29,7 @@ def concept_state(name: str, state_dir: Path) -> dict[str, Any]:
     result_file = state_dir / "result.json"
     if result_file.is_file():
         result = json.loads(result_file.read_text())
-        row["state"] = "done" if result["status"] == "succeeded" else "failed"
+        row["state"] = {"succeeded": "done", "stopped": "stopped"}.get(result["status"], "failed")
         reason = (result.get("reason") or "").splitlines()
         row["stage"] = reason[0][:80] if reason else ""
         return row
@@ -118,7 +118,8 @@ def build_summary(
         "env": env,
         "manifest": manifest,
         "succeeded": sum(c["status"] == "succeeded" for c in concepts),
-        "failed": sum(c["status"] != "succeeded" for c in concepts),
+        "failed": sum(c["status"] != "succeeded" for c in concepts),  # stopped ones included
+        "stopped": sum(c["status"] == "stopped" for c in concepts),
         "engine_info": engine_info,
         "concepts": concepts,
     }

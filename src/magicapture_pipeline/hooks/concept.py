@@ -2,7 +2,8 @@
 
 * :class:`ConceptLockHook` takes ``data/.locks/<concept>.lock`` before any node runs (and before
   the MLflow run starts: ``tryfirst``) and gives it back when the run ends, failed or not. A second
-  run of a concept that is already running stops there with the holder's pid and host.
+  run of a concept that is already running stops there with the holder's pid and host, in one line
+  on stderr when the refusal ends ``kedro run``.
 * :class:`ProgressHook` writes ``{"state", "stage", "node", ...}`` to the JSON file named by
   ``$MAGICAPTURE_PROGRESS_FILE`` at each node, for the batch runner's live table; without the
   variable it does nothing. Pipelines stay unaware of batches.
@@ -13,13 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-from magicapture_pipeline.concepts import ConceptLock, validate_concept_name
+from magicapture_pipeline.concepts import ConceptLock, ConceptLockedError, validate_concept_name
 from magicapture_pipeline.core import atomic
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,26 @@ def _concept(catalog: Any) -> str | None:
         return str(catalog.load(CONCEPT_PARAM)) if CONCEPT_PARAM in catalog else None
     except Exception:  # noqa: BLE001 - a catalog without parameters
         return None
+
+
+def _refusal_in_one_line() -> None:
+    """Should the refusal end the process uncaught (``kedro run``), print it as one line.
+
+    Kedro's rich traceback of a refused run was 173 lines around the one that matters (who holds
+    the lock). In-process callers (the batch worker, tests) still catch the exception as before.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "one_line_refusal", False):
+        return
+
+    def excepthook(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        if isinstance(error, ConceptLockedError):
+            sys.stderr.write(f"Run refused: {error}\n")
+        else:
+            previous(kind, error, tb)
+
+    excepthook.one_line_refusal = True  # type: ignore[attr-defined]
+    sys.excepthook = excepthook
 
 
 class ConceptLockHook:
@@ -59,7 +81,11 @@ class ConceptLockHook:
             return
         project = Path(run_params.get("project_path") or Path.cwd())
         note = f"kedro session {run_params.get('run_id') or run_params.get('session_id') or ''}"
-        self._lock = ConceptLock(project, concept, note=note.strip()).acquire()
+        try:
+            self._lock = ConceptLock(project, concept, note=note.strip()).acquire()
+        except ConceptLockedError:
+            _refusal_in_one_line()
+            raise
 
     def _release(self) -> None:
         lock, self._lock = self._lock, None

@@ -51,7 +51,8 @@ def log_summary_run(summary: dict[str, Any], summary_file: Path, tracking_uri: s
             tags.append(RunTag(f"concept.{concept['name']}.run_id", concept["mlflow_run_id"]))
     client.log_batch(run_id, metrics=metrics, params=params, tags=tags[:100])
     client.log_artifact(run_id, str(summary_file))
-    client.set_terminated(run_id, status="FINISHED" if summary["failed"] == 0 else "FAILED")
+    status = "FINISHED" if summary["failed"] == 0 else "FAILED"
+    client.set_terminated(run_id, status="KILLED" if summary.get("stopped_by") else status)
     return run_id
 
 

@@ -5,9 +5,10 @@ its active run in a thread-local, so under ``ThreadRunner`` nodes would log to d
 
 This module is the run's life: it starts the run before the pipeline (tags and parameters), logs
 each dataset right after it is saved, and ends the run FINISHED or FAILED (with the error and the
-node). What a run holds (tags, parameters, metrics, artifacts) is ``tracking/logged.py``; the
-``mlflow_run`` dataset it adds to the catalog for the ``register`` node is ``tracking/catalog.py``;
-the tracking URI is ``tracking/uris.py``.
+node), or KILLED with the tag ``stopped_by_signal`` when SIGTERM/SIGINT stopped it
+(``hooks/stop.py``). What a run holds (tags, parameters, metrics, artifacts) is
+``tracking/logged.py``; the ``mlflow_run`` dataset it adds to the catalog for the ``register``
+node is ``tracking/catalog.py``; the tracking URI is ``tracking/uris.py``.
 
 The experiment carries ``mlflow.experimentKind = custom_model_development``, so MLflow 3's UI opens
 it in its model-training view (not the GenAI view).
@@ -30,6 +31,7 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from magicapture_pipeline.concepts import RunStopped
 from magicapture_pipeline.config.tracking import TrackingConfig
 from magicapture_pipeline.tracking.catalog import add_run_dataset, dataset_path, load_or
 from magicapture_pipeline.tracking.logged import (
@@ -47,6 +49,13 @@ from magicapture_pipeline.tracking.logged import (
     run_tags,
     session_id,
 )
+from magicapture_pipeline.tracking.spool import (
+    COMPLETE_TAG,
+    SPOOL_DIR,
+    SPOOLED_TAG,
+    SpoolingClient,
+    set_http_timeouts,
+)
 from magicapture_pipeline.tracking.store import tracking_client
 from magicapture_pipeline.tracking.uris import (
     local_artifact_root,
@@ -58,6 +67,7 @@ logger = logging.getLogger(__name__)
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by MLflow 3's UI to pick the view
 EXPERIMENT_KIND = "custom_model_development"  # the model-training view
+STOPPED_TAG = "stopped_by_signal"  # SIGTERM / SIGINT: the run is KILLED (hooks/stop.py)
 
 
 def _safe(method: Callable) -> Callable:
@@ -158,6 +168,8 @@ class MlflowTrackingHook:
         tracking_uri: str,
     ) -> _ActiveRun:
         project_path = Path(run_params.get("project_path") or self._project_path)
+        if tracking_uri.startswith(("http://", "https://")):
+            set_http_timeouts()  # a dead server costs seconds per call, not minutes
         client = tracking_client(tracking_uri)  # serialised on a shared local sqlite store
         experiment_id = _experiment_id(client, config.experiment_name, tracking_uri, project_path)
         pipelines = run_params.get("pipeline_names") or ["__default__"]
@@ -167,6 +179,8 @@ class MlflowTrackingHook:
             tags=run_tags(run_params, self._env, project_path),
         )
         run_id = run.info.run_id
+        # from here on, a call the server cannot take waits in a spool (tracking/spool.py)
+        client = SpoolingClient(client, run_id, project_path / SPOOL_DIR, tracking_uri)
         params = params_batch(pipeline_params(pipeline, catalog, parameters))
         client.log_batch(run_id, params=params)  # splits into MLflow's per-call limits itself
         logger.info(
@@ -232,16 +246,34 @@ class MlflowTrackingHook:
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
         run, self._run = self._run, None
         if run is not None:
-            self._finish(run, "FAILED", error)
+            self._finish(run, "KILLED" if isinstance(error, RunStopped) else "FAILED", error)
 
     @_safe
     def _finish(self, run: _ActiveRun, status: str, error: Exception | None) -> None:
+        if isinstance(error, RunStopped):  # hooks/stop.py: SIGTERM/SIGINT
+            run.client.set_tag(run.run_id, STOPPED_TAG, error.signal_name)
         if error is not None:
             message = f"{type(error).__name__}: {error}"
             run.client.set_tag(run.run_id, "error", clipped(message, MAX_TAG_LENGTH))
             if run.failed_node:
                 run.client.set_tag(run.run_id, "error.node", run.failed_node)
-        run.client.set_terminated(run.run_id, status=status)
+        client = run.client
+        if isinstance(client, SpoolingClient):
+            client.flush(force=True)
+            if client.dropped:  # data lost past the spool's bound: never FINISHED
+                status = "FAILED" if status == "FINISHED" else status
+                lost = f"{client.dropped} tracking call(s) dropped: the spool was full"
+                client.set_tag(run.run_id, "error", lost)
+            client.set_tag(run.run_id, COMPLETE_TAG, "false" if client.dropped else "true")
+            client.set_tag(run.run_id, SPOOLED_TAG, str(client.spooled))
+        client.set_terminated(run.run_id, status=status)
+        if isinstance(client, SpoolingClient) and client.pending:
+            logger.warning(
+                "MLflow run %s: the server is unreachable; the run stays RUNNING there until "
+                "`python -m magicapture_pipeline.tracking.spool sync` delivers %s and ends it %s",
+                run.run_id, client.path, status,
+            )
+            return
         logger.info("MLflow run %s %s", run.run_id, status)
 
 

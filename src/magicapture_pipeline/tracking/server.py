@@ -17,17 +17,23 @@ server gets it through ``PGPASSWORD``, never on a command line) and MLflow's ``b
 ``<dir>/secrets/`` (mode 0600). It still binds 127.0.0.1 unless ``--host`` says otherwise: put TLS
 in front of it (basic auth sends the password with every request). See the README for S3/MinIO.
 
-As root, ``initdb`` refuses to run, so the cluster is initialised and run as the ``postgres`` user
-(``runuser``), which then owns ``<dir>/postgres``.
+The cluster itself is ``tracking/postgres.py``: its superuser is ``magicapture_admin``; MLflow
+connects as ``mlflow``, an ordinary role that owns its database. ``<dir>`` is private (0700; as
+root 0710 with group ``postgres``, which runs the cluster), and the server writes with umask 077.
+
+Recovery and refusals (issue 21 §3): ``start`` after the mlflow server died reuses the PostgreSQL
+still running (or clears a stale ``postmaster.pid``) and starts a new server; ``start --team`` while
+the unauthenticated server runs from the same ``<dir>`` (or the reverse) refuses, exit 1, naming
+it; ``stop`` prints what it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -37,19 +43,23 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PG_BIN_ENV = "MAGICAPTURE_PG_BIN"
-DEFAULT_PG_BIN = "/usr/lib/postgresql/15/bin"
-DB_USER = "mlflow"
-DB_NAME = "mlflow"
+from magicapture_pipeline.tracking.postgres import (  # noqa: F401 - re-exported for callers
+    DB_NAME,
+    DB_USER,
+    DEFAULT_PG_BIN,
+    PG_BIN_ENV,
+    TrackingServerError,
+    pg_bin,
+    start_postgres,
+    stop_postgres,
+)
+
 STATE_FILE = "server.json"
 PG_PASSWORD_ENV = "MAGICAPTURE_PG_PASSWORD"
 ADMIN_PASSWORD_ENV = "MAGICAPTURE_MLFLOW_ADMIN_PASSWORD"
+PG_ADMIN_PASSWORD_ENV = "MAGICAPTURE_PG_ADMIN_PASSWORD"
 ADMIN_USER = "admin"
 SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
-
-
-class TrackingServerError(RuntimeError):
-    """The tracking server could not start or stop; the message says which part and why."""
 
 
 @dataclass
@@ -71,43 +81,11 @@ class ServerState:
         return f"http://{self.host}:{self.port}"
 
 
-def pg_bin() -> Path | None:
-    """The PostgreSQL binaries folder (``$MAGICAPTURE_PG_BIN``, Debian's 15, or on PATH)."""
-    candidates = [os.environ.get(PG_BIN_ENV), DEFAULT_PG_BIN]
-    found = shutil.which("pg_ctl")
-    candidates.append(str(Path(found).parent) if found else None)
-    for folder in filter(None, candidates):
-        if (Path(folder) / "initdb").is_file() and (Path(folder) / "pg_ctl").is_file():
-            return Path(folder)
-    return None
-
-
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _as_postgres(command: list[str]) -> list[str]:
-    """Run as the ``postgres`` user when we are root (initdb and postgres refuse root)."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-def _run(command: list[str], what: str, timeout: float = 120, env: dict | None = None) -> str:
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-    if done.returncode != 0:
-        raise TrackingServerError(
-            f"{what} failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
-        )
-    return done.stdout
 
 
 def secret(folder: Path, name: str, env: str) -> str:
@@ -135,91 +113,6 @@ def auth_config(folder: Path) -> Path:
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
     return path
-
-
-def init_cluster(folder: Path, binaries: Path, password: str | None = None) -> Path:
-    """``initdb`` a cluster in ``folder/data`` (once): ``trust`` on loopback, or
-    ``scram-sha-256`` with ``password`` for the team setting. Returns the data folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = folder / "data"
-    mode = "scram-sha-256" if password else "trust"
-    if (data / "PG_VERSION").is_file():
-        existing = (folder / "auth").read_text().strip() if (folder / "auth").is_file() else ""
-        if existing and existing != mode:
-            raise TrackingServerError(
-                f"the cluster in {data} was initialised with {existing} authentication, not "
-                f"{mode}: use another --dir for the other setting"
-            )
-        return data
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-    command = [str(binaries / "initdb"), "-D", str(data), "-A", mode, "-U", DB_USER, "-E", "UTF8"]
-    if password:
-        pwfile = folder / "initdb.pw"
-        pwfile.write_text(password)
-        pwfile.chmod(0o600)
-        if os.geteuid() == 0:
-            shutil.chown(pwfile, "postgres")
-        command.append(f"--pwfile={pwfile}")
-    try:
-        _run(_as_postgres(command), "initdb")
-    finally:
-        if password:
-            (folder / "initdb.pw").unlink(missing_ok=True)
-    (folder / "auth").write_text(mode)
-    return data
-
-
-def start_postgres(folder: Path, binaries: Path, port: int, password: str | None = None) -> None:
-    """Start the cluster on 127.0.0.1:``port`` (socket in ``folder``) and create the database."""
-    data = init_cluster(folder, binaries, password)
-    options = f"-k {folder} -c listen_addresses=127.0.0.1 -p {port}"
-    _run(
-        _as_postgres(
-            [
-                str(binaries / "pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-l",
-                str(folder / "postgres.log"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        ),
-        "pg_ctl start",
-    )
-    psql = [
-        str(binaries / "psql"),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-U",
-        DB_USER,
-        "-d",
-        "postgres",
-        "-tAc",
-    ]
-    env = {"PGPASSWORD": password} if password else {}
-    query = f"SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'"
-    exists = _run([*psql, query], "psql", env=env)
-    if exists.strip() != "1":
-        _run([*psql, f"CREATE DATABASE {DB_NAME}"], "create database", env=env)
-
-
-def stop_postgres(folder: Path, binaries: Path) -> None:
-    """``pg_ctl stop -m fast`` (nothing when it is not running)."""
-    data = folder / "data"
-    if not (data / "postmaster.pid").is_file():
-        return
-    _run(
-        _as_postgres([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-        "pg_ctl stop",
-    )
 
 
 def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
@@ -252,6 +145,13 @@ def start(
     if (folder / STATE_FILE).is_file():
         state = read_state(folder)
         if state is not None and _alive(state.mlflow_pid):
+            if state.team != team:
+                running = "with authentication (--team)" if state.team else "WITHOUT authentication"
+                raise TrackingServerError(
+                    f"a tracking server {running} already runs from {folder} on "
+                    f"{state.tracking_uri}: stop it first (make tracking-server-stop), or give "
+                    "the other setting its own --dir and --port"
+                )
             return state
     binaries = pg_bin()
     if binaries is None:
@@ -259,10 +159,13 @@ def start(
             f"PostgreSQL binaries not found (looked in ${PG_BIN_ENV}, {DEFAULT_PG_BIN} and "
             "PATH); install Debian's `postgresql` (apt-get install postgresql)"
         )
+    make_private(folder)
     pg_port = pg_port or free_port()
     port = port or free_port()
     password = secret(folder, "pg_password", PG_PASSWORD_ENV) if team else None
-    start_postgres(folder / "postgres", binaries, pg_port, password)
+    admin = secret(folder, "pg_admin_password", PG_ADMIN_PASSWORD_ENV) if team else None
+    # a cluster still running from before (the mlflow server died) is reused, port and all
+    pg_port = start_postgres(folder / "postgres", binaries, pg_port, password, admin)
     artifacts = folder / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     backend = f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{pg_port}/{DB_NAME}"
@@ -286,6 +189,7 @@ def start(
         stdin=subprocess.DEVNULL,
         start_new_session=True,
         env=env,
+        umask=0o077,  # artifacts, the auth database: private to the server's user
     )
     state = ServerState(
         str(folder), pg_port, port, process.pid, backend, str(artifacts), team, host
@@ -298,6 +202,17 @@ def start(
         tail = (folder / "mlflow-server.log").read_text(errors="replace")[-3000:]
         raise TrackingServerError(f"mlflow server did not start: {error}\n{tail}") from error
     return state
+
+
+def make_private(folder: Path) -> None:
+    """``folder`` readable by its owner only (0700). As root, the cluster runs as ``postgres``,
+    which must pass through it: 0710 with group ``postgres`` (it can enter, not list or read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(folder, 0, grp.getgrnam("postgres").gr_gid)
+        folder.chmod(0o710)
+    else:
+        folder.chmod(0o700)
 
 
 def read_state(folder: Path) -> ServerState | None:
@@ -326,11 +241,16 @@ def _reap(pid: int) -> None:
         pass
 
 
-def stop(folder: Path, grace: float = 30) -> None:
-    """Stop ``mlflow server`` (its whole process group) and PostgreSQL; the data stays."""
+def stop(folder: Path, grace: float = 30) -> list[str]:
+    """Stop ``mlflow server`` (its whole process group) and PostgreSQL; the data stays.
+
+    Returns what it stopped, one line each (empty: nothing was running)."""
     folder = Path(folder).resolve()
     state = read_state(folder)
+    stopped = []
     if state is not None and _alive(state.mlflow_pid):
+        kind = "team (authenticated)" if state.team else "unauthenticated"
+        stopped.append(f"mlflow server ({kind}) on {state.tracking_uri}, pid {state.mlflow_pid}")
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
             try:
                 os.killpg(state.mlflow_pid, sig)
@@ -344,9 +264,11 @@ def stop(folder: Path, grace: float = 30) -> None:
             if not _alive(state.mlflow_pid):
                 break
     binaries = pg_bin()
-    if binaries is not None:
+    if binaries is not None and (folder / "postgres" / "data" / "postmaster.pid").is_file():
         stop_postgres(folder / "postgres", binaries)
+        stopped.append(f"PostgreSQL cluster in {folder / 'postgres' / 'data'}")
     (folder / STATE_FILE).unlink(missing_ok=True)
+    return stopped
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -366,15 +288,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     folder = Path(args.dir)
     if args.action == "stop":
-        stop(folder)
-        print(f"stopped the tracking server in {folder}")  # noqa: T201 - command-line answer
+        stopped = stop(folder)
+        for line in stopped or [f"nothing was running from {folder}"]:
+            print(f"stopped: {line}" if stopped else line)  # noqa: T201 - command-line answer
         return
     if args.action == "status":
         state = read_state(folder)
         alive = state is not None and _alive(state.mlflow_pid)
         print(json.dumps({"running": alive, **(asdict(state) if state else {})}, indent=2))  # noqa: T201
         return
-    state = start(folder, args.port, args.pg_port, args.workers, team=args.team, host=args.host)
+    try:
+        state = start(
+            folder, args.port, args.pg_port, args.workers, team=args.team, host=args.host
+        )
+    except TrackingServerError as error:
+        sys.exit(f"tracking server: {error}")
     print(  # noqa: T201 - command-line answer
         f"MLflow tracking server on {state.tracking_uri} (PostgreSQL 127.0.0.1:{state.pg_port}, "
         f"artifacts {state.artifacts})\n  export MLFLOW_TRACKING_URI={state.tracking_uri}\n"
