@@ -191,7 +191,11 @@ def encode_prompt(tape: Tape, model: MetaModel, batch: int = 1) -> tuple[Tensor,
     states = tape.run("text_encoder", both)
     pooled_dim = second.config.projection_dim
     width = states.shape[-1] - pooled_dim
-    return states[..., :width], states[:, 0, width:]
+    # split inside segments, so the gradients of both parts reach the text encoders' segment
+    return (
+        tape.run("loss", lambda s: s[..., :width], states),
+        tape.run("loss", lambda s: s[:, 0, width:], states),
+    )
 
 
 def _pad(pooled: Tensor, like: Tensor) -> Tensor:  # pooled (B, P) carried as (B, 77, P)
@@ -211,13 +215,13 @@ def unet_forward(  # noqa: PLR0913
     side = model.latent
     noisy = torch.empty(batch, 4, side, side, device=META, dtype=model.dtype)
     timestep = torch.full((batch,), 500, device=META, dtype=torch.long)
-    extra: dict[str, Any] = {}
-    if pooled is not None:
-        res = float(model.size.resolution)
-        ids = torch.tensor([[res, res, 0.0, 0.0, res, res]] * batch, device=META)
-        extra = {"added_cond_kwargs": {"text_embeds": pooled.to(model.dtype), "time_ids": ids}}
+    res = float(model.size.resolution)
+    ids = torch.tensor([[res, res, 0.0, 0.0, res, res]] * batch, device=META)
 
-    def forward(s: Tensor) -> Tensor:
+    def forward(s: Tensor, *pool: Tensor) -> Tensor:
+        extra: dict[str, Any] = {}
+        if pool:  # SDXL: the pooled embedding is a segment input too
+            extra = {"added_cond_kwargs": {"text_embeds": pool[0].to(model.dtype), "time_ids": ids}}
         pred = model.unet(noisy, timestep, s.to(model.dtype), **extra).sample
         if refocus is None:
             return pred
@@ -226,7 +230,7 @@ def unet_forward(  # noqa: PLR0913
         kept = sum(m.float().mean() for ms_ in refocus._maps.values() for m in ms_)
         return torch.cat([pred.flatten().float(), kept.reshape(1)])
 
-    out = tape.run("unet", forward, states)
+    out = tape.run("unet", forward, states, *([] if pooled is None else [pooled]))
     if refocus is None:
         return out, None
     pred = tape.run("loss", lambda o: o[:-1].view(batch, 4, side, side), out)
