@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 CONCEPT ?= demo
 comma := ,
 
-.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop export
+.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu bench-flops promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop export
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -62,6 +62,9 @@ check-config: install  ## check every parameter a run reads and print each knob'
 
 bench: install  ## measure step times and ratios -> data/08_reporting/bench.{json,md}
 	$(BIN)/python -m magicapture_pipeline.speed_bench
+
+bench-flops: install  ## FLOPs of every step at SD 1.5 512 px / SDXL 1024 px on the meta device -> data/08_reporting/bench_flops.{json,md}
+	$(BIN)/python -m magicapture_pipeline.speed_bench.flops
 
 bench-gpu: install  ## the same on CUDA in fp16, + SD 1.5 at 512 px and SDXL at 1024 px -> data/08_reporting/bench_cuda/
 	$(BIN)/python -m magicapture_pipeline.speed_bench --device cuda --mixed-precision fp16 --out data/08_reporting/bench_cuda

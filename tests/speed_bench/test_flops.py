@@ -1,0 +1,59 @@
+"""The meta-device FLOP counter of ``make bench-flops`` (speed_bench.flops): a hand count for one
+layer, and that each added loss term adds work. No absolute numbers of the real sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from magicapture_pipeline.speed_bench import flops as fl
+from magicapture_pipeline.speed_bench import meta_step as ms
+
+
+def _counted(fn) -> dict:
+    recorder = fl.FlopRecorder()
+    tape = ms.Tape(recorder)
+    loss = tape.run("unet", fn)
+    tape.backward(tape.run("loss", fl._total, loss))
+    return recorder.flops
+
+
+def test_counter_matches_a_hand_count_for_a_linear_and_a_conv():
+    with ms.META:
+        linear = torch.nn.Linear(48, 20, bias=False)
+        conv = torch.nn.Conv2d(3, 5, kernel_size=3, padding=1, bias=False)
+    x = torch.empty(7, 48, device=ms.META)
+    counted = _counted(lambda: linear(x))
+    # forward 2*M*K*N; backward: the weight gradient only (x needs none), same size
+    assert counted[("unet", "forward")] == 2 * 7 * 48 * 20
+    assert counted[("unet", "backward")] == 2 * 7 * 48 * 20
+    image = torch.empty(2, 3, 6, 4, device=ms.META)
+    counted = _counted(lambda: conv(image))
+    assert counted[("unet", "forward")] == 2 * (2 * 6 * 4) * 5 * (3 * 3 * 3)
+
+
+@pytest.fixture(scope="module")
+def sd15():
+    return ms.build_meta_model("sd15_512")
+
+
+@pytest.mark.slow
+def test_each_added_term_adds_work(sd15):
+    steps = {name: fl.count_step(sd15, name) for name in fl.VARIANTS}
+    total = {name: table["total"] for name, table in steps.items()}
+    unet = {name: steps[name]["by_component"]["unet"] for name in steps}
+    # stage one trains the token rows: backward through the UNet to its input only
+    # (each matmul/conv's input gradient costs what its forward did; no weight gradients)
+    one = steps["stage1_step"]["by_component"]["unet"]
+    assert 0.9 * one["forward"] < one["backward"] < 1.1 * one["forward"]
+    assert total["stage1_step"] < total["stage2_plain_step"]
+    assert total["stage2_eq8_eq7_full_step"] > total["stage2_eq8_step"]
+    assert total["stage2_eq8_eq7_two_pass_step"] > total["stage2_eq8_eq7_full_step"]
+    assert unet["stage2_eq8_eq7_two_pass_step"]["forward"] == 2 * unet["stage2_eq8_step"]["forward"]
+    assert (
+        total["stage2_eq8_eq7_taesd_step"]
+        < total["stage2_eq8_eq7_face_window_step"]
+        < total["stage2_eq8_eq7_full_step"]
+    )
+    vae = steps["stage2_eq8_eq7_full_step"]["by_component"]["vae"]
+    assert vae["backward"] > 0 and steps["stage2_eq8_step"]["by_component"].get("vae") is None

@@ -1,0 +1,42 @@
+"""The live-bytes count behind the memory estimate (speed_bench.memory), against hand counts."""
+
+from __future__ import annotations
+
+import torch
+
+from magicapture_pipeline.speed_bench import meta_step as ms
+from magicapture_pipeline.speed_bench.memory import LiveBytes
+
+
+def test_live_bytes_counts_new_storages_once_and_frees_them():
+    counter = LiveBytes()
+    with counter:
+        a = torch.empty(1000, device=ms.META)  # 4000 bytes
+        view = a[:10]  # a view: no new storage
+        b = torch.empty(250, device=ms.META, dtype=torch.float16)  # 500 bytes
+        assert counter.live == 4500
+        del b
+        assert counter.live == 4000
+        c = torch.empty(100, device=ms.META, dtype=torch.float64)  # 800 bytes
+        del a, view, c
+    assert (counter.live, counter.peak) == (0, 4800)
+
+
+def test_saved_activations_count_until_backward():
+    with ms.META:
+        layers = torch.nn.Sequential(
+            torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64)
+        )
+    x = torch.empty(32, 64, device=ms.META)
+    counter = LiveBytes()
+    with counter:
+        out = layers(x)
+        # tanh's output (saved by tanh and by the second Linear) and the final output; the first
+        # Linear's output died once tanh had read it (tanh saves its result, not its input)
+        held = counter.live
+        out.sum().backward()
+        del out
+    assert held == 2 * 32 * 64 * 4
+    # the weight gradients (3 tensors of 64x64 + biases) outlive the step
+    grads = sum(p.grad.numel() * 4 for p in layers.parameters())
+    assert counter.live == grads
