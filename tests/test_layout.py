@@ -13,6 +13,8 @@ import re
 import sys
 from pathlib import Path
 
+from magicapture_pipeline.dvc_stages import module_imports
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = PROJECT_ROOT / "src" / "magicapture_pipeline"
 PACKAGE = "magicapture_pipeline"
@@ -66,31 +68,7 @@ def modules() -> dict[str, Path]:
 
 def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
     """The package's modules that ``name`` imports (``from pkg import sub`` counts ``pkg.sub``)."""
-    found: set[str] = set()
-    is_package = path.name == "__init__.py"
-    tree = ast.parse(path.read_text(), filename=str(path))
-    typing_only = {  # `if TYPE_CHECKING:` imports name a type for the reader, never run
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
-        for stmt in node.body
-        for inner in ast.walk(stmt)
-    }
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = name.split(".")
-                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {module for module in found if module in known}
+    return {module for module in module_imports(name, path) if module in known}
 
 
 def external_imports(path: Path) -> set[str]:

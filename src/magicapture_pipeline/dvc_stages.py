@@ -93,14 +93,23 @@ def module_file(module: str) -> Path | None:
     return None
 
 
-def imported_modules(module: str) -> set[str]:
-    """The ``magicapture_pipeline`` modules one module imports (anywhere in its body)."""
-    path = module_file(module)
-    if path is None:
-        return set()
+def module_imports(module: str, path: Path) -> set[str]:
+    """Every dotted name ``module`` (at ``path``) imports when it runs, anywhere in its body
+    (``from package import sub`` counts ``package.sub``; ``if TYPE_CHECKING:`` blocks never
+    run, so they do not count). ``tests/test_layout.py`` reads the import graph with it too."""
     is_package = path.name == "__init__.py"
+    tree = ast.parse(path.read_text(), filename=str(path))
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -111,9 +120,16 @@ def imported_modules(module: str) -> set[str]:
             else:
                 base = node.module or ""
             found.add(base)
-            # `from package import submodule` imports the submodule
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if module_file(name) is not None}
+    return found
+
+
+def imported_modules(module: str) -> set[str]:
+    """The ``magicapture_pipeline`` modules one module imports (anywhere in its body)."""
+    path = module_file(module)
+    if path is None:
+        return set()
+    return {name for name in module_imports(module, path) if module_file(name) is not None}
 
 
 def with_parents(module: str) -> set[str]:

@@ -1,5 +1,6 @@
 """``python -m magicapture_pipeline.export``: a concept as files for diffusers, ComfyUI,
-AUTOMATIC1111 and Forge, with its model card (``make export``; docs/export.md).
+AUTOMATIC1111 and Forge, with its model card (``make export``; the README section "Use the
+concept in ComfyUI / AUTOMATIC1111").
 
 From the concept folder ``data/06_models/<concept>/concept`` (metrics from
 ``data/08_reporting/<concept>/metrics.json``) or, with ``--alias``, from the registered version
