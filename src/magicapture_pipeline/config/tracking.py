@@ -119,6 +119,21 @@ class RegistryConfig(_Strict):
     gates: PromotionGates = Field(
         default_factory=PromotionGates, description="Promotion gates on the version's metrics."
     )
+    gallery_prompts: int = Field(
+        2,
+        ge=0,
+        le=16,
+        description="Prompts (the first generation.prompt_templates, seeds generation.seed + i) "
+        "each version is sampled on for the gallery artifact; 0: no gallery (ours: two keep the registry step "
+        "short; the page is for comparing versions, evaluation has the statistics).",
+    )
+    gallery_versions: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Versions shown side by side in the gallery: every aliased one, then the "
+        "newest (ours: champion, candidate, previous and one more).",
+    )
 
 
 class PromoteRequest(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from magicapture_pipeline.config.tracking import RegistryConfig
 from magicapture_pipeline.core.generation.export import git_commit
 from magicapture_pipeline.pipelines.shared import base_model_path
 from magicapture_pipeline.serving.base_model import portable_reference
+from magicapture_pipeline.serving.gallery import GALLERY_ARTIFACT, build_gallery
 from magicapture_pipeline.serving.registration import register_concept as register_in_mlflow
 
 logger = logging.getLogger(__name__)
@@ -97,4 +99,18 @@ def register_concept(
         tracking_uri=mlflow_run["tracking_uri"],
         config=config,
     )
-    return {"registered": True, **record}
+    if not config.gallery_prompts:
+        return {"registered": True, **record}
+    generation_config = GenerationConfig.model_validate(generation)
+    prompts = generation_config.prompt_templates[: config.gallery_prompts]
+    with tempfile.TemporaryDirectory(prefix="magicapture-gallery-") as tmp:
+        build_gallery(
+            config.model_name,
+            mlflow_run["tracking_uri"],
+            Path(tmp) / "gallery",
+            prompts,
+            [generation_config.seed + i for i in range(len(prompts))],
+            max_versions=config.gallery_versions,
+            run_id=mlflow_run["run_id"],
+        )
+    return {"registered": True, **record, "gallery": f"{GALLERY_ARTIFACT}/index.html"}
