@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 CONCEPT ?= demo
 comma := ,
 
-.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu bench-flops promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop export
+.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu bench-flops promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop export gallery
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -98,6 +98,9 @@ batch-generate: install  ## PROMPTS=file.csv [CONCEPT=demo ALIAS=champion ENV=de
 export: install  ## CONCEPT=name [ALIAS=champion] FORMAT=diffusers|kohya|all: files for diffusers, ComfyUI, A1111, Forge + model card (docs/export.md)
 	$(SERVE_ENV) $(BIN)/python -m magicapture_pipeline.export --concept $(or $(CONCEPT),demo) \
 	  --format $(or $(FORMAT),all)$(if $(filter command line environment,$(origin ALIAS)), --alias $(ALIAS))
+
+gallery: install  ## CONCEPT=name: the registered versions side by side (same prompts and seeds, metrics, aliases) -> data/08_reporting/<concept>/gallery/index.html
+	$(SERVE_ENV) $(BIN)/python -m magicapture_pipeline.serving.gallery --concept $(or $(CONCEPT),demo)
 
 # A shared tracking server: private PostgreSQL 15 cluster + mlflow server on 127.0.0.1, data in
 # .tracking/ (cluster, artifacts, logs). Then: export MLFLOW_TRACKING_URI=http://127.0.0.1:5002

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("CHROMIUM NOT INSTALLED: apt-get install -y chromium\n")
         return NO_CHROMIUM
     loaded, total = screenshot(args.page, args.out)
-    print(f"{args.out}: {loaded}/{total} images decoded")
+    sys.stdout.write(f"{args.out}: {loaded}/{total} images decoded\n")
     if loaded != total or total == 0:
         sys.stderr.write(f"{total - loaded} of {total} images did not load in Chromium\n")
         return 1

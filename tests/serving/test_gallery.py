@@ -52,8 +52,11 @@ def views() -> list[VersionView]:
             images=[Image.new("RGB", (16, 16), c) for c in colours[version]],
         )
         for version, aliases, metrics in (
-            (2, ["candidate"], {"csim_arcface": 0.5, "csim_arcface_se": 0.01,
-                                "csim_arcface_n": 64.0}),
+            (
+                2,
+                ["candidate"],
+                {"csim_arcface": 0.5, "csim_arcface_se": 0.01, "csim_arcface_n": 64.0},
+            ),
             (1, ["champion", EVIL], {"csim_arcface": 0.3}),
         )
     ]
@@ -72,7 +75,10 @@ def test_every_string_is_escaped():
     assert [t for t, _ in tags].count("script") == 0
     images = [a for t, a in tags if t == "img"]
     assert [a["src"] for a in images] == [
-        "images/v2_p0.png", "images/v1_p0.png", "images/v2_p1.png", "images/v1_p1.png"
+        "images/v2_p0.png",
+        "images/v1_p0.png",
+        "images/v2_p1.png",
+        "images/v1_p1.png",
     ]
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert "0.5 ± 0.02 (n=64)" in page and "seed 8" in page
@@ -134,17 +140,23 @@ def test_registry_step_logs_a_gallery_of_every_version(tmp_path: Path, tmp_path_
     local = Path(client.download_artifacts(second["run_id"], "gallery", str(tmp_path / "dl")))
     page = (local / "index.html").read_text()
     assert [a["src"] for t, a in parse(page) if t == "img"] == [
-        "images/v2_p0.png", "images/v1_p0.png", "images/v2_p1.png", "images/v1_p1.png"
+        "images/v2_p0.png",
+        "images/v1_p0.png",
+        "images/v2_p1.png",
+        "images/v1_p1.png",
     ]
     assert '<span class="alias">@candidate</span></th><th>v1</th>' in page
-    prompts = SAMPLING.prompt_templates[:2]
+    prompts = [SAMPLING.prompt_templates[0]] * 2  # one template: rows differ by seed
     for version, folder in ((1, concept), (2, other)):
         pipe, meta = prepare_pipeline(str(base), folder, SAMPLING)
         for index, prompt in enumerate(prompts):
             expected = sample_image(
-                pipe, fill_tokens(prompt, *concept_tokens(meta)), seed=SAMPLING.seed + index,
+                pipe,
+                fill_tokens(prompt, *concept_tokens(meta)),
+                seed=SAMPLING.seed + index,
                 num_inference_steps=SAMPLING.num_inference_steps,
-                guidance_scale=SAMPLING.guidance_scale, resolution=SAMPLING.resolution,
+                guidance_scale=SAMPLING.guidance_scale,
+                resolution=SAMPLING.resolution,
                 negative_prompt=SAMPLING.negative_prompt,
             )
             got = np.asarray(Image.open(local / f"images/v{version}_p{index}.png").convert("RGB"))
@@ -157,7 +169,8 @@ def test_registry_step_logs_a_gallery_of_every_version(tmp_path: Path, tmp_path_
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("screenshot", ROOT / "scripts/screenshot_gallery.py")
+    path = ROOT / "scripts" / "screenshot_gallery.py"
+    spec = importlib.util.spec_from_file_location("screenshot_gallery", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -170,8 +183,10 @@ def test_gallery_renders_in_headless_chromium(tmp_path: Path):
     the versions' colours."""
     script = load_script()
     if script.chromium_binary() is None:
-        message = "CHROMIUM NOT INSTALLED: the gallery was NOT checked in a browser " \
+        message = (
+            "CHROMIUM NOT INSTALLED: the gallery was NOT checked in a browser "
             "(apt-get install -y chromium)"
+        )
         warnings.warn(message, pytest.PytestWarning, stacklevel=1)
         pytest.skip(message)
     page = write_gallery(tmp_path / "gallery", f"magicapture-{EVIL}", views(), ["p0", "p1"], [1, 2])
@@ -183,3 +198,12 @@ def test_gallery_renders_in_headless_chromium(tmp_path: Path):
     colours = {tuple(p) for p in pixels}
     for colour in [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]:
         assert colour in colours, colour
+
+
+def test_rows_cycle_the_prompts_with_successive_seeds():
+    from magicapture_pipeline.serving.gallery import gallery_rows
+
+    assert gallery_rows(["a", "b", "a"], 10, 3) == (["a", "b", "a"], [10, 11, 12])
+    assert gallery_rows(["a"], 0, 2) == (["a", "a"], [0, 1])
+    with pytest.raises(ValueError, match="no prompt"):
+        gallery_rows([], 0, 2)

@@ -123,9 +123,10 @@ class RegistryConfig(_Strict):
         2,
         ge=0,
         le=16,
-        description="Prompts (the first generation.prompt_templates, seeds generation.seed + i) "
-        "each version is sampled on for the gallery artifact; 0: no gallery (ours: two keep the registry step "
-        "short; the page is for comparing versions, evaluation has the statistics).",
+        description="Images per version in the gallery artifact: row i samples generation's "
+        "prompts (prompt_templates + extra_prompts) in turn with seed generation.seed + i; "
+        "0: no gallery (ours: two keep the registry step short; the page is for comparing "
+        "versions, evaluation has the statistics).",
     )
     gallery_versions: int = Field(
         4,

@@ -17,10 +17,12 @@ It is logged as the ``gallery/`` artifact of the registry step's run and written
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import math
+import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,8 @@ def render_html(
     e = html.escape
     names = sorted({m[0] for v in views for m in metric_rows(v.metrics)})
     head = "".join(
-        f"<th>v{v.version}" + "".join(f' <span class="alias">@{e(a)}</span>' for a in v.aliases)
+        f"<th>v{v.version}"
+        + "".join(f' <span class="alias">@{e(a)}</span>' for a in v.aliases)
         + "</th>"
         for v in views
     )
@@ -104,7 +107,7 @@ def render_html(
         body.append(f"<tr><th>{e(name)}</th>{cells}</tr>")
     title = e(f"{model_name}: versions side by side")
     return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{title}</title><style>"
         "body{font-family:sans-serif}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px;vertical-align:top}"
@@ -137,9 +140,9 @@ def write_gallery(
 
 def version_views(client: Any, model_name: str, max_versions: int) -> list[VersionView]:
     """The versions holding an alias and the newest ones, up to ``max_versions``, newest first."""
-    from magicapture_pipeline.serving.promotion import version_metrics
-
     from mlflow.exceptions import MlflowException
+
+    from magicapture_pipeline.serving.promotion import version_metrics
 
     try:
         registered = client.get_registered_model(model_name)
@@ -158,10 +161,30 @@ def version_views(client: Any, model_name: str, max_versions: int) -> list[Versi
     for v in chosen:
         metrics, unavailable = version_metrics(v.tags)
         views.append(
-            VersionView(int(v.version), sorted(aliases.get(int(v.version), [])), metrics,
-                        unavailable, v.run_id)
+            VersionView(
+                int(v.version),
+                sorted(aliases.get(int(v.version), [])),
+                metrics,
+                unavailable,
+                v.run_id,
+            )
         )
     return views
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str | None) -> Iterator[None]:
+    """``os.environ[name] = value`` for one block (None: unchanged), then restored."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def sample_views(
@@ -170,15 +193,21 @@ def sample_views(
     prompts: Sequence[str],
     seeds: Sequence[int],
     tracking_uri: str,
+    project_root: str | Path | None = None,
 ) -> None:
-    """Sample every version (its registered pyfunc) on the same prompts and seeds."""
+    """Sample every version (its registered pyfunc) on the same prompts and seeds.
+
+    ``project_root``: where a version's project-relative base model is looked for first.
+    """
     import pandas as pd
 
+    from magicapture_pipeline.serving.base_model import PROJECT_ROOT_ENV
     from magicapture_pipeline.serving.batch import load_registered, sample_table
 
     table = pd.DataFrame({"prompt": list(prompts), "seed": [int(s) for s in seeds]})
     for view in views:
-        model = load_registered(f"models:/{model_name}/{view.version}", tracking_uri)
+        with _environ(PROJECT_ROOT_ENV, str(project_root) if project_root else None):
+            model = load_registered(f"models:/{model_name}/{view.version}", tracking_uri)
         images, _ = sample_table(model, table, chunk_rows=1)
         view.images = [images[key] for key in sorted(images)]
 
@@ -191,6 +220,7 @@ def build_gallery(
     seeds: Sequence[int],
     max_versions: int = 4,
     run_id: str | None = None,
+    project_root: str | Path | None = None,
 ) -> Path:
     """Sample, write ``out_dir`` and (with ``run_id``) log it as that run's ``gallery/``."""
     from magicapture_pipeline.tracking.store import tracking_client
@@ -201,11 +231,19 @@ def build_gallery(
     views = version_views(client, model_name, max_versions)
     if not views:
         raise LookupError(f"gallery: registered model {model_name!r} has no version")
-    sample_views(views, model_name, prompts, seeds, tracking_uri)
+    sample_views(views, model_name, prompts, seeds, tracking_uri, project_root)
     page = write_gallery(out_dir, model_name, views, prompts, seeds)
     if run_id:
         client.log_artifacts(run_id, str(page.parent), GALLERY_ARTIFACT)
     return page
+
+
+def gallery_rows(templates: Sequence[str], seed: int, count: int) -> tuple[list[str], list[int]]:
+    """``count`` rows: the templates in turn (duplicates once), seeds ``seed + i``."""
+    unique = list(dict.fromkeys(templates))
+    if not unique:
+        raise ValueError("gallery: no prompt to sample")
+    return [unique[i % len(unique)] for i in range(count)], [seed + i for i in range(count)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concept", required=True)
     parser.add_argument("--project", default=".")
     parser.add_argument("--prompt", action="append", help="[V1]/[V2] prompt (repeatable)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first prompt (+1 each)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first row (+1 each)")
+    parser.add_argument("--rows", type=int, default=2, help="images per version")
     parser.add_argument("--max-versions", type=int, default=4)
     parser.add_argument("--out", default=None)
     parser.add_argument("--tracking-uri", default=None)
@@ -229,16 +268,24 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"gallery refused: {error}\n")
         return 2
     project = Path(args.project).resolve()
-    prompts = args.prompt or GenerationConfig().prompt_templates[:2]
-    seeds = [args.seed + i for i in range(len(prompts))]
+    templates = args.prompt or GenerationConfig().prompt_templates
+    prompts, seeds = gallery_rows(templates, args.seed, args.rows)
     out = Path(args.out) if args.out else project / "data/08_reporting" / concept / "gallery"
     uri = resolve_tracking_uri(project, args.tracking_uri)
     try:
-        page = build_gallery(f"magicapture-{concept}", uri, out, prompts, seeds, args.max_versions)
+        page = build_gallery(
+            f"magicapture-{concept}",
+            uri,
+            out,
+            prompts,
+            seeds,
+            args.max_versions,
+            project_root=project,
+        )
     except (LookupError, ValueError, OSError) as error:
         sys.stderr.write(f"gallery failed: {error}\n")
         return 1
-    print(page)
+    sys.stdout.write(f"{page}\n")
     return 0
 
 

@@ -13,7 +13,7 @@ from magicapture_pipeline.config.tracking import RegistryConfig
 from magicapture_pipeline.core.generation.export import git_commit
 from magicapture_pipeline.pipelines.shared import base_model_path
 from magicapture_pipeline.serving.base_model import portable_reference
-from magicapture_pipeline.serving.gallery import GALLERY_ARTIFACT, build_gallery
+from magicapture_pipeline.serving.gallery import GALLERY_ARTIFACT, build_gallery, gallery_rows
 from magicapture_pipeline.serving.registration import register_concept as register_in_mlflow
 
 logger = logging.getLogger(__name__)
@@ -102,15 +102,20 @@ def register_concept(
     if not config.gallery_prompts:
         return {"registered": True, **record}
     generation_config = GenerationConfig.model_validate(generation)
-    prompts = generation_config.prompt_templates[: config.gallery_prompts]
+    prompts, seeds = gallery_rows(
+        [*generation_config.prompt_templates, *generation_config.extra_prompts],
+        generation_config.seed,
+        config.gallery_prompts,
+    )
     with tempfile.TemporaryDirectory(prefix="magicapture-gallery-") as tmp:
         build_gallery(
             config.model_name,
             mlflow_run["tracking_uri"],
             Path(tmp) / "gallery",
             prompts,
-            [generation_config.seed + i for i in range(len(prompts))],
+            seeds,
             max_versions=config.gallery_versions,
             run_id=mlflow_run["run_id"],
+            project_root=mlflow_run.get("project_path") or Path.cwd(),
         )
     return {"registered": True, **record, "gallery": f"{GALLERY_ARTIFACT}/index.html"}
