@@ -115,3 +115,17 @@ def test_shipped_dreambooth_row_preserves_the_prior_and_names_what_differs():
     assert config.class_images_dir == "data/05_model_input/${concept}/class_images"
     demo = yaml.safe_load((root / "conf/demo/parameters_benchmark.yml").read_text())["benchmark"]
     assert demo["num_class_images"] == 2
+
+
+def test_class_images_dir_outside_the_concept_is_refused(tmp_path: Path):
+    """The cache folder is written, so it must lie in data/<layer>/<concept>/ like the
+    checkpoint folders. Break caught: ("benchmark", "class_images_dir") left out of
+    config.paths.CONCEPT_FOLDERS."""
+    from magicapture_pipeline.config.paths import path_problems
+
+    inside = {"concept": "c", "benchmark": {"class_images_dir": "data/05_model_input/c/class"}}
+    outside = {"concept": "c", "benchmark": {"class_images_dir": "../elsewhere"}}
+    assert path_problems(inside, ["benchmark"], tmp_path) == []
+    problems = path_problems(outside, ["benchmark"], tmp_path)
+    assert len(problems) == 1 and "params:benchmark.class_images_dir" in problems[0]
+    assert "outside" in problems[0]
