@@ -234,6 +234,8 @@ def run_variants(
             start = time.perf_counter()
 
             def prior(variant: VariantConfig = variant, entry: dict[str, Any] = entry) -> Any:
+                if not examples:  # train_variant says why the row is not run
+                    return None
                 found = prior_inputs(
                     variant, base=base, resolution=int(examples[0].image.shape[-1]),
                     generation=variant_generation(generation, variant, steps_fixed),
