@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Enough images that the standard error of the mean CSIM is at most CSIM_SE_TARGET (issue 18 §4):
 # n >= (spread / target)^2. The paper prints no per-image spread of CSIM; 0.16 is ours, a
@@ -244,6 +244,39 @@ class PaperFigures(BaseModel):
     )
 
 
+class PriorPreservationConfig(BaseModel):
+    """DreamBooth's class-specific prior preservation (Ruiz et al. 2023, arXiv 2208.12242, Eq. 2;
+    diffusers ``examples/dreambooth/train_dreambooth_lora.py --with_prior_preservation``)."""
+
+    model_config = _FROZEN
+
+    class_prompt: str = Field(
+        default="a photo of a person",
+        description="Prompt of the class images, sampled from the base model (DreamBooth paper: "
+        "'a [class noun]'; diffusers --class_prompt; the class noun 'person' is the one our "
+        "source templates use).",
+    )
+    num_class_images: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Class images generated once per concept and cached (diffusers "
+        "train_dreambooth_lora.py --num_class_images default 100, the LoRA recipe this row "
+        "follows; not the DreamBooth paper's count; demo: 2 via benchmark.num_class_images).",
+    )
+    prior_loss_weight: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="Weight of the prior loss added per step (DreamBooth paper lambda = 1; "
+        "diffusers --prior_loss_weight default 1.0).",
+    )
+    seed: int = Field(
+        default=0,
+        description="Seed of class image i is seed + i (ours: diffusers draws unseeded; a seed "
+        "makes the cache reproducible).",
+    )
+
+
 class VariantConfig(BaseModel):
     """One row of the Table-1-shaped comparison."""
 
@@ -296,6 +329,11 @@ class VariantConfig(BaseModel):
         "images, its complement for references; Eq. 4-6) or on the whole image (None: masked "
         "for MagiCapture rows, whole image for the baselines, as their papers train).",
     )
+    prior_preservation: PriorPreservationConfig | None = Field(
+        default=None,
+        description="DreamBooth rows: class images of the base model and the prior loss per "
+        "step (None: no prior loss; only method dreambooth_lora may set it).",
+    )
     settings_source: str = Field(
         default="",
         description="Where this row's training and sampling settings come from (paper / "
@@ -306,6 +344,15 @@ class VariantConfig(BaseModel):
         description="The paper's figures for this row (Table 1 / Table 3); empty where the "
         "paper prints none.",
     )
+
+    @model_validator(mode="after")
+    def _prior_only_for_dreambooth(self) -> VariantConfig:
+        if self.prior_preservation is not None and self.method != "dreambooth_lora":
+            raise ValueError(
+                f"benchmark variant {self.name!r}: prior_preservation is DreamBooth's; method "
+                f"{self.method!r} must not set it (only dreambooth_lora)"
+            )
+        return self
 
 
 class BenchmarkConfig(BaseModel):
@@ -330,6 +377,17 @@ class BenchmarkConfig(BaseModel):
         le=100_000,
         description="Caps every variant's stage one / two optimiser steps (demo: tiny budget); "
         "at most 100,000 like the stages' own max_steps.",
+    )
+    num_class_images: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Caps every row's prior_preservation.num_class_images (demo: a handful).",
+    )
+    class_images_dir: str | None = Field(
+        default=None,
+        description="Folder of the cached class images, inside data/<layer>/<concept>/ (None: "
+        "a temporary folder per run, nothing cached).",
     )
     paper_note: str = Field(
         default="",

@@ -29,7 +29,11 @@ DATA_ROOT_ENV = "MAGICAPTURE_DATA_ROOT"
 IMAGE_SUFFIXES = (
     ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif",
 )
-CONCEPT_FOLDERS = (("stage_one", "checkpoint_dir"), ("stage_two", "checkpoint_dir"))
+CONCEPT_FOLDERS = (
+    ("stage_one", "checkpoint_dir"),
+    ("stage_two", "checkpoint_dir"),
+    ("benchmark", "class_images_dir"),
+)
 USER_FOLDERS = ("source_dir", "reference_dir")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 

@@ -33,8 +33,15 @@ from magicapture_pipeline.core.evaluation.comparison import (
     comparison_rows,
     unavailable_reasons,
 )
+from magicapture_pipeline.core.evaluation.dreambooth import PriorInputs, prior_inputs
 from magicapture_pipeline.core.evaluation.metrics import load_loss_recognizer
 from magicapture_pipeline.core.evaluation.protocol import load_metric_models
+from magicapture_pipeline.core.evaluation.rows import (
+    METHOD_NOTES,
+    trains_masked,
+    variant_generation,
+    whole_image_examples,
+)
 from magicapture_pipeline.core.evaluation.scoring import score_images
 from magicapture_pipeline.core.faces.face_set import EvaluationInputs, FaceSet
 from magicapture_pipeline.core.generation import export as concept_io
@@ -44,6 +51,7 @@ from magicapture_pipeline.core.generation.steps import restore_and_upscale
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.training import StageOneTrainer, StageTwoTrainer
 from magicapture_pipeline.core.training.examples import examples_from_face_set
+from magicapture_pipeline.core.training.prior import PriorPreservationTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -55,47 +63,6 @@ def _slug(name: str) -> str:
 # Settings every benchmark run shares: no checkpoints, no resume, no heatmaps.
 _QUIET = {"checkpoint_every": 0, "resume": False, "checkpoint_dir": None}
 
-# What each baseline is, in terms of this project's trainers (stated in the results).
-METHOD_NOTES = {
-    "magicapture": "stage one + stage two (core.training), exported with core.concept.export",
-    "textual_inversion": "embeddings only: the stage-one trainer on the whole image (plain, "
-    "unmasked reconstruction) at the paper's TI settings; no LoRA",
-    "dreambooth_lora": "DreamBooth as a rank-4 LoRA, NOT the paper's DreamBooth (full UNet + text "
-    "encoder fine-tune, lr 1e-6): the stage-two trainer on the whole image (unmasked) without "
-    "stage one, composed prompts, identity or attention losses, a frozen rare-token "
-    "identifier, sampled at full LoRA strength; no prior preservation yet (see the row)",
-    "custom_diffusion_lora": "Custom Diffusion as a rank-4 LoRA on cross-attention k/v plus "
-    "modifier tokens initialised from Custom Diffusion's rare tokens, NOT the paper's Custom "
-    "Diffusion (full k/v fine-tune, lr 5e-6): whole-image (unmasked) reconstruction, at a LoRA "
-    "learning rate, sampled at full LoRA strength",
-}
-
-# Baselines sample at full LoRA strength (their papers apply the whole fine-tune) and train on the
-# whole image (their papers know no face masks); MagiCapture rows keep params:generation's scales
-# and the masked losses (issue 18 §2).
-BASELINES = ("textual_inversion", "dreambooth_lora", "custom_diffusion_lora")
-BASELINE_LORA_SCALE = 1.0
-
-
-def trains_masked(variant: VariantConfig) -> bool:
-    """Whether the row trains on MagiCapture's masked reconstruction (Eq. 4-6)."""
-    if variant.masked_losses is not None:
-        return variant.masked_losses
-    return variant.method not in BASELINES
-
-
-def whole_image_examples(examples: list[Any]) -> list[Any]:
-    """The examples with loss regions covering the whole image for every role: a source's region
-    is its face mask, a reference's the complement (``core.training.loop.region_mask``), so the
-    mask becomes all ones for sources and all zeros for references."""
-    out = []
-    for example in examples:
-        fill = 1.0 if example.role == "source" else 0.0
-        out.append(replace(example, face_mask=example.face_mask.new_full(
-            example.face_mask.shape, fill)))
-    return out
-
-
 def train_variant(
     variant: VariantConfig,
     *,
@@ -104,8 +71,10 @@ def train_variant(
     stage_one: dict[str, Any],
     stage_two: dict[str, Any],
     out_dir: Path,
+    prior: PriorInputs | None = None,
 ) -> tuple[Path | None, str | None]:
-    """Train one variant into a concept folder, or say why it was not run."""
+    """Train one variant into a concept folder, or say why it was not run (``prior``: the
+    DreamBooth row's class images, trained with the prior loss)."""
     if not examples:
         return None, "not run: no accepted training images (training_set / face_crops / masks)"
     if not trains_masked(variant):
@@ -122,7 +91,13 @@ def train_variant(
         info = {**metadata, "steps": s1.max_steps, "family": first.family}
         concept_io.export(out_dir, embeddings, None, None, info)
         return out_dir, None
-    second = StageTwoTrainer(load_components(base), examples, s2, embeddings)
+    if prior is not None:
+        second = PriorPreservationTrainer(
+            load_components(base), examples, s2, embeddings, class_images=prior.images,
+            class_prompt=prior.prompt, prior_loss_weight=prior.weight,
+        )
+    else:
+        second = StageTwoTrainer(load_components(base), examples, s2, embeddings)
     second.train(progress=False)
     result = second.result(base_model=base)
     concept_io.export(
@@ -182,27 +157,6 @@ def _trains_with_identity_loss(
     return identity.get("mode", "single_pass") != "off"
 
 
-def variant_generation(
-    generation: GenerationConfig, variant: VariantConfig, steps_fixed: bool = False
-) -> GenerationConfig:
-    """The sampling settings of one row: the row's CFG / steps over ``generation``'s.
-
-    ``steps_fixed``: the benchmark already set every row's steps (a demo budget); the row's own
-    ``num_inference_steps`` then yields.
-    """
-    updates: dict[str, Any] = {}
-    scale = variant.lora_scale
-    if scale is None and variant.method in BASELINES:
-        scale = BASELINE_LORA_SCALE
-    if scale is not None:
-        updates["lora_scale_unet"] = updates["lora_scale_text_encoder"] = scale
-    if variant.guidance_scale is not None:
-        updates["guidance_scale"] = variant.guidance_scale
-    if variant.num_inference_steps is not None and not steps_fixed:
-        updates["num_inference_steps"] = variant.num_inference_steps
-    return generation.model_copy(update=updates)
-
-
 def _train_or_reuse(
     variant: VariantConfig,
     *,
@@ -213,6 +167,7 @@ def _train_or_reuse(
     stage_two: dict[str, Any],
     cap: dict[str, Any],
     work: Path,
+    prior: Any = None,
 ) -> tuple[Path | None, str | None]:
     if variant.concept_from is not None:
         concept = trained.get(variant.concept_from)
@@ -227,6 +182,7 @@ def _train_or_reuse(
             stage_one={**deep_merge(stage_one, variant.stage_one), **cap},
             stage_two={**deep_merge(stage_two, variant.stage_two), **cap},
             out_dir=work / _slug(variant.name),
+            prior=prior() if prior is not None else None,
         )
     except Exception as error:  # noqa: BLE001 - one failing variant must not lose the table
         logger.exception("Benchmark variant %s failed", variant.name)
@@ -248,12 +204,14 @@ def run_variants(
     mask_face: bool,
     steps_fixed: bool = False,
     loss_recognizer: tuple[Any, str | None] | None = None,
+    class_images: tuple[str | None, int | None] = (None, None),
 ) -> tuple[list[dict[str, Any]], dict[str, Image.Image]]:
     """Train (or reuse), sample and score every variant in order.
 
     ``loss_recognizer`` (``core.metrics.load_loss_recognizer``) is handed to the scoring of the
     rows that train with the identity loss, so their CSIM is labelled ``_same_as_loss`` when the
-    recognizer is that network; rows without the loss are scored plainly.
+    recognizer is that network; rows without the loss are scored plainly. ``class_images``:
+    the class-image cache folder and count cap of prior-preserving rows (``params:benchmark``).
 
     Returns:
         One result entry per variant (status, metrics, timings, method note) and one contact
@@ -274,6 +232,18 @@ def run_variants(
                 "settings_source": variant.settings_source,
             }
             start = time.perf_counter()
+
+            def prior(variant: VariantConfig = variant, entry: dict[str, Any] = entry) -> Any:
+                if not examples:  # train_variant says why the row is not run
+                    return None
+                found = prior_inputs(
+                    variant, base=base, resolution=int(examples[0].image.shape[-1]),
+                    generation=variant_generation(generation, variant, steps_fixed),
+                    root=class_images[0], count_cap=class_images[1],
+                )
+                entry["class_images"] = found.report
+                return found
+
             concept, reason = _train_or_reuse(
                 variant,
                 trained=trained,
@@ -283,6 +253,7 @@ def run_variants(
                 stage_two=stage_two,
                 cap=cap,
                 work=Path(work),
+                prior=prior if variant.prior_preservation is not None else None,
             )
             entry["train_seconds"] = round(time.perf_counter() - start, 2)
             if concept is None:
@@ -380,6 +351,7 @@ def benchmark(  # noqa: PLR0913 - one config per pipeline section the rows share
             mask_face=evaluation.mask_face_for_style,
             steps_fixed=config.num_inference_steps is not None,
             loss_recognizer=loss,
+            class_images=(config.class_images_dir, config.num_class_images),
         )
     finally:
         models.close()
