@@ -86,6 +86,13 @@ class PreprocessConfig(BaseModel):
         0.45, ge=0.0, le=1.0,
         description="Opacity of the mask tint in the overlays people check.",
     )
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="Processes that detect, mesh, mask and draw overlays in parallel (ours, "
+        "issue 19; each holds its own detector): 1 = serial in the calling process. The "
+        "output is the serial path's byte for byte; each worker costs ~1-2 s to start, so "
+        "more than 1 pays off from a few dozen photos.",
+    )
     identity_backend: Literal["dlib", "none"] = Field(
         "dlib",
         description="Face embedding for the same-person rule: dlib (offline, 128-d) or none.",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any
+
+import numpy as np
 
 from magicapture_pipeline.speed_bench.sizes import (
     build_model,
@@ -13,12 +16,14 @@ from magicapture_pipeline.speed_bench.sizes import (
 # --------------------------------------------------------------------------- per-image figures
 
 
-def measure_preprocess(repeats: int = 20) -> dict[str, Any]:
+def measure_preprocess(repeats: int = 20, workers: int | None = None) -> dict[str, Any]:
     """Images per second of detection + mesh + mask + crop on a decoded 512 px photo.
 
-    The headline is the median of whole ``analyze_source`` calls (what preprocessing runs per
-    source photo); the breakdown times each of its parts alone
-    (``core.faces.throughput.measure_stages``).
+    ``preprocess_images_per_s``: the median of whole ``analyze_source`` calls in this process
+    (the serial path, ``preprocess.workers: 1``); the breakdown times each of its parts alone
+    (``core.faces.throughput.measure_stages``). ``preprocess_images_per_s_pool``: the same
+    work plus the overlay and pHash in a pool of ``workers`` processes (default: the CPU
+    count), 64 photos a pass, arrays sent both ways (``preprocess.workers: N``, issue 19 §5).
     """
     try:
         from skimage import data
@@ -38,8 +43,17 @@ def measure_preprocess(repeats: int = 20) -> dict[str, Any]:
                 totals.append(time.perf_counter() - start)
     parts = measure_stages(rgb, resolution=512, repeats=repeats)
     parts.pop("analyze_source", None)  # timed above, as a whole
+    workers = workers or os.cpu_count() or 1
+    pool_rate = None
+    if workers >= 2:
+        from magicapture_pipeline.core.faces.throughput import measure_pool_throughput
+
+        photos = [rgb, np.ascontiguousarray(rgb[:, ::-1])] * 32
+        pool_rate = round(measure_pool_throughput(photos, workers, resolution=512), 2)
     return {
         "preprocess_images_per_s": round(1.0 / statistics.median(totals), 2),
+        "preprocess_images_per_s_pool": pool_rate,
+        "preprocess_workers": workers,
         "preprocess_breakdown_s": {
             "analyze_source": round(statistics.median(totals), 5),
             **{name: round(ms / 1e3, 5) for name, ms in parts.items()},

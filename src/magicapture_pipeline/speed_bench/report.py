@@ -131,7 +131,8 @@ def _markdown(report: dict[str, Any]) -> str:
         cells = [f"{sizes[n].get('breakdown_s', {}).get(key, '-')}" for n in names]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     lines += ["", "| per-image figure (CPU) | value |", "|---|---|"]
-    for key in ("preprocess_images_per_s", "generate_s_per_image", "evaluate_s_per_image"):
+    for key in ("preprocess_images_per_s", "preprocess_images_per_s_pool",
+                "generate_s_per_image", "evaluate_s_per_image"):  # fmt: skip
         value = report.get(key)
         shown = report.get("not_measured", {}).get(key, "-") if value is None else f"{value:g}"
         lines.append(f"| {key} | {shown} |")
@@ -195,7 +196,9 @@ def run(
     """Measure every size (each in its own process) and the per-image figures; write reports.
 
     The per-image figures (preprocess, generation, evaluation) are CPU figures on any device.
+    ``bench_wall_s``: how long the whole benchmark took (issue 19 §5: ``make bench`` says it).
     """
+    started = time.perf_counter()
     report: dict[str, Any] = {
         "environment": _environment(device, mixed_precision),
         "goals": GOALS,
@@ -228,13 +231,15 @@ def run(
     report["peak_rss_mb"] = {n: s.get("peak_rss_mb") for n, s in report["sizes"].items()}
     if torch.device(device).type == "cuda":
         report["peak_gpu_mb"] = {n: s.get("peak_gpu_mb_max") for n, s in report["sizes"].items()}
-    if report.get("preprocess_images_per_s") is not None:
-        report["preprocess_goal_met"] = report["preprocess_images_per_s"] >= PREPROCESS_GOAL
+    rates = [report.get(k) for k in ("preprocess_images_per_s", "preprocess_images_per_s_pool")]
+    if any(rate is not None for rate in rates):  # met by either path (preprocess.workers)
+        report["preprocess_goal_met"] = max(r for r in rates if r is not None) >= PREPROCESS_GOAL
     report["goals_met"] = {
         name: {k: s[k] <= g for k, g in GOALS.items() if k in s}
         for name, s in report["sizes"].items()
     }
     report["not_measured"] = not_measured
+    report["bench_wall_s"] = round(time.perf_counter() - started, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "bench.md").write_text(_markdown(report))
@@ -306,3 +311,5 @@ def main(argv: list[str] | None = None) -> None:
         mixed_precision=args.mixed_precision,
     )
     print((Path(args.out) / "bench.md").read_text())  # noqa: T201
+    took = json.loads((Path(args.out) / "bench.json").read_text())["bench_wall_s"]
+    print(f"[bench] took {took:.0f} s ({took / 60:.1f} min)")  # noqa: T201

@@ -184,3 +184,20 @@ def test_face_latent_window_covers_the_aligned_face(scale, shift, latent, expect
 
     landmarks = (ARCFACE_TEMPLATE_112 * scale + torch.tensor(shift))[None]
     assert face_latent_window(landmarks, latent, latent_factor=8, margin=2) == expected
+
+
+def test_a_random_r100_stand_in_embeds_finite_and_distinct_vectors():
+    """Issue 19 §3: arcface_torch's N(0, 0.1) conv init overflows fp32 through an r100 in eval
+    mode (every embedding NaN, so Eq. 7 was NaN at real size); zero-init residuals keep it finite
+    (break caught: ``zero_init_residual`` ignored)."""
+    import torch
+
+    from magicapture_pipeline.core.identity.arcface import build_iresnet, freeze
+
+    torch.manual_seed(0)
+    net = freeze(build_iresnet("r100", zero_init_residual=True))
+    faces = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        features = net(faces)
+    assert torch.isfinite(features).all()
+    assert not torch.allclose(features[0], features[1])

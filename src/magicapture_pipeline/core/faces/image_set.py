@@ -49,43 +49,67 @@ def analyze_image_set(raw_sets: dict[str, dict[str, Any]], config: Any) -> Proce
     A file that fails to decode becomes a row with ``status="decode_error"`` and the reason
     (``"<rule>: <detail>"``), so validation can name every bad file at once.
     """
-    from magicapture_pipeline.core.faces.images import ImageDecodeError, decode_image
     from magicapture_pipeline.core.identity.embedders import DlibFaceEmbedder, distances_to_centre
 
     out = ProcessedSet(rows=[], crops={}, masks={}, overlays={})
-    embedder = DlibFaceEmbedder() if config.identity_backend == "dlib" else None
     embeddings: dict[str, np.ndarray] = {}
-    with FaceAnalyzer(config.detection_model, config.min_detection_confidence,
-                      config.min_mesh_confidence, config.max_mesh_faces) as analyzer:
-        for role in ("source", "reference"):
-            for file_id, raw in sorted(raw_sets.get(role, {}).items()):
-                row: dict[str, Any] = {"id": file_id, "role": role, "path": raw.path}
-                try:
-                    rgb = decode_image(raw, min_side=config.min_image_side,
-                                       max_pixels=config.max_image_pixels,
-                                       max_side=config.max_decode_side)
-                except ImageDecodeError as err:
-                    row.update(_failed_row(f"{err.rule}: {err.detail}"))
-                    out.rows.append(row)
-                    continue
-                result = _analyze_one(rgb, role, analyzer, config)
-                key = f"{role}/{file_id}"
-                row.update({"width": rgb.shape[1], "height": rgb.shape[0], "phash": phash(rgb)})
-                row.update(result.row())
-                out.crops[key] = result.crop
-                out.masks[f"image/{key}"] = result.mask
-                out.masks[f"latent/{key}"] = result.latent_mask
-                out.overlays[key] = result.overlay
-                if embedder is not None and role == "source" and result.n_faces > 0:
-                    vector = embedder.embed(rgb, _to_image_frame(result, config.resolution))
-                    if vector is not None:
-                        embeddings[file_id] = vector
-                out.rows.append(row)
+    files = [
+        (role, file_id, raw, config)
+        for role in ("source", "reference")
+        for file_id, raw in sorted(raw_sets.get(role, {}).items())
+    ]
+    analyzer_args = (config.detection_model, config.min_detection_confidence,
+                     config.min_mesh_confidence, config.max_mesh_faces)  # fmt: skip
+    embed = config.identity_backend == "dlib"
+    workers = min(getattr(config, "workers", 1), len(files))
+    if workers >= 2:  # issue 19 §5: the same function in a process pool, results in order
+        from magicapture_pipeline.core.faces.pool import FacePool
+
+        with FacePool(workers, analyzer_args, embed) as pool:
+            results = list(pool.map(process_file, files))
+    else:
+        embedder = DlibFaceEmbedder() if embed else None
+        with FaceAnalyzer(*analyzer_args) as analyzer:
+            results = [process_file(*args, analyzer, embedder) for args in files]
+    for row, arrays, vector in results:
+        out.rows.append(row)
+        key = f"{row['role']}/{row['id']}"
+        if arrays is not None:
+            out.crops[key], out.masks[f"image/{key}"] = arrays[0], arrays[1]
+            out.masks[f"latent/{key}"], out.overlays[key] = arrays[2], arrays[3]
+        if vector is not None:
+            embeddings[row["id"]] = vector
     distances = distances_to_centre(embeddings)
     for row in out.rows:
         value = distances.get(row["id"]) if row["role"] == "source" else None
         row["identity_distance"] = round(value, 4) if value is not None else None
     return out
+
+
+def process_file(  # noqa: PLR0913, PLR0917 (one file, its settings and the worker's models)
+    role: str, file_id: str, raw: Any, config: Any, analyzer: FaceAnalyzer, embedder: Any
+) -> tuple[dict[str, Any], tuple[np.ndarray, ...] | None, np.ndarray | None]:
+    """One file decoded and analysed: its metadata row, its ``(crop, image mask, latent mask,
+    overlay)`` (``None`` when it does not decode) and its identity embedding (sources, or
+    ``None``). Module-level so a process pool can run it."""
+    from magicapture_pipeline.core.faces.images import ImageDecodeError, decode_image
+
+    row: dict[str, Any] = {"id": file_id, "role": role, "path": raw.path}
+    try:
+        rgb = decode_image(raw, min_side=config.min_image_side,
+                           max_pixels=config.max_image_pixels,
+                           max_side=config.max_decode_side)  # fmt: skip
+    except ImageDecodeError as err:
+        row.update(_failed_row(f"{err.rule}: {err.detail}"))
+        return row, None, None
+    result = _analyze_one(rgb, role, analyzer, config)
+    row.update({"width": rgb.shape[1], "height": rgb.shape[0], "phash": phash(rgb)})
+    row.update(result.row())
+    arrays = (result.crop, result.mask, result.latent_mask, result.overlay)
+    vector = None
+    if embedder is not None and role == "source" and result.n_faces > 0:
+        vector = embedder.embed(rgb, _to_image_frame(result, config.resolution))
+    return row, arrays, vector
 
 
 def _analyze_one(rgb: np.ndarray, role: str, analyzer: FaceAnalyzer, config: Any) -> FaceResult:

@@ -123,11 +123,17 @@ class IResNet(nn.Module):
         return self.features(self.fc(self.dropout(x)))
 
 
-def build_iresnet(arch: str) -> IResNet:
+def build_iresnet(arch: str, zero_init_residual: bool = False) -> IResNet:
     """Build a randomly initialised IResNet.
 
     Args:
         arch: ``r18``, ``r34``, ``r50``, ``r100`` or ``r200`` (``iresnet50`` style names too).
+        zero_init_residual: start each block's last BatchNorm scale at 0, so every residual
+            branch starts as the identity (Goyal et al. 2017; torchvision's
+            ``zero_init_residual``). For a random stand-in that is used, not trained from
+            scratch: with arcface_torch's N(0, 0.1) conv init, an r100 in eval mode overflows
+            fp32 and embeds every image as NaN (issue 19 §3 found it at real size). A loaded
+            checkpoint overwrites these scales.
 
     Returns:
         The backbone in train mode.
@@ -135,7 +141,12 @@ def build_iresnet(arch: str) -> IResNet:
     key = arch.lower().replace("iresnet", "r")
     if key not in IRESNET_LAYERS:
         raise ValueError(f"unknown IResNet arch {arch!r}; choose one of {sorted(IRESNET_LAYERS)}")
-    return IResNet(IRESNET_LAYERS[key])
+    network = IResNet(IRESNET_LAYERS[key])
+    if zero_init_residual:
+        for module in network.modules():
+            if isinstance(module, IBasicBlock):
+                nn.init.zeros_(module.bn3.weight)
+    return network
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:

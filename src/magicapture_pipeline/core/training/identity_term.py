@@ -122,7 +122,8 @@ class IdentityTerm:
         if config.checkpoint is not None:
             backbone = arcface.load_arcface(config.checkpoint, config.arch)
         else:
-            backbone = arcface.freeze(arcface.build_iresnet(config.arch))
+            # random stand-in: zero-init residuals, or an r100 embeds every image as NaN
+            backbone = arcface.freeze(arcface.build_iresnet(config.arch, zero_init_residual=True))
         encoder = arcface.FaceIdentityEncoder(backbone).to(device)
         decoder = None
         if config.decoder == "tiny_autoencoder":
