@@ -28,6 +28,11 @@ from magicapture_pipeline.core.atomic import write_json
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": local Ray keeps every port on 127.0.0.1
 POLL_S = 0.5
+# After SIGTERM to its workers, a stopping driver waits this long for each to close (the stop hook
+# marks the MLflow run KILLED and releases the lock: a few seconds, longer against a slow tracking
+# server), then SIGKILLs whatever still runs. Ours: a hung close must not keep the driver (and the
+# scheduler that stopped it) waiting forever; 30 s is well above the closes measured here.
+STOP_GRACE_S = 30.0
 
 
 def _attempts(state_dir: Path) -> int:
@@ -81,9 +86,13 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, workers: int = 1, retries: int = 2, threads: int | None = None) -> None:
+    def __init__(
+        self, workers: int = 1, retries: int = 2, threads: int | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
+    ) -> None:
         self.workers = max(1, int(workers))
         self.retries = max(0, int(retries))
+        self.stop_grace_s = float(stop_grace_s)
         self.startup_s = 0.0
         self.threads = max(1, threads or (os.cpu_count() or 1) // self.workers)
         self._live: set[subprocess.Popen] = set()
@@ -144,9 +153,7 @@ class LocalEngine:
                 self._stopping = True
                 for future in futures:
                     future.cancel()
-                for process in list(self._live):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGTERM)
+                self._stop_live()
                 if not isinstance(error, (KeyboardInterrupt, BatchStopped)):
                     raise
         poll()  # the pool has waited for every started worker to end
@@ -155,6 +162,19 @@ class LocalEngine:
             if future.cancelled() else future.result()
             for job, future in zip(jobs, futures, strict=True)
         ]
+
+    def _stop_live(self) -> None:
+        """SIGTERM to every live worker's group; SIGKILL to those still there after the grace."""
+        for process in list(self._live):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace_s
+        while time.monotonic() < deadline and any(p.poll() is None for p in list(self._live)):
+            time.sleep(0.1)
+        for process in list(self._live):
+            if process.poll() is None:  # hung while closing: the grace is over
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
     def close(self) -> None:
         """Nothing to stop."""
@@ -184,9 +204,11 @@ class RayEngine:
 
     def __init__(
         self, workers: int = 1, retries: int = 2, address: str | None = None,
-        threads: int | None = None,
+        threads: int | None = None, stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         self.threads = threads
+        self.stop_grace_s = float(stop_grace_s)
+        self.stopped_by: str | None = None  # "SIGTERM", "SIGINT": the batch was stopped
         self.workers = max(1, int(workers))
         self.retries = max(0, int(retries))
         self.address = address or os.environ.get("RAY_ADDRESS") or None
@@ -239,23 +261,55 @@ class RayEngine:
         queue = [{**job, "threads": threads} for job in jobs]
         pending: dict[Any, dict[str, Any]] = {}
         results: dict[str, dict[str, Any]] = {}
-        while queue or pending:
-            while queue and len(pending) < self.workers:
-                job = queue.pop(0)
-                pending[task.remote(job)] = job
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-            poll()
-            for ref in done:
-                job = pending.pop(ref)
-                try:
-                    results[job["name"]] = ray.get(ref)
-                except Exception as error:  # noqa: BLE001 - retries exhausted: report it
-                    results[job["name"]] = died_result(
-                        job, f"Ray task failed after {self.retries} retries: "
-                        + describe_failure(error).splitlines()[0]
-                    )
+        try:
+            while queue or pending:
+                while queue and len(pending) < self.workers:
+                    job = queue.pop(0)
+                    pending[task.remote(job)] = job
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                poll()
+                for ref in done:
+                    self._collect(ref, pending.pop(ref), results)
+        except BaseException as error:  # SIGTERM/Ctrl-C to the driver: cancel every task
+            self.stopped_by = getattr(error, "signal_name", None) or "SIGINT"
+            self._cancel(pending, results)
+            for job in queue:
+                results[job["name"]] = stopped_result(
+                    job, f"stopped by {self.stopped_by} before it started"
+                )
+            if not isinstance(error, (KeyboardInterrupt, BatchStopped)):
+                raise
         poll()
         return [results[job["name"]] for job in jobs]
+
+    def _collect(self, ref: Any, job: dict[str, Any], results: dict[str, Any]) -> None:
+        try:
+            results[job["name"]] = self._ray.get(ref)
+        except Exception as error:  # noqa: BLE001 - retries exhausted: report it
+            results[job["name"]] = died_result(
+                job, f"Ray task failed after {self.retries} retries: "
+                + describe_failure(error).splitlines()[0]
+            )
+
+    def _cancel(self, pending: dict[Any, dict[str, Any]], results: dict[str, Any]) -> None:
+        """Interrupt every running task (its stop hook closes the run: SIGINT in the task), wait
+        ``stop_grace_s``, then ``ray.cancel(force=True)`` (the worker process is killed) whatever
+        still runs; a cancelled task is not retried. Each concept is marked ``stopped``."""
+        ray = self._ray
+        if not pending:
+            return
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=False)
+        ready, rest = ray.wait(list(pending), num_returns=len(pending), timeout=self.stop_grace_s)
+        for ref in rest:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        for ref, job in pending.items():
+            how = "task interrupted" if ref in ready else (
+                f"task force-cancelled after {self.stop_grace_s:g} s of grace"
+            )
+            results[job["name"]] = stopped_result(job, f"stopped by {self.stopped_by} ({how})")
 
     def close(self) -> None:
         """Stop the embedded Ray (a cluster we joined keeps running)."""
