@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -233,6 +234,7 @@ class RayEngine:
             os.environ.setdefault(LOOPBACK_ENV, "0")  # must precede `import ray`
         import ray
 
+        previous = signal.getsignal(signal.SIGTERM)
         if self.address is None:
             ray.init(
                 num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
@@ -240,6 +242,10 @@ class RayEngine:
             )
         else:
             ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            # ray.init installs its own SIGTERM handlers (the C++ one aborts the driver): the
+            # batch's handler stays in charge, so SIGTERM cancels the tasks (``run``)
+            signal.signal(signal.SIGTERM, previous)
         self._ray = ray
         self.startup_s = round(time.time() - began, 3)
         self.resources = dict(ray.cluster_resources())
@@ -261,8 +267,8 @@ class RayEngine:
         queue = [{**job, "threads": threads} for job in jobs]
         pending: dict[Any, dict[str, Any]] = {}
         results: dict[str, dict[str, Any]] = {}
-        try:
-            while queue or pending:
+        with self._signals_as_flags():  # raised inside Ray's C++ wait they become SystemError
+            while (queue or pending) and self.stopped_by is None:
                 while queue and len(pending) < self.workers:
                     job = queue.pop(0)
                     pending[task.remote(job)] = job
@@ -270,17 +276,31 @@ class RayEngine:
                 poll()
                 for ref in done:
                     self._collect(ref, pending.pop(ref), results)
-        except BaseException as error:  # SIGTERM/Ctrl-C to the driver: cancel every task
-            self.stopped_by = getattr(error, "signal_name", None) or "SIGINT"
-            self._cancel(pending, results)
-            for job in queue:
-                results[job["name"]] = stopped_result(
-                    job, f"stopped by {self.stopped_by} before it started"
-                )
-            if not isinstance(error, (KeyboardInterrupt, BatchStopped)):
-                raise
+            if self.stopped_by is not None:  # SIGTERM/Ctrl-C to the driver: cancel every task
+                self._cancel(pending, results)
+                for job in queue:
+                    results[job["name"]] = stopped_result(
+                        job, f"stopped by {self.stopped_by} before it started"
+                    )
         poll()
         return [results[job["name"]] for job in jobs]
+
+    @contextlib.contextmanager
+    def _signals_as_flags(self) -> Any:
+        """While tasks run, SIGTERM/SIGINT set ``stopped_by`` (checked twice a second)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def flag(signum: int, frame: Any) -> None:
+            self.stopped_by = self.stopped_by or signal.Signals(signum).name
+
+        previous = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
     def _collect(self, ref: Any, job: dict[str, Any], results: dict[str, Any]) -> None:
         try:
