@@ -80,11 +80,12 @@ def test_a_node_lost_mid_run_on_a_cluster_with_the_tracking_server(project_copy,
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
+    address = cluster.address
     driver = victim = None
     try:
         driver = subprocess.Popen(
             [sys.executable, "-m", "magicapture_pipeline.batch", str(manifest), "--env", "demo",
-             "--engine", "ray", "--address", cluster.address, "--workers", "2", "--retries", "2",
+             "--engine", "ray", "--address", address, "--workers", "2", "--retries", "2",
              "--threads", "1", "--project", str(project_copy), "--batch-id", "cluster"],
             cwd=project_copy, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
@@ -108,7 +109,7 @@ def test_a_node_lost_mid_run_on_a_cluster_with_the_tracking_server(project_copy,
     summary = summary_of(project_copy)
     by_name = {c["name"]: c for c in summary["concepts"]}
     assert (by_name["killed"]["attempts"], by_name["steady"]["attempts"]) == (2, 1)
-    assert summary["engine_info"]["address"] == cluster.address
+    assert summary["engine_info"]["address"] == address
     log = (state / "worker.log").read_text()
     resumed = re.findall(r"Resumed stage_two from.*?\(step\s+(\d+)\)", log, re.S)
     assert resumed and int(resumed[-1]) >= 8, resumed  # from checkpoint-8 or later, not step 0
