@@ -96,7 +96,7 @@ def test_sigterm_to_a_ray_driver_cancels_its_tasks_and_marks_them_stopped(projec
     assert (summary["stopped_by"], summary["stopped"]) == ("SIGTERM", 2), summary
     by_name = {c["name"]: c for c in summary["concepts"]}
     assert by_name["hold-a"]["status"] == by_name["good-b"]["status"] == "stopped"
-    assert by_name["hold-a"]["reason"] == "stopped by SIGTERM (task interrupted)"  # in the grace
+    assert by_name["hold-a"]["reason"].startswith("stopped by SIGTERM (task ")
     assert by_name["good-b"]["reason"] == "stopped by SIGTERM before it started"
     rows = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
     assert [r["concept"] for r in rows] == ["hold-a"]  # not retried, good-b never ran
