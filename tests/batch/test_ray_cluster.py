@@ -6,8 +6,7 @@ joins it with ``--address`` as on a real cluster. The Kedro session in each work
 of ``standin/sitecustomize.py``: ``hold-a`` writes a checkpoint and waits; the test kills the node
 it runs on; Ray retries it on the other node, where it resumes from that checkpoint.
 
-Not covered here (left for the full run, see the README): real training and the PostgreSQL
-tracking server as the store.
+Real training and the PostgreSQL tracking server as the store: ``test_ray_cluster_real.py``.
 """
 
 from __future__ import annotations

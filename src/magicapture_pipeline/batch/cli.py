@@ -7,6 +7,8 @@ experiment ``magicapture-batches``. Exit code: 0 when every concept succeeded, 1
 and values against the env's configs and the batch id are checked first (:mod:`.preflight`).
 SIGTERM or Ctrl-C stops the workers (their runs end KILLED, locks released), writes the summary
 with those concepts ``stopped`` and ``stopped_by`` set, and then the driver dies by that signal.
+A worker still running ``--stop-grace-s`` seconds (default 30) after the stop is SIGKILLed (local)
+or force-cancelled (Ray: ``ray.cancel(force=True)``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from magicapture_pipeline.batch.engines import BatchStopped, LocalEngine, RayEngine
+from magicapture_pipeline.batch.engines import (
+    STOP_GRACE_S,
+    BatchStopped,
+    LocalEngine,
+    RayEngine,
+)
 from magicapture_pipeline.batch.manifest import ManifestError, load_manifest
 from magicapture_pipeline.batch.preflight import check_batch_id, check_manifest
 from magicapture_pipeline.batch.summary import LiveTable, build_summary
@@ -54,6 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else local)"
+    )
+    parser.add_argument(
+        "--stop-grace-s", type=float, default=STOP_GRACE_S,
+        help="after SIGTERM/Ctrl-C, seconds a worker gets to close its run before SIGKILL "
+        "(Ray: ray.cancel(force=True))",
     )
     parser.add_argument("--project", type=Path, default=Path.cwd(), help="the Kedro project")
     parser.add_argument("--batch-id", default=None, help="default: time + random suffix")
@@ -95,11 +107,14 @@ def run_batch(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         })
     if args.engine == "ray":
         engine: LocalEngine | RayEngine = RayEngine(
-            args.workers, args.retries, args.address, threads=args.threads
+            args.workers, args.retries, args.address, threads=args.threads,
+            stop_grace_s=args.stop_grace_s,
         )
         engine.start()
     else:
-        engine = LocalEngine(args.workers, args.retries, threads=args.threads)
+        engine = LocalEngine(
+            args.workers, args.retries, threads=args.threads, stop_grace_s=args.stop_grace_s
+        )
     sys.stdout.write(
         f"batch {batch_id}: {len(jobs)} concept(s), engine {engine.name}, "
         f"{engine.workers} worker(s), env {args.env}; logs in {state_root}\n"

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,11 @@ from magicapture_pipeline.core.atomic import write_json
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": local Ray keeps every port on 127.0.0.1
 POLL_S = 0.5
+# After SIGTERM to its workers, a stopping driver waits this long for each to close (the stop hook
+# marks the MLflow run KILLED and releases the lock: a few seconds, longer against a slow tracking
+# server), then SIGKILLs whatever still runs. Ours: a hung close must not keep the driver (and the
+# scheduler that stopped it) waiting forever; 30 s is well above the closes measured here.
+STOP_GRACE_S = 30.0
 
 
 def _attempts(state_dir: Path) -> int:
@@ -81,9 +87,13 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, workers: int = 1, retries: int = 2, threads: int | None = None) -> None:
+    def __init__(
+        self, workers: int = 1, retries: int = 2, threads: int | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
+    ) -> None:
         self.workers = max(1, int(workers))
         self.retries = max(0, int(retries))
+        self.stop_grace_s = float(stop_grace_s)
         self.startup_s = 0.0
         self.threads = max(1, threads or (os.cpu_count() or 1) // self.workers)
         self._live: set[subprocess.Popen] = set()
@@ -144,9 +154,7 @@ class LocalEngine:
                 self._stopping = True
                 for future in futures:
                     future.cancel()
-                for process in list(self._live):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGTERM)
+                self._stop_live()
                 if not isinstance(error, (KeyboardInterrupt, BatchStopped)):
                     raise
         poll()  # the pool has waited for every started worker to end
@@ -155,6 +163,19 @@ class LocalEngine:
             if future.cancelled() else future.result()
             for job, future in zip(jobs, futures, strict=True)
         ]
+
+    def _stop_live(self) -> None:
+        """SIGTERM to every live worker's group; SIGKILL to those still there after the grace."""
+        for process in list(self._live):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace_s
+        while time.monotonic() < deadline and any(p.poll() is None for p in list(self._live)):
+            time.sleep(0.1)
+        for process in list(self._live):
+            if process.poll() is None:  # hung while closing: the grace is over
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
     def close(self) -> None:
         """Nothing to stop."""
@@ -184,9 +205,11 @@ class RayEngine:
 
     def __init__(
         self, workers: int = 1, retries: int = 2, address: str | None = None,
-        threads: int | None = None,
+        threads: int | None = None, stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         self.threads = threads
+        self.stop_grace_s = float(stop_grace_s)
+        self.stopped_by: str | None = None  # "SIGTERM", "SIGINT": the batch was stopped
         self.workers = max(1, int(workers))
         self.retries = max(0, int(retries))
         self.address = address or os.environ.get("RAY_ADDRESS") or None
@@ -211,6 +234,7 @@ class RayEngine:
             os.environ.setdefault(LOOPBACK_ENV, "0")  # must precede `import ray`
         import ray
 
+        previous = signal.getsignal(signal.SIGTERM)
         if self.address is None:
             ray.init(
                 num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
@@ -218,6 +242,10 @@ class RayEngine:
             )
         else:
             ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            # ray.init installs its own SIGTERM handlers (the C++ one aborts the driver): the
+            # batch's handler stays in charge, so SIGTERM cancels the tasks (``run``)
+            signal.signal(signal.SIGTERM, previous)
         self._ray = ray
         self.startup_s = round(time.time() - began, 3)
         self.resources = dict(ray.cluster_resources())
@@ -239,23 +267,69 @@ class RayEngine:
         queue = [{**job, "threads": threads} for job in jobs]
         pending: dict[Any, dict[str, Any]] = {}
         results: dict[str, dict[str, Any]] = {}
-        while queue or pending:
-            while queue and len(pending) < self.workers:
-                job = queue.pop(0)
-                pending[task.remote(job)] = job
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-            poll()
-            for ref in done:
-                job = pending.pop(ref)
-                try:
-                    results[job["name"]] = ray.get(ref)
-                except Exception as error:  # noqa: BLE001 - retries exhausted: report it
-                    results[job["name"]] = died_result(
-                        job, f"Ray task failed after {self.retries} retries: "
-                        + describe_failure(error).splitlines()[0]
+        with self._signals_as_flags():  # raised inside Ray's C++ wait they become SystemError
+            while (queue or pending) and self.stopped_by is None:
+                while queue and len(pending) < self.workers:
+                    job = queue.pop(0)
+                    pending[task.remote(job)] = job
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                poll()
+                for ref in done:
+                    self._collect(ref, pending.pop(ref), results)
+            if self.stopped_by is not None:  # SIGTERM/Ctrl-C to the driver: cancel every task
+                self._cancel(pending, results)
+                for job in queue:
+                    results[job["name"]] = stopped_result(
+                        job, f"stopped by {self.stopped_by} before it started"
                     )
         poll()
         return [results[job["name"]] for job in jobs]
+
+    @contextlib.contextmanager
+    def _signals_as_flags(self) -> Any:
+        """While tasks run, SIGTERM/SIGINT set ``stopped_by`` (checked twice a second)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def flag(signum: int, frame: Any) -> None:
+            self.stopped_by = self.stopped_by or signal.Signals(signum).name
+
+        previous = {s: signal.signal(s, flag) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def _collect(self, ref: Any, job: dict[str, Any], results: dict[str, Any]) -> None:
+        try:
+            results[job["name"]] = self._ray.get(ref)
+        except Exception as error:  # noqa: BLE001 - retries exhausted: report it
+            results[job["name"]] = died_result(
+                job, f"Ray task failed after {self.retries} retries: "
+                + describe_failure(error).splitlines()[0]
+            )
+
+    def _cancel(self, pending: dict[Any, dict[str, Any]], results: dict[str, Any]) -> None:
+        """Interrupt every running task (its stop hook closes the run: SIGINT in the task), wait
+        ``stop_grace_s``, then ``ray.cancel(force=True)`` (the worker process is killed) whatever
+        still runs; a cancelled task is not retried. Each concept is marked ``stopped``."""
+        ray = self._ray
+        if not pending:
+            return
+        for ref in pending:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=False)
+        ready, rest = ray.wait(list(pending), num_returns=len(pending), timeout=self.stop_grace_s)
+        for ref in rest:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        for ref, job in pending.items():
+            how = "task interrupted" if ref in ready else (
+                f"task force-cancelled after {self.stop_grace_s:g} s of grace"
+            )
+            results[job["name"]] = stopped_result(job, f"stopped by {self.stopped_by} ({how})")
 
     def close(self) -> None:
         """Stop the embedded Ray (a cluster we joined keeps running)."""

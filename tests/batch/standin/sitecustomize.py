@@ -10,6 +10,8 @@ run around a session whose outcome each concept's name decides:
   SIGKILL, as a killed worker does; a later attempt resumes from it;
 * ``hold-*``: the first attempt writes ``checkpoint-1`` and waits (for its Ray node to be killed);
   a later attempt resumes from it.
+* ``hang-*``: writes ``checkpoint-1``, then hangs: SIGTERM (a stop) makes it hang while closing,
+  as a worker whose close never ends; only SIGKILL ends it.
 
 Every ``run`` appends ``{concept, pid, resume, found, node}`` to ``$STANDIN_CALLS`` (JSON lines;
 ``node``: the Ray node id inside a Ray worker, else None).
@@ -58,6 +60,13 @@ class StandInSession:
         return None
 
     def load_context(self) -> _Context:
+        # the worker's parameter check reads the project's pipelines (which the stand-in's
+        # bootstrap does not register) and the full parameter sections: not this stand-in's
+        import sys
+
+        for name in ("__main__", "magicapture_pipeline.batch.worker"):  # -m runs it as __main__
+            if hasattr(sys.modules.get(name), "_check_run"):
+                sys.modules[name]._check_run = lambda *_: None
         return _Context(self.params)
 
     def run(self, pipeline_names=None) -> None:  # noqa: ANN001
@@ -81,6 +90,10 @@ class StandInSession:
         if name.startswith("flaky") and not found:
             (folder / "checkpoint-1").mkdir(parents=True)
             os.kill(os.getpid(), signal.SIGKILL)
+        if name.startswith("hang"):
+            (folder / "checkpoint-1").mkdir(parents=True, exist_ok=True)
+            signal.signal(signal.SIGTERM, lambda *_: time.sleep(3600))  # closes forever
+            time.sleep(3600)
         if name.startswith("hold") and not found:
             (folder / "checkpoint-1").mkdir(parents=True)
             time.sleep(300)

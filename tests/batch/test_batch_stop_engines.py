@@ -1,0 +1,102 @@
+"""SIGTERM to the batch driver, beyond the local engine's happy path (issue 21 §2, round 3).
+
+* a local worker that hangs while closing is SIGKILLed after ``--stop-grace-s``;
+* with the Ray engine, the driver cancels its tasks, writes the summary with the stopped
+  concepts marked, and dies by SIGTERM.
+
+Real driver processes, real worker processes (the Kedro session inside them is the stand-in of
+``standin/sitecustomize.py``), real signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_batch_outcomes import STANDIN, manifest
+
+
+def _driver(project: Path, path: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
+    calls = tmp_path / "calls.jsonl"
+    paths = [str(STANDIN), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+           "STANDIN_CALLS": str(calls), "MAGICAPTURE_MLFLOW": "0",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "magicapture_pipeline.batch", str(path), "--project", str(project),
+         "--batch-id", "stop", "--threads", "1", "--retries", "0", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_call(driver: subprocess.Popen, calls: Path, name: str, limit_s: float) -> dict:
+    deadline = time.monotonic() + limit_s
+    while True:
+        rows = [json.loads(x) for x in calls.read_text().splitlines()] if calls.is_file() else []
+        found = [r for r in rows if r["concept"] == name]
+        if found:
+            return found[0]
+        assert driver.poll() is None, driver.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"{name} never started"
+        time.sleep(0.2)
+
+
+def _gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().split(") ", 1)[1].startswith("Z")
+
+
+def _summary(project: Path) -> dict:
+    return json.loads((project / "data/08_reporting/batch/stop.json").read_text())
+
+
+def test_a_worker_hanging_while_closing_is_sigkilled_after_the_grace(project_copy, tmp_path):
+    driver = _driver(project_copy, manifest(tmp_path, "hang-a"), tmp_path, "--stop-grace-s", "2")
+    try:
+        pid = _wait_for_call(driver, tmp_path / "calls.jsonl", "hang-a", 120)["pid"]
+        time.sleep(0.5)  # its SIGTERM handler is set right after the call is written
+        stopped_at = time.monotonic()
+        driver.send_signal(signal.SIGTERM)
+        output, _ = driver.communicate(timeout=60)
+        took = time.monotonic() - stopped_at
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == -signal.SIGTERM, output[-3000:]
+    assert 2 <= took < 30, took  # waited the grace, not the hung close's hour
+    assert _gone(pid)
+    [concept] = _summary(project_copy)["concepts"]
+    assert concept["status"] == "stopped"
+    assert "stopped by SIGTERM (killed by SIGKILL)" in concept["reason"]
+
+
+@pytest.mark.service
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray at a time
+def test_sigterm_to_a_ray_driver_cancels_its_tasks_and_marks_them_stopped(project_copy, tmp_path):
+    path = manifest(tmp_path, "hold-a", "good-b")
+    driver = _driver(project_copy, path, tmp_path, "--engine", "ray", "--workers", "1",
+                     "--stop-grace-s", "20")  # fmt: skip
+    try:
+        pid = _wait_for_call(driver, tmp_path / "calls.jsonl", "hold-a", 240)["pid"]
+        driver.send_signal(signal.SIGTERM)
+        output, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == -signal.SIGTERM, output[-3000:]
+    assert _gone(pid)
+    summary = _summary(project_copy)
+    assert (summary["stopped_by"], summary["stopped"]) == ("SIGTERM", 2), summary
+    by_name = {c["name"]: c for c in summary["concepts"]}
+    assert by_name["hold-a"]["status"] == by_name["good-b"]["status"] == "stopped"
+    assert by_name["hold-a"]["reason"].startswith("stopped by SIGTERM (task ")
+    assert by_name["good-b"]["reason"] == "stopped by SIGTERM before it started"
+    rows = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert [r["concept"] for r in rows] == ["hold-a"]  # not retried, good-b never ran

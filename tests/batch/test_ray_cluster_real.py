@@ -1,0 +1,134 @@
+"""Issue 21 §6 in full: a batch of real demo concepts on a multi-node Ray cluster on this machine,
+tracked on the PostgreSQL tracking server, one worker node killed mid-run.
+
+``ray.cluster_utils.Cluster``: a head without CPUs (it runs no concept) and two worker nodes of one
+CPU each, every port on 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``). Two identical concepts
+(``steady``, ``killed``) run side by side, the real worker (a real Kedro session of the demo env,
+shrunk by the manifest's params). When ``killed`` is in stage two past ``checkpoint-8``, its whole
+node is removed without grace (raylet, workers and all). Ray retries the task on the surviving node,
+it resumes from that checkpoint and ends with the very same exported tensors as ``steady``; on the
+tracking server the lost attempt's run is KILLED/FAILED and the retry's run FINISHED with every
+metric ``steady`` has.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from test_batch import TINY, _weights, photo_set, summary_of
+
+from magicapture_pipeline.tracking import server as tracking_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.service, pytest.mark.slow,
+              pytest.mark.xdist_group("ray")]  # fmt: skip
+LONG_TWO = {**TINY, "stage_two": {"max_steps": 20, "checkpoint_every": 4, "heatmap_every": 100}}
+
+
+def _ancestors(pid: int) -> set[int]:
+    seen = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+        except (FileNotFoundError, IndexError):
+            break
+    return seen
+
+
+def _node_of(pid: int, nodes: list) -> object:
+    """The Ray worker node whose raylet started process ``pid``."""
+    chain = _ancestors(pid)
+    [node] = [n for n in nodes if n.all_processes["raylet"][0].process.pid in chain]
+    return node
+
+
+@pytest.fixture
+def tracking(monkeypatch):
+    if tracking_server.pg_bin() is None:
+        pytest.fail("PostgreSQL binaries not found: install Debian's `postgresql`")
+    folder = Path(tempfile.mkdtemp(prefix="magicapture-tracking-"))
+    folder.chmod(0o755)  # the cluster belongs to the postgres user when run as root
+    state = tracking_server.start(folder)
+    try:
+        yield state.tracking_uri
+    finally:
+        tracking_server.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_node_lost_mid_run_on_a_cluster_with_the_tracking_server(project_copy, tmp_path,
+                                                                   tracking, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)  # the drivers and every Ray worker
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray starts: loopback
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")
+    from ray.cluster_utils import Cluster
+
+    photos = str(photo_set(tmp_path / "photos", [0, 1]))
+    manifest = project_copy / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({"concepts": [
+        {"name": name, "source_dir": photos, "params": LONG_TWO} for name in ("steady", "killed")
+    ]}))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    address = cluster.address
+    driver = victim = None
+    try:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "magicapture_pipeline.batch", str(manifest), "--env", "demo",
+             "--engine", "ray", "--address", address, "--workers", "2", "--retries", "2",
+             "--threads", "1", "--project", str(project_copy), "--batch-id", "cluster"],
+            cwd=project_copy, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        state = project_copy / "data/08_reporting/batch/cluster/killed"
+        checkpoints = project_copy / "data/06_models/killed/checkpoints/stage_two"
+        deadline = time.monotonic() + 1500
+        while victim is None and time.monotonic() < deadline and driver.poll() is None:
+            if list(checkpoints.glob("checkpoint-8")) and (state / "progress.json").is_file():
+                progress = yaml.safe_load((state / "progress.json").read_text())
+                if progress.get("stage") == "train_stage_two":
+                    victim = _node_of(progress["pid"], nodes)
+                    cluster.remove_node(victim, allow_graceful=False)  # the node is lost
+            time.sleep(0.05)
+        output, _ = driver.communicate(timeout=1500)
+    finally:
+        if driver is not None and driver.poll() is None:
+            driver.kill()
+        cluster.shutdown()
+    assert victim is not None, "stage two ended before the node could be killed:\n" + output[-3000:]
+    assert driver.returncode == 0, output[-4000:]
+    summary = summary_of(project_copy)
+    by_name = {c["name"]: c for c in summary["concepts"]}
+    assert (by_name["killed"]["attempts"], by_name["steady"]["attempts"]) == (2, 1)
+    assert summary["engine_info"]["address"] == address
+    log = (state / "worker.log").read_text()
+    resumed = re.findall(r"Resumed stage_two from.*?\(step\s+(\d+)\)", log, re.S)
+    assert resumed and int(resumed[-1]) >= 8, resumed  # from checkpoint-8 or later, not step 0
+    steady = _weights(Path(by_name["steady"]["concept_dir"]))
+    killed = _weights(Path(by_name["killed"]["concept_dir"]))
+    assert steady and steady.keys() == killed.keys()
+    for key in steady:
+        assert bool((steady[key] == killed[key]).all()), key
+    # nothing lost on the tracking server
+    client = MlflowClient(tracking_uri=tracking)
+    runs = {}
+    for name in ("steady", "killed"):
+        experiment = client.get_experiment_by_name(f"magicapture-{name}")
+        runs[name] = sorted(client.search_runs([experiment.experiment_id]),
+                            key=lambda r: r.info.start_time)  # fmt: skip
+    assert [r.info.status for r in runs["steady"]] == ["FINISHED"]
+    lost, retry = runs["killed"]
+    assert lost.info.status in ("KILLED", "FAILED") and retry.info.status == "FINISHED"
+    assert retry.info.run_id == by_name["killed"]["mlflow_run_id"]
+    [steady_run] = runs["steady"]
+    assert set(retry.data.metrics) == set(steady_run.data.metrics)
+    assert len(steady_run.data.metrics) >= 10, sorted(steady_run.data.metrics)
