@@ -64,7 +64,8 @@ def build(dest: Path) -> list[Path]:
     total = sum(w.stat().st_size for w in wheels)
     if total > LIMIT_BYTES:
         raise SystemExit(f"{dest}: {total / 1024**2:.1f} MiB of wheels, over the 64 MiB carry")
-    sys.stdout.write(f"{dest}: {len(wheels)} wheels, {total / 1024**2:.1f} MiB: " + " ".join(pins) + "\n")
+    size = f"{total / 1024**2:.1f} MiB"
+    sys.stdout.write(f"{dest}: {len(wheels)} wheels, {size}: " + " ".join(pins) + "\n")
     return wheels
 
 
