@@ -218,8 +218,10 @@ def render(result: dict[str, Any]) -> str:
 
 def _write(out: Path, result: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("bench_gpu.json", json.dumps(result, indent=2)), ("bench_gpu.md",
-                                                                          render(result))):
+    for name, text in (
+        ("bench_gpu.json", json.dumps(result, indent=2)),
+        ("bench_gpu.md", render(result)),
+    ):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out / name)
