@@ -155,7 +155,13 @@ def measure_size(  # noqa: PLR0913
         if time.monotonic() > deadline:
             steps[variant] = {"skipped": "deadline"}
             continue
-        row = time_variant(model, variant, optimizer, repeats)
+        try:
+            row = time_variant(model, variant, optimizer, repeats)
+        except torch.cuda.OutOfMemoryError:  # one variant too big for the card: keep the rest
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            steps[variant] = {"skipped": "out of memory"}
+            continue
         row["flops"] = fl.count_step(meta, variant)["total"]
         row["tflops_per_s"] = row["flops"] / row["seconds"] / 1e12
         row["utilisation"] = row["tflops_per_s"] / peak if peak else None
@@ -165,14 +171,18 @@ def measure_size(  # noqa: PLR0913
     result: dict[str, Any] = {
         "resolution": size.resolution, "family": size.family, "build_s": build_s, "steps": steps,
     }  # fmt: skip
-    if time.monotonic() > deadline or any("skipped" in s for s in steps.values()):
+    if time.monotonic() > deadline:
         return result
     gen_s = time_generation(model, repeats)
     result["generation_one_image_s"] = gen_s
-    times = {k: {"total": v["seconds"]} for k, v in steps.items()}
+    times = {k: {"total": v["seconds"]} for k, v in steps.items() if "seconds" in v}
     result["customization"] = {}
     for recipe in ("paper", "official"):
-        found = fl.customization(times, {"total": gen_s}, recipe)
+        try:
+            found = fl.customization(times, {"total": gen_s}, recipe)
+        except KeyError as missing:
+            result["customization"][recipe] = {"skipped": f"{missing} was not measured"}
+            continue
         result["customization"][recipe] = {
             "stage_one_micro_steps": found["stage_one_micro_steps"],
             "stage_two_micro_steps": found["stage_two_micro_steps"],
@@ -207,6 +217,9 @@ def render(result: dict[str, Any]) -> str:
                 + (f"{est / GIB:.2f} |" if est is not None else " |")
             )
         for recipe, c in data.get("customization", {}).items():
+            if "skipped" in c:
+                lines.append(f"\n{recipe}: not extrapolated ({c['skipped']})")
+                continue
             s = c["seconds"]
             lines.append(
                 f"\n{recipe}: stage one {s['stage_one']:.1f} s + stage two {s['stage_two']:.1f} s"
