@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 CONCEPT ?= demo
 comma := ,
 
-.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu bench-flops promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop export gallery
+.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu gpu-bundle bench-flops promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop export gallery
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -65,6 +65,9 @@ bench: install  ## measure step times and ratios -> data/08_reporting/bench.{jso
 
 bench-flops: install  ## FLOPs of every step at SD 1.5 512 px / SDXL 1024 px on the meta device -> data/08_reporting/bench_flops.{json,md}
 	$(BIN)/python -m magicapture_pipeline.speed_bench.flops
+
+gpu-bundle: install  ## Python 3.12 wheels that scripts/gpu_bench.sh installs offline on the lent GPU machine -> gpu_bundle/ (carry it)
+	$(BIN)/python -m magicapture_pipeline.speed_bench.gpu_bundle --dest gpu_bundle
 
 bench-gpu: install  ## the same on CUDA in fp16, + SD 1.5 at 512 px and SDXL at 1024 px -> data/08_reporting/bench_cuda/
 	$(BIN)/python -m magicapture_pipeline.speed_bench --device cuda --mixed-precision fp16 --out data/08_reporting/bench_cuda

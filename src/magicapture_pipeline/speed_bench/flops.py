@@ -141,7 +141,7 @@ def count_generation(model: ms.MetaModel, steps: int = 50) -> dict[str, Any]:
         ms.unet_forward(tape, model, states, pooled, batch=2)
         one = recorder.flops[("unet", "forward")] - before.get(("unet", "forward"), 0)
         recorder.flops[("unet", "forward")] += one * (steps - 1)
-        latent = torch.empty(1, 4, model.latent, model.latent, device=ms.META, dtype=model.dtype)
+        latent = model.tensor(1, 4, model.latent, model.latent)
         tape.run("vae", lambda z: model.vae.decode(z.to(model.vae.dtype)).sample, latent)
     tape.segments.clear()
     return recorder.table()

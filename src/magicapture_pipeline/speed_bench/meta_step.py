@@ -56,18 +56,36 @@ class MetaModel:
     arcface: Any
     taesd: Any
     dtype: torch.dtype
+    device: torch.device = META  # a real device (speed_bench.gpu_run) gets random inputs
+
+    def tensor(self, *shape: int, dtype: torch.dtype | None = None, low: float = 0.0) -> Tensor:
+        """An input of ``shape``: uninitialised on the meta device, random elsewhere (uniform in
+        ``[low, 1)`` when ``low`` is set, else normal)."""
+        dtype = dtype or self.dtype
+        if self.device.type == "meta":
+            return torch.empty(*shape, device=META, dtype=dtype)
+        if low:
+            return torch.rand(*shape, device=self.device, dtype=dtype) * (1 - low) + low
+        return torch.randn(*shape, device=self.device, dtype=dtype)
 
     @property
     def latent(self) -> int:
         return self.size.resolution // 8
 
 
-def build_meta_model(
-    name: str, lora_preset: str = "paper", dtype: torch.dtype = torch.float32
+def build_meta_model(  # noqa: PLR0913
+    name: str,
+    lora_preset: str = "paper",
+    dtype: torch.dtype = torch.float32,
+    *,
+    device: torch.device = META,
+    size: RealSize | None = None,
+    arcface_arch: str = "r100",
 ) -> MetaModel:
-    """The size ``name`` of :data:`REAL_SIZES` on the meta device, frozen weights in ``dtype``
-    (SDXL's VAE stays fp32 under fp16, as ``vae_precision`` runs it), LoRA of ``lora_preset``
-    (``core.training.lora``) in fp32 on the UNet (and text encoders for ``official``)."""
+    """The size ``name`` of :data:`REAL_SIZES` (or ``size``) on the meta device, frozen weights
+    in ``dtype`` (SDXL's VAE stays fp32 under fp16, as ``vae_precision`` runs it), LoRA of
+    ``lora_preset`` (``core.training.lora``) in fp32 on the UNet (and text encoders for
+    ``official``). On a real ``device`` the weights are random (``speed_bench.gpu_run``)."""
     from diffusers import AutoencoderTiny
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -75,13 +93,13 @@ def build_meta_model(
     from magicapture_pipeline.core.models.random_weights import build_random_model
     from magicapture_pipeline.core.training.lora import lora_targets
 
-    size = REAL_SIZES[name]
-    with META:
+    size = size or REAL_SIZES[name]
+    with device:
         parts = build_random_model(
             size.unet, size.vae, size.text, resolution=size.resolution, family=size.family,
             text_2=size.text_2 or None,
         )  # fmt: skip
-        arcface = build_iresnet("r100").requires_grad_(False)
+        arcface = build_iresnet(arcface_arch).requires_grad_(False)
         taesd = AutoencoderTiny().requires_grad_(False)
     encoders = [e for e in (parts.text_encoder, parts.text_encoder_2) if e is not None]
     vae_dtype = torch.float32 if size.family == "sdxl" and dtype == torch.float16 else dtype
@@ -91,7 +109,7 @@ def build_meta_model(
     for encoder in encoders:
         encoder.to(dtype)
     unet_targets, text_targets = lora_targets(lora_preset)
-    with META:
+    with device:
         config = LoraConfig(r=4, lora_alpha=4, target_modules=unet_targets)
         unet = inject_adapter_in_model(config, parts.unet)
         if text_targets:
@@ -110,7 +128,7 @@ def build_meta_model(
         encoder.get_input_embeddings().weight.requires_grad_(True)
     for module in (unet, parts.vae, arcface, taesd, *encoders):
         module.eval()  # frozen networks run in eval mode (ArcFace's BatchNorm on one face)
-    return MetaModel(size, encoders, unet, parts.vae, arcface, taesd, dtype)
+    return MetaModel(size, encoders, unet, parts.vae, arcface, taesd, dtype, torch.device(device))
 
 
 def trainable_parameters(model: MetaModel) -> list[Tensor]:
@@ -178,7 +196,7 @@ class Tape:
 
 def encode_prompt(tape: Tape, model: MetaModel, batch: int = 1) -> tuple[Tensor, Tensor | None]:
     """Text states (and SDXL's pooled embedding) of ``batch`` 77-token prompts."""
-    ids = torch.zeros(batch, 77, dtype=torch.long, device=META)
+    ids = torch.zeros(batch, 77, dtype=torch.long, device=model.device)
     if model.size.family != "sdxl":
         return tape.run("text_encoder", lambda: model.text_encoders[0](ids).last_hidden_state), None
     first, second = model.text_encoders
@@ -213,10 +231,10 @@ def unet_forward(  # noqa: PLR0913
     """One UNet forward on a noisy latent at the size's resolution: the prediction, and Eq. 8's
     value from the maps ``refocus`` (an installed capture) recorded, if given."""
     side = model.latent
-    noisy = torch.empty(batch, 4, side, side, device=META, dtype=model.dtype)
-    timestep = torch.full((batch,), 500, device=META, dtype=torch.long)
+    noisy = model.tensor(batch, 4, side, side)
+    timestep = torch.full((batch,), 500, device=model.device, dtype=torch.long)
     res = float(model.size.resolution)
-    ids = torch.tensor([[res, res, 0.0, 0.0, res, res]] * batch, device=META)
+    ids = torch.tensor([[res, res, 0.0, 0.0, res, res]] * batch, device=model.device)
 
     def forward(s: Tensor, *pool: Tensor) -> Tensor:
         extra: dict[str, Any] = {}
@@ -263,7 +281,7 @@ def identity_term(tape: Tape, model: MetaModel, pred: Tensor, decoder: str, marg
     image = tape.run("vae", decode, pred)
 
     def embed(img: Tensor) -> Tensor:
-        grid = torch.empty(img.shape[0], 112, 112, 2, device=META, dtype=img.dtype)
+        grid = model.tensor(img.shape[0], 112, 112, 2, dtype=img.dtype, low=-1.0)
         aligned = F.grid_sample(img, grid, align_corners=False)
         return model.arcface(aligned.to(model.dtype))
 
