@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from magicapture_pipeline.config.training import StageOneConfig
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.training import StageOneTrainer, TrainingExample
-from magicapture_pipeline.core.training.validation import Validator
+from magicapture_pipeline.core.training.validation import Validator, apply_export
 
 RES = 32
 SETTINGS = {"max_steps": 6, "gradient_accumulation_steps": 1, "mixed_precision": "no",
@@ -85,3 +85,18 @@ def test_early_stop_ends_the_stage_after_patience_validations(tiny_dir):
     trainer.train(progress=False)
     assert trainer.global_step == 4
     assert [row["step"] for row in trainer.validator.history] == [2, 4]
+
+
+@pytest.mark.parametrize("export,step", [("best", 4), ("last", 6)])
+def test_export_puts_the_chosen_steps_weights_in_the_trainer(tiny_dir, tmp_path, export, step):
+    trainer, seen = _trainer(tiny_dir, checkpoint_dir=str(tmp_path), keep_checkpoints=1)
+    trainer.train(progress=False)
+    record = apply_export(trainer, str(tmp_path), export)
+    assert record["exported_step"] == step
+    assert record["export_reason"].startswith(f"export: {export}")
+    assert torch.equal(trainer.placeholder_rows.params()[0], seen[step])
+    saved = load_file(tmp_path / f"checkpoint-{step}" / "trainable.safetensors")
+    assert torch.equal(trainer.placeholder_rows.params()[0], saved["placeholder_rows"])
+    # the embedding matrix the stage's result reads holds the exported rows too
+    rows = trainer.placeholder_embeddings()
+    assert torch.equal(torch.stack([rows[t] for t in trainer.tokens]), seen[step])

@@ -193,3 +193,36 @@ class Validator:
             return
         self.history = [dict(r) for r in state.get("history", [])]
         self.best = BestSoFar.from_state(state.get("best"))
+
+
+def apply_export(trainer: Any, checkpoint_dir: str | None, export: str) -> dict[str, Any]:
+    """Put the weights to export into ``trainer`` and say which step they are and why.
+
+    ``export == "best"`` with a best step before the last: that step's checkpoint (written at
+    every validated step, kept by keep-last-K) is loaded into the trainable tensors, so what the
+    stage returns equals that checkpoint. Returns ``{"exported_step", "export_reason", "best"}``
+    for concept.json and the run (``{}`` when the trainer has no validator).
+    """
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    from magicapture_pipeline.core.training import checkpoints
+
+    validator = getattr(trainer, "validator", None)
+    if validator is None:
+        return {}
+    step, why = validator.export_step(export, trainer.global_step)
+    if step != trainer.global_step:
+        folder = Path(checkpoint_dir or "") / f"{checkpoints.CHECKPOINT_PREFIX}{step}"
+        path = folder / checkpoints.TRAINABLE_FILE
+        if not checkpoint_dir or not path.is_file():
+            step, why = trainer.global_step, f"export: last (no checkpoint of step {step}: {path})"
+        else:
+            current = trainer._trainable()
+            with torch.no_grad():
+                for name, value in load_file(path).items():
+                    current[name].copy_(value.to(current[name].device, current[name].dtype))
+            trainer.placeholder_rows.sync()
+    return {"exported_step": step, "export_reason": why, "best": validator.best.state()}
