@@ -100,3 +100,26 @@ def test_export_puts_the_chosen_steps_weights_in_the_trainer(tiny_dir, tmp_path,
     # the embedding matrix the stage's result reads holds the exported rows too
     rows = trainer.placeholder_embeddings()
     assert torch.equal(torch.stack([rows[t] for t in trainer.tokens]), seen[step])
+
+
+def test_train_stage_one_exports_the_best_step_and_records_why(tiny_dir, tmp_path):
+    from magicapture_pipeline.core.training import train_stage_one
+
+    seen: dict[int, torch.Tensor] = {}
+
+    def make_validator(trainer):
+        def scorer(step):
+            seen[step] = trainer.placeholder_rows.params()[0].detach().clone()
+            return {"csim_arcface_heldout": SCRIPT[step]}, {}
+
+        return Validator(every_n_steps=2, scorer=scorer)
+
+    config = StageOneConfig(**SETTINGS, checkpoint_dir=str(tmp_path),
+                            validation={"every_n_steps": 2, "export": "best"})  # fmt: skip
+    result = train_stage_one(
+        load_components(tiny_dir), _examples(), config, progress=False, validator=make_validator
+    )
+    assert result.metadata["exported_step"] == 4
+    assert "csim_*_heldout = 0.6000" in result.metadata["export_reason"]
+    exported = torch.stack([result.embeddings[t] for t in ("<v1>", "<v2>")])
+    assert torch.equal(exported, seen[4])
