@@ -33,3 +33,16 @@ def test_good_settings_pass_and_defaults_are_off():
         "a photo of a {v1} person in the style of {v2}",
         "a photo of a {v1} person",
     ]
+
+
+def test_a_heldout_objective_without_a_heldout_photo_is_refused():
+    stage = {"max_steps": 100, "validation": {"every_n_steps": 50}}
+    params = {"stage_two": stage, "preprocess": {"heldout_sources": 0}}
+    problems = check_sections(params, ["stage_two"])
+    assert len(problems) == 1 and "heldout_sources is 0" in problems[0], problems
+    assert "stage_two.validation.objective" in problems[0]
+    held = {"stage_two": stage, "preprocess": {"heldout_sources": 1}}
+    assert check_sections(held, ["stage_two"]) == []
+    other = {"stage_two": {**stage, "validation": {"every_n_steps": 50, "objective": "csim_*"}},
+             "preprocess": {"heldout_sources": 0}}  # fmt: skip
+    assert check_sections(other, ["stage_two"]) == []
