@@ -70,7 +70,10 @@ class ValidationConfig(BaseModel):
     )
     copy_limit: float = Field(
         0.05,
-        description="Largest copy-check gap an eligible step may have (ours: a starting gate, "
+        ge=-2.0,
+        le=2.0,
+        description="Largest copy-check gap (a difference of cosines, so within [-2, 2]) an "
+        "eligible step may have (ours: a starting gate, "
         "not a measured figure; a positive gap means generated faces sit nearer the training "
         "photos than new photos of the person).",
     )
