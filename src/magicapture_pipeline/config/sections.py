@@ -123,7 +123,28 @@ def check_sections(parameters: Mapping[str, Any], sections: Iterable[str]) -> li
             continue
         if section == "benchmark":
             problems.extend(_check_variants(parameters, raw))
+        if section in ("stage_one", "stage_two"):
+            problems.extend(_check_validation(parameters, section, raw))
     return problems
+
+
+def _check_validation(
+    parameters: Mapping[str, Any], stage: str, raw: Mapping[str, Any]
+) -> list[str]:
+    """A validation objective this run cannot compute (issue 20): a held-out metric while
+    ``preprocess.heldout_sources`` holds no photo out."""
+    validation = SECTIONS[stage].model_validate(raw).validation
+    if validation.every_n_steps == 0 or "heldout" not in validation.objective:
+        return []
+    preprocess = _plain(parameters.get("preprocess")) or {}
+    held = SECTIONS["preprocess"].model_validate(preprocess).heldout_sources
+    if held > 0:
+        return []
+    return [
+        f"params:{stage}.validation.objective: {validation.objective!r} needs a held-out source "
+        "photo but preprocess.heldout_sources is 0 (hold one out, or choose another objective, "
+        "e.g. csim_*)"
+    ]
 
 
 def _check_variants(parameters: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
 from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.recipes import authors, official_recipe
+from magicapture_pipeline.config.validation import ValidationConfig
 
 # The authors' prompt templates (junhahyung/MagiCapture, lora_diffusion_/dataset.py, the lists
 # PivotalTuningDatasetCapation uses with its default use_template="object": OBJECT_TEMPLATE2,
@@ -212,6 +213,10 @@ class _TrainingLoopConfig(_Strict):
         "after each save; 0 = keep all (ours: bounds disk use on long runs).",
     )
     log_every: int = Field(1, ge=1, description="History row every N optimiser steps.")
+    validation: ValidationConfig = Field(
+        default_factory=ValidationConfig,
+        description="Sample and score during training, keep the best step (issue 20).",
+    )
     device: str | None = Field(None, description="Force a device; None = accelerate's choice.")
 
     @model_validator(mode="before")
@@ -220,6 +225,16 @@ class _TrainingLoopConfig(_Strict):
         if isinstance(data, dict) and data.get("recipe") == "official":
             return deep_merge(official_recipe(cls), data)
         return data
+
+    @model_validator(mode="after")
+    def _validation_fits(self) -> _TrainingLoopConfig:
+        every, steps = self.validation.every_n_steps, getattr(self, "max_steps", None)
+        if steps is not None and every > steps:
+            raise ValueError(
+                f"validation.every_n_steps = {every} is larger than max_steps = {steps}: "
+                "it would never validate"
+            )
+        return self
 
 
 class StageOneConfig(_TrainingLoopConfig):

@@ -202,8 +202,8 @@ def test_identity_runs_only_below_t_prime_at_the_trainer(tiny_dir, mode):
     drawn: list[int] = []
     noisy = model._noisy
 
-    def spy_noisy(latents, timestep=None):
-        out = noisy(latents, timestep)
+    def spy_noisy(latents, timestep=None, **kwargs):  # kwargs: two-pass hands the step's noise
+        out = noisy(latents, timestep, **kwargs)
         if timestep is None:
             drawn.extend(int(t) for t in out[2])
         return out

@@ -154,6 +154,7 @@ def save_checkpoint(trainer: Any, root: str | Path, keep: int = 0) -> Path:
                 "processes": accelerator.num_processes,
                 "lr_scheduler": trainer.lr_scheduler.state_dict(),
                 "history": trainer.history,
+                "validation": _validator_state(trainer),
                 "files": manifest,
             }
             (temp / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -168,13 +169,23 @@ def save_checkpoint(trainer: Any, root: str | Path, keep: int = 0) -> Path:
         raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        prune_checkpoints(root, keep)
+        best = getattr(getattr(trainer, "validator", None), "best", None)
+        prune_checkpoints(root, keep, protect={best.step} if best and best.step else set())
     logger.info("Saved %s checkpoint at step %d to %s", trainer.stage, trainer.global_step, final)
     return final
 
 
-def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
+def _validator_state(trainer: Any) -> dict[str, Any] | None:
+    validator = getattr(trainer, "validator", None)
+    return None if validator is None else validator.state()
+
+
+def prune_checkpoints(
+    root: str | Path, keep: int, protect: set[int] | frozenset[int] = frozenset()
+) -> list[Path]:
     """Delete all but the newest ``keep`` complete checkpoints (0: keep all); returns the deleted.
+
+    The checkpoints of the steps in ``protect`` (the best validation step) are never deleted.
 
     Incomplete folders older than the newest complete one are deleted too, and hidden folders a
     killed save or delete left behind.
@@ -190,7 +201,9 @@ def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
         return []
     kept = set(complete[-keep:])
     newest = _step_of(complete[-1])
-    doomed = [d for d in dirs if d not in kept and _step_of(d) < newest]
+    doomed = [
+        d for d in dirs if d not in kept and _step_of(d) < newest and _step_of(d) not in protect
+    ]
     for folder in doomed:
         trash = folder.with_name(f".{folder.name}.deleting-{os.getpid()}")
         os.rename(folder, trash)  # never a half-deleted folder under a checkpoint name
@@ -303,6 +316,9 @@ def _apply(trainer: Any, loaded: _Loaded) -> None:
     random.setstate(_python_rng_state(loaded.rng))
     trainer.global_step = int(loaded.state["step"])
     trainer.history = list(loaded.state["history"])
+    validator = getattr(trainer, "validator", None)
+    if validator is not None:
+        validator.load_state(loaded.state.get("validation"))
 
 
 def load_checkpoint(trainer: Any, folder: str | Path) -> None:

@@ -161,6 +161,7 @@ class _Trainer:
         self.variants = self._build_variants(examples)
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
+        self.validator: Any = None  # core.training.validation.Validator, set by the caller
 
     # setup --------------------------------------------------------------------------------
     def _ensure_tokens(self) -> None:
@@ -372,13 +373,8 @@ class _Trainer:
         config = self.config
         if config.resume:
             checkpoints.resume_newest(self, config.checkpoint_dir)
-        bar = tqdm(
-            total=config.max_steps,
-            initial=self.global_step,
-            desc=self.stage,
-            disable=not progress,
-            dynamic_ncols=True,
-        )
+        bar = tqdm(total=config.max_steps, initial=self.global_step, desc=self.stage,
+                   disable=not progress, dynamic_ncols=True)  # fmt: skip
         stop = config.max_steps if until is None else min(until, config.max_steps)
         while self.global_step < stop:
             row = self.step()
@@ -387,9 +383,14 @@ class _Trainer:
             self._after_step(row)
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k.startswith("loss")})
+            validated = self.validator is not None and self.validator.due(self.global_step)
+            if validated:  # core.training.validation; its checkpoint is the exportable step
+                self.validator.run(self.global_step)
             every = config.checkpoint_every
-            if every and config.checkpoint_dir and self.global_step % every == 0:
+            if config.checkpoint_dir and (validated or every and self.global_step % every == 0):
                 self.save_checkpoint(config.checkpoint_dir)
+            if validated and self.validator.should_stop():
+                break  # early stop (validation.patience)
         bar.close()
         return self.history
 

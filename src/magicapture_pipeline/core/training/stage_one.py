@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,7 @@ from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.models.loading import SDComponents
 from magicapture_pipeline.core.training.examples import REFERENCE, SOURCE, TrainingExample
 from magicapture_pipeline.core.training.loop import TrainingResult, _pick, _Trainer
+from magicapture_pipeline.core.training.validation import apply_export
 
 if TYPE_CHECKING:
     from magicapture_pipeline.config.training import StageOneConfig
@@ -99,9 +100,15 @@ def train_stage_one(
     config: StageOneConfig,
     *,
     progress: bool = True,
+    validator: Any = None,
 ) -> TrainingResult:
     """Stage one from start to finish (resuming when ``config.resume``): the learnt [V1]/[V2]
-    embeddings and the history (:meth:`StageOneTrainer.result`)."""
+    embeddings and the history (:meth:`StageOneTrainer.result`). ``validator``: as in
+    :func:`.stage_two.train_stage_two`."""
     trainer = StageOneTrainer(components, examples, config)
+    trainer.validator = validator(trainer) if validator else None
     trainer.train(progress=progress)
-    return trainer.result()
+    export = apply_export(trainer, config.checkpoint_dir, config.validation.export)
+    result = trainer.result()
+    result.metadata.update(export)
+    return result

@@ -29,6 +29,7 @@ from magicapture_pipeline.core.training.figures import heatmap_figure
 from magicapture_pipeline.core.training.identity_term import IdentityTerm, identity_status
 from magicapture_pipeline.core.training.loop import TrainingResult, _pick, _Trainer
 from magicapture_pipeline.core.training.lora import lora_module_names, lora_targets
+from magicapture_pipeline.core.training.validation import apply_export
 
 if TYPE_CHECKING:
     from magicapture_pipeline.config.training import StageTwoConfig
@@ -360,10 +361,17 @@ def train_stage_two(  # noqa: PLR0913 (the stage's inputs and what its metadata 
     base_model: str = "",
     resolution: int | None = None,
     progress: bool = True,
+    validator: Any = None,
 ) -> TrainingResult:
     """Stage two from start to finish (resuming when ``config.resume``), from stage one's
     ``embeddings``: LoRA, embeddings, history, heatmaps and metadata
-    (:meth:`StageTwoTrainer.result`; ``base_model`` and ``resolution`` are recorded there)."""
+    (:meth:`StageTwoTrainer.result`; ``base_model`` and ``resolution`` are recorded there).
+    ``validator(trainer) -> Validator``: validate during training, export as
+    ``config.validation.export`` says (:mod:`.validation`, recorded in ``metadata``)."""
     trainer = StageTwoTrainer(components, examples, config, embeddings)
+    trainer.validator = validator(trainer) if validator else None
     trainer.train(progress=progress)
-    return trainer.result(base_model, resolution)
+    export = apply_export(trainer, config.checkpoint_dir, config.validation.export)
+    result = trainer.result(base_model, resolution)
+    result.metadata.update(export)
+    return result
