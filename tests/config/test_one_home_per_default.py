@@ -68,13 +68,20 @@ AUTHORS_STAGE_ONE = {
     "style_weight_until": 0.5,
     "color_jitter": [0.1, 0.1],
     "embedding_norm_target": 0.4,
+    "max_grad_norm": None,  # the authors clip in phase 2 only (issue 18 §1)
 }
 AUTHORS_STAGE_TWO = {
     "source_templates": SOURCE_TEMPLATES,
     "reference_templates": REFERENCE_TEMPLATES,
     "composed_templates": COMPOSED_TEMPLATES,
     "tokens": {"person_init": "person", "style_init": "random", "random_std": 0.017},
-    "lora": {"rank": 4, "alpha": 4.0, "preset": "official", "text_encoder_learning_rate": 4e-5},
+    "lora": {
+        "rank": 4,
+        "alpha": 4.0,
+        "preset": "official",
+        "text_encoder_learning_rate": 4e-5,
+        "init": "gaussian",  # LoraInjectedLinear: N(0, (1/r)^2) down, zero up (issue 18 §1)
+    },
     "learning_rate": 4e-4,
     "embedding_learning_rate": 1e-4,
     "max_steps": 1500,
@@ -228,7 +235,8 @@ def test_demo_sdxl_holds_only_what_differs_from_demo():
     assert sdxl["model"]["tiny"]["sample_size"] == 128  # inherited from conf/demo
     for key in set(demo) - {"concept", "model"}:
         if key in SECTIONS:
-            strip = {"stage_one", "stage_two", "generation", "registry", "tracking", "serving"}
+            strip = {"stage_one", "stage_two", "generation", "registry", "tracking", "serving",
+                     "benchmark"}
             a, b = effective_section(key, demo[key]), effective_section(key, sdxl[key])
             if key in strip:  # paths and names carry the concept
                 a, b = (yaml.safe_dump(x).replace("demo-sdxl", "demo") for x in (a, b))

@@ -272,6 +272,8 @@ class PriorPreservationConfig(BaseModel):
     )
     seed: int = Field(
         default=0,
+        ge=0,
+        lt=2**32,
         description="Seed of class image i is seed + i (ours: diffusers draws unseeded; a seed "
         "makes the cache reproducible).",
     )

@@ -63,6 +63,14 @@ def _kohya_pipe(cls, base, bundle, family):
             text_encoder=pipe.text_encoder_2,
             tokenizer=pipe.tokenizer_2,
         )
+        # What a stock SDXL user must set (README, "The exported concept"): the published
+        # text-encoder configs pool at the largest id, i.e. at an added trigger word (issue 18 §3).
+        pipe.text_encoder.config.eos_token_id = pipe.tokenizer.eos_token_id
+        pipe.text_encoder_2.config.eos_token_id = pipe.tokenizer_2.eos_token_id
+        for encoder in (pipe.text_encoder, pipe.text_encoder_2):
+            for module in encoder.modules():
+                if hasattr(module, "eos_token_id"):
+                    module.eos_token_id = encoder.config.eos_token_id
     return pipe  # fmt: skip
 
 
@@ -115,7 +123,7 @@ def test_card_front_matter_and_refusals(tiny_dir, tmp_path):
     text = (tmp_path / "out" / "README.md").read_text()
     front = yaml.safe_load(text.split("---\n")[1])
     magic = front["magicapture"]
-    assert front["instance_prompt"] == "a photo of a alice_v1 person in the alice_v2 style"
+    assert front["instance_prompt"] == "a photo of a alice_v1 person in the style of alice_v2"
     assert magic["trigger_words"] == {"<v1>": "alice_v1", "<v2>": "alice_v2"}
     assert magic["lora_strength"]["unet"]["value"] == 0.6
     assert magic["lora_strength"]["text_encoder"]["value"] == 0.9
