@@ -38,6 +38,11 @@ USER_FOLDERS = ("source_dir", "reference_dir")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
+# The one folder the project writes photos into: the demo env's sample set
+# (datasets/raw_images.py ``sample_root``); a photo folder inside it is the project's, not a user's.
+SAMPLE_FOLDER = Path("01_raw") / "demo"
+
+
 def data_root(project: Path) -> Path:
     """The folder every run output lives under: ``$MAGICAPTURE_DATA_ROOT`` or ``<project>/data``."""
     configured = os.environ.get(DATA_ROOT_ENV)
@@ -116,6 +121,9 @@ def folder_problem(project: Path, value: Any) -> str | None:
         return "expected a folder path"
     path = Path(value).expanduser()
     path = path if path.is_absolute() else project / path
+    if _resolve_problem(path) != "symlink_loop: the path points back to itself":
+        if path.resolve().is_relative_to((data_root(project) / SAMPLE_FOLDER).resolve()):
+            return None  # the project's own demo folder: the demo env fills it
     problem = _resolve_problem(path)
     if problem or not path.is_dir():
         return problem or "not_a_folder: a file, not a folder of photos"
