@@ -1,7 +1,7 @@
 """The demo's exported tensors and metrics, run small, as a fingerprint a refactor must keep.
 
 ``python tests/e2e/demo_fingerprint.py --update`` runs the shrunk demo once in a temporary
-copy of the project and writes ``tests/e2e/golden/`` (the concept's safetensors files, every
+copy of the project and writes ``tests/e2e/golden/`` (a digest of every exported tensor, every
 number of ``metrics.json`` and every loss of both histories); ``test_demo_unchanged.py`` runs the
 same and compares. Regenerate only for a change that is meant to change results (a fidelity
 fix), and say so in the commit.
@@ -9,6 +9,7 @@ fix), and say so in the commit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden"
@@ -46,6 +48,21 @@ def numbers(value, prefix: str = "") -> dict[str, float]:
     elif isinstance(value, int | float) and not isinstance(value, bool):
         out[prefix.rstrip(".")] = float(value)
     return out
+
+
+def tensor_digests(concept: Path) -> dict[str, dict[str, list]]:
+    """Every exported tensor as [dtype, shape, sha256 of its bytes]: bitwise equality without
+    committing the weights themselves."""
+    from safetensors.torch import load_file
+
+    return {
+        path.name: {
+            key: [str(t.dtype), list(t.shape),
+                  hashlib.sha256(t.contiguous().view(-1).view(torch.uint8).numpy()).hexdigest()]
+            for key, t in sorted(load_file(path).items())
+        }  # fmt: skip
+        for path in sorted(concept.glob("*.safetensors"))
+    }
 
 
 def run_demo(workdir: Path) -> tuple[Path, dict[str, float]]:
@@ -85,8 +102,7 @@ def main() -> None:
         concept, metrics = run_demo(Path(tmp))
         shutil.rmtree(GOLDEN, ignore_errors=True)
         GOLDEN.mkdir(parents=True)
-        for path in sorted(concept.glob("*.safetensors")):
-            shutil.copy2(path, GOLDEN / path.name)
+        (GOLDEN / "tensors.json").write_text(json.dumps(tensor_digests(concept), indent=1) + "\n")
         (GOLDEN / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")
 
