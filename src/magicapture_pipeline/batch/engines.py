@@ -236,8 +236,11 @@ class RayEngine:
 
         previous = signal.getsignal(signal.SIGTERM)
         if self.address is None:
+            # address="local": a new instance, never the latest cluster `ray start` or
+            # ray.cluster_utils recorded in /tmp/ray/ray_current_cluster (ray.init's None joins it)
             ray.init(
-                num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                log_to_driver=False,
                 configure_logging=False,
             )
         else:
