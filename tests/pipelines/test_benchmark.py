@@ -154,7 +154,7 @@ def test_benchmark_runs_every_variant_at_tiny_budget(tmp_path: Path):
 def _base_benchmark():
     import yaml
 
-    from magicapture_pipeline.config.generation import BenchmarkConfig
+    from magicapture_pipeline.config.benchmark import BenchmarkConfig
 
     path = Path(__file__).resolve().parents[2] / "conf/base/parameters_benchmark.yml"
     return BenchmarkConfig(**yaml.safe_load(path.read_text())["benchmark"])
@@ -188,7 +188,7 @@ def test_lora_baselines_do_not_use_full_fine_tune_learning_rates():
 
 
 def test_same_as_loss_check_only_for_rows_trained_with_the_identity_loss():
-    from magicapture_pipeline.config.generation import VariantConfig
+    from magicapture_pipeline.config.benchmark import VariantConfig
     from magicapture_pipeline.core.evaluation.baselines import _trains_with_identity_loss
 
     rows = [

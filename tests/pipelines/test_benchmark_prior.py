@@ -99,7 +99,7 @@ def test_shipped_dreambooth_row_preserves_the_prior_and_names_what_differs():
     import yaml
 
     root = Path(__file__).resolve().parents[2]
-    from magicapture_pipeline.config.generation import BenchmarkConfig
+    from magicapture_pipeline.config.benchmark import BenchmarkConfig
 
     base = yaml.safe_load((root / "conf/base/parameters_benchmark.yml").read_text())["benchmark"]
     config = BenchmarkConfig(**base)

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from magicapture_pipeline.config.recipes import library, ours, paper
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -24,56 +26,128 @@ class TinyModelConfig(_Strict):
         description="Which layout to build: sd15 (core.models.builders.build_tiny_sd) or "
         "sdxl (core.models.builders.build_tiny_sdxl: text_time UNet, two text encoders). Only the "
         "builder reads it; loading reads the family from the saved model_index.json.",
+        json_schema_extra=ours(
+            "SD 1.5, the paper's family; the tiny random model the CPU demos build (trains in "
+            "seconds)"
+        ),
     )
     seed: int = Field(
-        0, ge=0, lt=2**32, description="Seed of the random weights (same seed, same model)."
+        0,
+        ge=0,
+        lt=2**32,
+        description="Seed of the random weights (same seed, same model).",
+        json_schema_extra=ours("any fixed seed; recorded with the run, so a run repeats"),
     )
     sample_size: int = Field(
-        128, ge=8, multiple_of=8, description="Image size in pixels the model is laid out for."
+        128,
+        ge=8,
+        multiple_of=8,
+        description="Image size in pixels the model is laid out for.",
+        json_schema_extra=ours(
+            "the tiny random model the CPU demos build (trains in seconds): 128 px"
+        ),
     )
     unet_channels: list[int] = Field(
         [32, 64],
         min_length=1,
         description="UNet block_out_channels (diffusers' test UNet: 32, 64).",
+        json_schema_extra=library("diffusers' own test UNet: block_out_channels (32, 64)"),
     )
-    layers_per_block: int = Field(1, ge=1, description="Resnet layers per UNet block.")
+    layers_per_block: int = Field(
+        1,
+        ge=1,
+        description="Resnet layers per UNet block.",
+        json_schema_extra=ours("the tiny random model the CPU demos build (trains in seconds)"),
+    )
     down_block_types: list[str] = Field(
         ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
         description="UNet down blocks; cross-attention at both levels so AR has a map to read.",
+        json_schema_extra=ours("cross-attention at both levels, so Eq. 8 has a map to read"),
     )
     up_block_types: list[str] = Field(
-        ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], description="UNet up blocks."
+        ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        description="UNet up blocks.",
+        json_schema_extra=ours("cross-attention at both levels, so Eq. 8 has a map to read"),
     )
-    attention_head_dim: int = Field(8, ge=1, description="UNet attention head dimension.")
-    norm_num_groups: int = Field(8, ge=1, description="GroupNorm groups in the UNet and the VAE.")
+    attention_head_dim: int = Field(
+        8,
+        ge=1,
+        description="UNet attention head dimension.",
+        json_schema_extra=ours("the tiny random model the CPU demos build (trains in seconds)"),
+    )
+    norm_num_groups: int = Field(
+        8,
+        ge=1,
+        description="GroupNorm groups in the UNet and the VAE.",
+        json_schema_extra=ours("the tiny random model the CPU demos build (trains in seconds)"),
+    )
     vae_channels: list[int] = Field(
         [8, 16, 32, 32],
         min_length=1,
         description="VAE block channels; 4 levels = x8 downsampling like SD.",
+        json_schema_extra=ours(
+            "4 levels = x8 downsampling like SD's VAE; the tiny random model the CPU demos build "
+            "(trains in seconds)"
+        ),
     )
     text_hidden_size: int = Field(
-        32, ge=1, description="CLIP text hidden size = UNet cross_attention_dim."
+        32,
+        ge=1,
+        description="CLIP text hidden size = UNet cross_attention_dim.",
+        json_schema_extra=ours("the tiny random model the CPU demos build (trains in seconds)"),
     )
-    text_layers: int = Field(2, ge=1, description="CLIP text encoder layers.")
-    text_heads: int = Field(4, ge=1, description="CLIP text encoder attention heads.")
+    text_layers: int = Field(
+        2,
+        ge=1,
+        description="CLIP text encoder layers.",
+        json_schema_extra=ours("the tiny random model the CPU demos build (trains in seconds)"),
+    )
+    text_heads: int = Field(
+        4,
+        ge=1,
+        description="CLIP text encoder attention heads.",
+        json_schema_extra=ours("the tiny random model the CPU demos build (trains in seconds)"),
+    )
     text_2_hidden_size: int = Field(
         64,
         ge=1,
         description="SDXL only: width of the second text encoder (SDXL: 1280 vs 768); UNet "
         "cross_attention_dim = text_hidden_size + this.",
+        json_schema_extra=ours(
+            "SDXL only: wider than the first encoder as in SDXL (1280 vs 768); the tiny random "
+            "model the CPU demos build (trains in seconds)"
+        ),
     )
-    text_2_layers: int = Field(2, ge=1, description="SDXL only: layers of the second text encoder.")
+    text_2_layers: int = Field(
+        2,
+        ge=1,
+        description="SDXL only: layers of the second text encoder.",
+        json_schema_extra=ours(
+            "SDXL only; the tiny random model the CPU demos build (trains in seconds)"
+        ),
+    )
     transformer_layers_per_block: list[int] = Field(
         [1, 1],
         min_length=1,
         description="SDXL only: transformer layers per UNet level, one per unet_channels entry "
         "(SDXL: 1, 2, 10).",
+        json_schema_extra=ours(
+            "SDXL only (SDXL: 1, 2, 10); the tiny random model the CPU demos build (trains in "
+            "seconds)"
+        ),
     )
     addition_time_embed_dim: int = Field(
-        8, ge=1, description="SDXL only: width of each time-id embedding (SDXL: 256)."
+        8,
+        ge=1,
+        description="SDXL only: width of each time-id embedding (SDXL: 256).",
+        json_schema_extra=ours(
+            "SDXL only (SDXL: 256); the tiny random model the CPU demos build (trains in seconds)"
+        ),
     )
     extra_words: list[str] = Field(
-        [], description="Words beyond the built-in template words that get their own token."
+        [],
+        description="Words beyond the built-in template words that get their own token.",
+        json_schema_extra=ours("none beyond the built-in template words"),
     )
 
     @model_validator(mode="after")
@@ -112,8 +186,19 @@ class ModelConfig(_Strict):
         "A local path must be a diffusers folder (model_index.json), else an owner/name hub id; "
         "with `tiny` it is built there, so it must lie inside the project's data/ (ours: the check "
         "refuses e.g. /etc before any work).",
+        json_schema_extra=paper("the paper fine-tunes Stable Diffusion 1.5"),
     )
-    revision: str | None = Field(None, description="Hub revision; ignored for a local folder.")
+    revision: str | None = Field(
+        None,
+        description="Hub revision; ignored for a local folder.",
+        json_schema_extra=library(
+            "diffusers from_pretrained revision=None: the hub's default branch"
+        ),
+    )
     tiny: TinyModelConfig | None = Field(
-        None, description="Demo only: build a tiny random SD at `pretrained` when it is missing."
+        None,
+        description="Demo only: build a tiny random SD at `pretrained` when it is missing.",
+        json_schema_extra=ours(
+            "real runs load real weights; only the demo envs build a tiny model"
+        ),
     )

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from magicapture_pipeline.config.benchmark import BenchmarkConfig
 from magicapture_pipeline.config.generation import (
-    BenchmarkConfig,
     EvaluationConfig,
     GenerationConfig,
     PostprocessConfig,

@@ -19,12 +19,11 @@ from typing import Any
 
 from PIL import Image
 
+from magicapture_pipeline.config.benchmark import BenchmarkConfig, VariantConfig
 from magicapture_pipeline.config.generation import (
-    BenchmarkConfig,
     EvaluationConfig,
     GenerationConfig,
     PostprocessConfig,
-    VariantConfig,
 )
 from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig

@@ -10,7 +10,8 @@ from typing import Any
 
 from torch import Tensor
 
-from magicapture_pipeline.config.generation import GenerationConfig, VariantConfig
+from magicapture_pipeline.config.benchmark import VariantConfig
+from magicapture_pipeline.config.generation import GenerationConfig
 from magicapture_pipeline.core.generation.class_images import (
     class_image_settings,
     class_image_tensor,

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from magicapture_pipeline.config.generation import GenerationConfig, VariantConfig
+from magicapture_pipeline.config.benchmark import VariantConfig
+from magicapture_pipeline.config.generation import GenerationConfig
 
 __all__ = [
     "BASELINES",

@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
+from magicapture_pipeline.config.adapters import LoraConfigModel
 from magicapture_pipeline.config.generation import GenerationConfig, SamplingConfig
-from magicapture_pipeline.config.training import LoraConfigModel, StageTwoConfig
+from magicapture_pipeline.config.training import StageTwoConfig
 
 # Licences of the base models this project documents (their model cards' `license:` field).
 LICENCES = {

@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from magicapture_pipeline.config.benchmark import BenchmarkConfig
 from magicapture_pipeline.config.generation import (
-    BenchmarkConfig,
     EvaluationConfig,
     GenerationConfig,
     PostprocessConfig,
