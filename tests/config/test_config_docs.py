@@ -6,9 +6,23 @@ import pytest
 
 from magicapture_pipeline.config.docs import (
     FILES,
+    _cell,
     config_models,
     defaults_with_recipe,
+    main,
     render_markdown,
+    render_provenance,
+    stale,
+    write,
+)
+from magicapture_pipeline.config.recipes import (
+    AUTHORS_CODE,
+    NESTED,
+    PAPER,
+    REQUIRED,
+    SOURCES,
+    paper,
+    provenance,
 )
 
 MODELS = list(config_models())
@@ -46,12 +60,96 @@ def test_committed_reference_is_up_to_date():
     )
 
 
-def test_committed_recipe_table_is_up_to_date():
+def test_committed_defaults_page_is_up_to_date():
     committed = (Path(__file__).resolve().parents[2] / "docs" / "defaults.md").read_text()
     assert committed == defaults_with_recipe(committed), (
-        "docs/defaults.md's authors' recipe is stale: run "
+        "docs/defaults.md's generated provenance tables or authors' recipe are stale: run "
         "`python -m magicapture_pipeline.config.docs --write`"
     )
+    assert stale() == []
+
+
+# Paper defaults whose section/table the configuration never recorded (the paper's text is not
+# reachable offline to look it up); every other paper citation names where the paper says it.
+PAPER_WHERE_UNKNOWN = {
+    ("LoraConfigModel", "preset"),
+    ("AttentionConfig", "weight"),
+    ("IdentityConfig", "weight"),
+    ("IdentityConfig", "decode_region"),
+    ("ModelConfig", "pretrained"),
+    ("StageOneConfig", "learning_rate"),
+    ("StageOneConfig", "max_steps"),
+    ("StageTwoConfig", "learning_rate"),
+    ("StageTwoConfig", "embedding_learning_rate"),
+    ("StageTwoConfig", "max_steps"),
+    ("StageTwoConfig", "task_weights"),
+}
+WHERE_IN_PAPER = ("Sec. ", "Eq. ", "Table ", "Training Details")
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: f"{m.__module__}.{m.__name__}")
+def test_every_default_records_its_source(model):
+    problems = []
+    for name, field in model.model_fields.items():
+        found = provenance(field)
+        if found is None:
+            problems.append(f"{name}: no provenance (json_schema_extra=paper/code/library/ours)")
+            continue
+        if found.source not in (*SOURCES, NESTED, REQUIRED):
+            problems.append(f"{name}: unknown source {found.source!r}")
+        if not found.cite.strip():
+            problems.append(f"{name}: {found.source} without a citation or reason")
+        if found.source == AUTHORS_CODE and not any(x in found.cite for x in (".py", ".sh")):
+            problems.append(f"{name}: authors' code without its file: {found.cite!r}")
+        where_known = (model.__name__, name) not in PAPER_WHERE_UNKNOWN
+        if found.source == PAPER and where_known:
+            if not any(where in found.cite for where in WHERE_IN_PAPER):
+                problems.append(f"{name}: paper without section/table/equation: {found.cite!r}")
+    assert not problems, f"{model.__name__}: {problems}"
+
+
+def test_a_source_needs_its_citation():
+    with pytest.raises(ValueError, match="citation"):
+        paper(" ")
+
+
+def test_defaults_page_shows_each_field_s_recorded_source():
+    text = render_provenance()
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    by_key = {row.split("`")[1]: row for row in rows}
+    from magicapture_pipeline.config.sections import SECTIONS
+
+    checked = 0
+    for section, model in SECTIONS.items():
+        for name, field in model.model_fields.items():
+            found = provenance(field)
+            if found.source == NESTED:
+                continue
+            row = by_key[f"{section}.{name}"]
+            assert f"| {found.source} | {_cell(found.cite)} |" in row, row
+            checked += 1
+    assert checked > 100
+
+
+def test_defaults_page_is_ordered_by_yaml_file():
+    text = render_provenance()
+    positions = [text.index(f"### `{name}`") for name in FILES]
+    assert positions == sorted(positions)
+    assert text.index("`stage_two.lora.rank`") < text.index("`stage_two.identity.mode`")
+
+
+def test_check_names_a_stale_file(tmp_path, capsys, monkeypatch):
+    (tmp_path / "defaults.md").write_text("# Defaults\n")
+    write(tmp_path)
+    assert stale(tmp_path) == []
+    text = (tmp_path / "defaults.md").read_text()
+    edited = text.replace("| paper | stage two LoRA lr 1e-4 |", "| ours | stage two LoRA lr 1e-4 |")
+    assert edited != text
+    (tmp_path / "defaults.md").write_text(edited)
+    assert stale(tmp_path) == ["docs/defaults.md"]
+    monkeypatch.setattr("magicapture_pipeline.config.docs.DOCS", tmp_path)
+    assert main(["--check"]) == 1
+    assert "docs/defaults.md is stale" in capsys.readouterr().err
 
 
 def test_reference_is_ordered_by_yaml_file_and_key():

@@ -1,11 +1,14 @@
 """Render the configuration models as the parameter reference and the authors' recipe.
 
 Run ``python -m magicapture_pipeline.config.docs --write`` (without ``--write``: the reference on
-stdout). It writes ``docs/parameters.md`` and the generated block of ``docs/defaults.md``.
+stdout; ``--check``: exit 1 naming each stale file). It writes ``docs/parameters.md`` and the
+generated block of ``docs/defaults.md``: every knob's default and its provenance, by YAML file and
+key, then the authors' recipe.
 
 The typed models in this package are the single source of truth for each knob's type, default,
-help line and authors' value (``config/recipes.py``); the docs are generated from them so the two
-never drift apart (``tests/config/test_config_docs.py`` checks the committed files are current).
+help line, provenance and authors' value (``config/recipes.py``); the docs are generated from them
+so the two never drift apart (``tests/config/test_config_docs.py`` checks the committed files are
+current).
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from pydantic.fields import FieldInfo
 
 import magicapture_pipeline.config as config_package
 from magicapture_pipeline.config.ranges import field_range
-from magicapture_pipeline.config.recipes import authors_value, official_recipe
+from magicapture_pipeline.config.recipes import (
+    NESTED,
+    authors_value,
+    official_recipe,
+    provenance,
+)
 
 # The file a user edits for each ``params:`` section, in the order the reference lists them.
 FILES: dict[str, list[str]] = {
@@ -159,13 +167,80 @@ def render_markdown() -> str:
     return "\n".join(lines)
 
 
+def render_provenance() -> str:
+    """Every knob's default and where it comes from (the fields' metadata), by YAML file and key."""
+    models = _section_models()
+    lines = [
+        "## Every knob's default and its source (generated from the fields' metadata)",
+        "",
+        "One table per file a user edits (`conf/<env>/<file>.yml`), keys in the order of "
+        "`docs/parameters.md`. *source*: **paper** (arXiv 2309.06895 v2, where), **authors' "
+        "code** (junhahyung/MagiCapture: file and flag), **library default** (which library) or "
+        "**ours** (why); *authors'* is the value `recipe: official` fills where it differs or "
+        "is recorded. Written on each field as `json_schema_extra=paper(...)` / `code(...)` / "
+        "`library(...)` / `ours(...)` (`config/recipes.py`).",
+        "",
+    ]
+    header = ["| key | default | source | citation or reason | authors' |", "|---|---|---|---|---|"]
+    seen: set[type[BaseModel]] = set()
+    for file, sections in FILES.items():
+        lines += [f"### `{file}`", "", *header]
+        for section in sections:
+            model = models[section]
+            prefix = "" if section == "promote" else section
+            lines += _provenance_rows(model, prefix, getattr(model, "STAGE", None), seen)
+        lines.append("")
+    others = [model for model in config_models() if model not in seen]
+    inner = {part for model in others for part in _inner_models(model)}
+    for model in others:
+        if model not in inner:
+            lines += [f"### `{model.__name__}` (read outside `params:` or as a list item)", ""]
+            lines += [*header, *_provenance_rows(model, "", None, seen), ""]
+    return "\n".join(lines)
+
+
+def _inner_models(model: type[BaseModel]) -> set[type[BaseModel]]:
+    """The models nested in ``model``'s fields (not ``model`` itself), at any depth."""
+    found: set[type[BaseModel]] = set()
+    for field in model.model_fields.values():
+        nested = _nested(field)
+        if nested is not None and nested not in found:
+            found |= {nested, *_inner_models(nested)}
+    return found
+
+
+def _provenance_rows(
+    model: type[BaseModel], prefix: str, stage: str | None, seen: set[type[BaseModel]]
+) -> list[str]:
+    seen.add(model)
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        nested = _nested(field)
+        found = provenance(field)
+        if found is None or found.source != NESTED or nested is None:
+            source, cite = found or ("**missing**", "")
+            known, value = authors_value(field, stage)
+            authors_text = f"`{value!r}`" if known else ""
+            rows.append(
+                f"| `{key}` | {_cell(_default_text(field))} | {source} | {_cell(cite)} | "
+                f"{_cell(authors_text)} |"
+            )
+        if nested is not None:
+            rows += _provenance_rows(nested, key, stage, seen)
+    return rows
+
+
+def render_generated() -> str:
+    """The generated block of ``docs/defaults.md``: provenance of every knob, then the recipe."""
+    return "\n".join([BEGIN, "", render_provenance(), render_recipe(), END])
+
+
 def render_recipe() -> str:
     """The authors' recipe (what ``recipe: official`` fills), one table per stage."""
     from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 
     lines = [
-        BEGIN,
-        "",
         "### The authors' recipe (`recipe: official`), from the fields' metadata",
         "",
         "What `recipe: official` (`--params=stage_two.recipe=official`, in any env, or "
@@ -187,7 +262,6 @@ def render_recipe() -> str:
                 paper = paper[part]
             lines.append(f"| `{section}.{key}` | {_cell(repr(paper))} | {_cell(repr(value))} |")
         lines.append("")
-    lines.append(END)
     return "\n".join(lines)
 
 
@@ -200,12 +274,23 @@ def _flat(mapping: dict, prefix: str = "") -> dict:
 
 
 def defaults_with_recipe(text: str) -> str:
-    """``docs/defaults.md``'s text with its generated block replaced by :func:`render_recipe`."""
+    """``docs/defaults.md``'s text with its generated block replaced by :func:`render_generated`."""
     if BEGIN not in text:
-        return text.rstrip("\n") + "\n\n" + render_recipe() + "\n"
+        return text.rstrip("\n") + "\n\n" + render_generated() + "\n"
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    return head + render_recipe() + tail
+    return head + render_generated() + tail
+
+
+def stale(docs: Path = DOCS) -> list[str]:
+    """The generated files under ``docs`` whose committed text differs from what the models give."""
+    found = []
+    if (docs / "parameters.md").read_text() != render_markdown():
+        found.append("docs/parameters.md")
+    defaults = (docs / "defaults.md").read_text()
+    if defaults != defaults_with_recipe(defaults):
+        found.append("docs/defaults.md")
+    return found
 
 
 def write(docs: Path = DOCS) -> None:
@@ -215,8 +300,21 @@ def write(docs: Path = DOCS) -> None:
     defaults.write_text(defaults_with_recipe(defaults.read_text()))
 
 
-if __name__ == "__main__":
-    if "--write" in sys.argv[1:]:
-        write()
+def main(argv: list[str]) -> int:
+    """``--write`` both files, ``--check`` them (1 when stale), else print the reference."""
+    if "--write" in argv:
+        write(DOCS)
+    elif "--check" in argv:
+        found = stale(DOCS)
+        for name in found:
+            sys.stderr.write(
+                f"{name} is stale: run `python -m magicapture_pipeline.config.docs --write`\n"
+            )
+        return 1 if found else 0
     else:
         sys.stdout.write(render_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
