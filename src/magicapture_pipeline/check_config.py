@@ -11,9 +11,10 @@ On its own, without running anything (``make check-config ENV=demo PARAMS=...``)
         --params stage_two.max_steps=-1
 
 prints every knob the run will use, its effective value and where that value comes from
-(``--params``, ``conf/<env>/<file>.yml``, ``recipe official (authors' code)`` or ``default``; the
-default's own provenance is in ``docs/parameters.md``), then exits 0 with ``ok`` when valid, else 1
-with one line per problem.
+(``--params``, ``conf/<env>/<file>.yml``, ``recipe official (authors' code)``, or ``default``
+followed by the default's own provenance from the field's metadata, e.g. ``default, paper:
+Sec. 3.4 ...`` or ``default, ours: ...``; the same metadata ``docs/defaults.md`` is generated
+from), then exits 0 with ``ok`` when valid, else 1 with one line per problem.
 
 Kedro 1.7 can also validate node parameters typed as pydantic models; no node is typed so (nodes
 take plain mappings and validate them themselves), so this hook is the one check, and its report
@@ -30,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from magicapture_pipeline.config.recipes import official_recipe
+from magicapture_pipeline.config.recipes import field_at, official_recipe, provenance
 from magicapture_pipeline.config.sections import (
     SECTIONS,
     ParameterError,
@@ -108,9 +109,16 @@ def knob_sources(
                 elif _set_by(key, recipe):
                     source = "recipe official (authors' code)"
                 else:
-                    source = "default (docs/parameters.md)"
+                    source = default_source(model, key.partition(".")[2])
             rows.append((key, value, source))
     return rows
+
+
+def default_source(model: Any, key: str) -> str:
+    """``default, <source>: <citation>`` of ``key`` in ``model``, read from the field's metadata."""
+    field = field_at(model, key) if model is not None else None
+    found = provenance(field) if field is not None else None
+    return f"default, {found}" if found is not None else "default (no recorded source)"
 
 
 def check_project(

@@ -235,8 +235,15 @@ def test_demo_sdxl_holds_only_what_differs_from_demo():
     assert sdxl["model"]["tiny"]["sample_size"] == 128  # inherited from conf/demo
     for key in set(demo) - {"concept", "model"}:
         if key in SECTIONS:
-            strip = {"stage_one", "stage_two", "generation", "registry", "tracking", "serving",
-                     "benchmark"}
+            strip = {
+                "stage_one",
+                "stage_two",
+                "generation",
+                "registry",
+                "tracking",
+                "serving",
+                "benchmark",
+            }
             a, b = effective_section(key, demo[key]), effective_section(key, sdxl[key])
             if key in strip:  # paths and names carry the concept
                 a, b = (yaml.safe_dump(x).replace("demo-sdxl", "demo") for x in (a, b))
@@ -298,3 +305,31 @@ def test_check_config_names_each_source():
     assert rows["stage_two.lr_scheduler"] == ("linear", "recipe official (authors' code)")
     assert rows["stage_two.lora.init"] == ("gaussian", "recipe official (authors' code)")
     assert rows["stage_two.heatmap_every"][1].startswith("default")
+
+
+def test_check_config_prints_each_default_s_recorded_source():
+    """A knob left at its default names the provenance its field records (config/recipes.py),
+    the same metadata docs/defaults.md is generated from; not the help text."""
+    from magicapture_pipeline.config.adapters import LoraConfigModel
+    from magicapture_pipeline.config.generation import SuperResolutionConfig
+    from magicapture_pipeline.config.recipes import provenance
+    from magicapture_pipeline.config.tracking import PromotionGates
+
+    parameters = {"stage_two": {}, "postprocess": {}, "registry": {}}
+    rows = {
+        key: source
+        for key, _, source in knob_sources(
+            parameters, ["stage_two", "postprocess", "registry"], [], {}
+        )
+    }
+    learning_rate = provenance(StageTwoConfig.model_fields["learning_rate"])
+    assert rows["stage_two.learning_rate"] == f"default, {learning_rate}"
+    assert rows["stage_two.learning_rate"].startswith("default, paper: ")
+    rank = provenance(LoraConfigModel.model_fields["rank"])
+    assert rows["stage_two.lora.rank"] == f"default, authors' code: {rank.cite}"
+    tiles = provenance(SuperResolutionConfig.model_fields["tilesize"])
+    assert (
+        rows["postprocess.super_resolution.tilesize"] == f"default, library default: {tiles.cite}"
+    )
+    gate = provenance(PromotionGates.model_fields["min_metrics"])
+    assert rows["registry.gates.min_metrics.csim_arcface"] == f"default, ours: {gate.cite}"

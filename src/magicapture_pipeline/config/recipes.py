@@ -139,6 +139,19 @@ def authors_value(field: FieldInfo, stage: str | None) -> tuple[bool, Any]:
     return False, None
 
 
+def field_at(model: type[BaseModel], dotted: str) -> FieldInfo | None:
+    """The deepest field of ``model`` along ``dotted`` (``lora.rank``; a key inside a mapping
+    field such as ``gates.min_metrics.csim_arcface`` gives the mapping's field)."""
+    found = None
+    current: type[BaseModel] | None = model
+    for part in dotted.split("."):
+        if current is None or part not in current.model_fields:
+            break
+        found = current.model_fields[part]
+        current = _nested(found)
+    return found
+
+
 def _nested(field: FieldInfo) -> type[BaseModel] | None:
     for candidate in (field.annotation, *typing.get_args(field.annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
