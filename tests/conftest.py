@@ -121,6 +121,27 @@ def make_examples(res: int = RES) -> list:
     ]
 
 
+def make_pair(res: int, rows: tuple[int, int], cols: tuple[int, int]) -> list:
+    """One ``source`` and one ``reference`` example of random pixels in [-1, 1] (seed 0), no
+    landmarks; the face mask is the box ``rows`` x ``cols`` on the ``res // 8`` latent grid (give
+    an asymmetric box, so a transposed or swapped mask shows)."""
+    from magicapture_pipeline.core.training import TrainingExample
+
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.zeros(1, res // 8, res // 8)
+    mask[:, rows[0] : rows[1], cols[0] : cols[1]] = 1.0
+    return [
+        TrainingExample(
+            f"{role}0",
+            role,
+            torch.rand(3, res, res, generator=generator) * 2 - 1,
+            mask.clone(),
+            None,
+        )
+        for role in ("source", "reference")
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory):
     """Build (once per session and size) the tiny random SD of ``core.models.build_tiny_sd``.

@@ -76,3 +76,27 @@ def write_sdxl_concept(base: Path, out: Path) -> tuple[dict, object]:
         text_encoder_2_lora=te2_lora,
     )
     return info, parts
+
+
+def assert_stock_load_matches(base: Path, folder: Path, prompt: str, **components) -> None:
+    """Stock diffusers (``StableDiffusionXLPipeline`` + the project's ``load_concept`` on the
+    exported ``folder``) samples the same image as a pipeline built on the in-memory
+    ``components`` (``unet``, ``text_encoder``, ``text_encoder_2``, ``tokenizer``,
+    ``tokenizer_2``: the concept's adapters attached, its rows written)."""
+    import numpy as np
+    from diffusers import StableDiffusionXLPipeline
+
+    from magicapture_pipeline.core.generation.export import load_concept
+
+    def sample(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(
+            prompt, num_inference_steps=2, height=64, width=64, output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images  # fmt: skip
+
+    in_memory = StableDiffusionXLPipeline.from_pretrained(base, local_files_only=True, **components)
+    expected = sample(in_memory)
+    stock = StableDiffusionXLPipeline.from_pretrained(base, local_files_only=True)
+    load_concept(stock, folder)
+    np.testing.assert_allclose(sample(stock), expected, atol=1e-5)

@@ -19,7 +19,7 @@ from magicapture_pipeline.core.models.builders import build_tiny_model, build_ti
 from magicapture_pipeline.core.models.families import FamilyAdapter
 from magicapture_pipeline.core.models.loading import SD15, SDXL, load_components, model_family
 from magicapture_pipeline.core.training import lora_targets
-from tiny_sdxl import TINY_SDXL, TOKENS, write_sdxl_concept
+from tiny_sdxl import TINY_SDXL, TOKENS, assert_stock_load_matches, write_sdxl_concept
 
 PROMPT = "a photo of a <v1> person in the <v2> style"
 
@@ -311,25 +311,12 @@ def test_stock_sdxl_recipe_reproduces_the_projects_image(tiny_xl, xl_concept):
 
 def test_stock_load_gives_the_in_memory_image(tiny_xl, xl_concept):
     """The exported files reproduce the in-memory concept (adapters attached, rows written)."""
-    from diffusers import StableDiffusionXLPipeline
-
     folder, _, parts = xl_concept
-
-    def sample(pipe):
-        pipe.set_progress_bar_config(disable=True)
-        return pipe(
-            PROMPT, num_inference_steps=2, height=64, width=64, output_type="np",
-            generator=torch.Generator().manual_seed(0),
-        ).images  # fmt: skip
-
-    in_memory = StableDiffusionXLPipeline.from_pretrained(
-        tiny_xl, local_files_only=True, unet=parts.unet, text_encoder=parts.text_encoder,
+    assert_stock_load_matches(
+        tiny_xl, folder, PROMPT, unet=parts.unet, text_encoder=parts.text_encoder,
         text_encoder_2=parts.text_encoder_2, tokenizer=parts.tokenizer,
         tokenizer_2=parts.tokenizer_2,
     )  # fmt: skip
-    stock = StableDiffusionXLPipeline.from_pretrained(tiny_xl, local_files_only=True)
-    load_concept(stock, folder)
-    np.testing.assert_allclose(sample(stock), sample(in_memory), atol=1e-5)
 
 
 def test_family_mismatch_is_refused(xl_concept, tmp_path):

@@ -5,7 +5,6 @@ LoRA, and the trained concept exports in SDXL format and loads in stock diffuser
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from test_training import make_examples
@@ -13,7 +12,7 @@ from test_training import make_examples
 from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
 from magicapture_pipeline.config.training import LoraConfigModel, StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core import losses
-from magicapture_pipeline.core.generation.export import export, load_concept
+from magicapture_pipeline.core.generation.export import export
 from magicapture_pipeline.core.models.attention import CrossAttentionCapture, attention_mass_inside
 from magicapture_pipeline.core.models.builders import build_tiny_model
 from magicapture_pipeline.core.models.families import (
@@ -30,7 +29,7 @@ from magicapture_pipeline.core.training import (
     lora_module_names,
 )
 from magicapture_pipeline.core.training.loop import vae_precision
-from tiny_sdxl import TINY_SDXL, TOKENS
+from tiny_sdxl import TINY_SDXL, TOKENS, assert_stock_load_matches
 
 PROMPT = "a photo of a <v1> person in the <v2> style"
 # The tiny SDXL at 64 px: latents 8x8; cross-attention runs at 4x4 (down_blocks.1, up_blocks.0).
@@ -192,8 +191,6 @@ def test_sdxl_vae_runs_outside_fp16_autocast(tiny_xl):
 
 
 def test_trained_sdxl_concept_loads_in_stock_diffusers(tiny_xl, tmp_path):
-    from diffusers import StableDiffusionXLPipeline
-
     trainer = _trainer(
         "two", tiny_xl, lora=LoraConfigModel(preset="official", alpha=8.0), learning_rate=1e-2
     )
@@ -214,19 +211,8 @@ def test_trained_sdxl_concept_loads_in_stock_diffusers(tiny_xl, tmp_path):
     end_of_text = trainer.components.tokenizer_2.eos_token_id
     assert info["text_pooling"]["clip_g"] == {"config_eos_token_id": 2, "eos_token_id": end_of_text}
 
-    def sample(pipe):
-        pipe.set_progress_bar_config(disable=True)
-        return pipe(
-            PROMPT, num_inference_steps=2, height=64, width=64, output_type="np",
-            generator=torch.Generator().manual_seed(0),
-        ).images  # fmt: skip
-
-    in_memory = StableDiffusionXLPipeline.from_pretrained(
-        tiny_xl, local_files_only=True, unet=trainer.unet, text_encoder=trainer.text_encoder,
-        text_encoder_2=trainer.text_encoder_2, tokenizer=trainer.tokenizer,
-        tokenizer_2=trainer.components.tokenizer_2,
+    assert_stock_load_matches(
+        tiny_xl, tmp_path / "concept", PROMPT, unet=trainer.unet,
+        text_encoder=trainer.text_encoder, text_encoder_2=trainer.text_encoder_2,
+        tokenizer=trainer.tokenizer, tokenizer_2=trainer.components.tokenizer_2,
     )  # fmt: skip
-    expected = sample(in_memory)
-    stock = StableDiffusionXLPipeline.from_pretrained(tiny_xl, local_files_only=True)
-    load_concept(stock, tmp_path / "concept")
-    np.testing.assert_allclose(sample(stock), expected, atol=1e-5)

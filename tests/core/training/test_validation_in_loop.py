@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import make_pair
 from magicapture_pipeline.config.training import StageOneConfig
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.training import StageOneTrainer, TrainingExample
@@ -29,14 +30,7 @@ def tiny_dir(tiny_sd):
 
 
 def _examples() -> list[TrainingExample]:
-    generator = torch.Generator().manual_seed(0)
-    mask = torch.zeros(1, RES // 8, RES // 8)
-    mask[:, 1:3, 2:4] = 1.0  # asymmetric
-    return [
-        TrainingExample(f"{role}0", role, torch.rand(3, RES, RES, generator=generator) * 2 - 1,
-                        mask.clone(), None)
-        for role in ("source", "reference")
-    ]  # fmt: skip
+    return make_pair(RES, (1, 3), (2, 4))  # an asymmetric face box
 
 
 def _trainer(tiny_dir, script=SCRIPT, patience=0, **overrides):

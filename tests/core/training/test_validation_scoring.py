@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_pair
 from magicapture_pipeline.config.generation import SamplingConfig
 from magicapture_pipeline.config.training import StageTwoConfig
 from magicapture_pipeline.config.validation import ValidationConfig
@@ -28,14 +29,7 @@ def tiny_dir(tiny_sd):
 
 
 def _examples() -> list[TrainingExample]:
-    generator = torch.Generator().manual_seed(0)
-    mask = torch.zeros(1, RES // 8, RES // 8)
-    mask[:, 0:2, 1:4] = 1.0  # asymmetric
-    return [
-        TrainingExample(f"{role}0", role, torch.rand(3, RES, RES, generator=generator) * 2 - 1,
-                        mask.clone(), None)
-        for role in ("source", "reference")
-    ]  # fmt: skip
+    return make_pair(RES, (0, 2), (1, 4))  # an asymmetric face box
 
 
 def _pixels(image) -> np.ndarray:
