@@ -102,29 +102,19 @@ def make_examples(res: int = RES) -> list:
     Each has a centred square face mask on the latent grid (the middle half of each side) and
     :data:`LANDMARKS` scaled to ``res``. Seeded, so every call returns the same tensors.
     """
-    from magicapture_pipeline.core.training import TrainingExample
-
-    generator = torch.Generator().manual_seed(0)
     latent = res // 8
-    mask = torch.zeros(1, latent, latent)
-    mask[:, latent // 4 : 3 * latent // 4, latent // 4 : 3 * latent // 4] = 1.0
-    return [
-        TrainingExample(
-            f"{role}{i}",
-            role,
-            torch.rand(3, res, res, generator=generator) * 2 - 1,
-            mask.clone(),
-            torch.tensor(LANDMARKS) * res / 64,
-        )
-        for role in ("source", "reference")
-        for i in range(2)
-    ]
+    middle = (latent // 4, 3 * latent // 4)
+    return _examples(res, middle, middle, per_role=2, landmarks=torch.tensor(LANDMARKS) * res / 64)
 
 
 def make_pair(res: int, rows: tuple[int, int], cols: tuple[int, int]) -> list:
     """One ``source`` and one ``reference`` example of random pixels in [-1, 1] (seed 0), no
     landmarks; the face mask is the box ``rows`` x ``cols`` on the ``res // 8`` latent grid (give
     an asymmetric box, so a transposed or swapped mask shows)."""
+    return _examples(res, rows, cols, per_role=1, landmarks=None)
+
+
+def _examples(res: int, rows, cols, per_role: int, landmarks) -> list:
     from magicapture_pipeline.core.training import TrainingExample
 
     generator = torch.Generator().manual_seed(0)
@@ -132,13 +122,14 @@ def make_pair(res: int, rows: tuple[int, int], cols: tuple[int, int]) -> list:
     mask[:, rows[0] : rows[1], cols[0] : cols[1]] = 1.0
     return [
         TrainingExample(
-            f"{role}0",
+            f"{role}{i}",
             role,
             torch.rand(3, res, res, generator=generator) * 2 - 1,
             mask.clone(),
-            None,
+            None if landmarks is None else landmarks.clone(),
         )
         for role in ("source", "reference")
+        for i in range(per_role)
     ]
 
 
