@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from magicapture_pipeline.config.generation import GenerationConfig, VariantConfig
+from magicapture_pipeline.config.benchmark import VariantConfig
+from magicapture_pipeline.config.generation import GenerationConfig
 from magicapture_pipeline.core.evaluation.dreambooth import prior_inputs
 from magicapture_pipeline.core.generation.class_images import class_image_settings, class_images
 from magicapture_pipeline.core.generation.sampling import load_base_pipeline, sample_image

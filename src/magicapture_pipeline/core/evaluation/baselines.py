@@ -13,7 +13,7 @@ import logging
 import re
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +110,31 @@ def train_variant(
     return out_dir, None
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """What every row of one benchmark run shares: the training inputs and stage sections, the
+    sampling and scoring settings (``run_variants``' arguments, passed once)."""
+
+    examples: list[Any]
+    base: str
+    stage_one: dict[str, Any]
+    stage_two: dict[str, Any]
+    cap: dict[str, Any]
+    generation: GenerationConfig
+    postprocess: PostprocessConfig
+    models: Any
+    data: EvaluationInputs
+    mask_face: bool
+    steps_fixed: bool = False
+    loss_recognizer: tuple[Any, str | None] | None = None
+    class_images: tuple[str | None, int | None] = (None, None)
+
+
 def _score_variant(
-    variant: VariantConfig,
-    *,
-    concept: Path,
-    base: str,
-    generation: GenerationConfig,
-    postprocess: PostprocessConfig,
-    models: Any,
-    data: EvaluationInputs,
-    mask_face: bool,
-    steps_fixed: bool = False,
+    variant: VariantConfig, concept: Path, rows: _Rows, models: Any
 ) -> tuple[dict[str, Any], Image.Image, dict[str, Any]]:
-    generation = variant_generation(generation, variant, steps_fixed)
+    base, postprocess = rows.base, rows.postprocess
+    generation = variant_generation(rows.generation, variant, rows.steps_fixed)
     run = run_generation(base, concept, generation)
     images = {item.key: item.image for item in run.images}
     sampling = {
@@ -139,7 +151,7 @@ def _score_variant(
         images = result.images
         sampling["postprocess_steps"] = sorted({s for v in result.steps.values() for s in v})
         sampling["postprocess_unavailable"] = dict(result.unavailable)
-    evaluation = score_images(models, images, data, mask_face)
+    evaluation = score_images(models, images, rows.data, rows.mask_face)
     grid = make_grid(list(images.values()), list(images), generation.grid_columns)
     return evaluation.as_json(), grid, sampling
 
@@ -157,16 +169,7 @@ def _trains_with_identity_loss(
 
 
 def _train_or_reuse(
-    variant: VariantConfig,
-    *,
-    trained: dict[str, Path],
-    examples: list[Any],
-    base: str,
-    stage_one: dict[str, Any],
-    stage_two: dict[str, Any],
-    cap: dict[str, Any],
-    work: Path,
-    prior: Any = None,
+    variant: VariantConfig, rows: _Rows, trained: dict[str, Path], work: Path, prior: Any = None
 ) -> tuple[Path | None, str | None]:
     if variant.concept_from is not None:
         concept = trained.get(variant.concept_from)
@@ -176,10 +179,10 @@ def _train_or_reuse(
     try:
         return train_variant(
             variant,
-            examples=examples,
-            base=base,
-            stage_one={**deep_merge(stage_one, variant.stage_one), **cap},
-            stage_two={**deep_merge(stage_two, variant.stage_two), **cap},
+            examples=rows.examples,
+            base=rows.base,
+            stage_one={**deep_merge(rows.stage_one, variant.stage_one), **rows.cap},
+            stage_two={**deep_merge(rows.stage_two, variant.stage_two), **rows.cap},
             out_dir=work / _slug(variant.name),
             prior=prior() if prior is not None else None,
         )
@@ -189,28 +192,15 @@ def _train_or_reuse(
 
 
 def run_variants(
-    variants: list[VariantConfig],
-    *,
-    examples: list[Any],
-    base: str,
-    stage_one: dict[str, Any],
-    stage_two: dict[str, Any],
-    cap: dict[str, Any],
-    generation: GenerationConfig,
-    postprocess: PostprocessConfig,
-    models: Any,
-    data: EvaluationInputs,
-    mask_face: bool,
-    steps_fixed: bool = False,
-    loss_recognizer: tuple[Any, str | None] | None = None,
-    class_images: tuple[str | None, int | None] = (None, None),
+    variants: list[VariantConfig], rows: _Rows
 ) -> tuple[list[dict[str, Any]], dict[str, Image.Image]]:
     """Train (or reuse), sample and score every variant in order.
 
-    ``loss_recognizer`` (``core.metrics.load_loss_recognizer``) is handed to the scoring of the
-    rows that train with the identity loss, so their CSIM is labelled ``_same_as_loss`` when the
-    recognizer is that network; rows without the loss are scored plainly. ``class_images``:
-    the class-image cache folder and count cap of prior-preserving rows (``params:benchmark``).
+    ``rows.loss_recognizer`` (``core.metrics.load_loss_recognizer``) is handed to the scoring of
+    the rows that train with the identity loss, so their CSIM is labelled ``_same_as_loss`` when
+    the recognizer is that network; rows without the loss are scored plainly.
+    ``rows.class_images``: the class-image cache folder and count cap of prior-preserving rows
+    (``params:benchmark``).
 
     Returns:
         One result entry per variant (status, metrics, timings, method note) and one contact
@@ -233,25 +223,21 @@ def run_variants(
             start = time.perf_counter()
 
             def prior(variant: VariantConfig = variant, entry: dict[str, Any] = entry) -> Any:
-                if not examples:  # train_variant says why the row is not run
+                if not rows.examples:  # train_variant says why the row is not run
                     return None
                 found = prior_inputs(
-                    variant, base=base, resolution=int(examples[0].image.shape[-1]),
-                    generation=variant_generation(generation, variant, steps_fixed),
-                    root=class_images[0], count_cap=class_images[1],
+                    variant, base=rows.base, resolution=int(rows.examples[0].image.shape[-1]),
+                    generation=variant_generation(rows.generation, variant, rows.steps_fixed),
+                    root=rows.class_images[0], count_cap=rows.class_images[1],
                 )
                 entry["class_images"] = found.report
                 return found
 
             concept, reason = _train_or_reuse(
                 variant,
-                trained=trained,
-                examples=examples,
-                base=base,
-                stage_one=stage_one,
-                stage_two=stage_two,
-                cap=cap,
-                work=Path(work),
+                rows,
+                trained,
+                Path(work),
                 prior=prior if variant.prior_preservation is not None else None,
             )
             entry["train_seconds"] = round(time.perf_counter() - start, 2)
@@ -260,31 +246,19 @@ def run_variants(
                 logger.warning("Benchmark variant %s %s", variant.name, reason)
             else:
                 trained[variant.name] = concept
-                metrics, grid, sampling = _score_variant(
-                    variant,
-                    concept=concept,
-                    base=base,
-                    generation=generation,
-                    postprocess=postprocess,
-                    models=replace(
-                        models,
-                        loss_recognizer=loss_recognizer
-                        if _trains_with_identity_loss(variant, stage_two, by_name)
-                        else None,
-                    ),
-                    data=data,
-                    mask_face=mask_face,
-                    steps_fixed=steps_fixed,
-                )
+                with_loss = _trains_with_identity_loss(variant, rows.stage_two, by_name)
+                recognizer = rows.loss_recognizer if with_loss else None
+                models = replace(rows.models, loss_recognizer=recognizer)
+                metrics, grid, sampling = _score_variant(variant, concept, rows, models)
                 entry["metrics"], entry["status"] = metrics, "scored"
                 entry["sampling"] = sampling
                 grids[_slug(variant.name)] = mark(
                     grid,
                     provenance_record(
-                        concept=f"{generation.concept_name}:{variant.name}",
-                        base_model=base,
+                        concept=f"{rows.generation.concept_name}:{variant.name}",
+                        base_model=rows.base,
                         prompt=None,
-                        seed=generation.seed,
+                        seed=rows.generation.seed,
                         stage="benchmark_contact_sheet",
                     ),
                     None,
@@ -338,19 +312,21 @@ def benchmark(  # noqa: PLR0913 - one config per pipeline section the rows share
     try:
         results, grids = run_variants(
             config.variants,
-            examples=examples,
-            base=base,
-            stage_one=stage_one,
-            stage_two=stage_two,
-            cap=cap,
-            generation=generation,
-            postprocess=postprocess,
-            models=models,
-            data=inputs,
-            mask_face=evaluation.mask_face_for_style,
-            steps_fixed=config.num_inference_steps is not None,
-            loss_recognizer=loss,
-            class_images=(config.class_images_dir, config.num_class_images),
+            _Rows(
+                examples=examples,
+                base=base,
+                stage_one=stage_one,
+                stage_two=stage_two,
+                cap=cap,
+                generation=generation,
+                postprocess=postprocess,
+                models=models,
+                data=inputs,
+                mask_face=evaluation.mask_face_for_style,
+                steps_fixed=config.num_inference_steps is not None,
+                loss_recognizer=loss,
+                class_images=(config.class_images_dir, config.num_class_images),
+            ),
         )
     finally:
         models.close()
