@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from magicapture_pipeline.config.recipes import ours
+
 COMPOSED_PROMPT = "a photo of a {v1} person in the style of {v2}"
 SOURCE_PROMPT = "a photo of a {v1} person"
 
@@ -25,6 +27,9 @@ class ValidationConfig(BaseModel):
         description="Validate after every N optimiser steps; 0 = off (ours: off by default, "
         "each validation samples and scores images; envs set a few per stage). Must not exceed "
         "the stage's max_steps.",
+        json_schema_extra=ours(
+            "off: each validation samples and scores images; envs set a few per stage"
+        ),
     )
     prompts: list[str] = Field(
         default_factory=lambda: [COMPOSED_PROMPT, SOURCE_PROMPT],
@@ -32,28 +37,39 @@ class ValidationConfig(BaseModel):
         description="Prompts sampled at each validation, with {v1} (person) and/or {v2} "
         "(style) placeholders (ours: the composed prompt and a source-only prompt, the first "
         "of the training templates).",
+        json_schema_extra=ours(
+            "the composed prompt and a source-only prompt, the first training templates"
+        ),
     )
     seeds: list[int] = Field(
         [0],
         min_length=1,
         description="Seeds of the images of each prompt, the same at every validation so "
         "steps compare like with like (ours: one image per prompt keeps validation cheap).",
+        json_schema_extra=ours("one image per prompt keeps validation cheap"),
     )
     export: Literal["best", "last"] = Field(
         "best",
         description="Export the best validated step's weights or the last step's (ours: best; "
         "falls back to last when no step was eligible, and concept.json says why).",
+        json_schema_extra=ours(
+            "the best validated step; falls back to the last when none was eligible"
+        ),
     )
     objective: str = Field(
         "csim_*_heldout",
         description="Metric to maximise (a protocol metric name, * matches the recognizer; "
         "ours: held-out identity, generated faces vs a source photo training never saw, since "
         "CSIM on the training photos rewards copying them).",
+        json_schema_extra=ours(
+            "held-out identity: CSIM on the training photos rewards copying them"
+        ),
     )
     style_metric: str = Field(
         "style_similarity",
         description="Constraint metric: a step is eligible only while it stays >= "
         "style_fraction x its best so far ('' = no style constraint).",
+        json_schema_extra=ours("identity alone keeps rising as the style is forgotten"),
     )
     style_fraction: float = Field(
         0.9,
@@ -61,12 +77,14 @@ class ValidationConfig(BaseModel):
         le=1.0,
         description="Fraction of the best style similarity a step must keep (ours: 0.9, "
         "identity alone keeps rising as the style is forgotten; MagiCapture's goal is both).",
+        json_schema_extra=ours("0.9: identity alone keeps rising as the style is forgotten"),
     )
     copy_metric: str = Field(
         "copy_check_*_gap",
         description="Constraint metric: the copy check's gap (nearest training photo minus "
         "nearest held-out photo; 0 in expectation without copying) must stay <= copy_limit "
         "('' = no copy constraint).",
+        json_schema_extra=ours("the copy check of issue 10"),
     )
     copy_limit: float = Field(
         0.05,
@@ -76,12 +94,14 @@ class ValidationConfig(BaseModel):
         "eligible step may have (ours: a starting gate, "
         "not a measured figure; a positive gap means generated faces sit nearer the training "
         "photos than new photos of the person).",
+        json_schema_extra=ours("a starting gate, not a measured figure"),
     )
     patience: int = Field(
         0,
         ge=0,
         description="Early stop after this many validations in a row without improvement; "
         "0 = never (ours: off, the paper's step counts are the default).",
+        json_schema_extra=ours("off: the paper's step counts are the default"),
     )
 
     @field_validator("prompts")
