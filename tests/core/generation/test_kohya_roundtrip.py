@@ -14,8 +14,9 @@ import yaml
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
+from magicapture_pipeline.core.generation.bundle import export_bundle
 from magicapture_pipeline.core.generation.export import export, load_concept
-from magicapture_pipeline.core.generation.kohya import ExportRefused, export_bundle
+from magicapture_pipeline.core.generation.kohya import ExportRefused
 from magicapture_pipeline.core.models.builders import build_tiny_model
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.training.lora import TEXT_ENCODER_ATTENTION, UNET_OFFICIAL

@@ -164,6 +164,12 @@ def card(  # noqa: PLR0913 (one argument per part of the card)
                 "embeddings": [e["file"] for e in written["embeddings"]],
                 "diffusers": None if written.get("format") == "kohya" else "diffusers/",
             },
+            "source": written.get("source"),
+            "sample_grid": (
+                {"file": written["grid"], "origin": written.get("grid_origin")}
+                if written.get("grid")
+                else None
+            ),  # fmt: skip
             "evaluation": evaluation_figures(metrics),
             "recipe": recipe(info),
             "commit": info.get("commit"),
@@ -184,7 +190,9 @@ def card(  # noqa: PLR0913 (one argument per part of the card)
         f"{sampling.num_inference_steps} steps, CFG {sampling.guidance_scale}. ComfyUI: "
         f"LoraLoader strength_model {unet_strength}, strength_clip {te_strength or 0}, "
         f"KSampler `{comfy}`; type the trigger words as `embedding:<trigger>`.", "",
-        *([f"![samples: {prompt}]({written['grid']})", ""] if written.get("grid") else []),
+        *([f"![samples: {prompt}]({written['grid']})", "",
+           f"Samples: {written.get('grid_origin') or written['grid']}.", ""]
+          if written.get("grid") else []),
         "Strength 1.0 is the LoRA as trained; the recommended strengths are the official "
         "inference scales. Evaluation figures, the recipe and every value's source are in the "
         "front matter above.", "",
