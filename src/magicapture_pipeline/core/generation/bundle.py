@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from magicapture_pipeline.core import atomic
-from magicapture_pipeline.core.generation.export import CONCEPT_JSON
+from magicapture_pipeline.core.generation.export import CONCEPT_JSON, LORA_FILE
 from magicapture_pipeline.core.generation.kohya import EMBEDDINGS, LORAS, ExportRefused, write_kohya
 
 FORMATS = ("diffusers", "kohya", "all")
@@ -138,7 +138,7 @@ def export_bundle(  # noqa: PLR0913 (the card's inputs)
             shutil.rmtree(folder / EMBEDDINGS, ignore_errors=True)
             written = {
                 "family": written["family"],
-                "lora": f"diffusers/{info['lora']}" if info.get("lora") else None,
+                "lora": f"diffusers/{lora}" if (lora := info.get("lora", LORA_FILE)) else None,
                 "embeddings": [
                     {"token": t["token"], "trigger": t["token"], "file": f"diffusers/{t['file']}"}
                     for t in info["tokens"]

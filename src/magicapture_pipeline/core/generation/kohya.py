@@ -42,7 +42,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from magicapture_pipeline.core.generation.export import CONCEPT_JSON, SD15, SDXL, SDXL_TABLES
+from magicapture_pipeline.core.generation.export import (
+    CONCEPT_JSON,
+    LORA_FILE,
+    SD15,
+    SDXL,
+    SDXL_TABLES,
+)
 
 LORAS, EMBEDDINGS = "loras", "embeddings"
 SD15_EMBEDDING_KEY = "emb_params"  # AUTOMATIC1111's single-tensor embedding key
@@ -186,8 +192,9 @@ def write_kohya(concept_dir: Path, folder: Path, concept: str) -> dict[str, Any]
         save_file(embedding_tensors(load_file(str(source)), family, source), str(folder / name))
         embeddings.append({"token": item["token"], "trigger": trigger, "file": name})
     lora = None
-    if info.get("lora"):
-        source = concept_dir / info["lora"]
+    lora_file = info.get("lora", LORA_FILE)  # as load_concept reads it: absent = the default name
+    if lora_file:
+        source = concept_dir / lora_file
         if not source.is_file():
             raise ExportRefused(f"{source}: LoRA file named by concept.json is missing")
         state = to_kohya(load_file(str(source)), family)

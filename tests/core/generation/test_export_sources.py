@@ -1,0 +1,114 @@
+"""The export's source choice (``params:export``), the two datasets of the ``export`` pipeline,
+and ``compare_exports`` (``make export --verify``) on the tiny SD."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kedro.io import DatasetError
+from PIL import Image
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+from magicapture_pipeline.config.export import ExportConfig
+from magicapture_pipeline.config.sections import check_sections
+from magicapture_pipeline.core.generation.bundle import ExportRequest, local_source
+from magicapture_pipeline.core.generation.kohya import ExportRefused
+from magicapture_pipeline.core.generation.kohya_check import card_front_matter, compare_exports
+from magicapture_pipeline.datasets.concept_export import ConceptExportDataset, ExportSourceDataset
+from magicapture_pipeline.export import main
+from magicapture_pipeline.serving.export_source import export_request
+from tiny_concept import write_test_concept
+from tiny_sdxl import write_sd_concept
+
+
+def test_export_config_names_one_folder_safe_source():
+    assert ExportConfig().folder_name() == "export"
+    assert ExportConfig(alias="champion").folder_name() == "export-champion"
+    assert ExportConfig(model_version=3).folder_name() == "export-v3"
+    assert ExportConfig(alias="champion").model_reference("m") == "models:/m@champion"
+    assert ExportConfig(model_version=3).model_reference("m") == "models:/m/3"
+    for alias in ("../x", "a/b", "", "-x", "a" * 65):
+        with pytest.raises(ValidationError, match="alias"):
+            ExportConfig(alias=alias)
+    for alias in ("v3", "latest"):  # MLflow version references, and export-v3 is version 3's
+        with pytest.raises(ValidationError, match="version references"):
+            ExportConfig(alias=alias)
+    with pytest.raises(ValidationError, match="both set"):
+        ExportConfig(alias="champion", model_version=2)
+    problems = check_sections({"export": {"alias": "../../etc", "format": "ckpt"}}, ["export"])
+    assert len(problems) == 2 and all(p.startswith("params:export.") for p in problems)
+
+
+def test_cli_refuses_a_path_like_alias_and_writes_nothing(tmp_path, capsys):
+    args = ["--concept", "alice", "--project", str(tmp_path), "--alias", "../../../../x"]
+    assert main(args) == 2
+    assert "alias" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_source_dataset_leaves_out_what_is_missing(tmp_path):
+    concept = tmp_path / "concept"
+    dataset = ExportSourceDataset(
+        str(concept), str(tmp_path / "metrics.json"), str(tmp_path / "grid.png")
+    )
+    source = dataset.load()  # nothing there: an export of a registered version needs none of it
+    assert (source.concept_dir, source.metrics, source.grid) == (concept, None, None)
+    with pytest.raises(ExportRefused, match=r"concept: no concept folder with concept\.json"):
+        ExportRequest(source, "alice").write(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "metrics.json").write_text(json.dumps({"csim_dlib": 0.5}))
+    Image.new("RGB", (4, 4)).save(tmp_path / "grid.png")
+    source = dataset.load()
+    assert source.metrics == {"csim_dlib": 0.5} and source.grid == tmp_path / "grid.png"
+    with pytest.raises(DatasetError, match="read only"):
+        dataset.save(source)
+
+
+def test_export_dataset_writes_the_folder_make_export_writes(tiny_dir, tmp_path):
+    write_test_concept(tiny_dir, tmp_path / "concept")
+    Image.new("RGB", (6, 3), (1, 2, 3)).save(tmp_path / "grid.png")
+    source = local_source(tmp_path / "concept", grid_file=tmp_path / "grid.png")
+    dataset = ConceptExportDataset(str(tmp_path / "alice" / "export"))
+    request = export_request("alice", ExportConfig(format="kohya"), source, "m", None)
+    dataset.save(request)
+    out = tmp_path / "alice" / "export"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "embeddings", "loras", "sample_grid.png"]  # fmt: skip
+    front = dataset.load()
+    assert front["path"] == str(out)
+    assert front["magicapture"]["source"] == f"concept folder {tmp_path / 'concept'}"
+    assert front["magicapture"]["sample_grid"]["file"] == "sample_grid.png"
+    assert "generate step's contact sheet" in front["magicapture"]["sample_grid"]["origin"]
+    # a registered version's request goes beside it, as make export writes it
+    request.folder = ExportConfig(alias="champion").folder_name()
+    assert dataset.target(request) == tmp_path / "alice" / "export-champion"
+    request.folder = "../../elsewhere"
+    with pytest.raises(DatasetError, match="expected export-<alias"):
+        dataset.save(request)
+    with pytest.raises(DatasetError, match="expected an ExportRequest"):
+        dataset.save({"not": "a request"})
+
+
+def test_compare_exports_measures_the_kohya_files_against_the_diffusers_folder(tiny_dir, tmp_path):
+    write_sd_concept(tiny_dir, tmp_path / "concept")
+    source = local_source(tmp_path / "concept")
+    out = tmp_path / "export"
+    ExportRequest(source, "alice").write(out)
+    report = compare_exports(out)
+    assert report["prompt"] == "a photo of a alice_v1 person in the style of alice_v2"
+    assert report["concept_effect"] > 0.05  # the concept changes the picture
+    assert report["max_abs_pixel_difference"] <= 1e-5  # the same weights reach the same modules
+    # a LoRA whose strength does not read as trained is seen (alpha = 2 x rank: scale 2)
+    lora = out / "loras" / "alice.safetensors"
+    state = load_file(str(lora))
+    save_file({k: v * 2 if k.endswith(".alpha") else v for k, v in state.items()}, str(lora))
+    assert compare_exports(out)["max_abs_pixel_difference"] > 1e-3
+    assert card_front_matter(out)["magicapture"]["files"]["embeddings"][0] == str(
+        Path("embeddings") / "alice_v1.safetensors"
+    )
+    ExportRequest(source, "alice", "kohya").write(tmp_path / "kohya_only")
+    with pytest.raises(ExportRefused, match="format 'all'"):
+        compare_exports(tmp_path / "kohya_only")
