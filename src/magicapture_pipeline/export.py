@@ -61,8 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     models = project / "data" / "06_models" / concept
     reports = project / "data" / "08_reporting" / concept
     out = Path(args.out) if args.out else models / config.folder_name()
+    records = project / "data" / "07_model_output" / concept / "generation_records.csv"
     local = local_source(
-        models / "concept", reports / "metrics.json", reports / "generation_grid.png"
+        models / "concept",
+        reports / "metrics.json",
+        reports / "generation_grid.png",
+        records_file=records,
+        root=project,
     )
     uri = resolve_tracking_uri(project, args.tracking_uri) if config.registered else None
     try:
@@ -74,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.verify:
         from magicapture_pipeline.core.generation.kohya_check import compare_exports
 
-        done["verify"] = compare_exports(Path(done["out"]))
+        try:
+            done["verify"] = compare_exports(Path(done["out"]), root=project)
+        except ExportRefused as error:
+            sys.stderr.write(f"verify refused: {error}\n")
+            return 2
     sys.stdout.write(json.dumps(done, indent=2) + "\n")
     return 0
 

@@ -33,7 +33,8 @@ class ExportConfig(BaseModel):
         None,
         pattern=ALIAS_PATTERN,
         description="Export the registered version models:/<registry.model_name>@<alias> "
-        "(e.g. champion); None: the concept folder this project trained (ours: no registry "
+        "(e.g. champion; letters, digits, '_' and '-', at most 64, as it names the folder "
+        "export-<alias>); None: the concept folder this project trained (ours: no registry "
         "needed by default).",
     )
     model_version: int | None = Field(

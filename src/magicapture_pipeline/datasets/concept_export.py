@@ -1,9 +1,10 @@
 """The ``export`` pipeline's datasets: its local source and the export folder it writes.
 
-``ExportSourceDataset`` (load only) is the project's concept folder with its ``metrics.json`` and
-the generate step's grid, as a :class:`~core.generation.bundle.ExportSource`; a missing metrics
-file or grid is left out of the card, and a missing concept folder is refused only when the
-export actually reads it (an export of a registered version needs none of these files).
+``ExportSourceDataset`` (load only) is the project's concept folder with its ``metrics.json``,
+the generate step's grid and the settings it drew it with, as an
+:class:`~core.generation.bundle.ExportSource`; a missing metrics file, grid or record is left out
+of the card, and a missing concept folder is refused only when the export actually reads it (an
+export of a registered version needs none of these files).
 
 ``ConceptExportDataset`` saves an :class:`~core.generation.bundle.ExportRequest` to its folder
 ``path`` (``data/06_models/<concept>/export``), or, when the request's source is a registered
@@ -35,6 +36,8 @@ class ExportSourceDataset(AbstractDataset[None, ExportSource]):
         concept_path: the concept folder (the ``concept`` dataset's ``path``).
         metrics_path: ``metrics.json`` (the ``metrics`` dataset's ``filepath``).
         grid_path: the generate step's grid (the ``generation_grid`` dataset's ``filepath``).
+        records_path: the generate step's records (``generation_records``' ``filepath``): the
+            sampling settings the grid was drawn with.
         metadata: free-form metadata (ignored by Kedro).
     """
 
@@ -43,18 +46,20 @@ class ExportSourceDataset(AbstractDataset[None, ExportSource]):
         concept_path: str,
         metrics_path: str | None = None,
         grid_path: str | None = None,
+        records_path: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._concept = Path(concept_path)
         self._metrics = Path(metrics_path) if metrics_path else None
         self._grid = Path(grid_path) if grid_path else None
+        self._records = Path(records_path) if records_path else None
         self.metadata = metadata
 
     def _describe(self) -> dict[str, Any]:
         return {"concept_path": str(self._concept), "metrics_path": str(self._metrics)}
 
     def load(self) -> ExportSource:
-        return local_source(self._concept, self._metrics, self._grid)
+        return local_source(self._concept, self._metrics, self._grid, records_file=self._records)
 
     def save(self, data: None) -> None:
         raise DatasetError(f"{self._concept}: the export source is read only")

@@ -63,6 +63,21 @@ def test_source_dataset_leaves_out_what_is_missing(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "grid.png")
     source = dataset.load()
     assert source.metrics == {"csim_dlib": 0.5} and source.grid == tmp_path / "grid.png"
+    assert source.sampling is None  # no records: the caller's settings
+    # the generate step's records: the card recommends what drew the grid
+    (tmp_path / "records.csv").write_text(
+        "key,seed,scheduler,num_inference_steps,guidance_scale,lora_scale_unet,resolution,"
+        "negative_prompt\np00_s000,4,ddim,3,5.5,0.7,96,\n"
+    )
+    dataset = ExportSourceDataset(
+        str(concept), str(tmp_path / "metrics.json"), str(tmp_path / "grid.png"),
+        str(tmp_path / "records.csv"),
+    )  # fmt: skip
+    sampling = dataset.load().sampling
+    assert (sampling.scheduler, sampling.num_inference_steps, sampling.guidance_scale) == (
+        "ddim", 3, 5.5)  # fmt: skip
+    assert (sampling.lora_scale_unet, sampling.resolution, sampling.seed) == (0.7, 96, 0)
+    assert "drawn with the sampling settings above" in dataset.load().grid_origin
     with pytest.raises(DatasetError, match="read only"):
         dataset.save(source)
 

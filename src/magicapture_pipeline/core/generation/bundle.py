@@ -10,6 +10,7 @@ catalog.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from magicapture_pipeline.config.generation import SamplingConfig
 from magicapture_pipeline.core import atomic
 from magicapture_pipeline.core.generation.export import CONCEPT_JSON, LORA_FILE
 from magicapture_pipeline.core.generation.kohya import EMBEDDINGS, LORAS, ExportRefused, write_kohya
@@ -51,26 +53,66 @@ class ExportSource:
     keep: Any = field(default=None, repr=False)
 
 
-def local_source(
+# The generate step's record columns that are sampling settings (generation_records.csv).
+RECORD_SETTINGS = (
+    "scheduler",
+    "num_inference_steps",
+    "guidance_scale",
+    "lora_scale_unet",
+    "lora_scale_text_encoder",
+    "resolution",
+    "negative_prompt",
+)
+
+
+def sampling_from_records(records_file: str | Path) -> SamplingConfig | None:
+    """The sampling settings the generate step drew its images (and grid) with, from the first
+    row of ``generation_records.csv``; None when the file is absent or empty."""
+    path = Path(records_file)
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        row = next(csv.DictReader(handle), None)
+    if row is None:
+        return None
+    return SamplingConfig.model_validate({k: row[k] for k in RECORD_SETTINGS if k in row})
+
+
+def _shown(path: Path, root: Path | None) -> Path:
+    return path.relative_to(root) if root is not None and path.is_relative_to(root) else path
+
+
+def local_source(  # noqa: PLR0913 (one optional file per part of the card)
     concept_dir: str | Path,
     metrics_file: str | Path | None = None,
     grid_file: str | Path | None = None,
     sampling: Any = None,
+    records_file: str | Path | None = None,
+    root: str | Path | None = None,
 ) -> ExportSource:
-    """The project's own concept folder, with its ``metrics.json`` and the generate step's grid
-    when they exist (a missing one is left out of the card, not an error)."""
+    """The project's own concept folder, with its ``metrics.json``, the generate step's grid and
+    the settings it drew them with (``records_file``, which wins over ``sampling``) when they
+    exist: a missing one is left out of the card, not an error. Paths under ``root`` are shown
+    relative to it."""
     concept_dir = Path(concept_dir)
+    root = Path(root) if root is not None else None
     metrics = None
     if metrics_file is not None and Path(metrics_file).is_file():
         metrics = json.loads(Path(metrics_file).read_text())
     grid = Path(grid_file) if grid_file is not None and Path(grid_file).is_file() else None
+    recorded = sampling_from_records(records_file) if records_file is not None else None
+    origin = None
+    if grid:
+        origin = f"the generate step's contact sheet ({_shown(grid, root)})"
+        if recorded is not None:
+            origin += ", drawn with the sampling settings above"
     return ExportSource(
         concept_dir=concept_dir,
-        label=f"concept folder {concept_dir}",
-        sampling=sampling,
+        label=f"concept folder {_shown(concept_dir, root)}",
+        sampling=recorded or sampling,
         metrics=metrics,
         grid=grid,
-        grid_origin=f"the generate step's contact sheet ({grid})" if grid else None,
+        grid_origin=origin,
     )
 
 

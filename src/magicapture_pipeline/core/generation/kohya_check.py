@@ -66,10 +66,15 @@ def _image(pipe: Any, prompt: str, steps: int, size: int, seed: int) -> Any:
 
 
 def compare_exports(
-    export_dir: str | Path, steps: int = 2, seed: int = 0, size: int | None = None
+    export_dir: str | Path,
+    steps: int = 2,
+    seed: int = 0,
+    size: int | None = None,
+    root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Largest |pixel| difference (images in [0, 1]) between the kohya files and the diffusers
-    folder of ``export_dir`` (a ``format: all`` export), float32 on CPU.
+    folder of ``export_dir`` (a ``format: all`` export), float32 on CPU. A relative
+    ``base_model`` (the demo's ``data/06_models/tiny_sd``) is read under ``root``.
 
     Returns ``{"max_abs_pixel_difference", "concept_effect" (max |concept - plain base|),
     "prompt", "steps", "size", "seed", "base_model"}``.
@@ -84,6 +89,8 @@ def compare_exports(
     info = read_concept(export_dir / "diffusers")
     cls = StableDiffusionXLPipeline if magic["family"] == SDXL else StableDiffusionPipeline
     base = info["base_model"]
+    if root is not None and not Path(base).is_absolute() and (Path(root) / base).is_dir():
+        base = str(Path(root) / base)
     size = size or int(info.get("resolution") or 64)
     template = magic["prompt_template"]
     tokens = list(magic["trigger_words"])

@@ -28,8 +28,8 @@ def export_concept(  # noqa: PLR0913 (one input per catalog entry)
         export: ``params:export`` (format; alias or model_version of a registered version).
         registry: ``params:registry`` (``model_name``: where a registered version is looked up).
         generation: ``params:generation``: the sampling settings the card recommends for the
-            concept folder (the settings the generate step drew the grid with). A registered
-            version carries its own.
+            concept folder when the generate step left no records (with records, the settings
+            it drew the grid with). A registered version carries its own.
         mlflow_run: ``{"tracking_uri", ...}`` from the tracking hook: where the registry is.
 
     Returns:
@@ -38,6 +38,7 @@ def export_concept(  # noqa: PLR0913 (one input per catalog entry)
     # Parameters arrive as plain mappings and are validated here (see register/nodes.py).
     config = ExportConfig.model_validate(export)
     source = concept_export_source
-    source.sampling = GenerationConfig.model_validate(generation).sampling()
+    if source.sampling is None:  # no generation records: this run's generation settings
+        source.sampling = GenerationConfig.model_validate(generation).sampling()
     model_name = RegistryConfig.model_validate(registry).model_name
     return export_request(concept, config, source, model_name, mlflow_run.get("tracking_uri"))
