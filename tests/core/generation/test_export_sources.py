@@ -127,3 +127,22 @@ def test_compare_exports_measures_the_kohya_files_against_the_diffusers_folder(t
     ExportRequest(source, "alice", "kohya").write(tmp_path / "kohya_only")
     with pytest.raises(ExportRefused, match="format 'all'"):
         compare_exports(tmp_path / "kohya_only")
+
+
+def test_card_figures_carry_their_own_n_and_se():
+    from magicapture_pipeline.core.generation.model_card import evaluation_figures
+
+    metrics = {
+        "csim_dlib": 0.41, "csim_dlib_n": 3.0, "csim_dlib_se": 0.05, "csim_dlib_faces": 3.0,
+        "face_detected_rate": 0.75, "n_images": 4.0, "postprocessed_csim_dlib": 0.4,
+        "postprocessed_n_images": 2.0, "heldout_photos": 1.0, "identity_loss_trained": 0.0,
+        "info": {"n_sources": 4}, "unavailable": {"style_similarity": "no CLIP"},
+    }  # fmt: skip
+    got = evaluation_figures(metrics)
+    assert got["figures"] == {
+        "csim_dlib": {"value": 0.41, "n": 3, "se": 0.05},  # over the faces found, not the images
+        "face_detected_rate": {"value": 0.75, "n": 4},
+        "postprocessed_csim_dlib": {"value": 0.4, "n": 2},
+    }
+    assert got["run"] == {"heldout_photos": 1.0, "identity_loss_trained": 0.0}
+    assert got["unavailable"] == {"style_similarity": "no CLIP"}
