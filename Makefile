@@ -98,9 +98,9 @@ batch-generate: install  ## PROMPTS=file.csv [CONCEPT=demo ALIAS=champion ENV=de
 	$(SERVE_ENV) $(BIN)/kedro run --pipelines=batch_generate --env=$(or $(ENV),demo) \
 	  --params="concept=$(CONCEPT),prompts_file=$(abspath $(PROMPTS)),serving.model_uri=models:/magicapture-$(CONCEPT)@$(ALIAS)"
 
-export: install  ## CONCEPT=name [ALIAS=champion] FORMAT=diffusers|kohya|all: files for diffusers, ComfyUI, A1111, Forge + model card (docs/export.md)
+export: install  ## CONCEPT=name [ALIAS=champion | MODEL_VERSION=3] FORMAT=diffusers|kohya|all [VERIFY=1]: files for diffusers, ComfyUI, A1111, Forge + model card (README "Use the concept in ComfyUI / AUTOMATIC1111")
 	$(SERVE_ENV) $(BIN)/python -m magicapture_pipeline.export --concept $(or $(CONCEPT),demo) \
-	  --format $(or $(FORMAT),all)$(if $(filter command line environment,$(origin ALIAS)), --alias $(ALIAS))
+	  --format $(or $(FORMAT),all)$(if $(filter command line environment,$(origin ALIAS)), --alias $(ALIAS))$(if $(MODEL_VERSION), --model-version $(MODEL_VERSION))$(if $(VERIFY), --verify)
 
 gallery: install  ## CONCEPT=name: the registered versions side by side (same prompts and seeds, metrics, aliases) -> data/08_reporting/<concept>/gallery/index.html
 	$(SERVE_ENV) $(BIN)/python -m magicapture_pipeline.serving.gallery --concept $(or $(CONCEPT),demo)

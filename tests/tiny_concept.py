@@ -42,7 +42,9 @@ def write_test_concept(base: Path, out: Path) -> Path:
         save_file({name: torch.randn(1, width)}, str(out / file))
         tokens.append({"token": name, "file": file})
     (out / "concept.json").write_text(
-        json.dumps({"base_model": str(base), "resolution": 64, "tokens": tokens})
+        json.dumps(
+            {"base_model": str(base), "family": "sd15", "resolution": 64, "tokens": tokens}
+        )
     )
     return out
 

@@ -1,6 +1,7 @@
 """The tiny random SDXL of the tests (SDXL's layout: no attention at the first level, two text
-encoders of different widths so a mixed-up table shows as a shape error), and a random SDXL
-concept written with the same diffusers/peft calls an export uses."""
+encoders of different widths so a mixed-up table shows as a shape error), and random SD 1.5 and
+SDXL concepts (non-zero LoRA on UNet and text encoders) written with the same diffusers/peft
+calls an export uses."""
 
 from __future__ import annotations
 
@@ -100,3 +101,20 @@ def assert_stock_load_matches(base: Path, folder: Path, prompt: str, **component
     stock = StableDiffusionXLPipeline.from_pretrained(base, local_files_only=True)
     load_concept(stock, folder)
     np.testing.assert_allclose(sample(stock), expected, atol=1e-5)
+
+
+def write_sd_concept(base: Path, out: Path) -> dict:
+    """Export a random SD 1.5 concept of the tiny SD at ``base`` (UNet LoRA of the official
+    preset, text-encoder attention LoRA, both non-zero; two random token rows); returns
+    ``concept.json``."""
+    from magicapture_pipeline.core.generation.export import export
+    from magicapture_pipeline.core.models.loading import load_components
+    from magicapture_pipeline.core.training.lora import TEXT_ENCODER_ATTENTION, UNET_OFFICIAL
+
+    parts = load_components(base)
+    unet = lora_state(parts.unet, UNET_OFFICIAL, 0)
+    text = lora_state(parts.text_encoder, list(TEXT_ENCODER_ATTENTION), 1)
+    generator = torch.Generator().manual_seed(5)
+    width = parts.text_encoder.config.hidden_size
+    embeddings = {t: torch.randn(width, generator=generator) for t in TOKENS}
+    return export(out, embeddings, unet, text, {"base_model": str(base), "family": "sd15"})

@@ -77,8 +77,14 @@ def _layers(project_path: Path, env: str) -> list[tuple[str, dict[str, Any]]]:
     return layers
 
 
-def _set_by(key: str, leaves: Iterable[str]) -> bool:
-    return any(key == leaf or key.startswith(f"{leaf}.") for leaf in leaves)
+def _set_by(key: str, leaves: Iterable[str] | Mapping[str, Any]) -> bool:
+    """Whether ``key`` is one of ``leaves`` or below one; a leaf that is an empty mapping
+    (``export: {}``, a section declared with no value of its own) sets no knob below it."""
+    items = leaves.items() if isinstance(leaves, Mapping) else ((leaf, None) for leaf in leaves)
+    return any(
+        key == leaf or (key.startswith(f"{leaf}.") and not (isinstance(v, Mapping) and not v))
+        for leaf, v in items
+    )
 
 
 def knob_sources(

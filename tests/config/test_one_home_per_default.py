@@ -305,6 +305,11 @@ def test_check_config_names_each_source():
     assert rows["stage_two.lr_scheduler"] == ("linear", "recipe official (authors' code)")
     assert rows["stage_two.lora.init"] == ("gaussian", "recipe official (authors' code)")
     assert rows["stage_two.heatmap_every"][1].startswith("default")
+    # a section declared empty in a file (`export: {}`) sets none of its knobs
+    layers.append(("conf/base/parameters_export.yml", {"export": {}}))
+    rows = {key: source for key, _, source in knob_sources({"export": {}}, ["export"], layers, {})}
+    assert rows["export.format"].startswith("default")
+    assert rows["export.alias"].startswith("default")
 
 
 def test_check_config_prints_each_default_s_recorded_source():

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from magicapture_pipeline.config.benchmark import BenchmarkConfig
+from magicapture_pipeline.config.export import ExportConfig
 from magicapture_pipeline.config.generation import (
     EvaluationConfig,
     GenerationConfig,
@@ -47,6 +48,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "tracking": TrackingConfig,
     "registry": RegistryConfig,
     "serving": ServingConfig,
+    "export": ExportConfig,
 }
 # The promote pipeline's command line is three top-level keys checked together.
 PROMOTE_KEYS = ("action", "model_name", "model_version")

@@ -14,12 +14,12 @@ import yaml
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from safetensors.torch import load_file
 
-from magicapture_pipeline.core.generation.export import export, load_concept
-from magicapture_pipeline.core.generation.kohya import ExportRefused, export_bundle
+from magicapture_pipeline.core.generation.bundle import export_bundle
+from magicapture_pipeline.core.generation.export import load_concept
+from magicapture_pipeline.core.generation.kohya import ExportRefused
 from magicapture_pipeline.core.models.builders import build_tiny_model
-from magicapture_pipeline.core.models.loading import load_components
-from magicapture_pipeline.core.training.lora import TEXT_ENCODER_ATTENTION, UNET_OFFICIAL
-from tiny_sdxl import TINY_SDXL, lora_state, write_sdxl_concept
+from tiny_sdxl import TINY_SDXL, write_sdxl_concept
+from tiny_sdxl import write_sd_concept as _sd_concept
 
 TEMPLATE = "a photo of a {v1} person in the {v2} style"
 # Measured: max |diffusers export - kohya export| over the image, both float32 on CPU. 0 means
@@ -33,16 +33,6 @@ def _image(pipe, prompt: str) -> np.ndarray:
         prompt, num_inference_steps=2, height=64, width=64, output_type="np",
         generator=torch.Generator().manual_seed(0),
     ).images[0]  # fmt: skip
-
-
-def _sd_concept(base, out):
-    parts = load_components(base)
-    unet = lora_state(parts.unet, UNET_OFFICIAL, 0)
-    text = lora_state(parts.text_encoder, list(TEXT_ENCODER_ATTENTION), 1)
-    generator = torch.Generator().manual_seed(5)
-    width = parts.text_encoder.config.hidden_size
-    embeddings = {t: torch.randn(width, generator=generator) for t in ("<v1>", "<v2>")}
-    return export(out, embeddings, unet, text, {"base_model": str(base), "family": "sd15"})
 
 
 def _kohya_pipe(cls, base, bundle, family):

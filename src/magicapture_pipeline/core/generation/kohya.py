@@ -42,7 +42,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from magicapture_pipeline.core.generation.export import CONCEPT_JSON, SD15, SDXL, SDXL_TABLES
+from magicapture_pipeline.core.generation.export import (
+    CONCEPT_JSON,
+    LORA_FILE,
+    SD15,
+    SDXL,
+    SDXL_TABLES,
+)
 
 LORAS, EMBEDDINGS = "loras", "embeddings"
 SD15_EMBEDDING_KEY = "emb_params"  # AUTOMATIC1111's single-tensor embedding key
@@ -186,8 +192,9 @@ def write_kohya(concept_dir: Path, folder: Path, concept: str) -> dict[str, Any]
         save_file(embedding_tensors(load_file(str(source)), family, source), str(folder / name))
         embeddings.append({"token": item["token"], "trigger": trigger, "file": name})
     lora = None
-    if info.get("lora"):
-        source = concept_dir / info["lora"]
+    lora_file = info.get("lora", LORA_FILE)  # as load_concept reads it: absent = the default name
+    if lora_file:
+        source = concept_dir / lora_file
         if not source.is_file():
             raise ExportRefused(f"{source}: LoRA file named by concept.json is missing")
         state = to_kohya(load_file(str(source)), family)
@@ -196,57 +203,3 @@ def write_kohya(concept_dir: Path, folder: Path, concept: str) -> dict[str, Any]
         triggers = [e["trigger"] for e in embeddings]
         save_file(state, str(folder / lora), metadata=_metadata(info, family, concept, triggers))
     return {"family": family, "lora": lora, "embeddings": embeddings}
-
-
-FORMATS = ("diffusers", "kohya", "all")
-SAMPLE_GRID = "sample_grid.png"
-
-
-def export_bundle(  # noqa: PLR0913 (the card's inputs)
-    concept_dir: str | Path,
-    out_dir: str | Path,
-    concept: str,
-    fmt: str = "all",
-    sampling: Any = None,
-    metrics: Mapping[str, Any] | None = None,
-    grid: str | Path | None = None,
-) -> dict[str, Any]:
-    """Write ``out_dir`` whole (staged, then swapped in: ``core.atomic.staged_dir``):
-    ``diffusers/`` (the concept folder as is), ``loras/`` + ``embeddings/`` (kohya, web UIs) and
-    ``README.md`` (the model card), and ``sample_grid.png`` when ``grid`` (the generate step's
-    contact sheet) exists. ``fmt``: ``diffusers``, ``kohya`` or ``all``.
-
-    Returns ``{"out": path, "family", "lora", "embeddings", "card"}``.
-    """
-    import shutil
-
-    from magicapture_pipeline.core import atomic
-    from magicapture_pipeline.core.generation.model_card import card
-
-    if fmt not in FORMATS:
-        raise ExportRefused(f"format {fmt!r}: expected one of {FORMATS}")
-    concept_dir = Path(concept_dir)
-    out = Path(out_dir)
-    with atomic.staged_dir(out) as folder:
-        written = write_kohya(concept_dir, folder, concept)  # checks the concept in either case
-        if fmt == "diffusers":  # the diffusers folder only: its own file names, tokens as words
-            shutil.rmtree(folder / LORAS, ignore_errors=True)
-            shutil.rmtree(folder / EMBEDDINGS, ignore_errors=True)
-            info = json.loads((concept_dir / CONCEPT_JSON).read_text())
-            written = {
-                "family": written["family"],
-                "lora": f"diffusers/{info['lora']}" if info.get("lora") else None,
-                "embeddings": [
-                    {"token": t["token"], "trigger": t["token"], "file": f"diffusers/{t['file']}"}
-                    for t in info["tokens"]
-                ],
-            }
-        written["format"] = fmt
-        if grid is not None and Path(grid).is_file():
-            shutil.copyfile(grid, folder / SAMPLE_GRID)
-            written["grid"] = SAMPLE_GRID
-        if fmt in ("diffusers", "all"):
-            shutil.copytree(concept_dir, folder / "diffusers")
-        info = json.loads((concept_dir / CONCEPT_JSON).read_text())
-        (folder / "README.md").write_text(card(concept, info, written, sampling, metrics))
-    return {"out": str(out), **written, "card": str(out / "README.md")}

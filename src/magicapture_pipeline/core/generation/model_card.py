@@ -45,19 +45,41 @@ def licence(base_model: str | None) -> dict[str, str]:
     return {"license": "other", "license_name": "unknown-check-the-base-model"}
 
 
+# Numbers in metrics.json that describe the run, not a mean over images (core/evaluation/
+# scoring.py): how many photos were held out, whether Eq. 7 was trained (1 / 0).
+RUN_FACTS = ("heldout_photos", "identity_loss_trained")
+# Companions of a mean (core/evaluation/stats.py and metrics.py): its n, standard error, faces.
+COMPANIONS = ("_n", "_se", "_faces")
+
+
 def evaluation_figures(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Each numeric metric with the n of images it was computed on; unavailable ones with why."""
+    """Each numeric metric with the n it averages and its standard error (``<name>_n`` /
+    ``<name>_se`` when the evaluation recorded them, e.g. CSIM over the faces found; else the
+    image count of its set); run facts apart, without an n; unavailable ones with why."""
     if not metrics:
         return {"available": False, "reason": "no metrics.json found beside the concept"}
+    numbers = {
+        key: float(value)
+        for key, value in metrics.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
     figures: dict[str, Any] = {}
-    for key, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
+    facts: dict[str, float] = {}
+    for key, value in numbers.items():
         if key.endswith("n_images"):
             continue
+        if any(key.endswith(end) and key[: -len(end)] in numbers for end in COMPANIONS):
+            continue
+        if key.removeprefix("postprocessed_") in RUN_FACTS:
+            facts[key] = value
+            continue
         n_key = "postprocessed_n_images" if key.startswith("postprocessed_") else "n_images"
-        figures[key] = {"value": float(value), "n": int(metrics.get(n_key, 0))}
-    return {"figures": figures, "unavailable": dict(metrics.get("unavailable") or {})}
+        n = numbers.get(f"{key}_n", numbers.get(n_key, 0))
+        figure: dict[str, Any] = {"value": value, "n": int(n)}
+        if f"{key}_se" in numbers:
+            figure["se"] = numbers[f"{key}_se"]
+        figures[key] = figure
+    return {"figures": figures, "run": facts, "unavailable": dict(metrics.get("unavailable") or {})}
 
 
 def recipe(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,6 +187,12 @@ def card(  # noqa: PLR0913 (one argument per part of the card)
                 "embeddings": [e["file"] for e in written["embeddings"]],
                 "diffusers": None if written.get("format") == "kohya" else "diffusers/",
             },
+            "source": written.get("source"),
+            "sample_grid": (
+                {"file": written["grid"], "origin": written.get("grid_origin")}
+                if written.get("grid")
+                else None
+            ),  # fmt: skip
             "evaluation": evaluation_figures(metrics),
             "recipe": recipe(info),
             "commit": info.get("commit"),
@@ -185,7 +213,9 @@ def card(  # noqa: PLR0913 (one argument per part of the card)
         f"{sampling.num_inference_steps} steps, CFG {sampling.guidance_scale}. ComfyUI: "
         f"LoraLoader strength_model {unet_strength}, strength_clip {te_strength or 0}, "
         f"KSampler `{comfy}`; type the trigger words as `embedding:<trigger>`.", "",
-        *([f"![samples: {prompt}]({written['grid']})", ""] if written.get("grid") else []),
+        *([f"![samples: {prompt}]({written['grid']})", "",
+           f"Samples: {written.get('grid_origin') or written['grid']}.", ""]
+          if written.get("grid") else []),
         "Strength 1.0 is the LoRA as trained; the recommended strengths are the official "
         "inference scales. Evaluation figures, the recipe and every value's source are in the "
         "front matter above.", "",
