@@ -31,9 +31,24 @@ class TrackingConfig(_Strict):
         "magicapture", description="MLflow experiment, one per concept: magicapture-<concept_name>."
     )
     history_datasets: dict[str, str] = Field(
-        {"stage_one_history": "stage_one", "stage_two_history": "stage_two"},
-        description="Loss-history DataFrames (one row per step) -> metric prefix; every numeric "
-        "column is logged per step as <prefix>/<column>.",
+        {
+            "stage_one_history": "stage_one",
+            "stage_two_history": "stage_two",
+            "stage_one_validation_history": "stage_one_validation",
+            "stage_two_validation_history": "stage_two_validation",
+        },
+        description="History DataFrames (one row per step) -> metric prefix; every numeric "
+        "column is logged per step as <prefix>/<column>; a row marked 'exported' also sets the "
+        "tags <prefix>.exported_step and <prefix>.export_reason.",
+    )
+    step_image_datasets: dict[str, str] = Field(
+        {
+            "stage_one_validation_images": "stage_one_validation",
+            "stage_two_validation_images": "stage_two_validation",
+        },
+        description="Image partitions keyed step_<n>/<name> -> image key prefix; each is logged "
+        "with log_image(key=<prefix>/<name>, step=n), so the run's image slider walks through "
+        "training (issue 20).",
     )
     metrics_dataset: str = Field(
         "metrics", description="JSON dataset whose numeric top-level keys are logged as metrics."
@@ -51,6 +66,8 @@ class TrackingConfig(_Strict):
             "per_image_metrics": "reports",
             "stage_one_history": "reports",
             "stage_two_history": "reports",
+            "stage_one_validation_history": "reports",
+            "stage_two_validation_history": "reports",
             "stage_one_loss_curves": "images/losses",
             "stage_two_loss_curves": "images/losses",
         },

@@ -2,7 +2,10 @@
 the run's image slider walks through training, and the history rows as step metrics.
 
 ``core.training.validation.Validator`` returns ``images`` (``{step: {name: PIL image}}``) and
-``history`` (one row per validation); core stays MLflow-free and this module logs them.
+``history`` (one row per validation); core stays MLflow-free and this module logs them. In a
+Kedro run the tracking hook logs the ``<stage>_validation_images`` partitions
+(``step_<n>/<name>``, :func:`images_by_step`) and sets the exported step and its reason as run
+tags (:func:`export_tags`) from the ``<stage>_validation_history`` table.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from magicapture_pipeline.tracking.logged import history_metrics
+from magicapture_pipeline.core.training.validation import STEP_PREFIX
+from magicapture_pipeline.tracking.logged import MAX_TAG_LENGTH, clipped, history_metrics
 
 
 def log_validation(
@@ -33,3 +37,35 @@ def log_validation(
             client.log_image(run_id, image, key=f"{prefix}/{name}", step=int(step))
             logged += 1
     return logged
+
+
+def images_by_step(partitions: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """``{"step_000040/grid": image or lazy loader}`` -> ``{40: {"grid": image}}``.
+
+    Raises:
+        ValueError: a partition key that is not ``step_<n>/<name>``.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in sorted(partitions.items()):
+        head, _, name = str(key).partition("/")
+        number = head.removeprefix(STEP_PREFIX)
+        if not name or not head.startswith(STEP_PREFIX) or not number.isdigit():
+            raise ValueError(f"validation image {key!r}: expected {STEP_PREFIX}<step>/<name>")
+        out.setdefault(int(number), {})[name] = value() if callable(value) else value
+    return out
+
+
+def export_tags(prefix: str, history: Any) -> dict[str, str]:
+    """``<prefix>.exported_step`` and ``<prefix>.export_reason`` from a validation history's
+    row marked ``exported`` (empty when none is)."""
+    if history is None or "exported" not in getattr(history, "columns", ()):
+        return {}
+    marked = history[history["exported"].fillna(0).astype(int) == 1]
+    if marked.empty:
+        return {}
+    row = marked.iloc[-1]
+    reason = row.get("export_reason", "")
+    return {
+        f"{prefix}.exported_step": str(int(row["step"])),
+        f"{prefix}.export_reason": clipped("" if pd.isna(reason) else str(reason), MAX_TAG_LENGTH),
+    }
