@@ -114,13 +114,15 @@ def sampling_scorer(
                             resolution=sampling.resolution,
                             negative_prompt=sampling.negative_prompt,
                         )  # fmt: skip
+            for module, mode in zip(modules, modes, strict=True):
+                module.train(mode)
+            metrics = dict(evaluate(images))  # its models may draw: restored below
         finally:
             for module, mode in zip(modules, modes, strict=True):
                 module.train(mode)
             torch.set_rng_state(states[0])
             random.setstate(states[1])
             trainer.generator.set_state(states[2])
-        metrics = dict(evaluate(images))
         grid = make_grid(list(images.values()), labels=list(images), columns=len(validation.seeds))
         return metrics, {"grid": grid, **images}
 
