@@ -60,6 +60,7 @@ class TrackingConfig(_Strict):
             "attention_heatmaps": "images/attention_heatmaps",
             "generation_grid": "images/samples",
             "metrics_plot": "images/metrics",
+            "concept_card": "images",
             "postprocess_report": "reports",
             "generation_records": "reports",
             "metrics": "reports",

@@ -15,8 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from magicapture_pipeline.core.training.validation import STEP_PREFIX
+from magicapture_pipeline.core.training.validation import images_by_step
 from magicapture_pipeline.tracking.logged import MAX_TAG_LENGTH, clipped, history_metrics
+
+__all__ = ["export_tags", "images_by_step", "log_validation"]
 
 
 def log_validation(
@@ -37,22 +39,6 @@ def log_validation(
             client.log_image(run_id, image, key=f"{prefix}/{name}", step=int(step))
             logged += 1
     return logged
-
-
-def images_by_step(partitions: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
-    """``{"step_000040/grid": image or lazy loader}`` -> ``{40: {"grid": image}}``.
-
-    Raises:
-        ValueError: a partition key that is not ``step_<n>/<name>``.
-    """
-    out: dict[int, dict[str, Any]] = {}
-    for key, value in sorted(partitions.items()):
-        head, _, name = str(key).partition("/")
-        number = head.removeprefix(STEP_PREFIX)
-        if not name or not head.startswith(STEP_PREFIX) or not number.isdigit():
-            raise ValueError(f"validation image {key!r}: expected {STEP_PREFIX}<step>/<name>")
-        out.setdefault(int(number), {})[name] = value() if callable(value) else value
-    return out
 
 
 def export_tags(prefix: str, history: Any) -> dict[str, str]:

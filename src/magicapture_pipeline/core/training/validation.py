@@ -260,3 +260,19 @@ def validation_outputs(
         for name, image in named.items()
     }
     return rows, images
+
+
+def images_by_step(partitions: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """``{"step_000040/grid": image or lazy loader}`` -> ``{40: {"grid": image}}``.
+
+    Raises:
+        ValueError: a partition key that is not ``step_<n>/<name>``.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in sorted(partitions.items()):
+        head, _, name = str(key).partition("/")
+        number = head.removeprefix(STEP_PREFIX)
+        if not name or not head.startswith(STEP_PREFIX) or not number.isdigit():
+            raise ValueError(f"validation image {key!r}: expected {STEP_PREFIX}<step>/<name>")
+        out.setdefault(int(number), {})[name] = value() if callable(value) else value
+    return out
