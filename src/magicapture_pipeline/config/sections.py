@@ -192,6 +192,8 @@ def source_photo_problems(parameters: Mapping[str, Any], sections: Iterable[str]
         )
     except OSError:
         return []  # the path rules report an unreadable folder
+    if photos == 0:
+        return []  # the path rules report an empty folder
     preprocess = _plain(parameters.get("preprocess")) or {}
     try:
         needed = SECTIONS["preprocess"].model_validate(preprocess).heldout_min_sources
