@@ -8,8 +8,12 @@ Not part of the test suite (it needs a browser: Debian's ``chromium``). Rerun af
 It starts ``mlflow server`` on a free 127.0.0.1 port for a local store (or uses an http tracking
 URI as it is), finds the experiment's latest run, renders the run page, the run's model-metrics tab
 and the experiment's model list with ``chromium --headless``, writes PNG screenshots, and checks
-the rendered DOM for the logged model's name and the loss metric names. Exit status 1 when a check
-fails. The server it started is stopped.
+the rendered DOM for the logged model's name and the loss metric names. The validation images
+logged during training with their step (issue 20: ``images/<stage>_validation~<name>+step+<n>+...``)
+are shown by the run's artifact view of ``images/``, screenshot as ``run_validation_images.png``
+with the DOM checked for every validated stage's grid; the step slider of MLflow's image charts
+needs a browser that waits for the charts (Playwright, not installed here: FINDINGS.md). Exit
+status 1 when a check fails. The server it started is stopped.
 """
 
 from __future__ import annotations
@@ -89,6 +93,21 @@ def chromium(*args: str) -> str:
     return done.stdout
 
 
+def validation_image_failures(client: MlflowClient, run_id: str, dom: str) -> list[str]:
+    """Each stage that logged validation images (``<stage>_validation/<name>`` with a step) has
+    its grid in the artifact view's DOM."""
+    files = [f.path for f in client.list_artifacts(run_id, "images")]
+    logged = sorted({p.split("/", 1)[1].split("~", 1)[0] for p in files if "_validation~" in p})
+    stages = [s for s in logged if s.endswith("_validation")]
+    if not stages:
+        return ["the run logged no validation images (images/<stage>_validation~...)"]
+    steps = {s: sorted({p.split("+step+")[1].split("+")[0] for p in files
+                        if f"/{s}~grid+step+" in p}, key=int) for s in stages}  # fmt: skip
+    for stage, found in steps.items():
+        print(f"{stage}: grids at steps {', '.join(found) or 'none'}")  # noqa: T201
+    return [f"artifact view does not show {s}~grid" for s in stages if f"{s}~grid" not in dom]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -121,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_overview": f"{base}/runs/{run.info.run_id}{view}",
         "run_model_metrics": f"{base}/runs/{run.info.run_id}/model-metrics{view}",
         "run_artifacts": f"{base}/runs/{run.info.run_id}/artifacts{view}",
+        "run_validation_images": f"{base}/runs/{run.info.run_id}/artifacts/images{view}",
         "experiment_runs": f"{base}/runs{view}",
         "experiment_models": f"{base}/models{view}",
     }
@@ -141,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         missing = sorted(g for g in groups if g not in metrics_dom)
         if not groups or missing:
             failures.append(f"model-metrics tab lacks the loss chart groups {missing or groups}")
+        images_dom = chromium("--dump-dom", pages["run_validation_images"])
+        failures += validation_image_failures(client, run.info.run_id, images_dom)
     finally:
         if process is not None:
             os.killpg(process.pid, signal.SIGTERM)

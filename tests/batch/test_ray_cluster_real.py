@@ -24,13 +24,14 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from test_batch import TINY, _weights, photo_set, summary_of
+from test_batch import NO_VALIDATION, TINY, _weights, photo_set, summary_of
 
 from magicapture_pipeline.tracking import server as tracking_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.service, pytest.mark.slow,
               pytest.mark.xdist_group("ray")]  # fmt: skip
-LONG_TWO = {**TINY, "stage_two": {"max_steps": 20, "checkpoint_every": 4, "heatmap_every": 100}}
+LONG_TWO = {**TINY, "stage_two": {"max_steps": 20, "checkpoint_every": 4, "heatmap_every": 100,
+                                  "validation": NO_VALIDATION}}
 
 
 def _ancestors(pid: int) -> set[int]:

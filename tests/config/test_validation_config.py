@@ -46,3 +46,52 @@ def test_a_heldout_objective_without_a_heldout_photo_is_refused():
     other = {"stage_two": {**stage, "validation": {"every_n_steps": 50, "objective": "csim_*"}},
              "preprocess": {"heldout_sources": 0}}  # fmt: skip
     assert check_sections(other, ["stage_two"]) == []
+
+
+@pytest.mark.parametrize(
+    "evaluation,objective,needle",
+    [
+        ({"identity_backend": "arcface"}, "csim_*_heldout", "needs a face recognizer"),
+        ({}, "csim_arcface_heldout", "does not score with"),
+        ({"arcface_model": "/models/w600k_r50.onnx"}, "csim_dlib", "does not score with"),
+    ],
+)
+def test_an_identity_objective_without_its_recognizer_is_refused(evaluation, objective, needle):
+    stage = {"max_steps": 100, "validation": {"every_n_steps": 50, "objective": objective}}
+    problems = check_sections({"stage_one": stage, "evaluation": evaluation}, ["stage_one"])
+    assert len(problems) == 1 and needle in problems[0], problems
+    assert "params:stage_one.validation.objective" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "evaluation,objective",
+    [
+        ({}, "csim_*_heldout"),  # dlib, offline
+        ({}, "csim_dlib_heldout"),
+        ({"arcface_model": "/models/w600k_r50.onnx"}, "csim_arcface_heldout"),
+        ({"identity_backend": "arcface"}, "style_similarity"),  # not an identity metric
+    ],
+)
+def test_an_objective_this_env_computes_passes(evaluation, objective):
+    stage = {"max_steps": 100, "validation": {"every_n_steps": 50, "objective": objective}}
+    assert check_sections({"stage_two": stage, "evaluation": evaluation}, ["stage_two"]) == []
+
+
+@pytest.mark.parametrize("photos,refused", [(4, True), (5, False)])
+def test_a_heldout_objective_with_too_few_source_photos_is_refused(tmp_path, photos, refused):
+    from magicapture_pipeline.config.sections import check_run
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(photos):
+        (folder / f"{index}.jpg").write_bytes(b"x")
+    (folder / "notes.txt").write_text("not a photo")
+    stage = {"max_steps": 100, "validation": {"every_n_steps": 50}}
+    params = {"stage_two": stage, "source_dir": str(folder)}
+    problems = [p for p in check_run(params, ["stage_two"], tmp_path) if "held-out" in p]
+    assert bool(problems) is refused, problems
+    if refused:
+        assert "holds 4 photo(s)" in problems[0] and "heldout_min_sources is 5" in problems[0]
+        assert problems[0].startswith("params:stage_two.validation.objective")
+    off = {"stage_two": {"max_steps": 100}, "source_dir": str(folder)}
+    assert not [p for p in check_run(off, ["stage_two"], tmp_path) if "held-out" in p]

@@ -80,6 +80,9 @@ def test_generate_postprocess_evaluate_chain(tmp_path, monkeypatch):
         },
         "params:postprocess": _params("postprocess", "postprocess"),
         "params:stage_two": {},
+        # training's validation outputs (issue 20), here with validation off: the card draws anyway
+        "stage_two_validation_history": pd.DataFrame(columns=["step", "exported"]),
+        "stage_two_validation_images": {},
         "params:evaluation": {
             **_params("evaluate", "evaluation"),
             "clip_model": str(tmp_path / "clip"),
@@ -117,6 +120,8 @@ def test_generate_postprocess_evaluate_chain(tmp_path, monkeypatch):
     assert "no checkpoint configured" in report["unavailable"]["face_restoration"]
 
     metrics = json.loads((reports / "metrics.json").read_text())
+    card = Image.open(reports / "concept_card.png")
+    assert card.width > 500 and card.height > 700
     for name in (
         "style_similarity",
         "aesthetic_score",

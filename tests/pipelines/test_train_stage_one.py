@@ -82,6 +82,8 @@ def test_stage_one_pipeline_on_the_demo_photos(tmp_path):
             "params:stage_one": MemoryDataset(
                 {"max_steps": 4, "gradient_accumulation_steps": 1, "mixed_precision": "no"}
             ),
+            "params:generation": MemoryDataset({}),
+            "params:evaluation": MemoryDataset({}),
             "stage_one_embeddings": SafetensorsDataset(filepath=str(tmp_path / "emb.safetensors")),
             # a file, not a MemoryDataset: Kedro releases that once the plot node has read it
             "stage_one_history": CSVDataset(filepath=str(tmp_path / "history.csv")),
@@ -95,3 +97,7 @@ def test_stage_one_pipeline_on_the_demo_photos(tmp_path):
     assert list(history["step"]) == [1, 2, 3, 4]
     assert np.isfinite(history["loss"]).all() and set(history["task"]) <= {"source", "reference"}
     assert catalog["stage_one_loss_curves"].load().width > 300
+    # validation is off unless the env turns it on: an empty table with its columns, no images
+    validation = catalog["stage_one_validation_history"].load()
+    assert validation.empty and "exported" in validation.columns
+    assert catalog["stage_one_validation_images"].load() == {}

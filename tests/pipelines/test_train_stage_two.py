@@ -46,11 +46,18 @@ def test_two_stage_run_on_the_demo_photos(tmp_path):
                     "learning_rate": 1e-2,
                     "heatmap_every": 3,
                     "attention": {"resolution": 8},
+                    # validated at 3 and 6 with generate's sampling and evaluate's protocol;
+                    # face_detected_rate: 3 demo photos hold none out (no held-out identity)
+                    "validation": {"every_n_steps": 3, "objective": "face_detected_rate"},
+                    "checkpoint_dir": str(tmp_path / "checkpoints"),  # the best step's weights
                 }
             ),  # fmt: skip
+            "params:generation": MemoryDataset({"num_inference_steps": 2, "resolution": RES}),
+            "params:evaluation": MemoryDataset({"clip_model": None, "device": "cpu"}),
             "stage_one_embeddings": SafetensorsDataset(filepath=str(tmp_path / "e.safetensors")),
             # files, not MemoryDatasets: Kedro releases those once the plot nodes have read them
             "stage_one_history": CSVDataset(filepath=str(tmp_path / "h1.csv")),
+            "stage_two_validation_history": CSVDataset(filepath=str(tmp_path / "v2.csv")),
             "stage_two_history": CSVDataset(filepath=str(tmp_path / "h2.csv")),
             "stage_two_loss_curves": ImageDataset(filepath=str(tmp_path / "curves.png")),
             "attention_heatmaps": MemoryDataset(),
@@ -71,6 +78,17 @@ def test_two_stage_run_on_the_demo_photos(tmp_path):
     heatmaps = catalog["attention_heatmaps"].load()
     assert list(heatmaps) == ["step_000003", "step_000006"]
     assert all(isinstance(v, Image.Image) for v in heatmaps.values())
+    validation = catalog["stage_two_validation_history"].load()
+    assert list(validation["step"]) == [3, 6]
+    assert validation["face_detected_rate"].notna().all()
+    exported = validation[validation["exported"] == 1]
+    best = int(validation["best_step"].iloc[-1])
+    assert list(exported["step"]) == [info["exported_step"]] == [best]
+    assert info["export_reason"].startswith("export: best") and exported["export_reason"].iloc[0]
+    images = catalog["stage_two_validation_images"].load()
+    assert sorted(images) == [f"step_00000{s}/{n}" for s in (3, 6)
+                              for n in ("grid", "p00_seed0", "p01_seed0")]  # fmt: skip
+    assert images["step_000006/p00_seed0"].size == (RES, RES)
 
     stock = StableDiffusionPipeline.from_pretrained(tiny, local_files_only=True)
     load_concept(stock, tmp_path / "concept")

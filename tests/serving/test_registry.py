@@ -232,6 +232,24 @@ def test_version_is_a_logged_model_of_the_run(store, tiny_concept):
     assert [o.model_id for o in run.outputs.model_outputs] == [record["model_id"]]
 
 
+
+def test_version_records_the_exported_step_and_why(store, tiny_concept, tmp_path):
+    """Issue 20: the version says which training step's weights it holds and why
+    (``concept.json``'s ``exported_step`` / ``export_reason``)."""
+    import shutil
+
+    base, concept = tiny_concept
+    chosen = shutil.copytree(concept, tmp_path / "chosen")
+    record = json.loads((chosen / "concept.json").read_text())
+    why = "export: best, best csim_*_heldout = 0.6100 (eligible)"
+    record.update(exported_step=40, export_reason=why)
+    (chosen / "concept.json").write_text(json.dumps(record))
+    registered = register(store, (base, chosen), csim=0.6)
+    version = store[1].get_model_version(MODEL, str(registered["version"]))
+    assert version.tags["exported_step"] == "40"
+    assert version.tags["export_reason"] == why
+
+
 def _load_champion(uri: str):
     from magicapture_pipeline.serving.batch import load_registered
 

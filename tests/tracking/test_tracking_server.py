@@ -30,7 +30,8 @@ pytestmark = [
     ),
 ]
 
-SMALL = "stage_one.max_steps=6,stage_two.max_steps=6,generation.images_per_prompt=1"
+SMALL = ("stage_one.max_steps=6,stage_two.max_steps=6,generation.images_per_prompt=1,"
+         "stage_one.validation.every_n_steps=0,stage_two.validation.every_n_steps=0")
 
 
 @pytest.fixture(scope="module")

@@ -30,3 +30,60 @@ def test_images_and_metrics_are_logged_with_their_step(tmp_path):
     assert len(steps) == 2
     assert [p.split("+step+")[1].split("+")[0] for p in steps] == ["10", "20"], steps
     assert all("stage_two~validation~grid" in p for p in steps)
+
+
+def _store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("v", artifact_location=(tmp_path / "art").as_uri())
+    return uri, client, client.create_run(experiment).info.run_id
+
+
+def _steps(client, run_id: str, name: str) -> list[str]:
+    files = sorted(f.path for f in client.list_artifacts(run_id, "images") if name in f.path)
+    return [p.split("+step+")[1].split("+")[0] for p in files if p.endswith(".png")]
+
+
+def test_the_hook_logs_validation_partitions_and_the_exported_step(tmp_path):
+    """The Kedro hook's path, through the spooling client it wraps every run's client in."""
+    import pandas as pd
+
+    from magicapture_pipeline.config.tracking import TrackingConfig
+    from magicapture_pipeline.tracking.hook import MlflowTrackingHook, _ActiveRun
+    from magicapture_pipeline.tracking.spool import SpoolingClient
+
+    uri, client, run_id = _store(tmp_path)
+    hook = MlflowTrackingHook()
+    spooling = SpoolingClient(client, run_id, tmp_path / "spool", uri)
+    hook._run = _ActiveRun(spooling, run_id, "0", uri, TrackingConfig(), catalog=None)
+    partitions = {f"step_{s:06d}/grid": Image.new("RGB", (8, 8), (s, 0, 0)) for s in (40, 80)}
+    hook.after_dataset_saved("stage_two_validation_images", partitions, node=None)
+    history = pd.DataFrame({"stage": ["stage_two"] * 2, "step": [40, 80], "eligible": [True] * 2,
+                            "csim_dlib_heldout": [0.5, 0.4], "best_step": [40, 40],
+                            "exported": [1, 0], "export_reason": ["export: best, why", None]})
+    hook.after_dataset_saved("stage_two_validation_history", history, node=None)
+    assert _steps(client, run_id, "stage_two_validation~grid") == ["40", "80"]
+    metric = client.get_metric_history(run_id, "stage_two_validation/csim_dlib_heldout")
+    assert [(m.step, m.value) for m in metric] == [(40, 0.5), (80, 0.4)]
+    tags = client.get_run(run_id).data.tags
+    assert tags["stage_two_validation.exported_step"] == "40"
+    assert tags["stage_two_validation.export_reason"] == "export: best, why"
+
+
+def test_a_step_image_waits_in_the_spool_through_an_outage(tmp_path):
+    from magicapture_pipeline.tracking.spool import SpoolingClient, deliver
+
+    uri, client, run_id = _store(tmp_path)
+
+    class Down:
+        def log_image(self, *args, **kwargs):
+            raise ConnectionError("server down")
+
+    spooling = SpoolingClient(Down(), run_id, tmp_path / "spool", uri)
+    image = Image.new("RGB", (8, 8), (0, 9, 0))
+    spooling.log_image(run_id, image, key="stage_one_validation/grid", step=30)
+    assert spooling.pending and _steps(client, run_id, "grid") == []
+    assert deliver(client, spooling.path) == 1
+    assert _steps(client, run_id, "stage_one_validation~grid") == ["30"]

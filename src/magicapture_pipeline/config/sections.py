@@ -22,7 +22,7 @@ from magicapture_pipeline.config.generation import (
 )
 from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.model import ModelConfig
-from magicapture_pipeline.config.paths import path_problems
+from magicapture_pipeline.config.paths import IMAGE_SUFFIXES, path_problems
 from magicapture_pipeline.config.preprocess import (
     PreprocessConfig,
     SampleDataConfig,
@@ -134,19 +134,89 @@ def _check_validation(
     parameters: Mapping[str, Any], stage: str, raw: Mapping[str, Any]
 ) -> list[str]:
     """A validation objective this run cannot compute (issue 20): a held-out metric while
-    ``preprocess.heldout_sources`` holds no photo out."""
+    ``preprocess.heldout_sources`` holds no photo out, or an identity metric of a recognizer the
+    ``evaluation`` section does not configure (:func:`identity_recognizer`)."""
     validation = SECTIONS[stage].model_validate(raw).validation
-    if validation.every_n_steps == 0 or "heldout" not in validation.objective:
+    objective = validation.objective
+    if validation.every_n_steps == 0:
         return []
+    problems = []
+    where = f"params:{stage}.validation.objective: {objective!r}"
+    if "heldout" in objective:
+        preprocess = _plain(parameters.get("preprocess")) or {}
+        if SECTIONS["preprocess"].model_validate(preprocess).heldout_sources == 0:
+            problems.append(
+                f"{where} needs a held-out source photo but preprocess.heldout_sources is 0 "
+                "(hold one out, or choose another objective, e.g. csim_*)"
+            )
+    if objective.startswith(("csim", "copy_check")):
+        recognizer, why = identity_recognizer(_plain(parameters.get("evaluation")) or {})
+        other = {"arcface", "dlib"} - {recognizer}
+        if recognizer is None:
+            problems.append(f"{where} needs a face recognizer, but {why}")
+        elif any(name in objective for name in other):
+            problems.append(
+                f"{where} names a recognizer this env does not score with ({why}): use "
+                f"csim_{recognizer}... or csim_* (any recognizer)"
+            )
+    return problems
+
+
+def identity_recognizer(evaluation: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The recognizer the evaluation protocol scores identity with (``core.evaluation.metrics.
+    load_identity_embedder``'s rule) and why: ``("arcface" | "dlib" | None, reason)``."""
+    try:
+        config = SECTIONS["evaluation"].model_validate(evaluation)
+    except ValidationError:
+        return "dlib", "evaluation is invalid (reported on its own)"
+    backend, model = config.identity_backend, config.arcface_model
+    if backend == "arcface" and not model:
+        return None, "evaluation.identity_backend is arcface and evaluation.arcface_model is unset"
+    if backend == "arcface" or (backend == "auto" and model):
+        return "arcface", f"evaluation.arcface_model = {model!r}"
+    return "dlib", f"evaluation.identity_backend = {backend!r} without arcface_model: dlib"
+
+
+def source_photo_problems(parameters: Mapping[str, Any], sections: Iterable[str],
+                          project: Path) -> list[str]:  # fmt: skip
+    """A held-out validation objective while the user's ``source_dir`` holds fewer photos than
+    ``preprocess.heldout_min_sources``: preprocessing would hold none out (issue 20)."""
+    folder = parameters.get("source_dir")
+    if not isinstance(folder, str) or not folder:
+        return []
+    path = Path(folder).expanduser()
+    path = path if path.is_absolute() else Path(project) / path
+    try:
+        photos = sum(
+            1
+            for p in path.iterdir()
+            if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+    except OSError:
+        return []  # the path rules report an unreadable folder
+    if photos == 0:
+        return []  # the path rules report an empty folder
     preprocess = _plain(parameters.get("preprocess")) or {}
-    held = SECTIONS["preprocess"].model_validate(preprocess).heldout_sources
-    if held > 0:
+    try:
+        needed = SECTIONS["preprocess"].model_validate(preprocess).heldout_min_sources
+    except ValidationError:
         return []
-    return [
-        f"params:{stage}.validation.objective: {validation.objective!r} needs a held-out source "
-        "photo but preprocess.heldout_sources is 0 (hold one out, or choose another objective, "
-        "e.g. csim_*)"
-    ]
+    problems = []
+    for stage in ("stage_one", "stage_two"):
+        try:
+            validation = SECTIONS[stage].model_validate(_plain(parameters.get(stage)) or {})
+        except ValidationError:
+            continue
+        validation = validation.validation
+        if stage in sections and validation.every_n_steps and "heldout" in validation.objective:
+            if photos < needed:
+                problems.append(
+                    f"params:{stage}.validation.objective: {validation.objective!r} needs a "
+                    f"held-out photo, but source_dir {folder!r} holds {photos} photo(s) and "
+                    f"preprocess.heldout_min_sources is {needed}: none would be held out "
+                    "(add photos, or choose another objective, e.g. csim_*)"
+                )
+    return problems
 
 
 def _check_variants(parameters: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[str]:
@@ -173,7 +243,8 @@ def check_run(
     """Every problem of a run before anything is written or cleared: the typed sections and the
     path rules (:mod:`magicapture_pipeline.config.paths`) of the folders it writes and reads."""
     sections = list(sections)
-    return check_sections(parameters, sections) + path_problems(parameters, sections, project)
+    problems = check_sections(parameters, sections) + path_problems(parameters, sections, project)
+    return problems + source_photo_problems(parameters, sections, Path(project))
 
 
 def check_parameters(

@@ -40,10 +40,26 @@ class TrackingConfig(_Strict):
         ),
     )
     history_datasets: dict[str, str] = Field(
-        {"stage_one_history": "stage_one", "stage_two_history": "stage_two"},
-        description="Loss-history DataFrames (one row per step) -> metric prefix; every numeric "
-        "column is logged per step as <prefix>/<column>.",
-        json_schema_extra=ours("the catalog's loss-history datasets"),
+        {
+            "stage_one_history": "stage_one",
+            "stage_two_history": "stage_two",
+            "stage_one_validation_history": "stage_one_validation",
+            "stage_two_validation_history": "stage_two_validation",
+        },
+        description="History DataFrames (one row per step) -> metric prefix; every numeric "
+        "column is logged per step as <prefix>/<column>; a row marked 'exported' also sets the "
+        "tags <prefix>.exported_step and <prefix>.export_reason.",
+        json_schema_extra=ours("the catalog's loss- and validation-history datasets"),
+    )
+    step_image_datasets: dict[str, str] = Field(
+        {
+            "stage_one_validation_images": "stage_one_validation",
+            "stage_two_validation_images": "stage_two_validation",
+        },
+        description="Image partitions keyed step_<n>/<name> -> image key prefix; each is logged "
+        "with log_image(key=<prefix>/<name>, step=n), so the run's image slider walks through "
+        "training (issue 20).",
+        json_schema_extra=ours("the catalog's validation-image partitions"),
     )
     metrics_dataset: str = Field(
         "metrics",
@@ -57,12 +73,15 @@ class TrackingConfig(_Strict):
             "attention_heatmaps": "images/attention_heatmaps",
             "generation_grid": "images/samples",
             "metrics_plot": "images/metrics",
+            "concept_card": "images",
             "postprocess_report": "reports",
             "generation_records": "reports",
             "metrics": "reports",
             "per_image_metrics": "reports",
             "stage_one_history": "reports",
             "stage_two_history": "reports",
+            "stage_one_validation_history": "reports",
+            "stage_two_validation_history": "reports",
             "stage_one_loss_curves": "images/losses",
             "stage_two_loss_curves": "images/losses",
         },

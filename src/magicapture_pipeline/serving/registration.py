@@ -10,7 +10,8 @@ from ``serving/entry.py`` at load time (nothing pickled). The package's own code
 model is then registered as a new version of ``magicapture-<concept>`` with the alias
 ``candidate``; the version carries one tag per metric (``metric.<name>``) and one short tag
 ``unavailable`` listing the metrics that could not be computed (their reasons are in the run's
-``reports/unavailable.json``).
+``reports/unavailable.json``), and ``exported_step`` / ``export_reason`` from ``concept.json``
+(which training step's weights the version holds and why: issue 20's best-step export).
 
 The base Stable Diffusion is referenced, not copied (``serving/base_model.py``: hub id or a
 project-relative folder). Sampling settings are ``params:generation``'s ``SamplingConfig`` and
@@ -20,6 +21,7 @@ draws (``serving/concept_model.py``). What happens to a version next is ``servin
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import warnings
@@ -74,6 +76,17 @@ def client_for(tracking_uri: str | None) -> MlflowClient:
     """An ``MlflowClient`` whose registry is the tracking store (sqlite keeps both); calls to a
     local sqlite store are serialised across processes (``tracking_store``)."""
     return tracking_client(tracking_uri, registry_uri=tracking_uri)
+
+
+EXPORT_KEYS = ("exported_step", "export_reason")  # concept.json -> version tags (issue 20)
+
+
+def export_record_tags(concept_dir: str | Path) -> dict[str, str]:
+    """``exported_step`` and ``export_reason`` of the concept's ``concept.json`` as version tags
+    (absent keys are left out; the reason is cut to the tag limit)."""
+    path = Path(concept_dir) / "concept.json"
+    concept = json.loads(path.read_text()) if path.is_file() else {}
+    return {key: str(concept[key])[:5000] for key in EXPORT_KEYS if concept.get(key) is not None}
 
 
 def metric_tags(metrics: Mapping[str, Any]) -> dict[str, str]:
@@ -179,7 +192,7 @@ def _register(
     except MlflowException as error:
         if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code):
             raise
-    tags = metric_tags(metrics)
+    tags = metric_tags(metrics) | export_record_tags(concept_dir)
     tags |= {"base_model": str(model_config["base_model"])}
     tags |= {"base_model_kind": str(model_config.get("base_model_kind", "hub_id"))}
     version = client.create_model_version(
@@ -211,4 +224,3 @@ def _register(
             if k.startswith(METRIC_TAG)
         },
     }
-

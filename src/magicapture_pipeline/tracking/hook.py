@@ -62,6 +62,7 @@ from magicapture_pipeline.tracking.uris import (
     resolve_tracking_uri,
     tracking_disabled_by_env,
 )
+from magicapture_pipeline.tracking.validation import export_tags, images_by_step, log_validation
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,8 @@ class MlflowTrackingHook:
         config = run.config
         if dataset_name in config.history_datasets:
             self._log_history(run, config.history_datasets[dataset_name], data)
+        if dataset_name in config.step_image_datasets:
+            self._log_step_images(run, config.step_image_datasets[dataset_name], data)
         if dataset_name == config.metrics_dataset:
             self._log_metrics(run, data)
         if dataset_name in config.option_datasets:
@@ -205,7 +208,16 @@ class MlflowTrackingHook:
 
     @_safe
     def _log_history(self, run: _ActiveRun, prefix: str, history: Any) -> None:
+        from mlflow.entities import RunTag
+
         run.client.log_batch(run.run_id, metrics=history_metrics(prefix, history))
+        tags = export_tags(prefix, history)  # validation histories: the exported step and why
+        if tags:
+            run.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    @_safe
+    def _log_step_images(self, run: _ActiveRun, prefix: str, partitions: Any) -> None:
+        log_validation(run.client, run.run_id, prefix, [], images_by_step(partitions or {}))
 
     @_safe
     def _log_metrics(self, run: _ActiveRun, metrics: Mapping[str, Any]) -> None:
@@ -271,7 +283,9 @@ class MlflowTrackingHook:
             logger.warning(
                 "MLflow run %s: the server is unreachable; the run stays RUNNING there until "
                 "`python -m magicapture_pipeline.tracking.spool sync` delivers %s and ends it %s",
-                run.run_id, client.path, status,
+                run.run_id,
+                client.path,
+                status,
             )
             return
         logger.info("MLflow run %s %s", run.run_id, status)
@@ -302,4 +316,3 @@ def _experiment_id(client: Any, name: str, tracking_uri: str, project_path: Path
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
-

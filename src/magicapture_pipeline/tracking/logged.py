@@ -41,7 +41,9 @@ MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG_LENGTH = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 UNAVAILABLE_TAG = "magicapture.unavailable"
 UNAVAILABLE_ARTIFACT = "reports/unavailable.json"  # the reasons; the registry reads them too
-_OPTION_KEY = re.compile(r"identity|backend|enabled|restor|super_?res|upscal|watermark|blend")
+_OPTION_KEY = re.compile(
+    r"identity|backend|enabled|restor|super_?res|upscal|watermark|blend|exported_step|export_reason"
+)
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 _PER_ITEM_KEYS = {"images", "per_image", "items", "files"}  # one entry per image: not a run option
 
@@ -106,9 +108,7 @@ def _git_tags(project_path: Path) -> dict[str, str]:
     }
 
 
-def run_tags(
-    run_params: Mapping[str, Any], env: str | None, project_path: Path
-) -> dict[str, str]:
+def run_tags(run_params: Mapping[str, Any], env: str | None, project_path: Path) -> dict[str, str]:
     """The tags a run starts with: Kedro's run options, the git commit and the batch, if any."""
     pipelines = run_params.get("pipeline_names") or ["__default__"]
     tags = {
@@ -159,7 +159,8 @@ def option_tags(dataset_name: str, data: Mapping[str, Any]) -> dict[str, str]:
     """``magicapture.*`` tags saying which optional parts ran, read from a saved output.
 
     Any scalar whose key mentions identity, a backend, enabled, restoration, super-resolution,
-    blending or a watermark is kept; ``metrics["unavailable"]`` becomes one tag per metric with its
+    blending, a watermark or the exported step and its reason (issue 20) is kept;
+    ``metrics["unavailable"]`` becomes one tag per metric with its
     reason; ``magicapture.identity_loss`` summarises whether the identity loss (Eq. 7) was on.
     """
     tags = _scalar_options(data, f"magicapture.{dataset_name}")

@@ -98,6 +98,11 @@ def _decode(value: Any) -> Any:
         kinds = {"__metric__": Metric, "__param__": Param, "__runtag__": RunTag}
         if key in kinds:
             return kinds[key](*fields)
+        if key == "__image__":  # a spooled log_image(key=, step=) picture
+            from PIL import Image
+
+            with Image.open(fields) as image:
+                return image.copy()
     return value
 
 
@@ -129,8 +134,9 @@ class SpoolingClient:
         return self.path.is_file()
 
     def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
-        if name == "log_image":  # a PIL image: keep it as a file the spool can name
-            return self._log_image(args, kwargs)
+        if name == "log_image" and kwargs.get("key") is None:  # an artifact file: keep it as
+            return self._log_image(args, kwargs)  # a file the spool can name
+        # log_image(key=, step=) (validation images, issue 20): spooled as a PNG (_append)
         if self.pending and not self.flush():
             return self._append(name, args, kwargs)
         try:
@@ -152,7 +158,18 @@ class SpoolingClient:
         folder = str(Path(artifact_file).parent) if Path(artifact_file).parent.name else None
         return self._call("log_artifact", (run_id, str(local), folder), {})
 
+    def _saved(self, value: Any) -> Any:
+        """A PIL image as a PNG beside the spool (``{"__image__": path}``); else ``value``."""
+        if not (hasattr(value, "save") and hasattr(value, "mode")):
+            return value
+        local = self.path.with_suffix("") / "images" / f"{time.time_ns()}.png"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        value.save(local)
+        return {"__image__": str(local)}
+
     def _append(self, name: str, args: tuple, kwargs: dict) -> None:
+        args = tuple(self._saved(value) for value in args)
+        kwargs = {key: self._saved(value) for key, value in kwargs.items()}
         record = json.dumps({"call": name, "args": _encode(list(args)),
                              "kwargs": {k: _encode(v) for k, v in kwargs.items()}}) + "\n"
         size = self.path.stat().st_size if self.path.is_file() else 0

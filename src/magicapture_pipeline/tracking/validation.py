@@ -2,7 +2,10 @@
 the run's image slider walks through training, and the history rows as step metrics.
 
 ``core.training.validation.Validator`` returns ``images`` (``{step: {name: PIL image}}``) and
-``history`` (one row per validation); core stays MLflow-free and this module logs them.
+``history`` (one row per validation); core stays MLflow-free and this module logs them. In a
+Kedro run the tracking hook logs the ``<stage>_validation_images`` partitions
+(``step_<n>/<name>``, :func:`images_by_step`) and sets the exported step and its reason as run
+tags (:func:`export_tags`) from the ``<stage>_validation_history`` table.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from magicapture_pipeline.tracking.logged import history_metrics
+from magicapture_pipeline.core.training.validation import images_by_step
+from magicapture_pipeline.tracking.logged import MAX_TAG_LENGTH, clipped, history_metrics
+
+__all__ = ["export_tags", "images_by_step", "log_validation"]
 
 
 def log_validation(
@@ -33,3 +39,19 @@ def log_validation(
             client.log_image(run_id, image, key=f"{prefix}/{name}", step=int(step))
             logged += 1
     return logged
+
+
+def export_tags(prefix: str, history: Any) -> dict[str, str]:
+    """``<prefix>.exported_step`` and ``<prefix>.export_reason`` from a validation history's
+    row marked ``exported`` (empty when none is)."""
+    if history is None or "exported" not in getattr(history, "columns", ()):
+        return {}
+    marked = history[history["exported"].fillna(0).astype(int) == 1]
+    if marked.empty:
+        return {}
+    row = marked.iloc[-1]
+    reason = row.get("export_reason", "")
+    return {
+        f"{prefix}.exported_step": str(int(row["step"])),
+        f"{prefix}.export_reason": clipped("" if pd.isna(reason) else str(reason), MAX_TAG_LENGTH),
+    }

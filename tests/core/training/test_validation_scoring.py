@@ -4,6 +4,8 @@ same weights, different images as the weights move."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -46,6 +48,8 @@ def _train(tiny_dir, validate: bool):
 
         def evaluate(images):  # stand-in evaluator: the real one needs face models
             seen[len(seen)] = {k: _pixels(v) for k, v in images.items()}
+            # loading metric models may draw from the global RNGs: training must not notice
+            torch.rand(3), random.random()
             return {"csim_stub_heldout": float(len(seen))}
 
         scorer = sampling_scorer(trainer, validation, sampling, evaluate)
@@ -68,5 +72,8 @@ def test_validation_samples_live_weights_and_leaves_training_unchanged(tiny_dir)
     grid = checked.validator.images[4]["grid"]
     assert grid.width == 2 * RES
     # the same weights give the same pixels: sample step 4's weights again
+    states = torch.get_rng_state(), random.getstate()
     again = checked.validator.scorer(4)[1]
+    # sampling and scoring (whose models may draw) leave the global RNGs as they were
+    assert torch.equal(states[0], torch.get_rng_state()) and states[1] == random.getstate()
     assert np.array_equal(_pixels(again["p01_seed4"]), second["p01_seed4"])

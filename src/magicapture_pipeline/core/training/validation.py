@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HISTORY_COLUMNS = ("stage", "step", "objective", "eligible", "best_step", "reason")
+EXPORT_COLUMNS = ("exported", "export_reason")
+STEP_PREFIX = "step_"  # image partitions: step_<6 digits>/<name>
 
 
 def resolve(pattern: str, metrics: Mapping[str, Any]) -> str | None:
@@ -201,22 +203,25 @@ def apply_export(trainer: Any, checkpoint_dir: str | None, export: str) -> dict[
     ``export == "best"`` with a best step before the last: that step's checkpoint (written at
     every validated step, kept by keep-last-K) is loaded into the trainable tensors, so what the
     stage returns equals that checkpoint. Returns ``{"exported_step", "export_reason", "best"}``
-    for concept.json and the run (``{}`` when the trainer has no validator).
+    for concept.json and the run (without a validator: the last step, ``best`` absent).
     """
     from pathlib import Path
 
     import torch
     from safetensors.torch import load_file
 
-    from magicapture_pipeline.core.training import checkpoints
+    from magicapture_pipeline.core.training.checkpoints import CHECKPOINT_PREFIX, TRAINABLE_FILE
 
     validator = getattr(trainer, "validator", None)
     if validator is None:
-        return {}
+        return {
+            "exported_step": trainer.global_step,
+            "export_reason": "export: last (not validated)",
+        }
     step, why = validator.export_step(export, trainer.global_step)
     if step != trainer.global_step:
-        folder = Path(checkpoint_dir or "") / f"{checkpoints.CHECKPOINT_PREFIX}{step}"
-        path = folder / checkpoints.TRAINABLE_FILE
+        folder = Path(checkpoint_dir or "") / f"{CHECKPOINT_PREFIX}{step}"
+        path = folder / TRAINABLE_FILE
         if not checkpoint_dir or not path.is_file():
             step, why = trainer.global_step, f"export: last (no checkpoint of step {step}: {path})"
         else:
@@ -226,3 +231,48 @@ def apply_export(trainer: Any, checkpoint_dir: str | None, export: str) -> dict[
                     current[name].copy_(value.to(current[name].device, current[name].dtype))
             trainer.placeholder_rows.sync()
     return {"exported_step": step, "export_reason": why, "best": validator.best.state()}
+
+
+def validation_outputs(
+    validator: Validator | None, export: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The ``validation_history`` rows and the ``validation_images`` partitions of a stage.
+
+    Every row gets ``exported`` (1 on the exported step, else 0) and ``export_reason`` (on that
+    row); an exported step that was never validated (the last step off the schedule) gets a row of
+    its own. Images are keyed ``step_<step, 6 digits>/<name>``. ``([], {})`` without a validator.
+    """
+    if validator is None:
+        return [], {}
+    step = export.get("exported_step")
+    rows = [
+        dict(row, exported=int(row["step"] == step), export_reason="") for row in validator.history
+    ]
+    if step is not None and all(row["step"] != step for row in rows):
+        rows.append({"stage": validator.stage, "step": step, "eligible": False,
+                     "reason": "not validated", "exported": 1, "export_reason": ""})  # fmt: skip
+    for row in rows:
+        if row["exported"]:
+            row["export_reason"] = str(export.get("export_reason", ""))
+    images = {
+        f"{STEP_PREFIX}{int(at):06d}/{name}": image
+        for at, named in sorted(validator.images.items())
+        for name, image in named.items()
+    }
+    return rows, images
+
+
+def images_by_step(partitions: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """``{"step_000040/grid": image or lazy loader}`` -> ``{40: {"grid": image}}``.
+
+    Raises:
+        ValueError: a partition key that is not ``step_<n>/<name>``.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in sorted(partitions.items()):
+        head, _, name = str(key).partition("/")
+        number = head.removeprefix(STEP_PREFIX)
+        if not name or not head.startswith(STEP_PREFIX) or not number.isdigit():
+            raise ValueError(f"validation image {key!r}: expected {STEP_PREFIX}<step>/<name>")
+        out.setdefault(int(number), {})[name] = value() if callable(value) else value
+    return out

@@ -7,10 +7,12 @@ from typing import Any
 import pandas as pd
 
 from magicapture_pipeline.config.generation import EvaluationConfig
+from magicapture_pipeline.core.evaluation.card import concept_card
 from magicapture_pipeline.core.evaluation.figures import metrics_figure
 from magicapture_pipeline.core.evaluation.protocol import load_metric_models
 from magicapture_pipeline.core.evaluation.scoring import evaluate, identity_loss_record
 from magicapture_pipeline.core.faces.face_set import EvaluationInputs, FaceSet
+from magicapture_pipeline.core.training.validation import images_by_step
 
 
 def evaluate_generated(  # noqa: PLR0917 - Kedro passes node inputs positionally
@@ -54,3 +56,23 @@ def evaluate_generated(  # noqa: PLR0917 - Kedro passes node inputs positionally
 def plot_metrics(per_image_metrics: pd.DataFrame) -> Any:
     """Per-image bars of every numeric metric (:func:`core.evaluation.figures.metrics_figure`)."""
     return metrics_figure(per_image_metrics)
+
+
+def draw_concept_card(  # noqa: PLR0913, PLR0917 - Kedro passes node inputs positionally
+    training_set: dict[str, Any],
+    face_crops: dict[str, Any],
+    face_masks: dict[str, Any],
+    stage_two_validation_history: pd.DataFrame,
+    stage_two_validation_images: dict[str, Any],
+    metrics: dict[str, Any],
+    generation: dict[str, Any],
+) -> Any:
+    """The concept card (:func:`core.evaluation.card.concept_card`): photos, references, the
+    exported step's validation images beside the last step's, validation curves, metrics."""
+    inputs = EvaluationInputs.from_face_set(
+        FaceSet.from_catalog(training_set, face_crops, face_masks)
+    )
+    name = (generation or {}).get("concept_name", "concept")
+    images = images_by_step(stage_two_validation_images or {})
+    return concept_card(name, [*inputs.sources, *inputs.heldout], inputs.references, images,
+                        stage_two_validation_history, metrics)  # fmt: skip

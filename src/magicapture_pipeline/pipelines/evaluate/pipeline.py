@@ -2,7 +2,11 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from magicapture_pipeline.pipelines.evaluate.nodes import evaluate_generated, plot_metrics
+from magicapture_pipeline.pipelines.evaluate.nodes import (
+    draw_concept_card,
+    evaluate_generated,
+    plot_metrics,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -29,6 +33,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs="per_image_metrics",
                 outputs="metrics_plot",
                 name="plot_metrics",
+            ),
+            Node(
+                func=draw_concept_card,
+                inputs=[
+                    "training_set",
+                    "face_crops",
+                    "face_masks",
+                    "stage_two_validation_history",
+                    "stage_two_validation_images",
+                    "metrics",
+                    "params:generation",
+                ],
+                outputs="concept_card",
+                name="draw_concept_card",
             ),
         ]
     )

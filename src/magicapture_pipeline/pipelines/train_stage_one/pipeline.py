@@ -10,7 +10,8 @@ from magicapture_pipeline.pipelines.train_stage_one.nodes import (
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """``params:model`` -> ``base_model``; training set + crops + masks -> embeddings, history."""
+    """``params:model`` -> ``base_model``; training set + crops + masks -> embeddings, history,
+    validation history and images (sampled as ``generate`` does, scored as ``evaluate`` does)."""
     return Pipeline(
         [
             Node(
@@ -27,8 +28,15 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "face_crops",
                     "face_masks",
                     "params:stage_one",
+                    "params:generation",
+                    "params:evaluation",
                 ],
-                outputs=["stage_one_embeddings", "stage_one_history"],
+                outputs=[
+                    "stage_one_embeddings",
+                    "stage_one_history",
+                    "stage_one_validation_history",
+                    "stage_one_validation_images",
+                ],
                 name="train_stage_one",
             ),
             Node(

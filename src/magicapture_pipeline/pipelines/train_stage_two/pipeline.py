@@ -21,8 +21,16 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "face_crops",
                     "face_masks",
                     "params:stage_two",
+                    "params:generation",
+                    "params:evaluation",
                 ],
-                outputs=["concept", "stage_two_history", "attention_heatmaps"],
+                outputs=[
+                    "concept",
+                    "stage_two_history",
+                    "attention_heatmaps",
+                    "stage_two_validation_history",
+                    "stage_two_validation_images",
+                ],
                 name="train_stage_two",
             ),
             Node(
