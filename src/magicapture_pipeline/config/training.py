@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+from magicapture_pipeline.config.memory import MemoryConfig
 from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.recipes import authors, official_recipe
 from magicapture_pipeline.config.validation import ValidationConfig
@@ -182,6 +183,9 @@ class _TrainingLoopConfig(_Strict):
         "fp16",
         json_schema_extra=authors(stage_one="no", stage_two="fp16"),
         description="Accelerate mixed precision; forced to 'no' on CPU.",
+    )
+    memory: MemoryConfig = Field(
+        default_factory=MemoryConfig, description="Memory options (checkpointing, attention)."
     )
     cache_latents: bool = Field(
         True, description="Encode each augmented image once instead of every step."
