@@ -57,3 +57,17 @@ def test_each_added_term_adds_work(sd15):
     )
     vae = steps["stage2_eq8_eq7_full_step"]["by_component"]["vae"]
     assert vae["backward"] > 0 and steps["stage2_eq8_step"]["by_component"].get("vae") is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["sd15_dry", "sdxl_dry"])
+def test_the_segment_cache_counts_exactly_what_running_every_segment_counts(size):
+    from magicapture_pipeline.speed_bench.gpu_run import dry_sizes
+
+    model = ms.build_meta_model(size, "official", size=dry_sizes()[size], arcface_arch="r18")
+    cache: dict = {}
+    for name in fl.VARIANTS:  # in bench order, so later variants replay earlier segments
+        assert fl.count_step(model, name, cache) == fl.count_step(model, name), name
+    # stage one (LoRA frozen) and two differ; the UNet with and without Eq. 8's capture differ
+    unet_keys = {key[0] for key in cache if key[0][0] == "unet"}
+    assert len(unet_keys) == 4  # stage one, stage two plain, one-resolution capture, every layer

@@ -14,7 +14,8 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ class FlopRecorder(ms.Recorder):
         key = (component, phase)
         self.flops[key] = self.flops.get(key, 0) + counter.get_total_flops()
 
+    def add(self, component: str, phase: str, value: int) -> None:
+        """Count ``value`` FLOPs to ``(component, phase)`` without running anything."""
+        self.flops[(component, phase)] = self.flops.get((component, phase), 0) + value
+
     def table(self) -> dict[str, Any]:
         """``{"total", "forward", "backward", "by_component": {c: {forward, backward}}}``."""
         parts: dict[str, dict[str, int]] = {}
@@ -70,6 +75,76 @@ class FlopRecorder(ms.Recorder):
             "backward": backward,
             "by_component": parts,
         }
+
+
+@dataclass
+class _Counted:
+    """One segment's work, kept to be replayed wherever the same segment runs again."""
+
+    forward: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    requires_grad: bool
+    backward: int | None = None
+    grads: tuple[bool, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return self.backward is not None or not self.requires_grad
+
+
+class CachingTape(ms.Tape):
+    """A tape that counts each distinct keyed segment once: a segment seen before (same key,
+    grad mode, input shapes, dtypes and grad flags) adds its recorded forward and backward FLOPs
+    and hands on uninitialised meta tensors of the recorded shapes instead of running. The
+    counts are the same as without the cache (tests/speed_bench/test_flops.py); the steps share
+    most segments, so ``make bench-flops`` runs each UNet, VAE and ArcFace pass once."""
+
+    def __init__(self, recorder: FlopRecorder, cache: dict[Any, _Counted]) -> None:
+        super().__init__(recorder)
+        self.counter = recorder
+        self.cache = cache
+
+    def run(
+        self, component: str, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
+        key: Any = None,
+    ) -> torch.Tensor:  # fmt: skip
+        if key is None:
+            return super().run(component, fn, *inputs)
+        full = (key, torch.is_grad_enabled(), *((tuple(x.shape), x.dtype, x.requires_grad)
+                                                 for x in inputs))  # fmt: skip
+        entry = self.cache.get(full)
+        if entry is not None and entry.complete:
+            self.counter.add(component, "forward", entry.forward)
+            output = torch.empty(entry.shape, dtype=entry.dtype, device=ms.META)
+            output.requires_grad_(entry.requires_grad)
+            self.segments.append(
+                ms._Segment(component, [], list(inputs), output, full, replayed=True)
+            )
+            return output
+        before = self.counter.flops.get((component, "forward"), 0)
+        output = super().run(component, fn, *inputs, key=full)
+        self.cache[full] = _Counted(
+            self.counter.flops.get((component, "forward"), 0) - before,
+            tuple(output.shape), output.dtype, output.requires_grad,
+        )  # fmt: skip
+        return output
+
+    def _segment_backward(
+        self, seg: ms._Segment, grad: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        entry = self.cache.get(seg.key) if seg.key is not None else None
+        if entry is None:
+            return super()._segment_backward(seg, grad)
+        if seg.replayed:
+            self.counter.add(seg.component, "backward", entry.backward or 0)
+            return [(s, torch.empty_like(s)) for s, got in zip(seg.sources, entry.grads) if got]
+        before = self.counter.flops.get((seg.component, "backward"), 0)
+        found = super()._segment_backward(seg, grad)
+        entry.backward = self.counter.flops.get((seg.component, "backward"), 0) - before
+        got = {id(source) for source, _ in found}
+        entry.grads = tuple(id(source) in got for source in seg.sources)
+        return found
 
 
 def run_step(model: ms.MetaModel, variant: str, tape: ms.Tape) -> None:
@@ -103,11 +178,15 @@ def _total(*terms: torch.Tensor) -> torch.Tensor:
     return sum(t.float().pow(2).mean() if t.ndim else t for t in terms)
 
 
-def count_step(model: ms.MetaModel, variant: str) -> dict[str, Any]:
-    """FLOPs of one micro-step of ``variant`` (one image)."""
+def count_step(
+    model: ms.MetaModel, variant: str, cache: dict[Any, _Counted] | None = None
+) -> dict[str, Any]:
+    """FLOPs of one micro-step of ``variant`` (one image); segments counted before in
+    ``cache`` (one per model) are replayed, not run."""
     recorder = FlopRecorder()
+    tape = ms.Tape(recorder) if cache is None else CachingTape(recorder, cache)
     with _stage(model, VARIANTS[variant][0]):
-        run_step(model, variant, ms.Tape(recorder))
+        run_step(model, variant, tape)
     return recorder.table()
 
 
@@ -209,7 +288,8 @@ def customization(
 def measure(size: str, lora_preset: str = "paper") -> dict[str, Any]:
     """Every variant, one image, both recipes, for one size."""
     model = ms.build_meta_model(size, lora_preset)
-    steps = {name: count_step(model, name) for name in VARIANTS}
+    cache: dict[Any, _Counted] = {}
+    steps = {name: count_step(model, name, cache) for name in VARIANTS}
     gen = count_generation(model)
     ratio = steps["stage2_authors_step"]["total"] / steps[DEFAULT_STEP]["total"]
     window = ms.face_window(model, MARGIN)
