@@ -358,11 +358,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/08_reporting", type=Path)
     parser.add_argument("--sizes", nargs="+", default=list(ms.REAL_SIZES))
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="sizes counted at once, one process each (1 = serial)"
+    )
     args = parser.parse_args(argv)
     from magicapture_pipeline.core.atomic import write_json, write_text  # noqa: PLC0415
 
     start = time.perf_counter()
-    sizes = {size: measure(size) for size in args.sizes}
+    if args.jobs > 1 and len(args.sizes) > 1:  # the sizes share nothing: one process each
+        import multiprocessing  # noqa: PLC0415
+
+        with multiprocessing.get_context("fork").Pool(min(args.jobs, len(args.sizes))) as pool:
+            sizes = dict(zip(args.sizes, pool.map(measure, args.sizes), strict=True))
+    else:
+        sizes = {size: measure(size) for size in args.sizes}
     result = {
         "note": "FLOPs = torch.utils.flop_counter.FlopCounterMode over one micro-batch (batch 1) "
         "on the meta device, random-init architectures of the published configs; matmul, conv "
