@@ -14,8 +14,7 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from magicapture_pipeline.speed_bench import meta_step as ms
+from magicapture_pipeline.speed_bench.flop_cache import CachingTape, _Counted
 
 H100_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H100 SXM datasheet: dense BF16 tensor-core peak
 UTILISATION = 0.35  # ours: a typical share of peak for a diffusion training step
@@ -75,76 +75,6 @@ class FlopRecorder(ms.Recorder):
             "backward": backward,
             "by_component": parts,
         }
-
-
-@dataclass
-class _Counted:
-    """One segment's work, kept to be replayed wherever the same segment runs again."""
-
-    forward: int
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    requires_grad: bool
-    backward: int | None = None
-    grads: tuple[bool, ...] = ()
-
-    @property
-    def complete(self) -> bool:
-        return self.backward is not None or not self.requires_grad
-
-
-class CachingTape(ms.Tape):
-    """A tape that counts each distinct keyed segment once: a segment seen before (same key,
-    grad mode, input shapes, dtypes and grad flags) adds its recorded forward and backward FLOPs
-    and hands on uninitialised meta tensors of the recorded shapes instead of running. The
-    counts are the same as without the cache (tests/speed_bench/test_flops.py); the steps share
-    most segments, so ``make bench-flops`` runs each UNet, VAE and ArcFace pass once."""
-
-    def __init__(self, recorder: FlopRecorder, cache: dict[Any, _Counted]) -> None:
-        super().__init__(recorder)
-        self.counter = recorder
-        self.cache = cache
-
-    def run(
-        self, component: str, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
-        key: Any = None,
-    ) -> torch.Tensor:  # fmt: skip
-        if key is None:
-            return super().run(component, fn, *inputs)
-        full = (key, torch.is_grad_enabled(), *((tuple(x.shape), x.dtype, x.requires_grad)
-                                                 for x in inputs))  # fmt: skip
-        entry = self.cache.get(full)
-        if entry is not None and entry.complete:
-            self.counter.add(component, "forward", entry.forward)
-            output = torch.empty(entry.shape, dtype=entry.dtype, device=ms.META)
-            output.requires_grad_(entry.requires_grad)
-            self.segments.append(
-                ms._Segment(component, [], list(inputs), output, full, replayed=True)
-            )
-            return output
-        before = self.counter.flops.get((component, "forward"), 0)
-        output = super().run(component, fn, *inputs, key=full)
-        self.cache[full] = _Counted(
-            self.counter.flops.get((component, "forward"), 0) - before,
-            tuple(output.shape), output.dtype, output.requires_grad,
-        )  # fmt: skip
-        return output
-
-    def _segment_backward(
-        self, seg: ms._Segment, grad: torch.Tensor
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        entry = self.cache.get(seg.key) if seg.key is not None else None
-        if entry is None:
-            return super()._segment_backward(seg, grad)
-        if seg.replayed:
-            self.counter.add(seg.component, "backward", entry.backward or 0)
-            return [(s, torch.empty_like(s)) for s, got in zip(seg.sources, entry.grads) if got]
-        before = self.counter.flops.get((seg.component, "backward"), 0)
-        found = super()._segment_backward(seg, grad)
-        entry.backward = self.counter.flops.get((seg.component, "backward"), 0) - before
-        got = {id(source) for source, _ in found}
-        entry.grads = tuple(id(source) in got for source in seg.sources)
-        return found
 
 
 def run_step(model: ms.MetaModel, variant: str, tape: ms.Tape) -> None:
@@ -293,13 +223,17 @@ def measure(size: str, lora_preset: str = "paper") -> dict[str, Any]:
     gen = count_generation(model)
     ratio = steps["stage2_authors_step"]["total"] / steps[DEFAULT_STEP]["total"]
     window = ms.face_window(model, MARGIN)
+    from magicapture_pipeline.speed_bench.validation_cost import validation_cost
+
+    custom = {r: customization(steps, gen, r) for r in ("paper", "official")}
     return {
+        "validation": validation_cost(model, gen["total"], custom["paper"]),
         "resolution": model.size.resolution,
         "family": model.size.family,
         "steps": steps,
         "generation_one_image": gen,
         "face_window_latent": list(window),
-        "customization": {r: customization(steps, gen, r) for r in ("paper", "official")},
+        "customization": custom,
         "stage2_authors_over_default_flops": ratio,
         "stage2_authors_over_face_window_flops": steps["stage2_authors_step"]["total"]
         / steps["stage2_eq8_eq7_face_window_step"]["total"],
@@ -339,6 +273,14 @@ def render(result: dict[str, Any]) -> str:
             f"{data['stage2_authors_over_face_window_flops']:.3f}",
             "",
         ]
+        v = data["validation"]
+        lines.append(
+            f"One validation ({v['images']} images: 50 steps CFG + decode + ArcFace + CLIP "
+            f"ViT-L/14 each): {_tf(v['validation_flops'])} TFLOP = "
+            f"{v['validation_over_training']:.2f} x the stage-two work of "
+            f"{v['steps_compared']} steps (every_n_steps = {v['every_n_steps']})."
+        )
+        lines.append("")
         lines.append(
             "| recipe | stage one | stage two | evaluation | total PFLOP | H100 floor s "
             "| H100 s at 35 % |"
