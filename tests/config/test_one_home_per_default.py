@@ -69,6 +69,8 @@ AUTHORS_STAGE_ONE = {
     "color_jitter": [0.1, 0.1],
     "embedding_norm_target": 0.4,
     "max_grad_norm": None,  # the authors clip in phase 2 only (issue 18 §1)
+    # train_magicapture.sh --gradient_checkpointing: train() enables it before both phases
+    "memory": {"unet_gradient_checkpointing": True},
 }
 AUTHORS_STAGE_TWO = {
     "source_templates": SOURCE_TEMPLATES,
@@ -91,6 +93,7 @@ AUTHORS_STAGE_TWO = {
     "adam_weight_decay": 1e-3,
     "max_grad_norm": 1.0,
     "mixed_precision": "fp16",
+    "memory": {"unet_gradient_checkpointing": True},
     "mask_floor": 0.01,
     "max_timestep_fraction": 0.8,
     "style_weight": 2.0,

@@ -57,3 +57,38 @@ def test_each_added_term_adds_work(sd15):
     )
     vae = steps["stage2_eq8_eq7_full_step"]["by_component"]["vae"]
     assert vae["backward"] > 0 and steps["stage2_eq8_step"]["by_component"].get("vae") is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["sd15_dry", "sdxl_dry"])
+def test_the_segment_cache_counts_exactly_what_running_every_segment_counts(size):
+    from magicapture_pipeline.speed_bench.gpu_run import dry_sizes
+
+    model = ms.build_meta_model(size, "official", size=dry_sizes()[size], arcface_arch="r18")
+    cache: dict = {}
+    for name in fl.VARIANTS:  # in bench order, so later variants replay earlier segments
+        assert fl.count_step(model, name, cache) == fl.count_step(model, name), name
+    # stage one (LoRA frozen) and two differ; the UNet with and without Eq. 8's capture differ
+    unet_keys = {key[0] for key in cache if key[0][0] == "unet"}
+    assert len(unet_keys) == 4  # stage one, stage two plain, one-resolution capture, every layer
+
+
+def test_one_validation_is_its_images_generation_and_scoring():
+    from magicapture_pipeline.speed_bench.gpu_run import dry_sizes
+    from magicapture_pipeline.speed_bench.validation_cost import scoring_flops, validation_cost
+
+    model = ms.build_meta_model("sd15_dry", size=dry_sizes()["sd15_dry"], arcface_arch="r18")
+    with torch.no_grad():
+        arcface = _counted(lambda: model.arcface(torch.empty(1, 3, 112, 112, device=ms.META)))
+    clip = scoring_flops(model) - arcface[("unet", "forward")]
+    # CLIP ViT-L/14 at 224 px by hand: 24 layers x 257 tokens x (4 attention projections +
+    # a 4x MLP = 12 x 1024^2 MAC) + QK^T and AV (2 x 257^2 x 1024 MAC per layer), the 14 px patch
+    # conv (256 x 1024 x 588) and the 768-d projection; 2 FLOPs per MAC
+    tokens, width = 257, 1024
+    layers = 24 * (12 * width**2 * tokens + 2 * tokens**2 * width)
+    assert clip == 2 * (layers + 256 * width * 3 * 14 * 14 + width * 768)
+    found = validation_cost(model, 10**12, {"flops": {"stage_two": 1500 * 10**13}})
+    assert found["images"] == 2  # the default prompts x seeds
+    assert found["validation_flops"] == 2 * (10**12 + scoring_flops(model))
+    assert found["steps_compared"] == 100 and found["every_n_steps"] == 0  # off: per 100 steps
+    assert found["validation_over_training"] == found["validation_flops"] / (100 * 10**13)

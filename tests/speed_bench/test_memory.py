@@ -40,3 +40,28 @@ def test_saved_activations_count_until_backward():
     # the weight gradients (3 tensors of 64x64 + biases) outlive the step
     grads = sum(p.grad.numel() * 4 for p in layers.parameters())
     assert counter.live == grads
+
+
+def test_checkpointing_lowers_the_estimate_and_survives_the_two_pass_step():
+    from magicapture_pipeline.config.memory import MemoryConfig
+    from magicapture_pipeline.speed_bench.gpu_run import dry_sizes
+    from magicapture_pipeline.speed_bench.memory import estimate, trainer_bytes
+
+    model = ms.build_meta_model(
+        "sd15_dry", dtype=torch.float16, size=dry_sizes()["sd15_dry"], arcface_arch="r18"
+    )
+    variant = "stage2_authors_step"  # Eq. 8 capture, then the paused second pass (Eq. 7)
+    plain = estimate(model, variant)
+    checkpointed = MemoryConfig(unet_gradient_checkpointing=True)
+    # raised torch.utils.checkpoint.CheckpointError before the replaying checkpoint
+    found = estimate(model, variant, checkpointed)
+    assert found["activations_peak"] < plain["activations_peak"]
+    assert found["weights"] == plain["weights"]
+    # the UNet's autocast copies are recomputed inside its checkpoints, not kept
+    unet_half = 2 * sum(p.numel() for p in model.unet.parameters() if not p.requires_grad)
+    held = trainer_bytes(model, variant, MemoryConfig())
+    assert (
+        held["autocast_copies_bound"]
+        - trainer_bytes(model, variant, checkpointed)["autocast_copies_bound"]
+        == unet_half
+    )

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from magicapture_pipeline.config.adapters import LoraConfigModel, TokensConfig
 from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+from magicapture_pipeline.config.memory import MemoryConfig
 from magicapture_pipeline.config.merge import deep_merge
 from magicapture_pipeline.config.recipes import (
     AUTHORS_SCALE_LR,
@@ -186,6 +187,9 @@ class _TrainingLoopConfig(_Strict):
             authors_by_stage={"stage_one": "no", "stage_two": "fp16"},
         ),
         description="Accelerate mixed precision; forced to 'no' on CPU.",
+    )
+    memory: MemoryConfig = Field(
+        default_factory=MemoryConfig, description="Memory options (checkpointing, attention)."
     )
     cache_latents: bool = Field(
         True,

@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from magicapture_pipeline.speed_bench import meta_step as ms
+from magicapture_pipeline.speed_bench.flop_cache import CachingTape, _Counted
 
 H100_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H100 SXM datasheet: dense BF16 tensor-core peak
 UTILISATION = 0.35  # ours: a typical share of peak for a diffusion training step
@@ -56,6 +57,10 @@ class FlopRecorder(ms.Recorder):
             yield
         key = (component, phase)
         self.flops[key] = self.flops.get(key, 0) + counter.get_total_flops()
+
+    def add(self, component: str, phase: str, value: int) -> None:
+        """Count ``value`` FLOPs to ``(component, phase)`` without running anything."""
+        self.flops[(component, phase)] = self.flops.get((component, phase), 0) + value
 
     def table(self) -> dict[str, Any]:
         """``{"total", "forward", "backward", "by_component": {c: {forward, backward}}}``."""
@@ -103,11 +108,15 @@ def _total(*terms: torch.Tensor) -> torch.Tensor:
     return sum(t.float().pow(2).mean() if t.ndim else t for t in terms)
 
 
-def count_step(model: ms.MetaModel, variant: str) -> dict[str, Any]:
-    """FLOPs of one micro-step of ``variant`` (one image)."""
+def count_step(
+    model: ms.MetaModel, variant: str, cache: dict[Any, _Counted] | None = None
+) -> dict[str, Any]:
+    """FLOPs of one micro-step of ``variant`` (one image); segments counted before in
+    ``cache`` (one per model) are replayed, not run."""
     recorder = FlopRecorder()
+    tape = ms.Tape(recorder) if cache is None else CachingTape(recorder, cache)
     with _stage(model, VARIANTS[variant][0]):
-        run_step(model, variant, ms.Tape(recorder))
+        run_step(model, variant, tape)
     return recorder.table()
 
 
@@ -209,17 +218,22 @@ def customization(
 def measure(size: str, lora_preset: str = "paper") -> dict[str, Any]:
     """Every variant, one image, both recipes, for one size."""
     model = ms.build_meta_model(size, lora_preset)
-    steps = {name: count_step(model, name) for name in VARIANTS}
+    cache: dict[Any, _Counted] = {}
+    steps = {name: count_step(model, name, cache) for name in VARIANTS}
     gen = count_generation(model)
     ratio = steps["stage2_authors_step"]["total"] / steps[DEFAULT_STEP]["total"]
     window = ms.face_window(model, MARGIN)
+    from magicapture_pipeline.speed_bench.validation_cost import validation_cost
+
+    custom = {r: customization(steps, gen, r) for r in ("paper", "official")}
     return {
+        "validation": validation_cost(model, gen["total"], custom["paper"]),
         "resolution": model.size.resolution,
         "family": model.size.family,
         "steps": steps,
         "generation_one_image": gen,
         "face_window_latent": list(window),
-        "customization": {r: customization(steps, gen, r) for r in ("paper", "official")},
+        "customization": custom,
         "stage2_authors_over_default_flops": ratio,
         "stage2_authors_over_face_window_flops": steps["stage2_authors_step"]["total"]
         / steps["stage2_eq8_eq7_face_window_step"]["total"],
@@ -259,6 +273,14 @@ def render(result: dict[str, Any]) -> str:
             f"{data['stage2_authors_over_face_window_flops']:.3f}",
             "",
         ]
+        v = data["validation"]
+        lines.append(
+            f"One validation ({v['images']} images: 50 steps CFG + decode + ArcFace + CLIP "
+            f"ViT-L/14 each): {_tf(v['validation_flops'])} TFLOP = "
+            f"{v['validation_over_training']:.2f} x the stage-two work of "
+            f"{v['steps_compared']} steps (every_n_steps = {v['every_n_steps']})."
+        )
+        lines.append("")
         lines.append(
             "| recipe | stage one | stage two | evaluation | total PFLOP | H100 floor s "
             "| H100 s at 35 % |"
@@ -278,11 +300,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/08_reporting", type=Path)
     parser.add_argument("--sizes", nargs="+", default=list(ms.REAL_SIZES))
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="sizes counted at once, one process each (1 = serial)"
+    )
     args = parser.parse_args(argv)
     from magicapture_pipeline.core.atomic import write_json, write_text  # noqa: PLC0415
 
     start = time.perf_counter()
-    sizes = {size: measure(size) for size in args.sizes}
+    if args.jobs > 1 and len(args.sizes) > 1:  # the sizes share nothing: one process each
+        import multiprocessing  # noqa: PLC0415
+
+        with multiprocessing.get_context("fork").Pool(min(args.jobs, len(args.sizes))) as pool:
+            sizes = dict(zip(args.sizes, pool.map(measure, args.sizes), strict=True))
+    else:
+        sizes = {size: measure(size) for size in args.sizes}
     result = {
         "note": "FLOPs = torch.utils.flop_counter.FlopCounterMode over one micro-batch (batch 1) "
         "on the meta device, random-init architectures of the published configs; matmul, conv "

@@ -27,15 +27,29 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from magicapture_pipeline.config.memory import MemoryConfig
+from magicapture_pipeline.core.models.memory import apply_memory_options
 from magicapture_pipeline.speed_bench import flops as fl
 from magicapture_pipeline.speed_bench import meta_step as ms
 
 GIB = 1024**3
-# option -> what it switches (the field's training scripts; diffusers' train_text_to_image_lora.py
-# --gradient_checkpointing, AutoencoderKL.enable_tiling / enable_slicing)
-OPTIONS = ("none", "unet_checkpointing", "unet_te_checkpointing", "all_plus_vae_tiling")
 VARIANTS = (fl.DEFAULT_STEP, "stage2_eq8_eq7_face_window_step", "stage2_authors_step")
 GOALS_GIB = {"sd15_512": 12.0, "sdxl_1024": 24.0}
+
+
+def options(size: str) -> dict[str, MemoryConfig]:
+    """The options estimated, cumulative in this order (``config.memory`` fields, applied by
+    the trainers' own ``apply_memory_options``); tiles of half the latent side."""
+    latent = ms.REAL_SIZES[size].resolution // 8 if size in ms.REAL_SIZES else 8
+    ckpt = {"unet_gradient_checkpointing": True}
+    every = {**ckpt, "text_encoder_gradient_checkpointing": True}
+    every["vae_gradient_checkpointing"] = True
+    return {
+        "none": MemoryConfig(),
+        "unet_ckpt": MemoryConfig(**ckpt),
+        "unet_te_vae_ckpt": MemoryConfig(**every),
+        "all_ckpt_vae_tiles": MemoryConfig(**every, vae_tile_latent=max(8, latent // 2)),
+    }
 
 
 class LiveBytes(TorchDispatchMode):
@@ -90,59 +104,120 @@ def static_bytes(model: ms.MetaModel) -> dict[str, int]:
     }
 
 
-def _apply(model: ms.MetaModel, option: str) -> None:
-    if option == "none":
-        return
-    model.unet.enable_gradient_checkpointing()
-    if option in ("unet_te_checkpointing", "all_plus_vae_tiling"):
-        for encoder in model.text_encoders:
-            encoder.gradient_checkpointing_enable()
-    if option == "all_plus_vae_tiling":
-        model.vae.enable_tiling()
-
-
-def estimate(model: ms.MetaModel, variant: str) -> dict[str, Any]:
-    """Peak bytes of one stage-two micro-step of ``variant`` on ``model`` (options applied)."""
-    model.unet.train()  # diffusers checkpoints only in training mode
+def estimate(
+    model: ms.MetaModel, variant: str, memory: MemoryConfig | None = None
+) -> dict[str, Any]:
+    """Peak bytes of one stage-two micro-step of ``variant`` on ``model`` (weights as built),
+    after ``apply_memory_options(memory)`` (options only add: apply them in order)."""
+    apply_memory_options(memory or MemoryConfig(), unet=model.unet,
+                         text_encoders=model.text_encoders, vae=model.vae)  # fmt: skip
+    for module in (model.unet, *model.text_encoders):
+        module.train()  # as stage two trains them (transformers checkpoints only in training)
+        for p in module.parameters():
+            p.grad = None  # a previous estimate's gradients are not this step's
     counter = LiveBytes()
-    with fl._stage(model, "two"), counter:
-        fl.run_step(model, variant, ms.Tape())
-    model.unet.eval()
+    try:
+        with fl._stage(model, "two"), counter:
+            fl.run_step(model, variant, ms.Tape())
+    finally:
+        for module in (model.unet, *model.text_encoders):
+            module.eval()
     static = static_bytes(model)
-    return {
-        "activations_peak": counter.peak,
-        **static,
-        "total": counter.peak + sum(static.values()),
-    }
+    total = counter.peak + sum(static.values())
+    return {"activations_peak": counter.peak, **static, "total": total}
+
+
+def trainer_bytes(model: ms.MetaModel, variant: str, memory: MemoryConfig) -> dict[str, int]:
+    """What the trainers hold beyond the activations: every weight in fp32 (``load_components``
+    loads fp32; ``mixed_precision`` autocasts) and a bound on autocast's 16-bit weight copies
+    that autograd keeps for backward (each frozen network that runs with a gradient and is not
+    checkpointed: the UNet, the text encoders, and the VAE decoder + ArcFace when Eq. 7 runs)."""
+    modules = (model.unet, model.vae, model.arcface, *model.text_encoders)
+    weights = 4 * sum(p.numel() for m in modules for p in m.parameters())
+    graph = [] if memory.unet_gradient_checkpointing else [model.unet]
+    if not memory.text_encoder_gradient_checkpointing:
+        graph += model.text_encoders
+    if fl.VARIANTS[variant][2] is not None:  # Eq. 7: decoder (+ ArcFace) in the graph
+        graph += [model.arcface]
+        graph += [] if memory.vae_gradient_checkpointing else [model.vae.decoder]
+    copies = 2 * sum(p.numel() for m in graph for p in m.parameters() if not p.requires_grad)
+    return {"weights_fp32": weights, "autocast_copies_bound": copies}
+
+
+def _size_rows(size: str, dtypes: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = []
+    for name in dtypes:
+        model = ms.build_meta_model(size, dtype=getattr(torch, name))
+        for option, memory in options(size).items():
+            for variant in VARIANTS:
+                found = estimate(model, variant, memory)
+                held = trainer_bytes(model, variant, memory)
+                total = (found["activations_peak"] + found["gradients"] + found["adam_moments"]
+                         + held["weights_fp32"] + held["autocast_copies_bound"])  # fmt: skip
+                rows.append({"size": size, "dtype": name, "option": option, "variant": variant,
+                             "trainer_total_gib": round(total / GIB, 2),
+                             "goal_gib": GOALS_GIB[size],
+                             "estimate_total_gib": round(found["total"] / GIB, 2),
+                             **found, **held, "trainer_total": total})  # fmt: skip
+    return rows
+
+
+def _size_flops(size: str) -> dict[str, dict[str, int]]:
+    """FLOPs of each option x variant (recomputation is what checkpointing costs)."""
+    model = ms.build_meta_model(size)
+    out: dict[str, dict[str, int]] = {}
+    for option, memory in options(size).items():
+        apply_memory_options(memory, unet=model.unet, text_encoders=model.text_encoders,
+                             vae=model.vae)  # fmt: skip
+        for module in (model.unet, *model.text_encoders):
+            module.train()
+        out[option] = {v: fl.count_step(model, v)["total"] for v in VARIANTS}
+    return out
+
+
+def _one_size(job: tuple[str, tuple[str, ...]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    size, dtypes = job
+    return _size_rows(size, dtypes), _size_flops(size)
 
 
 def measure(sizes: list[str], dtypes: tuple[str, ...] = ("float16", "bfloat16")) -> dict[str, Any]:
-    """Every size x dtype x option (cumulative, in :data:`OPTIONS` order) x variant."""
-    rows = []
-    for size in sizes:
-        for name in dtypes:
-            model = ms.build_meta_model(size, dtype=getattr(torch, name))
-            for option in OPTIONS:
-                _apply(model, option)
-                for variant in VARIANTS:
-                    found = estimate(model, variant)
-                    rows.append({"size": size, "dtype": name, "option": option,
-                                 "variant": variant, "total_gib": round(found["total"] / GIB, 2),
-                                 "goal_gib": GOALS_GIB[size], **found})  # fmt: skip
-    return {"rows": rows}
+    """Every size x dtype x option (cumulative, :func:`options`) x variant, one process per
+    size, and each option's FLOPs."""
+    import multiprocessing
+
+    jobs = [(size, dtypes) for size in sizes]
+    with multiprocessing.get_context("fork").Pool(max(1, min(2, len(jobs)))) as pool:
+        found = pool.map(_one_size, jobs)
+    rows = [row for size_rows, _ in found for row in size_rows]
+    flops = {size: f for size, (_, f) in zip(sizes, found, strict=True)}
+    for row in rows:
+        row["step_tflop"] = round(flops[row["size"]][row["option"]][row["variant"]] / 1e12, 3)
+    return {"rows": rows, "flops": flops}
 
 
 def render(result: dict[str, Any]) -> str:
+    """The markdown of ``bench_memory.json``."""
     lines = [
-        "# Peak training memory per micro-step at real size (GiB, meta-device estimate)",
+        "# Peak training memory per stage-two micro-step at real size (GiB, meta-device estimate)",
         "",
-        "| size | dtype | option | variant | peak GiB | fits goal |",
-        "|---|---|---|---|---|---|",
+        "activations = live-bytes peak of the step run with 16-bit weights (autocast's 16-bit "
+        "activations); weights = every weight in fp32 as the trainers hold them; copies = bound on "
+        "autocast's 16-bit weight copies kept for backward; total = the sum + LoRA/token "
+        "gradients + AdamW moments. Options are cumulative (config.memory). TFLOP = the step's "
+        "work with the option (recomputation included).",
+        "",
+        "| size | dtype | option | variant | activations | weights | copies | total | fits "
+        "| TFLOP |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        fits = "yes" if r["total_gib"] <= r["goal_gib"] else "no"
-        lines.append(f"| {r['size']} | {r['dtype']} | {r['option']} | {r['variant']} | "
-                     f"{r['total_gib']:.2f} | {fits} ({r['goal_gib']:.0f}) |")  # fmt: skip
+        fits = "yes" if r["trainer_total_gib"] <= r["goal_gib"] else "no"
+        lines.append(
+            f"| {r['size']} | {r['dtype']} | {r['option']} | {r['variant']} | "
+            f"{r['activations_peak'] / GIB:.2f} | {r['weights_fp32'] / GIB:.2f} | "
+            f"{r['autocast_copies_bound'] / GIB:.2f} | {r['trainer_total_gib']:.2f} | "
+            f"{fits} ({r['goal_gib']:.0f}) | {r['step_tflop']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

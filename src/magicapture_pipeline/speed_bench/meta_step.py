@@ -155,6 +155,8 @@ class _Segment:
     leaves: list[Tensor | None]
     sources: list[Tensor]
     output: Tensor
+    key: Any = None  # what makes the segment's work the same elsewhere (speed_bench.flops cache)
+    replayed: bool = False
 
 
 class Tape:
@@ -164,15 +166,18 @@ class Tape:
         self.recorder = recorder or Recorder()
         self.segments: list[_Segment] = []
 
-    def run(self, component: str, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
-        """``fn(*inputs)`` as one segment of ``component``; the output keeps its graph."""
+    def run(
+        self, component: str, fn: Callable[..., Tensor], *inputs: Tensor, key: Any = None
+    ) -> Tensor:
+        """``fn(*inputs)`` as one segment of ``component``; the output keeps its graph. ``key``
+        names the segment's work apart from its inputs' shapes (a subclass may reuse it)."""
         leaves = [
             x.detach().requires_grad_(True) if x.requires_grad else x.detach() for x in inputs
         ]
         with self.recorder.segment(component, "forward"):
             output = fn(*leaves)
         keep = [leaf if leaf.requires_grad else None for leaf in leaves]
-        self.segments.append(_Segment(component, keep, list(inputs), output))
+        self.segments.append(_Segment(component, keep, list(inputs), output, key))
         return output
 
     def backward(self, loss: Tensor) -> None:
@@ -182,13 +187,20 @@ class Tape:
             grad = grads.pop(id(seg.output), None)
             if grad is None or not seg.output.requires_grad:
                 continue
-            with self.recorder.segment(seg.component, "backward"):
-                seg.output.backward(grad)
-            for leaf, source in zip(seg.leaves, seg.sources, strict=True):
-                if leaf is not None and leaf.grad is not None:
-                    held = grads.get(id(source))
-                    grads[id(source)] = leaf.grad if held is None else held + leaf.grad
+            for source, got in self._segment_backward(seg, grad):
+                held = grads.get(id(source))
+                grads[id(source)] = got if held is None else held + got
         self.segments.clear()
+
+    def _segment_backward(self, seg: _Segment, grad: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """``[(segment input, its gradient)]`` of one segment's backward."""
+        with self.recorder.segment(seg.component, "backward"):
+            seg.output.backward(grad)
+        return [
+            (source, leaf.grad)
+            for leaf, source in zip(seg.leaves, seg.sources, strict=True)
+            if leaf is not None and leaf.grad is not None
+        ]
 
 
 # --------------------------------------------------------------------------- the step's parts
@@ -197,8 +209,10 @@ class Tape:
 def encode_prompt(tape: Tape, model: MetaModel, batch: int = 1) -> tuple[Tensor, Tensor | None]:
     """Text states (and SDXL's pooled embedding) of ``batch`` 77-token prompts."""
     ids = torch.zeros(batch, 77, dtype=torch.long, device=model.device)
+    key = ("text", batch, _trainable(*model.text_encoders))
     if model.size.family != "sdxl":
-        return tape.run("text_encoder", lambda: model.text_encoders[0](ids).last_hidden_state), None
+        text = model.text_encoders[0]
+        return tape.run("text_encoder", lambda: text(ids).last_hidden_state, key=key), None
     first, second = model.text_encoders
 
     def both() -> Tensor:
@@ -206,7 +220,7 @@ def encode_prompt(tape: Tape, model: MetaModel, batch: int = 1) -> tuple[Tensor,
         out = second(ids, output_hidden_states=True)
         return torch.cat([one, out.hidden_states[-2], _pad(out.text_embeds, one)], dim=-1)
 
-    states = tape.run("text_encoder", both)
+    states = tape.run("text_encoder", both, key=key)
     pooled_dim = second.config.projection_dim
     width = states.shape[-1] - pooled_dim
     # split inside segments, so the gradients of both parts reach the text encoders' segment
@@ -248,7 +262,9 @@ def unet_forward(  # noqa: PLR0913
         kept = sum(m.float().mean() for ms_ in refocus._maps.values() for m in ms_)
         return torch.cat([pred.flatten().float(), kept.reshape(1)])
 
-    out = tape.run("unet", forward, states, *([] if pooled is None else [pooled]))
+    kind = None if refocus is None else (tuple(refocus.layer_names), refocus.keep_heads)
+    key = ("unet", batch, kind, _trainable(model.unet))
+    out = tape.run("unet", forward, states, *([] if pooled is None else [pooled]), key=key)
     if refocus is None:
         return out, None
     pred = tape.run("loss", lambda o: o[:-1].view(batch, 4, side, side), out)
@@ -278,14 +294,19 @@ def identity_term(tape: Tape, model: MetaModel, pred: Tensor, decoder: str, marg
             return model.taesd.decode(x0.to(model.taesd.dtype)).sample
         return model.vae.decode(x0.to(model.vae.dtype)).sample
 
-    image = tape.run("vae", decode, pred)
+    image = tape.run("vae", decode, pred, key=("vae", decoder, top, bottom, left, right))
 
     def embed(img: Tensor) -> Tensor:
         grid = model.tensor(img.shape[0], 112, 112, 2, dtype=img.dtype, low=-1.0)
         aligned = F.grid_sample(img, grid, align_corners=False)
         return model.arcface(aligned.to(model.dtype))
 
-    return tape.run("identity", embed, image)  # the loss segment reduces it
+    return tape.run("identity", embed, image, key=("identity",))  # the loss segment reduces it
+
+
+def _trainable(*modules: Any) -> int:
+    """How many parameters of ``modules`` train now (stage one freezes the LoRA)."""
+    return sum(p.requires_grad for m in modules for p in m.parameters())
 
 
 def capture(model: MetaModel, every_layer: bool) -> Any:

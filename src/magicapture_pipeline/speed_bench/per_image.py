@@ -51,6 +51,7 @@ def measure_preprocess(repeats: int = 20, workers: int | None = None) -> dict[st
         photos = [rgb, np.ascontiguousarray(rgb[:, ::-1])] * 32
         pool_rate = round(measure_pool_throughput(photos, workers, resolution=512), 2)
     return {
+        **measure_preprocess_demo(workers),
         "preprocess_images_per_s": round(1.0 / statistics.median(totals), 2),
         "preprocess_images_per_s_pool": pool_rate,
         "preprocess_workers": workers,
@@ -58,6 +59,37 @@ def measure_preprocess(repeats: int = 20, workers: int | None = None) -> dict[st
             "analyze_source": round(statistics.median(totals), 5),
             **{name: round(ms / 1e3, 5) for name, ms in parts.items()},
         },
+    }
+
+
+def measure_preprocess_demo(workers: int = 2, repeats: int = 3) -> dict[str, Any]:
+    """Images per second of preprocessing's face stage (analysis, overlay, pHash) on the
+    shipped demo photos (``core.faces.sample_data``: every source and reference image), serial
+    and in a pool of ``workers`` processes (``preprocess.workers``; the pool's output is the
+    serial path's byte for byte, ``tests/core/faces/test_pool.py``), with the machine's 1-minute
+    load average before and after: other work on the cores lowers both rates."""
+    from magicapture_pipeline.core.faces.sample_data import (
+        SOURCE_VARIANTS,
+        _reference_subjects,
+        build_sample_set,
+    )
+    from magicapture_pipeline.core.faces.throughput import (
+        measure_pool_throughput,
+        measure_throughput,
+    )
+
+    photos = [sample.pixels for sample in build_sample_set("source", len(SOURCE_VARIANTS))]
+    photos += [s.pixels for s in build_sample_set("reference", len(_reference_subjects()))]
+    load_before = os.getloadavg()[0]
+    serial = measure_throughput(photos, resolution=512, repeats=repeats)["full"]
+    pool = None
+    if workers >= 2:  # 8 copies a pass: enough work to keep every worker busy
+        pool = measure_pool_throughput(photos * 8, workers, resolution=512, repeats=repeats)
+    return {
+        "preprocess_demo_photos": len(photos),
+        "preprocess_demo_images_per_s": round(serial, 2),
+        "preprocess_demo_images_per_s_pool": None if pool is None else round(pool, 2),
+        "preprocess_demo_load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -118,3 +150,10 @@ def measure_evaluation(repeats: int = 5) -> dict[str, Any]:
         "evaluate_setting": "CSIM (dlib, offline) on 512 px images; CLIP style and aesthetic "
         "scores need weights that are not obtainable offline",
     }
+
+
+if __name__ == "__main__":  # the preprocessing entry alone: python -m ...speed_bench.per_image
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(measure_preprocess_demo(os.cpu_count() or 2), indent=2) + "\n")

@@ -20,6 +20,7 @@ from torch import Tensor
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.models.families import Conditioning, FamilyAdapter, TableRows
 from magicapture_pipeline.core.models.loading import SDXL, SDComponents, ensure_end_of_text_pooling
+from magicapture_pipeline.core.models.memory import apply_memory_options
 from magicapture_pipeline.core.models.tokens import placeholder_ids
 from magicapture_pipeline.core.training import checkpoints
 from magicapture_pipeline.core.training.examples import (
@@ -106,9 +107,8 @@ def region_mask(
 
 
 def vae_precision(family: str, device: torch.device) -> Any:
-    """SDXL's VAE overflows in fp16: run it with fp16 autocast switched off (its weights are
-    fp32, ``load_components``' default), as diffusers does through ``force_upcast``. Other
-    autocasts (bf16, with fp32's range) and SD 1.x are left as they are."""
+    """SDXL's VAE overflows in fp16: fp16 autocast off around it (weights fp32, as diffusers'
+    ``force_upcast``); other autocasts (bf16) and SD 1.x are left as they are."""
     import contextlib
 
     kind = device.type
@@ -155,6 +155,8 @@ class _Trainer:
         self.vae = components.vae.to(self.device)
         self.vae.requires_grad_(False)
         self.scaling = float(self.vae.config.scaling_factor)
+        encoders = [e for e in (self.text_encoder, self.text_encoder_2) if e is not None]
+        apply_memory_options(config.memory, unet=self.unet, text_encoders=encoders, vae=self.vae)
         self.tokens = [config.tokens.person, config.tokens.style]
         self._ensure_tokens()
         self.token_ids = placeholder_ids(self.tokenizer, self.tokens)
@@ -243,11 +245,10 @@ class _Trainer:
 
     def _target(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         kind = self.noise_scheduler.config.prediction_type
-        if kind == "epsilon":
-            return noise
-        if kind == "v_prediction":
-            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        raise ValueError(f"unsupported prediction_type {kind!r}")
+        if kind not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unsupported prediction_type {kind!r}")
+        velocity = kind == "v_prediction"
+        return self.noise_scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
 
     def _template(self, templates: Sequence[str]) -> str:
         return templates[_pick(self.generator, len(templates))]
