@@ -28,8 +28,7 @@ from test_batch import TINY, _weights, photo_set, summary_of
 
 from magicapture_pipeline.tracking import server as tracking_server
 
-pytestmark = [pytest.mark.integration, pytest.mark.service, pytest.mark.slow,
-              pytest.mark.xdist_group("ray")]  # fmt: skip
+pytestmark = [pytest.mark.integration, pytest.mark.service, pytest.mark.slow]
 LONG_TWO = {**TINY, "stage_two": {"max_steps": 20, "checkpoint_every": 4, "heatmap_every": 100}}
 
 
