@@ -34,6 +34,10 @@ TINY = {
     "generation": {"images_per_prompt": 1, "num_inference_steps": 2},
     "postprocess": {"super_resolution": {"enabled": False}},
 }
+# A stage two long enough to kill a worker mid-way: after checkpoint-KILL_AFTER, with steps left.
+KILL_AFTER = 8
+LONG_TWO = {**TINY, "stage_two": {"max_steps": 20, "checkpoint_every": 4, "heatmap_every": 100,
+                                  "validation": NO_VALIDATION}}
 SUMMARY_KEYS = {"name", "status", "reason", "mlflow_run_id", "registered_version",
                 "concept_dir", "attempts", "wall_s", "peak_rss_mb"}
 
@@ -243,7 +247,6 @@ def test_local_batch_two_succeed_one_fails(project_copy, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.service
-@pytest.mark.xdist_group("ray")  # one local Ray at a time
 @pytest.mark.slow
 def test_ray_batch_two_succeed_one_fails(project_copy, tmp_path):
     manifest = three_concepts(project_copy, tmp_path)
@@ -266,17 +269,14 @@ def _weights(concept_dir: Path) -> dict:
 
 @pytest.mark.integration
 @pytest.mark.service
-@pytest.mark.xdist_group("ray")  # one local Ray at a time
 @pytest.mark.slow
 def test_killed_ray_worker_resumes_from_its_checkpoint(project_copy, tmp_path):
     """Two identical concepts side by side; one's Ray worker is SIGKILLed mid stage two. Ray
     retries it, it resumes from its newest checkpoint and ends with the very same weights."""
-    long_two = {**TINY, "stage_two": {"max_steps": 30, "checkpoint_every": 5,
-                                      "heatmap_every": 100, "validation": NO_VALIDATION}}
     photos = str(photo_set(tmp_path / "photos", [0, 1]))
     manifest = {"concepts": [
-        {"name": "steady", "source_dir": photos, "params": long_two},
-        {"name": "killed", "source_dir": photos, "params": long_two},
+        {"name": "steady", "source_dir": photos, "params": LONG_TWO},
+        {"name": "killed", "source_dir": photos, "params": LONG_TWO},
     ]}
     process = run_batch(project_copy, manifest, "--engine", "ray", "--workers", "2")
     checkpoints = project_copy / "data/06_models/killed/checkpoints/stage_two"
@@ -284,7 +284,7 @@ def test_killed_ray_worker_resumes_from_its_checkpoint(project_copy, tmp_path):
     killed_pid = None
     while time.time() < deadline and process.poll() is None:
         states = list((project_copy / "data/08_reporting/batch").glob("*/killed/progress.json"))
-        if states and list(checkpoints.glob("checkpoint-10")):
+        if states and list(checkpoints.glob(f"checkpoint-{KILL_AFTER}")):
             progress = json.loads(states[0].read_text())
             if progress.get("stage") == "train_stage_two":
                 killed_pid = progress["pid"]
@@ -299,7 +299,7 @@ def test_killed_ray_worker_resumes_from_its_checkpoint(project_copy, tmp_path):
     assert by_name["killed"]["attempts"] == 2 and by_name["steady"]["attempts"] == 1
     (log,) = (project_copy / "data/08_reporting/batch").glob("*/killed/worker.log")
     resumed = re.findall(r"Resumed stage_two from.*?\(step\s+(\d+)\)", log.read_text(), re.S)
-    assert resumed and int(resumed[-1]) >= 10, resumed  # from checkpoint-10 or later, not step 0
+    assert resumed and int(resumed[-1]) >= KILL_AFTER, resumed  # that checkpoint or later, not 0
     steady = _weights(Path(by_name["steady"]["concept_dir"]))
     killed = _weights(Path(by_name["killed"]["concept_dir"]))
     assert steady and steady.keys() == killed.keys()

@@ -24,14 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from test_batch import NO_VALIDATION, TINY, _weights, photo_set, summary_of
+from test_batch import KILL_AFTER, LONG_TWO, _weights, photo_set, summary_of
 
 from magicapture_pipeline.tracking import server as tracking_server
 
-pytestmark = [pytest.mark.integration, pytest.mark.service, pytest.mark.slow,
-              pytest.mark.xdist_group("ray")]  # fmt: skip
-LONG_TWO = {**TINY, "stage_two": {"max_steps": 20, "checkpoint_every": 4, "heatmap_every": 100,
-                                  "validation": NO_VALIDATION}}
+pytestmark = [pytest.mark.integration, pytest.mark.service, pytest.mark.slow]
 
 
 def _ancestors(pid: int) -> set[int]:
@@ -91,10 +88,12 @@ def test_a_node_lost_mid_run_on_a_cluster_with_the_tracking_server(project_copy,
             cwd=project_copy, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         state = project_copy / "data/08_reporting/batch/cluster/killed"
-        checkpoints = project_copy / "data/06_models/killed/checkpoints/stage_two"
+        checkpoint = project_copy / "data/06_models/killed/checkpoints/stage_two" / (
+            f"checkpoint-{KILL_AFTER}"
+        )
         deadline = time.monotonic() + 1500
         while victim is None and time.monotonic() < deadline and driver.poll() is None:
-            if list(checkpoints.glob("checkpoint-8")) and (state / "progress.json").is_file():
+            if checkpoint.exists() and (state / "progress.json").is_file():
                 progress = yaml.safe_load((state / "progress.json").read_text())
                 if progress.get("stage") == "train_stage_two":
                     victim = _node_of(progress["pid"], nodes)
@@ -113,7 +112,7 @@ def test_a_node_lost_mid_run_on_a_cluster_with_the_tracking_server(project_copy,
     assert summary["engine_info"]["address"] == address
     log = (state / "worker.log").read_text()
     resumed = re.findall(r"Resumed stage_two from.*?\(step\s+(\d+)\)", log, re.S)
-    assert resumed and int(resumed[-1]) >= 8, resumed  # from checkpoint-8 or later, not step 0
+    assert resumed and int(resumed[-1]) >= KILL_AFTER, resumed  # that checkpoint or later, not 0
     steady = _weights(Path(by_name["steady"]["concept_dir"]))
     killed = _weights(Path(by_name["killed"]["concept_dir"]))
     assert steady and steady.keys() == killed.keys()

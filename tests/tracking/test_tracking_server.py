@@ -102,7 +102,9 @@ def test_demo_then_four_concurrent_concepts_on_postgres(server, project_copy, mo
     uri = server.tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert server.backend_store_uri.startswith("postgresql+psycopg2://")
-    finished(kedro(project_copy, uri))  # the demo, as `make demo` runs it
+    # the demo env, shrunk like the four below: what is checked is the tracking on PostgreSQL,
+    # every step and metric of the run; the full `make demo` chain is the shared demo_run's
+    finished(kedro(project_copy, uri, f"--params={SMALL}"))
     check_concept_run(client, project_copy, "demo")
     # the registered concept loads through the server (artifacts over mlflow-artifacts:/)
     from magicapture_pipeline.serving.batch import load_registered
