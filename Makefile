@@ -42,9 +42,8 @@ demo-sdxl: install  ## the same chain on a tiny random SDXL (two text encoders, 
 # The suite runs in two worker processes (pytest-xdist), one per core, each torch on one thread
 # (two threads per worker on two cores oversubscribe and slow everything); tests that share a
 # session fixture (the demo run) carry one xdist_group and go to the same worker. The Ray tests
-# carry none: each starts its own Ray (a local one with address="local", or a Cluster on free
-# ports), so two may run at once; one group would run all six in a row on one worker (together
-# 1156 s of the 8608 s summed over a loaded full run on 2026-12-06).
+# share the group "ray": one Ray at a time on this machine (together 1156 s of the 8608 s summed
+# over a loaded full run on 2026-12-06, not the critical path).
 PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 UNIT := not integration and not service
 

@@ -247,6 +247,7 @@ def test_local_batch_two_succeed_one_fails(project_copy, tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.service
+@pytest.mark.xdist_group("ray")  # one local Ray at a time
 @pytest.mark.slow
 def test_ray_batch_two_succeed_one_fails(project_copy, tmp_path):
     manifest = three_concepts(project_copy, tmp_path)
@@ -269,6 +270,7 @@ def _weights(concept_dir: Path) -> dict:
 
 @pytest.mark.integration
 @pytest.mark.service
+@pytest.mark.xdist_group("ray")  # one local Ray at a time
 @pytest.mark.slow
 def test_killed_ray_worker_resumes_from_its_checkpoint(project_copy, tmp_path):
     """Two identical concepts side by side; one's Ray worker is SIGKILLed mid stage two. Ray

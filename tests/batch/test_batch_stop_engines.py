@@ -78,6 +78,7 @@ def test_a_worker_hanging_while_closing_is_sigkilled_after_the_grace(project_cop
 
 @pytest.mark.service
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray at a time
 def test_sigterm_to_a_ray_driver_cancels_its_tasks_and_marks_them_stopped(project_copy, tmp_path):
     path = manifest(tmp_path, "hold-a", "good-b")
     driver = _driver(project_copy, path, tmp_path, "--engine", "ray", "--workers", "1",

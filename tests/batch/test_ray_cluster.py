@@ -23,7 +23,7 @@ from test_batch_outcomes import manifest
 
 STANDIN = Path(__file__).parent / "standin"
 
-pytestmark = [pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.service, pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 def _calls(path: Path) -> list[dict]:

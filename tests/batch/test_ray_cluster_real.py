@@ -28,7 +28,8 @@ from test_batch import KILL_AFTER, LONG_TWO, _weights, photo_set, summary_of
 
 from magicapture_pipeline.tracking import server as tracking_server
 
-pytestmark = [pytest.mark.integration, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.service, pytest.mark.slow,
+              pytest.mark.xdist_group("ray")]  # fmt: skip
 
 
 def _ancestors(pid: int) -> set[int]:
