@@ -11,7 +11,23 @@ import pytest
 from kedro.io import DatasetError
 
 from full_disk import tiny_tmpfs
-from magicapture_pipeline.datasets.atomic import CSVDataset, JSONDataset, TextDataset
+from magicapture_pipeline.datasets.atomic import (
+    CSVDataset,
+    JSONDataset,
+    OptionalCSVDataset,
+    TextDataset,
+)
+
+
+def test_an_optional_history_loads_empty_when_missing_and_saves_atomically(tmp_path):
+    """A concept trained before validation existed has no validation history: evaluate's card
+    reads an empty frame (a full run failed on the missing file); a written one loads as saved."""
+    history = OptionalCSVDataset(filepath=str(tmp_path / "h.csv"), save_args={"index": False})
+    empty = history.load()
+    assert isinstance(empty, pd.DataFrame) and empty.empty
+    history.save(pd.DataFrame({"step": [2, 4], "exported": [0, 1]}))
+    assert history.load()["step"].tolist() == [2, 4]
+    assert _no_temporaries(tmp_path)
 
 
 def _no_temporaries(folder) -> bool:

@@ -50,5 +50,18 @@ class CSVDataset(_AtomicSave, _CSVDataset):
     """``pandas.CSVDataset`` whose save is new-then-swap (see the module docstring)."""
 
 
+class OptionalCSVDataset(CSVDataset):
+    """``CSVDataset`` whose load of a missing file is an empty frame: a report that a concept
+    may lack, e.g. the validation history of a concept trained before issue 20 or elsewhere,
+    which ``evaluate``'s concept card reads as "no validation" instead of failing."""
+
+    def load(self) -> Any:
+        if not self._exists():
+            import pandas as pd
+
+            return pd.DataFrame()
+        return super().load()
+
+
 class TextDataset(_AtomicSave, _TextDataset):
     """``text.TextDataset`` whose save is new-then-swap (see the module docstring)."""

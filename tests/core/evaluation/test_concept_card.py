@@ -51,3 +51,10 @@ def test_without_validation_the_card_still_draws():
     empty = pd.DataFrame(columns=["step", "exported", "export_reason"])
     card = concept_card("bob", [_solid(RED)], [_solid(BLUE)], {}, empty, {})
     assert card.height > 700
+
+
+def test_a_concept_without_a_validation_history_file_still_gets_its_card():
+    """A concept trained before validation existed: the optional history loads as a frame with no
+    columns (a full run's evaluate failed on the missing file, then on the missing 'step')."""
+    card = concept_card("bob", [_solid(RED)], [_solid(BLUE)], {}, pd.DataFrame(), {})
+    assert card.height > 700 and _share(card, RED) > 0

@@ -73,7 +73,8 @@ def concept_card(  # noqa: PLR0913 (the card's parts)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    exported = history.loc[history.get("exported", pd.Series(dtype=int)) == 1, "step"]
+    marked = "exported" in history and "step" in history  # a missing history loads empty
+    exported = history.loc[history["exported"] == 1, "step"] if marked else ()
     exported_step = int(exported.iloc[-1]) if len(exported) else None
     last_step = max(images_by_step) if images_by_step else None
     columns = THUMBS
@@ -97,7 +98,7 @@ def concept_card(  # noqa: PLR0913 (the card's parts)
     if columns_found or exported_step is not None:
         curves.legend(fontsize=7)
     else:
-        curves.text(0.5, 0.5, "no validation scores (validation off)", ha="center")
+        curves.text(0.5, 0.5, "no validation scores (validation off, or no history)", ha="center")
     text = fig.add_subplot(grid[5, :])
     text.axis("off")
     reason = ""
