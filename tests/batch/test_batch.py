@@ -154,15 +154,22 @@ def photo_set(folder: Path, indices: list[int]) -> Path:
     return folder
 
 
-def run_batch(project: Path, manifest: dict, *options: str, timeout: int = 1500):
+def run_batch(
+    project: Path, manifest: dict, *options: str, timeout: int = 1500, sigint_ignored=False
+):
+    """The batch driver as a subprocess; ``sigint_ignored``: started with SIGINT ignored (``trap
+    '' INT`` then ``exec``), as a shell script's ``cmd &`` job (and a pytest-xdist worker) hands
+    it down."""
     path = project / "manifest.yaml"
     path.write_text(yaml.safe_dump(manifest))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
            "KEDRO_DISABLE_TELEMETRY": "1"}
+    command = [sys.executable, "-m", "magicapture_pipeline.batch", str(path), "--env", "demo",
+               "--project", str(project), *options]  # fmt: skip
+    if sigint_ignored:
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
     return subprocess.Popen(
-        [sys.executable, "-m", "magicapture_pipeline.batch", str(path), "--env", "demo",
-         "--project", str(project), *options],
-        cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -317,9 +324,11 @@ def test_killed_ray_worker_resumes_from_its_checkpoint(project_copy, tmp_path):
 @pytest.mark.integration
 def test_ctrl_c_stops_the_local_workers(project_copy):
     """The workers run in their own sessions (a dying worker must not take others with it), so
-    an interrupted batch must stop them itself."""
+    an interrupted batch must stop them itself. The driver is started with SIGINT ignored (a
+    script's background job; a full run under xdist ran the batch to the end, exit 0): SIGINT
+    still stops it."""
     process = run_batch(project_copy, {"concepts": [{"name": "alice", "params": TINY}]},
-                        "--engine", "local", "--workers", "1")
+                        "--engine", "local", "--workers", "1", sigint_ignored=True)
     deadline = time.time() + 300
     workers = list((project_copy / "data/08_reporting/batch").glob("*/alice/worker.json"))
     while not workers and time.time() < deadline and process.poll() is None:

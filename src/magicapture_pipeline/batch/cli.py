@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("--workers and --threads must be >= 1, --retries >= 0\n")
         return 2
     signal.signal(signal.SIGTERM, _stop)  # Slurm, Kubernetes, `timeout`: stop the workers
+    # Ctrl-C or `kill -INT` stops the batch the same way, also when the driver was started with
+    # SIGINT ignored (a script's `cmd &` job): Python then never raises KeyboardInterrupt
+    signal.signal(signal.SIGINT, _stop)
     try:
         summary, summary_file = run_batch(args)
     except ManifestError as error:
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop(signum: int, frame: Any) -> None:
-    """SIGTERM: the engine stops its workers and the summary marks their concepts ``stopped``."""
+    """SIGTERM/SIGINT: the engine stops its workers and the summary marks their concepts
+    ``stopped``."""
     signal.signal(signum, signal.SIG_IGN)  # once is enough; the workers are being stopped
     raise BatchStopped(signum)
 
