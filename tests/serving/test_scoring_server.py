@@ -254,6 +254,14 @@ HOSTILE = [
 ]
 
 
+def _body_complete(received: bytes) -> bool:
+    head, _, body = received.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":", 1)[1])
+    return True
+
+
 def post_expecting_continue(url: str, size: int) -> tuple[int, str, float]:
     """What curl does with a large body: headers with ``Expect: 100-continue``, then wait."""
     host, port = url.removeprefix("http://").split(":")
@@ -264,7 +272,13 @@ def post_expecting_continue(url: str, size: int) -> tuple[int, str, float]:
             f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n"
         )
         sock.sendall(head.encode())
-        answer = sock.recv(65536).decode("latin-1")
+        received = b""
+        while b"\r\n\r\n" not in received or not _body_complete(received):
+            chunk = sock.recv(65536)  # headers and body may arrive in separate packets
+            if not chunk:
+                break
+            received += chunk
+        answer = received.decode("latin-1")
     status = int(answer.split(" ", 2)[1])
     return status, answer, time.perf_counter() - start
 
