@@ -275,6 +275,18 @@ def _weights(concept_dir: Path) -> dict:
     return tensors
 
 
+def assert_killed_resumed_to_the_steady_weights(log: str, by_name: dict) -> None:
+    """The killed concept's retry resumed from checkpoint-KILL_AFTER or later (its worker log),
+    not from step 0, and ended with the very same exported tensors as the steady concept."""
+    resumed = re.findall(r"Resumed stage_two from.*?\(step\s+(\d+)\)", log, re.S)
+    assert resumed and int(resumed[-1]) >= KILL_AFTER, resumed  # that checkpoint or later, not 0
+    steady = _weights(Path(by_name["steady"]["concept_dir"]))
+    killed = _weights(Path(by_name["killed"]["concept_dir"]))
+    assert steady and steady.keys() == killed.keys()
+    for key in steady:
+        assert bool((steady[key] == killed[key]).all()), key
+
+
 @pytest.mark.integration
 @pytest.mark.service
 @pytest.mark.xdist_group("ray")  # one local Ray at a time
@@ -307,13 +319,7 @@ def test_killed_ray_worker_resumes_from_its_checkpoint(project_copy, tmp_path):
     by_name = {c["name"]: c for c in summary["concepts"]}
     assert by_name["killed"]["attempts"] == 2 and by_name["steady"]["attempts"] == 1
     (log,) = (project_copy / "data/08_reporting/batch").glob("*/killed/worker.log")
-    resumed = re.findall(r"Resumed stage_two from.*?\(step\s+(\d+)\)", log.read_text(), re.S)
-    assert resumed and int(resumed[-1]) >= KILL_AFTER, resumed  # that checkpoint or later, not 0
-    steady = _weights(Path(by_name["steady"]["concept_dir"]))
-    killed = _weights(Path(by_name["killed"]["concept_dir"]))
-    assert steady and steady.keys() == killed.keys()
-    for key in steady:
-        assert bool((steady[key] == killed[key]).all()), key
+    assert_killed_resumed_to_the_steady_weights(log.read_text(), by_name)
     # the dead attempt's MLflow run is not left RUNNING
     client = MlflowClient(tracking_uri=f"sqlite:///{project_copy / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("magicapture-killed")

@@ -13,7 +13,6 @@ metric ``steady`` has.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,13 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from test_batch import KILL_AFTER, LONG_TWO, _weights, photo_set, summary_of
+from test_batch import (
+    KILL_AFTER,
+    LONG_TWO,
+    assert_killed_resumed_to_the_steady_weights,
+    photo_set,
+    summary_of,
+)
 
 from magicapture_pipeline.tracking import server as tracking_server
 
@@ -111,14 +116,7 @@ def test_a_node_lost_mid_run_on_a_cluster_with_the_tracking_server(project_copy,
     by_name = {c["name"]: c for c in summary["concepts"]}
     assert (by_name["killed"]["attempts"], by_name["steady"]["attempts"]) == (2, 1)
     assert summary["engine_info"]["address"] == address
-    log = (state / "worker.log").read_text()
-    resumed = re.findall(r"Resumed stage_two from.*?\(step\s+(\d+)\)", log, re.S)
-    assert resumed and int(resumed[-1]) >= KILL_AFTER, resumed  # that checkpoint or later, not 0
-    steady = _weights(Path(by_name["steady"]["concept_dir"]))
-    killed = _weights(Path(by_name["killed"]["concept_dir"]))
-    assert steady and steady.keys() == killed.keys()
-    for key in steady:
-        assert bool((steady[key] == killed[key]).all()), key
+    assert_killed_resumed_to_the_steady_weights((state / "worker.log").read_text(), by_name)
     # nothing lost on the tracking server
     client = MlflowClient(tracking_uri=tracking)
     runs = {}
