@@ -13,8 +13,9 @@ On its own, without running anything (``make check-config ENV=demo PARAMS=...``)
 prints every knob the run will use, its effective value and where that value comes from
 (``--params``, ``conf/<env>/<file>.yml``, ``recipe official (authors' code)``, or ``default``
 followed by the default's own provenance from the field's metadata, e.g. ``default, paper:
-Sec. 3.4 ...`` or ``default, ours: ...``; the same metadata ``docs/defaults.md`` is generated
-from), then exits 0 with ``ok`` when valid, else 1 with one line per problem.
+Experiments: Training Details ...`` or ``default, ours: ...``; the same metadata
+``docs/defaults.md`` is generated from), then exits 0 with ``ok`` when valid, else 1 with one
+line per problem.
 
 Kedro 1.7 can also validate node parameters typed as pydantic models; no node is typed so (nodes
 take plain mappings and validate them themselves), so this hook is the one check, and its report

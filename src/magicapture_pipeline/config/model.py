@@ -186,7 +186,10 @@ class ModelConfig(_Strict):
         "A local path must be a diffusers folder (model_index.json), else an owner/name hub id; "
         "with `tiny` it is built there, so it must lie inside the project's data/ (ours: the check "
         "refuses e.g. /etc before any work).",
-        json_schema_extra=paper("the paper fine-tunes Stable Diffusion 1.5"),
+        json_schema_extra=paper(
+            "Experiments: Training Details: 'pre-trained Stable Diffusion V1.5'; this hub id "
+            "holds the weights that train_magicapture.sh names as runwayml/stable-diffusion-v1-5"
+        ),
     )
     revision: str | None = Field(
         None,

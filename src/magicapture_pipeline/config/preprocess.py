@@ -10,11 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from magicapture_pipeline.config.recipes import library, ours, paper
+from magicapture_pipeline.config.recipes import code, library, ours
 
 
 class SampleDataConfig(BaseModel):
-    """How many public-domain demo photos to build (MagiCapture uses 4-6 of each, Sec. 4)."""
+    """How many public-domain demo photos to build (MagiCapture uses 4 to 6 of each: paper,
+    Experiments: Training Details)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -23,14 +24,20 @@ class SampleDataConfig(BaseModel):
         ge=1,
         le=6,
         description="Demo source photos (astronaut variants); the paper uses 4-6 per person.",
-        json_schema_extra=ours("5 demo photos, inside the 4-6 per person the paper uses (Sec. 4)"),
+        json_schema_extra=ours(
+            "5 demo photos, inside the 4 to 6 per person the paper uses (Experiments: Training "
+            "Details)"
+        ),
     )
     n_reference: int = Field(
         5,
         ge=1,
         le=6,
         description="Demo reference (style) images; the paper uses 4-6 per style.",
-        json_schema_extra=ours("5 demo images, inside the 4-6 per style the paper uses (Sec. 4)"),
+        json_schema_extra=ours(
+            "5 demo images, inside the 4 to 6 per style the paper uses (Experiments: Training "
+            "Details)"
+        ),
     )
 
 
@@ -44,9 +51,13 @@ class PreprocessConfig(BaseModel):
         ge=64,
         le=4096,
         multiple_of=8,
-        description="Side of crops and image masks in px (SD 1.5 trains at 512, paper Sec. 4); "
-        "at most 4096 (ours: 4x SDXL's 1024; more runs out of memory on any single GPU).",
-        json_schema_extra=paper("Sec. 4: SD 1.5 trains at 512 px"),
+        description="Side of crops and image masks in px (authors' code: train_magicapture.sh "
+        "--resolution=512, SD 1.5's native size; the paper states no resolution); at most 4096 "
+        "(ours: 4x SDXL's 1024; more runs out of memory on any single GPU).",
+        json_schema_extra=code(
+            "train_magicapture.sh --resolution=512 (train() default 512 too); the paper states no "
+            "training resolution"
+        ),
     )
     crop_scale: float = Field(
         2.2,

@@ -2,8 +2,9 @@
 
 Each field records where its default comes from in its metadata (PEFT's
 ``field(metadata={"help": ...})`` pattern, here pydantic's ``json_schema_extra``):
-``Field(json_schema_extra=paper("Training Details: ..."))``, ``code("train_magicapture.sh
---lora_rank=4")`` (the authors' code, file and flag), ``library("mediapipe: ...")`` or
+``Field(json_schema_extra=paper("Experiments: Training Details: ..."))`` (where the paper states
+it: :data:`PAPER_PLACES`), ``code("train_magicapture.sh --lora_rank=4")`` (the authors' code,
+file and flag), ``library("mediapipe: ...")`` or
 ``ours("reason")``. A field whose default is not the authors' also records their value:
 ``ours("...", authors="linear")``, or ``authors_by_stage={"stage_one": ..., "stage_two": ...}``
 where the two stages of the authors' code differ (:func:`authors` alone records only the value).
@@ -16,6 +17,7 @@ authors' code is junhahyung/MagiCapture (``lora_diffusion_/magicapture_train.py`
 from __future__ import annotations
 
 import copy
+import re
 import typing
 from typing import Any, NamedTuple
 
@@ -37,6 +39,24 @@ AUTHORS_CODE = "authors' code"
 LIBRARY = "library default"
 OURS = "ours"
 SOURCES = (PAPER, AUTHORS_CODE, LIBRARY, OURS)
+# Where arXiv 2309.06895 v2 (main text and supplement) states something. Its sections carry no
+# numbers (AAAI style), so a paper citation starts with the section heading and the run-in
+# paragraph title as printed, or with an equation, table or figure number that exists.
+PAPER_PLACES = (
+    "Method: Two-phase Optimization",
+    "Method: Masked Reconstruction",
+    "Method: Composed Prompt Learning",
+    "Method: Attention Refocusing",
+    "Method: Postprocessing",
+    "Experiments: Training Details",
+    "Experiments: Comparisons",
+    "Experiments: Ablation Study",
+    "Supplement: Training Details",
+    "Supplement: General Object",
+    "Supplement: Ablation Study",
+)
+PAPER_NUMBERED = {"Eq.": 11, "Table": 3, "Fig.": 17}
+_NUMBERED = re.compile(r"(Eq\.|Table|Fig\.) (\d+)")
 # Derived, never written on a field: a nested section (each key has its own) or no default at all.
 NESTED = "nested"
 REQUIRED = "required"
@@ -100,6 +120,19 @@ def ours(
 ) -> dict[str, Any]:
     """Field metadata: the default is the project's own choice (``reason``: why)."""
     return _source(OURS, reason, authors, authors_by_stage)
+
+
+def paper_place(cite: str) -> str | None:
+    """The place in the paper that a paper citation starts with (one of :data:`PAPER_PLACES`,
+    or ``Eq. N`` / ``Table N`` / ``Fig. N`` within :data:`PAPER_NUMBERED`); ``None`` when it
+    names none, e.g. a section number the paper does not have."""
+    for place in PAPER_PLACES:
+        if cite.startswith(place):
+            return place
+    numbered = _NUMBERED.match(cite)
+    if numbered and 1 <= int(numbered.group(2)) <= PAPER_NUMBERED[numbered.group(1)]:
+        return numbered.group(0)
+    return None
 
 
 def _extra(field: FieldInfo) -> dict[str, Any]:

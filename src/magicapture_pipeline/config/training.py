@@ -53,6 +53,8 @@ REFERENCE_TEMPLATES = [
     "a nice painting of a person in the style of {}",
 ]
 COMPOSED_TEMPLATES = [t.replace("{}", "{v1}") + " in the style of {v2}" for t in SOURCE_TEMPLATES]
+# The paragraph of arXiv 2309.06895 v2 that states the training hyper-parameters.
+_TD = "Experiments: Training Details: "
 
 
 class _Strict(BaseModel):
@@ -101,7 +103,7 @@ class _TrainingLoopConfig(_Strict):
         4,
         ge=1,
         json_schema_extra=paper(
-            "Training Details: 'batch size of 1 and gradient accumulation over 4 steps'", authors=1
+            _TD + "'batch size of 1 and gradient accumulation over 4 steps'", authors=1
         ),
         description="Micro-batches of one image per optimiser step (paper: 4, Training Details "
         "'batch size of 1 and gradient accumulation over 4 steps'; authors' code: 1, their loops "
@@ -118,7 +120,10 @@ class _TrainingLoopConfig(_Strict):
     lr_warmup_steps: int = Field(
         0,
         ge=0,
-        json_schema_extra=code("magicapture_train.py: no warm-up (0)", authors=0),
+        json_schema_extra=code(
+            "train_magicapture.sh --lr_warmup_steps=0 (stage one), magicapture_train.py "
+            "train(lr_warmup_steps_lora=0) (stage two)", authors=0
+        ),
         description="Warm-up steps of the lr schedule (authors' code: 0; paper: none).",
     )
     adam_weight_decay: float = Field(
@@ -195,7 +200,8 @@ class _TrainingLoopConfig(_Strict):
         True,
         description="Encode each augmented image once instead of every step.",
         json_schema_extra=code(
-            "magicapture_train.py text2img_dataloader cached_latents=True (one encode per image)"
+            "magicapture_train.py train(cached_latents=True) -> text2img_dataloader: one "
+            "vae.encode(...).latent_dist.sample() per image"
         ),
     )
     hflip: bool = Field(
@@ -207,7 +213,9 @@ class _TrainingLoopConfig(_Strict):
         0.0,
         ge=0.0,
         le=1.0,
-        json_schema_extra=paper("Eq. 4-6 use a binary mask M", authors=0.01),
+        json_schema_extra=paper(
+            "Eq. 4-6, 8: M_v is 'a binary target mask' (Method: Attention Refocusing)", authors=0.01
+        ),
         description="Soften masks as (M + floor) / max before Eq. 4-6 (paper: binary, 0; "
         "authors' code: 0.01, loss_step's (mask + 0.01) / max).",
     )
@@ -266,7 +274,7 @@ class _TrainingLoopConfig(_Strict):
 
 
 class StageOneConfig(_TrainingLoopConfig):
-    """Stage one: only the [V1]/[V2] embedding rows train (paper Sec. 3.2, 'two-phase')."""
+    """Stage one: only the [V1]/[V2] embedding rows train (paper: Two-phase Optimization)."""
 
     STAGE: ClassVar[str] = "stage_one"
 
@@ -281,7 +289,10 @@ class StageOneConfig(_TrainingLoopConfig):
     learning_rate: float = Field(
         5e-4,
         gt=0.0,
-        json_schema_extra=paper("stage one lr 5e-4 (embeddings)", authors=5e-4 * AUTHORS_SCALE_LR),
+        json_schema_extra=paper(
+            _TD + "first phase, 'a learning rate 5e-4 for updating the text embeddings'",
+            authors=5e-4 * AUTHORS_SCALE_LR,
+        ),
         description="AdamW lr of the embeddings (paper: 5e-4; authors' code: "
         "--learning_rate_ti=5e-4 x --scale_lr 4 = 2e-3).",
     )
@@ -289,7 +300,9 @@ class StageOneConfig(_TrainingLoopConfig):
         1200,
         ge=1,
         le=100_000,
-        json_schema_extra=paper("stage one: 1200 steps", authors=1200),
+        json_schema_extra=paper(
+            _TD + "'The first training phase consists of a total of 1200 steps'", authors=1200
+        ),
         description="Optimiser steps (paper: 1200; at most 100,000, ours: 80x the paper's, "
         "beyond any run a machine can finish and a sign of a typo).",
     )
@@ -304,7 +317,7 @@ class StageOneConfig(_TrainingLoopConfig):
 
 
 class StageTwoConfig(_TrainingLoopConfig):
-    """Stage two: LoRA + embeddings with the three tasks (paper Sec. 3)."""
+    """Stage two: LoRA + embeddings with the three tasks (paper, Method; Eq. 10)."""
 
     STAGE: ClassVar[str] = "stage_two"
 
@@ -320,11 +333,11 @@ class StageTwoConfig(_TrainingLoopConfig):
         default_factory=lambda: list(COMPOSED_TEMPLATES),
         min_length=1,
         json_schema_extra=code(
-            "lora_diffusion_/dataset.py BOTH_TEMPLATE2 (paper Sec. 3.1: augmented from templates, "
-            "none listed)",
+            "lora_diffusion_/dataset.py BOTH_TEMPLATE2 (paper, Method: Composed Prompt Learning: "
+            "augmented from 'predefined prompt templates', none listed)",
             authors=COMPOSED_TEMPLATES,
         ),
-        description="Composed prompts, pseudo-labelled by a reference image (paper Sec. 3.1: "
+        description="Composed prompts, pseudo-labelled by a reference image (paper: "
         "augmented from templates; authors' code: the 10 of dataset.py BOTH_TEMPLATE2, the "
         "source phrasings + 'in the style of [V2]').",
     )
@@ -333,20 +346,25 @@ class StageTwoConfig(_TrainingLoopConfig):
         min_length=3,
         max_length=3,
         description="Sampling odds of source:reference:composed (paper: 1:1:1).",
-        json_schema_extra=paper("source, reference and composed tasks 1:1:1"),
+        json_schema_extra=paper(
+            "Supplement: Training Details, Eq. 10: L_s + L_r + L_c, the source, reference and "
+            "composed tasks weighted equally (here: equal odds of the task a micro-batch draws)"),
     )
     lora: LoraConfigModel = Field(default_factory=LoraConfigModel, description="LoRA.")
     learning_rate: float = Field(
         1e-4,
         gt=0.0,
-        json_schema_extra=paper("stage two LoRA lr 1e-4", authors=1e-4 * AUTHORS_SCALE_LR),
+        json_schema_extra=paper(
+            _TD + "second phase, 'the learning rate is 1e-4 for the projection layers'",
+            authors=1e-4 * AUTHORS_SCALE_LR,
+        ),
         description="LoRA lr (paper: 1e-4; authors' code: --learning_rate_unet=1e-4 x "
         "--scale_lr 4 = 4e-4).",
     )
     embedding_learning_rate: float = Field(
         1e-5,
         ge=0.0,
-        json_schema_extra=paper("stage two embedding lr 1e-5", authors=1e-4),
+        json_schema_extra=paper(_TD + "second phase, '1e-5 for the text embeddings'", authors=1e-4),
         description="Embedding lr (paper: 1e-5; authors' code: --continue_inversion_lr=1e-4, "
         "not scaled); 0 freezes the embeddings.",
     )
@@ -354,7 +372,9 @@ class StageTwoConfig(_TrainingLoopConfig):
         1500,
         ge=1,
         le=100_000,
-        json_schema_extra=paper("stage two: 1500 steps", authors=1500),
+        json_schema_extra=paper(
+            _TD + "second phase, 'a total of 1500 training steps'", authors=1500
+        ),
         description="Optimiser steps (paper: 1500; at most 100,000, ours: 66x the paper's, "
         "beyond any run a machine can finish and a sign of a typo).",
     )
