@@ -24,7 +24,7 @@ class PaperFigures(BaseModel):
         default=None,
         ge=-1.0,
         le=1.0,
-        description="The paper's CSIM (ArcFace) for the row.",
+        description="The paper's CSIM for the row (its 'pretrained recognition network', unnamed).",
         json_schema_extra=ours("empty unless a row transcribes the paper's figure"),
     )
     style: float | None = Field(
