@@ -1,4 +1,4 @@
-"""Baselines and ablations in one harness (paper Sec. 4 and its supplement; issue 4 section 4).
+"""Baselines and ablations in one harness (paper: Experiments, supplement; issue 4 section 4).
 
 Every variant is trained on the same accepted inputs by this project's own trainers
 (:mod:`core.training`), sampled with the same generation settings (:mod:`core.generation`) and

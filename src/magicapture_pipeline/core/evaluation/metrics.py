@@ -1,4 +1,5 @@
-"""The paper's evaluation protocol (Sec. 4.1): CSIM, masked CLIP style similarity, aesthetic score.
+"""The paper's evaluation protocol (Experiments: Comparisons): CSIM, masked CLIP style
+similarity, aesthetic score.
 
 - CSIM (:func:`csim`, the entry point): the mean pairwise cosine over (source x generated) face
   embeddings, as the authors' helper does (``evaluate_pipe`` in ``lora_diffusion_/utils.py``

@@ -1,4 +1,4 @@
-"""The whole evaluation protocol on one image set (paper Sec. 4.1), from loaded models.
+"""The whole evaluation protocol on one image set (paper: Comparisons), from loaded models.
 
 :func:`load_metric_models` loads the recognizers, CLIP and the aesthetic head once;
 :func:`evaluate_with` / :func:`evaluate_images` score an image set with every metric that can run

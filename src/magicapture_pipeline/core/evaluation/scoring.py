@@ -2,7 +2,7 @@
 
 One entry point, :func:`evaluate`, for the ``evaluate`` pipeline; :func:`score_images` scores one
 image set and is what the benchmark's rows (:mod:`core.evaluation.baselines`) call, so every row
-and the pipeline share the protocol (paper Sec. 4.1) and its inputs.
+and the pipeline share the protocol (paper, Experiments: Comparisons) and its inputs.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""CLIP-based metrics of the paper's protocol (Sec. 4.1): masked style similarity, aesthetic score.
+"""CLIP-based metrics of the paper's protocol (Experiments: Comparisons): masked style
+similarity, aesthetic score.
 
 - Style: the mean pairwise cosine over (reference x generated) CLIP image embeddings, with the
   face region masked out of both, by one rule for both sides (preprocessing's reference rule,

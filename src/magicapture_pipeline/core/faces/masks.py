@@ -1,6 +1,6 @@
 """Face masks: the mesh's face oval, the detection-box fallbacks, and the latent-resolution mask.
 
-The face mask stands in for the face parser of the paper (MagiCapture, Sec. 3.2 / Eq. 4-6): the
+The face mask stands in for the face parser of the paper (MagiCapture, Eq. 4-6): the
 region inside the mesh's face oval (skin, brows, eyes, nose, mouth, lips), which leaves hair above
 the hairline and the neck below the jaw outside. Source images use the mask as is; reference
 (style) images use its complement, so a reference image without a face has an all-ones style mask;

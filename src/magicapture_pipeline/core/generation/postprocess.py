@@ -1,4 +1,4 @@
-"""Post-processing (paper Sec. 3.4) and provenance of every image the project writes.
+"""Post-processing (paper, Method: Postprocessing) and provenance of every image the project writes.
 
 Check a file: ``python -m magicapture_pipeline.core.generation.postprocess IMAGE.png``.
 

@@ -1,4 +1,4 @@
-"""Face restoration for post-processing (paper Sec. 3.4): CodeFormer / GFPGAN and the blend.
+"""Face restoration for post-processing (paper: Postprocessing): CodeFormer / GFPGAN, the blend.
 
 Runs only from a checkpoint the user configures (non-commercial weights are never bundled).
 CodeFormer is built in code (:mod:`core.codeformer`); GFPGAN is tried through its package and

@@ -1,4 +1,5 @@
-"""The generation steps: sample a trained concept, then post-process the samples (paper Sec. 3.4).
+"""The generation steps: sample a trained concept, then post-process the samples (paper:
+Postprocessing).
 
 One entry point per step, taking its typed config: :func:`generate` (``GenerationConfig``) and
 :func:`postprocess` (``PostprocessConfig``). Each returns the images marked with their

@@ -1,4 +1,4 @@
-"""The two MagiCapture training stages (arXiv 2309.06895 v2, Sec. 3), checkpoints and resume.
+"""The two MagiCapture training stages (arXiv 2309.06895 v2, Method), checkpoints and resume.
 
 Where things live: :mod:`.loop` (the loop both stages share: accelerator, optimiser, lr schedule),
 :mod:`.stage_one`, :mod:`.stage_two` (with the entry points :func:`train_stage_one` and

@@ -43,7 +43,7 @@ def placeholder_positions(ids: Tensor, token_ids: Sequence[int]) -> list[tuple[i
 
 
 class AttentionRefocusingTerm:
-    """Eq. 8 of a stage-two micro-batch (arXiv 2309.06895 v2, Sec. 3.2).
+    """Eq. 8 of a stage-two micro-batch (arXiv 2309.06895 v2, Method: Attention Refocusing).
 
     Args:
         config: the ``attention`` section (an ``AttentionConfig``), read on every call.

@@ -1,6 +1,6 @@
 """Training examples: what the trainers read, and how they are built from the training set.
 
-Roles and tasks (Sec. 3): ``source`` images show the person, ``reference`` images the style;
+Roles and tasks (paper, Method): ``source`` images show the person, ``reference`` images the style;
 stage two samples three tasks, the third (``composed``) pseudo-labelled by a reference image.
 """
 

@@ -66,7 +66,7 @@ def identity_status(config: IdentityConfig) -> dict[str, Any]:
 
 
 class IdentityTerm:
-    """Eq. 7 of a stage-two micro-batch (arXiv 2309.06895 v2, Sec. 3.2).
+    """Eq. 7 of a stage-two micro-batch (arXiv 2309.06895 v2, Method: Composed Prompt Learning).
 
     Args:
         config: the ``identity`` section (an ``IdentityConfig``), read on every call.

@@ -1,4 +1,4 @@
-"""Nodes of the ``evaluate`` pipeline (the paper's protocol, Sec. 4.1)."""
+"""Nodes of the ``evaluate`` pipeline (the paper's protocol, Experiments: Comparisons)."""
 
 from __future__ import annotations
 
