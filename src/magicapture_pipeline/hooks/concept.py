@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 from magicapture_pipeline.concepts import ConceptLock, ConceptLockedError, validate_concept_name
@@ -68,9 +69,17 @@ class ConceptLockHook:
         """Refuse a bad ``--params=concept=...`` as soon as the context exists (no I/O yet).
 
         (The catalog checks it too, through ``${valid_concept:...}``; a runtime parameter replaces
-        ``params:concept`` as given, so the parameters need this check.)
+        ``params:concept`` as given, so the parameters need this check.) The merged parameters
+        (files + ``--params``) are read from the config loader, not ``context.params``: reading
+        those here would make Kedro validate every registered pipeline's node parameters, which
+        imports every pipeline's nodes (torch, MLflow's pyfunc) before the run has scoped it to
+        the pipelines it runs (``pipeline_registry.ProjectPipelines``).
         """
-        concept = context.params.get("concept")
+        try:
+            parameters = context.config_loader["parameters"]
+        except MissingConfigException:  # no parameter files: Kedro falls back to --params
+            parameters = context.params
+        concept = parameters.get("concept")
         if concept is not None:
             validate_concept_name(concept)
 

@@ -13,12 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pandas as pd
-
-from magicapture_pipeline.core.training.validation import images_by_step
 from magicapture_pipeline.tracking.logged import MAX_TAG_LENGTH, clipped, history_metrics
 
 __all__ = ["export_tags", "images_by_step", "log_validation"]
+
+
+def images_by_step(partitions: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """``core.training.validation.images_by_step``, imported when called: the tracking hook is
+    imported by ``settings.py`` for every Kedro command, and ``core.training`` imports torch."""
+    from magicapture_pipeline.core.training.validation import images_by_step as by_step
+
+    return by_step(partitions)
 
 
 def log_validation(
@@ -31,6 +36,8 @@ def log_validation(
     """Log ``history`` as ``<prefix>/<metric>`` at each validation's step and every image as
     ``<prefix>/<name>`` with its step (``MlflowClient.log_image``). Returns the images logged."""
     if history:
+        import pandas as pd
+
         frame = pd.DataFrame(list(history))
         client.log_batch(run_id, metrics=history_metrics(prefix, frame))
     logged = 0
@@ -49,6 +56,8 @@ def export_tags(prefix: str, history: Any) -> dict[str, str]:
     marked = history[history["exported"].fillna(0).astype(int) == 1]
     if marked.empty:
         return {}
+    import pandas as pd  # a history is a DataFrame: pandas is loaded already
+
     row = marked.iloc[-1]
     reason = row.get("export_reason", "")
     return {
