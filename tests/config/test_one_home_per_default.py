@@ -70,7 +70,8 @@ AUTHORS_STAGE_ONE = {
     "embedding_norm_target": 0.4,
     "max_grad_norm": None,  # the authors clip in phase 2 only (issue 18 §1)
     # train_magicapture.sh --gradient_checkpointing: train() enables it before both phases
-    "memory": {"unet_gradient_checkpointing": True},
+    # magicapture_train.py: fp32 weights (from_pretrained, no torch_dtype) under autocast
+    "memory": {"frozen_weights_16bit": False, "unet_gradient_checkpointing": True},
 }
 AUTHORS_STAGE_TWO = {
     "source_templates": SOURCE_TEMPLATES,
@@ -93,7 +94,8 @@ AUTHORS_STAGE_TWO = {
     "adam_weight_decay": 1e-3,
     "max_grad_norm": 1.0,
     "mixed_precision": "fp16",
-    "memory": {"unet_gradient_checkpointing": True},
+    # magicapture_train.py: fp32 weights (from_pretrained, no torch_dtype) under autocast
+    "memory": {"frozen_weights_16bit": False, "unet_gradient_checkpointing": True},
     "mask_floor": 0.01,
     "max_timestep_fraction": 0.8,
     "style_weight": 2.0,

@@ -59,9 +59,36 @@ def test_checkpointing_lowers_the_estimate_and_survives_the_two_pass_step():
     assert found["weights"] == plain["weights"]
     # the UNet's autocast copies are recomputed inside its checkpoints, not kept
     unet_half = 2 * sum(p.numel() for p in model.unet.parameters() if not p.requires_grad)
-    held = trainer_bytes(model, variant, MemoryConfig())
+    fp32 = {"frozen_weights_16bit": False}  # autocast copies exist for fp32-held weights only
+    held = trainer_bytes(model, variant, MemoryConfig(**fp32))
+    checkpointed_fp32 = checkpointed.model_copy(update=fp32)
     assert (
         held["autocast_copies_bound"]
-        - trainer_bytes(model, variant, checkpointed)["autocast_copies_bound"]
+        - trainer_bytes(model, variant, checkpointed_fp32)["autocast_copies_bound"]
         == unet_half
     )
+
+
+def test_frozen_16bit_halves_the_frozen_weights_and_keeps_only_arcface_copies():
+    from magicapture_pipeline.config.memory import MemoryConfig
+    from magicapture_pipeline.speed_bench.flops import DEFAULT_STEP
+    from magicapture_pipeline.speed_bench.gpu_run import dry_sizes
+    from magicapture_pipeline.speed_bench.memory import trainer_bytes
+
+    def frozen(*modules) -> int:
+        return sum(p.numel() for m in modules for p in m.parameters() if not p.requires_grad)
+
+    sizes = dry_sizes()
+    for name, dtype in (("sd15_dry", torch.float16), ("sdxl_dry", torch.float16),
+                        ("sdxl_dry", torch.bfloat16)):  # fmt: skip
+        model = ms.build_meta_model(name, dtype=dtype, size=sizes[name], arcface_arch="r18")
+        fp32 = trainer_bytes(model, DEFAULT_STEP, MemoryConfig(frozen_weights_16bit=False))
+        half = trainer_bytes(model, DEFAULT_STEP, MemoryConfig())
+        vae_fp32 = name == "sdxl_dry" and dtype == torch.float16  # outside fp16 autocast
+        cast = frozen(model.unet, *model.text_encoders, *([] if vae_fp32 else [model.vae]))
+        assert fp32["weights_fp32"] - half["weights_fp32"] == 2 * cast, (name, dtype)
+        # the token tables train: they stay fp32 (4 bytes) in both
+        assert any(p.requires_grad for e in model.text_encoders for p in e.parameters())
+        # Eq. 7 runs in the default step: ArcFace (fp32) is the only network autocast copies
+        assert half["autocast_copies_bound"] == 2 * frozen(model.arcface), (name, dtype)
+        assert half["autocast_copies_bound"] < fp32["autocast_copies_bound"]

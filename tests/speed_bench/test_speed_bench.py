@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import pytest
@@ -118,3 +119,28 @@ def test_step_figures_are_medians_of_the_timed_rounds_per_variant(monkeypatch):
     medians = measure._interleaved_medians(bench, ("a", "b"), repeats=3, warmup=1)
     assert medians == {"a": 2.0, "b": 6.0}
     assert bench.minimum == {"a": 1.0, "b": 4.0}
+
+
+def test_run_records_wall_and_cpu_seconds_of_every_part(monkeypatch, tmp_path, capsys):
+    """make bench says how long it took and what it cost (issue 19 §5): each size's process
+    and each per-image measure get wall and CPU seconds, summed into bench_cpu_s (a fake CPU
+    clock advancing 1.5 s per reading: 1.5 s a part, whatever the machine's load)."""
+    from magicapture_pipeline.speed_bench import report
+
+    monkeypatch.setattr(report, "_run_size_in_child",
+                        lambda name, *rest: {"size": name, "error": "not measured: stubbed"})
+    for name in ("measure_preprocess", "measure_generation", "measure_evaluation"):
+        stub = functools.partial(dict, {name: 1.0})
+        stub.__name__ = name  # run() names each part after its measure
+        monkeypatch.setattr(report, name, stub)
+    ticks = iter(1.5 * i for i in range(100))
+    monkeypatch.setattr(report._PartClock, "_cpu", staticmethod(lambda: next(ticks)))
+    found = report.run(["tiny", "sd_like_256"], tmp_path, profile=False)
+    parts = found["bench_parts_s"]
+    assert list(parts) == ["size tiny", "size sd_like_256", "measure_preprocess",
+                           "measure_generation", "measure_evaluation"]  # fmt: skip
+    assert {part["cpu_s"] for part in parts.values()} == {1.5}
+    assert found["bench_cpu_s"] == 7.5
+    assert found["bench_wall_s"] >= max(part["wall_s"] for part in parts.values())
+    printed = capsys.readouterr().out
+    assert "[bench] size tiny: " in printed and "s CPU (1-min load" in printed

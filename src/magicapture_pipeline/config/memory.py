@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from magicapture_pipeline.config.recipes import ours
+from magicapture_pipeline.config.recipes import library, ours
 
 
 class MemoryConfig(BaseModel):
@@ -18,6 +18,22 @@ class MemoryConfig(BaseModel):
     except ``vae_tile_latent`` (tiles blended)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    frozen_weights_16bit: bool = Field(
+        True,
+        description="Under mixed_precision fp16/bf16, hold the frozen UNet, VAE and text "
+        "encoder(s) in that dtype; LoRA, placeholder rows and the token tables stay fp32 "
+        "(diffusers' weight_dtype). SDXL's VAE under fp16 and the VAE under "
+        "identity.autocast_dtype fp32 stay fp32. No effect when mixed precision is off (CPU). "
+        "Authors' code: off (fp32 weights under autocast).",
+        json_schema_extra=library(
+            "diffusers examples train_text_to_image_lora.py / train_dreambooth_lora.py: unet, "
+            "vae, text_encoder .to(dtype=weight_dtype) under --mixed_precision fp16/bf16, "
+            "trainable params cast_training_params(float32); train_text_to_image_lora_sdxl.py "
+            "keeps the VAE fp32 ('to avoid NaN losses')",
+            authors=False,  # magicapture_train.py: fp32 from_pretrained, torch.cuda.amp.autocast
+        ),
+    )
 
     unet_gradient_checkpointing: bool = Field(
         False,

@@ -186,6 +186,37 @@ def _markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _PartClock:
+    """Wall and CPU seconds of one part of the benchmark (CPU: this process and the children
+    that ended meanwhile, i.e. a size's process or a preprocessing pool), recorded in ``parts``
+    and printed: on a shared machine the CPU seconds say what the part costs, the wall seconds
+    what it took under that load."""
+
+    def __init__(self, parts: dict[str, dict[str, float]], name: str) -> None:
+        self.parts, self.name = parts, name
+
+    @staticmethod
+    def _cpu() -> float:
+        import resource
+
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            total += usage.ru_utime + usage.ru_stime
+        return total
+
+    def __enter__(self) -> _PartClock:
+        self.wall, self.cpu = time.perf_counter(), self._cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall, cpu = time.perf_counter() - self.wall, self._cpu() - self.cpu
+        self.parts[self.name] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+        load = os.getloadavg()[0]
+        print(f"[bench] {self.name}: {wall:.0f} s wall, {cpu:.0f} s CPU "  # noqa: T201
+              f"(1-min load {load:.1f})", flush=True)
+
+
 def run(
     sizes: list[str],
     out_dir: Path,
@@ -205,14 +236,19 @@ def run(
         "goals": GOALS,
         "sizes": {},
     }
+    parts: dict[str, dict[str, float]] = {}
     for name in sizes:
         print(f"[bench] size {name} ...", flush=True)  # noqa: T201 - CLI progress
-        report["sizes"][name] = _run_size_in_child(name, profile, engine, device, mixed_precision)
+        with _PartClock(parts, f"size {name}"):
+            report["sizes"][name] = _run_size_in_child(
+                name, profile, engine, device, mixed_precision
+            )
     not_measured: dict[str, str] = {}
     for measure in (measure_preprocess, measure_generation, measure_evaluation):
         print(f"[bench] {measure.__name__} ...", flush=True)  # noqa: T201
         try:
-            result = measure()
+            with _PartClock(parts, measure.__name__):
+                result = measure()
         except Exception as error:  # noqa: BLE001 - a figure that fails is reported, not fatal
             key = {"measure_preprocess": "preprocess_images_per_s",
                    "measure_generation": "generate_s_per_image",
@@ -241,7 +277,9 @@ def run(
         for name, s in report["sizes"].items()
     }
     report["not_measured"] = not_measured
+    report["bench_parts_s"] = parts
     report["bench_wall_s"] = round(time.perf_counter() - started, 1)
+    report["bench_cpu_s"] = round(sum(part["cpu_s"] for part in parts.values()), 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "bench.md").write_text(_markdown(report))
@@ -313,5 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         mixed_precision=args.mixed_precision,
     )
     print((Path(args.out) / "bench.md").read_text())  # noqa: T201
-    took = json.loads((Path(args.out) / "bench.json").read_text())["bench_wall_s"]
-    print(f"[bench] took {took:.0f} s ({took / 60:.1f} min)")  # noqa: T201
+    report = json.loads((Path(args.out) / "bench.json").read_text())
+    took, cpu = report["bench_wall_s"], report["bench_cpu_s"]
+    print(f"[bench] took {took:.0f} s ({took / 60:.1f} min) wall, {cpu:.0f} s CPU "  # noqa: T201
+          f"(1-min load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")

@@ -57,8 +57,9 @@ SIZES: dict[str, SizeSpec] = {
         vae={},
         text={},
         arcface_arch="r100",
-        repeats=15,
-        warmup=2,
+        # 5 + 1 like the larger sizes (was 15 + 2: 519 s CPU for this size alone at load 12.5,
+        # 2026-12-06, most of a make bench that must end within 10 min on 2 cores; issue 19 §5)
+        repeats=5,
     ),
     "sd_like_256": SizeSpec(
         description="an SD-like model (SD block layout, channels 64-256, x8 VAE) at 256 px",
@@ -76,7 +77,7 @@ SIZES: dict[str, SizeSpec] = {
             "num_attention_heads": 4,
         },
         arcface_arch="r100",
-        repeats=7,
+        repeats=5,  # was 7 (issue 19 §5: make bench within 10 min)
     ),
     "sd15_unet_256": SizeSpec(
         description="SD 1.5's UNet, VAE and CLIP-L text encoder architectures, random weights, "

@@ -262,3 +262,36 @@ def test_measure_stages_names_every_part_in_milliseconds(astronaut, monkeypatch)
     stages = measure_stages(astronaut, resolution=128, repeats=3)
     assert stages == {name: pytest.approx(4.0) for name in ("detect", "crop", "mesh", "mask",
                       "sharpness", "analyze_source", "overlay", "phash")}  # fmt: skip
+
+
+def test_measure_pool_throughput_reports_rate_and_cpu_per_image(monkeypatch):
+    """Four images a pass, each pass 0.25 s of wall; every process_time reading 4 ms after the
+    last: 4 ms of worker CPU per image, and the parent's readings around the pass span the
+    2 x 4 worker readings + 1 (breaks caught: seconds instead of ms, the count left out,
+    worker CPU summed over the wrong pass)."""
+    import time
+
+    from magicapture_pipeline.core.faces import pool as pool_module
+    from magicapture_pipeline.core.faces import throughput
+
+    class InProcessPool:
+        def __init__(self, workers, *rest):
+            self.workers = workers
+
+        def map(self, function, arguments):
+            return [function(*args, None, None) for args in arguments]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(pool_module, "FacePool", InProcessPool)
+    monkeypatch.setattr(throughput, "_full_in_worker", lambda *args: None)
+    monkeypatch.setattr(time, "perf_counter", _Clock(0.25))
+    monkeypatch.setattr(time, "process_time", _Clock(0.004))
+    found = throughput.measure_pool_throughput([np.zeros((8, 8, 3), np.uint8)] * 4, 2)
+    assert found["images_per_s"] == pytest.approx(16.0)
+    assert found["worker_cpu_ms"] == pytest.approx(4.0)
+    assert found["parent_cpu_ms"] == pytest.approx(1e3 * 0.004 * (2 * 4 + 1) / 4)

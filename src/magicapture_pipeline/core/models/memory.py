@@ -13,6 +13,7 @@ captures inside a block when its forward runs and sets them again while it is re
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,72 @@ def replaying_checkpoint(module: nn.Module, *args: Any) -> Any:
             return module(*inputs)
 
     return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
+
+
+def frozen_weight_dtype(config: MemoryConfig, mixed_precision: str) -> torch.dtype | None:
+    """The dtype the frozen weights are held in (``config.frozen_weights_16bit``): the mixed
+    precision's 16-bit type, or ``None`` (stay as loaded) when the switch or mixed precision
+    is off (``mixed_precision`` as the accelerator resolved it: ``"no"`` on CPU)."""
+    if not config.frozen_weights_16bit:
+        return None
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+
+
+def cast_frozen_weights(
+    modules: Sequence[nn.Module], dtype: torch.dtype, keep: Sequence[nn.Module] = ()
+) -> int:
+    """Cast, in place, every floating-point parameter of ``modules`` that does not require grad
+    to ``dtype``; trainable ones (LoRA) and the parameters of ``keep`` (the token tables the
+    placeholder rows are written into) stay as they are. Returns the bytes saved (diffusers'
+    ``weight_dtype`` + ``cast_training_params``, done per parameter so LoRA never leaves fp32)."""
+    kept = {id(p) for module in keep for p in module.parameters()}
+    saved = 0
+    for module in modules:
+        for param in module.parameters():
+            if param.requires_grad or id(param) in kept or not param.is_floating_point():
+                continue
+            if param.dtype != dtype:
+                before = param.numel() * param.element_size()
+                param.data = param.data.to(dtype)
+                saved += before - param.numel() * param.element_size()
+    return saved
+
+
+def hold_frozen_weights(  # noqa: PLR0913 (the trainer's models and the two settings)
+    config: MemoryConfig,
+    mixed_precision: str,
+    *,
+    unet: nn.Module,
+    text_encoders: Sequence[nn.Module],
+    vae: nn.Module,
+    family: str,
+    vae_fp32: bool = False,
+) -> torch.dtype | None:
+    """``config.frozen_weights_16bit`` in a trainer, once its trainable parameters are marked:
+    the frozen UNet, text encoders and VAE in the mixed precision's 16-bit dtype. The token
+    tables stay fp32 (the fp32 placeholder rows are written into and exported from them; the
+    rest of CLIP-L's table is 76 MB more) and their output is cast to 16 bits by a hook, so the
+    encoder runs in one dtype (CPU's autocast leaves layer_norm's weights as they are). The VAE
+    stays fp32 when ``vae_fp32`` and for SDXL under fp16 (its VAE runs outside fp16 autocast,
+    ``core.training.loop.vae_precision``, as diffusers' SDXL LoRA script keeps it fp32).
+    Returns that dtype, or ``None`` when nothing was cast."""
+    from magicapture_pipeline.core.models.loading import SDXL
+
+    dtype = frozen_weight_dtype(config, mixed_precision)
+    if dtype is not None:
+        vae_fp32 = vae_fp32 or (family == SDXL and dtype == torch.float16)
+        tables = [encoder.get_input_embeddings() for encoder in text_encoders]
+        modules = [unet, *text_encoders, *([] if vae_fp32 else [vae])]
+        cast_frozen_weights(modules, dtype, keep=tables)
+        for table in tables:  # its output joins the 16-bit position embeddings and layers
+            table.register_forward_hook(functools.partial(_output_as, dtype))
+    return dtype
+
+
+def _output_as(dtype: torch.dtype, module: nn.Module, args: Any, output: Any) -> Any:
+    """Forward hook: a floating-point ``output`` cast to ``dtype`` (differentiable)."""
+    del module, args
+    return output.to(dtype) if output.is_floating_point() else output
 
 
 def apply_memory_options(

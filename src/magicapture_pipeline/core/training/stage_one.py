@@ -11,6 +11,7 @@ from torch import Tensor
 
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.models.loading import SDComponents
+from magicapture_pipeline.core.models.memory import hold_frozen_weights
 from magicapture_pipeline.core.training.examples import REFERENCE, SOURCE, TrainingExample
 from magicapture_pipeline.core.training.loop import TrainingResult, _pick, _Trainer
 from magicapture_pipeline.core.training.validation import apply_export
@@ -42,6 +43,11 @@ class StageOneTrainer(_Trainer):
         self.text_encoder.requires_grad_(False)
         rows = self._train_placeholder_rows()
         self.text_encoder.train()
+        self.frozen_dtype = hold_frozen_weights(  # memory.frozen_weights_16bit
+            config.memory, str(self.accelerator.mixed_precision), unet=self.unet,
+            text_encoders=self.adapter.text_encoders, vae=self.vae,
+            family=self.family,
+        )  # fmt: skip
         self._build_optimizer([{"params": rows, "lr": config.learning_rate, "name": "embedding"}])
 
     def _trainable(self) -> dict[str, Tensor]:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from magicapture_pipeline.core import losses
 from magicapture_pipeline.core.models.loading import SDComponents
+from magicapture_pipeline.core.models.memory import hold_frozen_weights
 from magicapture_pipeline.core.training.attention_report import attention_report
 from magicapture_pipeline.core.training.attention_term import AttentionRefocusingTerm
 from magicapture_pipeline.core.training.examples import (
@@ -157,6 +158,14 @@ class StageTwoTrainer(_Trainer):
         )
         self.attention_layers = self.attention_term.layer_names if self.attention_term else []
         self.heatmaps: dict[str, Any] = {}
+        # memory.frozen_weights_16bit; the authors' fp32 decode (identity.autocast_dtype fp32)
+        # keeps the VAE fp32
+        self.frozen_dtype = hold_frozen_weights(
+            config.memory, str(self.accelerator.mixed_precision), unet=self.unet,
+            text_encoders=self.adapter.text_encoders, vae=self.vae,
+            family=self.family,
+            vae_fp32=config.identity.autocast_dtype == "fp32",
+        )  # fmt: skip
 
     @property
     def latent_size(self) -> int:
