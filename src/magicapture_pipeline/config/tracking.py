@@ -84,9 +84,11 @@ class TrackingConfig(_Strict):
             "stage_two_validation_history": "reports",
             "stage_one_loss_curves": "images/losses",
             "stage_two_loss_curves": "images/losses",
+            "concept_export": "export",
         },
         description="Datasets whose saved files are logged as artifacts -> artifact folder "
-        "(not 'images' itself: MLflow's UI reserves it for step images).",
+        "(not 'images' itself: MLflow's UI reserves it for step images); a dataset that names "
+        "its files (the export: its model card and grid, not its weights) logs only those.",
         json_schema_extra=ours("the catalog's reports and figures"),
     )
 
