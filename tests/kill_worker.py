@@ -5,7 +5,10 @@ on the tiny model with a checkpoint after every step and ``resume: true``, print
 ``step <stage> <n>`` after each optimiser step and ``saved <stage> <n>`` after each checkpoint
 (flushed, so the test can kill it at a chosen moment), and writes the final weights to
 ``WORK_DIR/final.safetensors``. ``--die-in-save stage_two:3`` makes the process SIGKILL itself in
-the middle of writing that checkpoint (after the tensors, before ``state.json``).
+the middle of writing that checkpoint (after the tensors, before ``state.json``). ``--validate``
+attaches a validator to each stage (every 2 steps, a stand-in scorer whose image is the live
+trainable weights as pixels) and writes each stage's validation history and images to
+``WORK_DIR/validation/<stage>/`` at the end.
 """
 
 from __future__ import annotations
@@ -45,6 +48,35 @@ def examples():
     ]  # fmt: skip
 
 
+def attach_validator(trainer) -> None:
+    """Validate every 2 steps: metrics and an image that follow the live weights."""
+    from PIL import Image
+
+    from magicapture_pipeline.core.training.validation import Validator
+
+    def scorer(step: int):
+        values = torch.cat([v.detach().flatten() for v in trainer._trainable().values()])[:48]
+        scaled = (values - values.min()) / (values.max() - values.min() + 1e-12) * 255
+        pixels = scaled.round().to(torch.uint8).reshape(4, 4, 3).numpy()
+        return {"csim_stub_heldout": float(values.sum())}, {"grid": Image.fromarray(pixels)}
+
+    trainer.validator = Validator(every_n_steps=2, scorer=scorer, stage=trainer.stage)
+
+
+def write_validation(trainer, work: Path) -> None:
+    import json
+
+    from magicapture_pipeline.core.training.validation import validation_outputs
+
+    rows, images = validation_outputs(trainer.validator, {"exported_step": trainer.global_step})
+    folder = work / "validation" / trainer.stage
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "history.json").write_text(json.dumps(rows, indent=1))
+    for key, image in images.items():
+        (folder / f"{key.replace('/', '-')}.png").parent.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{key.replace('/', '-')}.png")
+
+
 def _announce(trainer_class, die_in_save: tuple[str, int] | None) -> None:
     from magicapture_pipeline.core import atomic
     from magicapture_pipeline.core.training import checkpoints
@@ -80,6 +112,7 @@ def main() -> None:
     parser.add_argument("tiny_sd")
     parser.add_argument("work_dir")
     parser.add_argument("--die-in-save", default=None)
+    parser.add_argument("--validate", action="store_true")
     args = parser.parse_args()
     die = None
     if args.die_in_save:
@@ -101,6 +134,8 @@ def main() -> None:
         examples(),
         StageOneConfig(**COMMON, checkpoint_dir=str(work / "stage_one")),
     )
+    if args.validate:
+        attach_validator(one)
     one.train(progress=False)
     embeddings = one.result().embeddings
     two = StageTwoTrainer(
@@ -115,7 +150,12 @@ def main() -> None:
         ),
         embeddings,
     )
+    if args.validate:
+        attach_validator(two)
     two.train(progress=False)
+    if args.validate:
+        write_validation(one, work)
+        write_validation(two, work)
     final = {f"stage_two.{k}": v.detach().clone() for k, v in two._trainable().items()}
     final["text_encoder.token_embedding"] = embedding_matrix(two.text_encoder).detach().clone()
     final.update({f"stage_one.{k}": v.detach().clone() for k, v in embeddings.items()})

@@ -100,6 +100,11 @@ def test_export_pipeline_from_folder_and_registry(project_copy: Path, tiny_dir, 
         assert Image.open(models / folder / "sample_grid.png").getpixel((0, 0)) == (0, 0, 250)
         assert grid_artifact_path() in magic["sample_grid"]["origin"]
     assert _front(out)["magicapture"]["steps"]["value"] == 3  # the folder export is untouched
+    # each export run keeps the model card and grid it wrote, not the weights
+    store = MlflowClient(tracking_uri=f"sqlite:///{project_copy / 'mlflow.db'}")
+    runs = store.search_runs([store.get_experiment_by_name("magicapture-alice").experiment_id])
+    kept = [sorted(f.path for f in store.list_artifacts(r.info.run_id, "export")) for r in runs]
+    assert kept == [["export/README.md", "export/sample_grid.png"]] * 3, kept
 
     done = run_kedro(project_copy, *EXPORT, "--params=concept=alice,export.alias=../x")
     assert done.returncode != 0 and "params:export.alias" in done.stdout + done.stderr

@@ -87,3 +87,40 @@ def test_a_step_image_waits_in_the_spool_through_an_outage(tmp_path):
     assert spooling.pending and _steps(client, run_id, "grid") == []
     assert deliver(client, spooling.path) == 1
     assert _steps(client, run_id, "stage_one_validation~grid") == ["30"]
+
+
+# MLflow 3.17.2's UI reads every file directly under a run's images/ as a log_image step file
+# (<key>+step+<n>+timestamp+<ms>+<uuid>[+compressed].<ext>) and, at the first that is not, drops
+# every image chart of the run (its step slider included); subfolders are skipped.
+STEP_FILE = r"[^/+]+\+step\+\d+\+timestamp\+\d+\+[0-9a-f-]+(\+compressed)?\.(png|webp)"
+
+
+def test_no_static_artifact_lands_directly_in_the_step_image_folder(tmp_path):
+    import re
+
+    import pytest
+    from pydantic import ValidationError
+
+    from magicapture_pipeline.config.tracking import TrackingConfig
+    from magicapture_pipeline.tracking.logged import log_saved
+
+    folders = TrackingConfig().artifact_datasets
+    assert all(folder.strip("/") != "images" for folder in folders.values()), folders
+    with pytest.raises(ValidationError, match="artifact_datasets.concept_card: folder 'images'"):
+        TrackingConfig(artifact_datasets={"concept_card": "images"})
+    # the concept card and a step image through the real logging calls: the UI can parse images/
+    _, client, run_id = _store(tmp_path)
+    card = tmp_path / "concept_card.png"
+    Image.new("RGB", (8, 8)).save(card)
+    log_saved(client, run_id, card, None, folders["concept_card"], "concept_card", 10)
+    log_validation(
+        client, run_id, "stage_two_validation", [], {40: {"grid": Image.new("RGB", (8, 8))}}
+    )
+    files = [f for f in client.list_artifacts(run_id, "images") if not f.is_dir]
+    assert len(files) == 2, [f.path for f in files]  # the grid (.png) and its compressed .webp
+    for f in files:
+        assert re.fullmatch(STEP_FILE, f.path.removeprefix("images/")), f.path
+    card_folder = folders["concept_card"]
+    assert [f.path for f in client.list_artifacts(run_id, card_folder)] == [
+        f"{card_folder}/concept_card.png"
+    ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from magicapture_pipeline.config.recipes import ours
 
@@ -73,7 +73,7 @@ class TrackingConfig(_Strict):
             "attention_heatmaps": "images/attention_heatmaps",
             "generation_grid": "images/samples",
             "metrics_plot": "images/metrics",
-            "concept_card": "images",
+            "concept_card": "images/card",
             "postprocess_report": "reports",
             "generation_records": "reports",
             "metrics": "reports",
@@ -84,10 +84,28 @@ class TrackingConfig(_Strict):
             "stage_two_validation_history": "reports",
             "stage_one_loss_curves": "images/losses",
             "stage_two_loss_curves": "images/losses",
+            "concept_export": "export",
         },
-        description="Datasets whose saved files are logged as artifacts -> artifact folder.",
+        description="Datasets whose saved files are logged as artifacts -> artifact folder "
+        "(not 'images' itself: MLflow's UI reserves it for step images); a dataset that names "
+        "its files (the export: its model card and grid, not its weights) logs only those.",
         json_schema_extra=ours("the catalog's reports and figures"),
     )
+
+    @field_validator("artifact_datasets")
+    @classmethod
+    def _not_in_the_step_image_folder(cls, value: dict[str, str]) -> dict[str, str]:
+        """MLflow 3.17's UI parses every file directly under ``images/`` as a ``log_image``
+        step file (``<key>+step+<n>+timestamp+...``); one other file there makes it drop every
+        image chart of the run, the validation slider included. Subfolders are skipped."""
+        for dataset, folder in value.items():
+            if folder.strip("/") == "images":
+                raise ValueError(
+                    f"artifact_datasets.{dataset}: folder 'images' is MLflow's step-image folder "
+                    "(a file there hides the run's image charts); use a subfolder such as "
+                    f"'images/{dataset}'"
+                )
+        return value
     max_files_per_dataset: int = Field(
         200,
         ge=1,

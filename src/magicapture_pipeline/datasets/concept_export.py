@@ -101,6 +101,16 @@ class ConceptExportDataset(AbstractDataset[ExportRequest, dict[str, Any]]):
             raise DatasetError(f"{self._path}: expected an ExportRequest, got {type(data)}")
         self.last_written = data.write(self.target(data))
 
+    def tracked_files(self) -> list[Path]:
+        """What a tracked run keeps of the last save: the model card and its sample grid, not
+        the weights (ours: the registered version already holds them; an export repeats them
+        in other formats). Empty before a save."""
+        written = self.last_written or {}
+        files = [Path(written["card"])] if written.get("card") else []
+        if written.get("grid"):  # a name inside the export folder
+            files.append(Path(written["out"]) / written["grid"])
+        return files
+
     def load(self) -> dict[str, Any]:
         from magicapture_pipeline.core.generation.kohya_check import card_front_matter
 

@@ -29,6 +29,17 @@ def load_or(catalog: Any, name: str, default: Any) -> Any:
         return default
 
 
+def tracked_files(catalog: Any, name: str) -> list[Path] | None:
+    """The files a dataset names for the run (its ``tracked_files()``, e.g. an export's model
+    card but not its weights), or None when it names none: then its file or folder is logged."""
+    try:
+        dataset = catalog.get(name)
+    except Exception:  # noqa: BLE001 - a catalog without the entry
+        return None
+    picked = getattr(dataset, "tracked_files", None)
+    return [Path(p) for p in picked()] if callable(picked) else None
+
+
 def dataset_path(catalog: Any, name: str) -> Path | None:
     """The local file or folder a catalog dataset writes, or None when it has none."""
     try:

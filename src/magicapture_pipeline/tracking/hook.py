@@ -33,7 +33,12 @@ from kedro.framework.hooks import hook_impl
 
 from magicapture_pipeline.concepts import RunStopped
 from magicapture_pipeline.config.tracking import TrackingConfig
-from magicapture_pipeline.tracking.catalog import add_run_dataset, dataset_path, load_or
+from magicapture_pipeline.tracking.catalog import (
+    add_run_dataset,
+    dataset_path,
+    load_or,
+    tracked_files,
+)
 from magicapture_pipeline.tracking.logged import (
     MAX_TAG_LENGTH,
     UNAVAILABLE_ARTIFACT,
@@ -239,8 +244,13 @@ class MlflowTrackingHook:
 
     @_safe
     def _log_artifacts(self, run: _ActiveRun, dataset_name: str, data: Any, folder: str) -> None:
-        path = dataset_path(run.catalog, dataset_name)
         limit = run.config.max_files_per_dataset
+        picked = tracked_files(run.catalog, dataset_name)
+        if picked is not None:  # the dataset names what the run keeps (an export: its card)
+            for file in picked[:limit]:
+                run.client.log_artifact(run.run_id, str(file), folder)
+            return
+        path = dataset_path(run.catalog, dataset_name)
         log_saved(run.client, run.run_id, path, data, folder, dataset_name, limit)
 
     @hook_impl

@@ -4,7 +4,9 @@ A real training process (``tests/kill_worker.py``: stage one then stage two on t
 checkpoint after every step, ``resume: true``) is killed with SIGKILL, not an exception: at a random
 moment of each stage, and in the middle of writing a checkpoint of each stage (after the tensors,
 before ``state.json``). Each time the same command is started again; the run that finally completes
-must hold exactly the weights of a run that was never interrupted (CPU, same seed).
+must hold exactly the weights of a run that was never interrupted (CPU, same seed), and with
+validation on, the validation history and images of every step, those validated before a kill
+included (issue 20).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _run_to_end(tiny: Path, work: Path, *extra: str) -> subprocess.CompletedProc
 
 
 def _kill_at(
-    tiny: Path, work: Path, stage: str, step: int, delay: float
+    tiny: Path, work: Path, stage: str, step: int, delay: float, *extra: str
 ) -> tuple[list[str], int]:
     """Start the worker, SIGKILL it ``delay`` s after it reports ``step <stage> <step>``.
 
@@ -51,7 +53,7 @@ def _kill_at(
     the mid-save kill that follows needs to write itself).
     """
     process = subprocess.Popen(
-        [sys.executable, str(WORKER), str(tiny), str(work)],
+        [sys.executable, str(WORKER), str(tiny), str(work), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(),
     )  # fmt: skip
     lines: queue.Queue[str | None] = queue.Queue()
@@ -125,3 +127,40 @@ def test_sigkill_at_random_moments_resumes_to_the_uninterrupted_weights(tmp_path
     for stage in ("stage_one", "stage_two"):
         names = sorted(p.name for p in (work / stage).iterdir())
         assert names == [f"checkpoint-{STEPS - 1}", f"checkpoint-{STEPS}"], names
+
+
+def _validation_files(work: Path) -> dict[str, bytes]:
+    root = work / "validation"
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.*"))}
+
+
+@pytest.mark.slow
+def test_sigkill_keeps_the_validation_history_and_images_of_earlier_steps(tmp_path):
+    """Validation every 2 steps; killed in stage one after its step-2 validation, then in the
+    middle of stage two's step-4 checkpoint (the validated step's): the resumed runs start after
+    step 2 of each stage, and the end holds step 2's history rows and images all the same."""
+    tiny = build_tiny_sd(tmp_path / "tiny_sd", TinyModelConfig(sample_size=32))
+    straight = _run_to_end(tiny, tmp_path / "straight", "--validate")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    expected = _validation_files(tmp_path / "straight")
+    for stage in ("stage_one", "stage_two"):  # both validations' rows and images, at 2 and 4
+        names = {f"{stage}/history.json", f"{stage}/step_000002-grid.png",
+                 f"{stage}/step_000004-grid.png"}  # fmt: skip
+        assert {k for k in expected if k.startswith(stage)} == names
+    assert expected["stage_one/step_000002-grid.png"] != expected["stage_one/step_000004-grid.png"]
+
+    work = tmp_path / "killed"
+    delay = random.Random(20).uniform(0.0, 0.3)
+    seen, code = _kill_at(tiny, work, "stage_one", 3, delay, "--validate")
+    assert code == -signal.SIGKILL, seen[-3:]
+    died = _run_to_end(tiny, work, "--validate", "--die-in-save=stage_two:4")
+    assert died.returncode == -signal.SIGKILL, died.stdout[-300:]
+    assert int(died.stdout.splitlines()[0].split()[-1]) >= 3  # stage one resumed after step 2
+    finished = _run_to_end(tiny, work, "--validate")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.splitlines()[0] == "step stage_two 4"  # resumed from checkpoint 3
+
+    got = _validation_files(work)
+    assert sorted(got) == sorted(expected)
+    for name, content in expected.items():
+        assert got[name] == content, (name, round(delay, 3))

@@ -7,14 +7,17 @@ placeholder rows at the moment it is called; the loop, checkpoints and selection
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import make_pair
 from magicapture_pipeline.config.training import StageOneConfig
 from magicapture_pipeline.core.models.loading import load_components
-from magicapture_pipeline.core.training import StageOneTrainer, TrainingExample
+from magicapture_pipeline.core.training import StageOneTrainer, TrainingExample, checkpoints
 from magicapture_pipeline.core.training.validation import Validator, apply_export
 
 RES = 32
@@ -33,6 +36,13 @@ def _examples() -> list[TrainingExample]:
     return make_pair(RES, (1, 3), (2, 4))  # an asymmetric face box
 
 
+def rows_image(rows: torch.Tensor) -> Image.Image:
+    """The placeholder rows as pixels: each validated step's image differs as its weights do."""
+    values = rows.flatten()[:48].float()
+    scaled = (values - values.min()) / (values.max() - values.min() + 1e-12) * 255
+    return Image.fromarray(scaled.round().to(torch.uint8).reshape(4, 4, 3).numpy(), "RGB")
+
+
 def _trainer(tiny_dir, script=SCRIPT, patience=0, **overrides):
     trainer = StageOneTrainer(
         load_components(tiny_dir), _examples(), StageOneConfig(**{**SETTINGS, **overrides})
@@ -42,7 +52,7 @@ def _trainer(tiny_dir, script=SCRIPT, patience=0, **overrides):
     def scorer(step: int):
         seen[step] = trainer.placeholder_rows.params()[0].detach().clone()
         metrics = {"csim_arcface_heldout": script[step], "style_similarity": 0.8}
-        return metrics, {"grid": step}
+        return metrics, {"grid": rows_image(seen[step]), "p00_seed0": Image.new("L", (2, 1), step)}
 
     trainer.validator = Validator(every_n_steps=2, scorer=scorer, patience=patience)
     return trainer, seen
@@ -70,8 +80,43 @@ def test_resume_continues_the_history_and_the_best(tiny_dir, tmp_path):
     resumed.train(progress=False)
     assert resumed.validator.history == straight.validator.history
     assert resumed.validator.best == straight.validator.best
+    # the images of the steps validated before the interruption (2, 4) come back from checkpoint
+    # 4, pixel for pixel, and a resumed run's outputs hold every step's (issue 20)
+    assert sorted(resumed.validator.images) == [2, 4, 6]
+    for step, named in straight.validator.images.items():
+        assert sorted(resumed.validator.images[step]) == sorted(named), step
+        for name, image in named.items():
+            got = resumed.validator.images[step][name]
+            assert (got.mode, got.size, got.tobytes()) == (image.mode, image.size, image.tobytes())
+    grids = [straight.validator.images[s]["grid"].tobytes() for s in (2, 4)]
+    assert grids[0] != grids[1]  # the steps' images differ, so a swap would show
     assert resumed.history == straight.history
     assert torch.equal(resumed.placeholder_rows.params()[0], straight.placeholder_rows.params()[0])
+
+
+def test_checkpoint_images_are_checked_and_shared_with_the_previous_checkpoint(tiny_dir, tmp_path):
+    trainer, _ = _trainer(tiny_dir, checkpoint_dir=str(tmp_path), keep_checkpoints=0)
+    trainer.train(progress=False)
+    image = "validation_images/step_000002/grid.png"
+    # step 2's image in checkpoint 4 is checkpoint 2's file (one copy on disk), listed in the
+    # manifest; checkpoint 2 holds no image of a later step
+    assert (tmp_path / "checkpoint-4" / image).samefile(tmp_path / "checkpoint-2" / image)
+    state = json.loads((tmp_path / "checkpoint-6" / "state.json").read_text())
+    assert {f"validation_images/step_{s:06d}/grid.png" for s in (2, 4, 6)} <= set(state["files"])
+    assert not (tmp_path / "checkpoint-2" / "validation_images" / "step_000004").exists()
+    # a damaged image makes its checkpoint unusable: the resume falls back to the one before
+    newest = tmp_path / "checkpoint-6" / "validation_images" / "step_000006" / "grid.png"
+    newest.write_bytes(newest.read_bytes()[:-3])
+    resumed, _ = _trainer(tiny_dir, checkpoint_dir=str(tmp_path), resume=True)
+    assert checkpoints.resume_newest(resumed, str(tmp_path)).name == "checkpoint-4"
+    assert sorted(resumed.validator.images) == [2, 4]
+
+
+def test_a_validation_image_that_is_no_image_is_refused_by_name(tiny_dir, tmp_path):
+    trainer, _ = _trainer(tiny_dir, checkpoint_dir=str(tmp_path))
+    trainer.validator.scorer = lambda step: ({"csim_arcface_heldout": 0.1}, {"grid": step})
+    with pytest.raises(TypeError, match="validation_images/step_000002/grid.png is a int"):
+        trainer.train(progress=False)
 
 
 def test_early_stop_ends_the_stage_after_patience_validations(tiny_dir):

@@ -6,6 +6,8 @@ A checkpoint ``checkpoint-<step>/`` holds
   never the whole 49,410 x 768 token-embedding matrix: ~150 MB less per checkpoint at SD size);
 * ``optimizer.pt``: the optimiser state (tensors only, read back with ``weights_only=True``);
 * ``rng-<process>.safetensors``: each process's generator, torch and python RNG states;
+* ``validation_images/step_<n>/<name>.png``: the images of every validation so far (with a
+  validator; :mod:`.validation_images`), so a resume keeps those of the steps before it;
 * ``state.json``, written last: stage, step, lr schedule, history, the placeholder token ids and a
   manifest (size and SHA-256 of every other file).
 
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 
 from magicapture_pipeline.core import atomic
+from magicapture_pipeline.core.training.validation_images import read_images, write_images
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +143,16 @@ def save_checkpoint(trainer: Any, root: str | Path, keep: int = 0) -> Path:
             save_file(tensors, temp / TRAINABLE_FILE)
             with (temp / OPTIMIZER_FILE).open("wb") as handle:
                 torch.save(trainer.optimizer.state_dict(), handle)
+            validator = getattr(trainer, "validator", None)
+            if validator is not None and validator.images:
+                done = [d for d in _checkpoint_dirs(root) if (d / STATE_FILE).is_file()]
+                previous = next((d for d in reversed(done) if _step_of(d) < _step_of(final)), None)
+                write_images(temp, validator.images, previous)
             atomic.fsync_tree(temp)
             manifest = {
-                p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                for p in sorted(temp.iterdir())
-                if p.name != MARKER_FILE
+                p.relative_to(temp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                for p in sorted(temp.rglob("*"))
+                if p.is_file() and p.name != MARKER_FILE
             }
             state = {
                 "format_version": FORMAT_VERSION,
@@ -241,6 +249,7 @@ class _Loaded:
     tensors: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     rng: dict[str, torch.Tensor]
+    images: dict[int, dict[str, Any]]
 
 
 def _read(trainer: Any, folder: Path) -> _Loaded:
@@ -266,6 +275,8 @@ def _read(trainer: Any, folder: Path) -> _Loaded:
             f"{list(trainer.token_ids)}"
         )
     for name, expected in state["files"].items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CheckpointUnusable(f"its manifest names {name!r}, outside the checkpoint")
         path = folder / name
         if not path.is_file():
             raise CheckpointUnusable(f"{name} is missing")
@@ -282,6 +293,7 @@ def _read(trainer: Any, folder: Path) -> _Loaded:
         tensors = load_file(folder / TRAINABLE_FILE)
         rng = load_file(folder / rng_name)
         optimizer = torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
+        images = read_images(folder, state["files"])
     except Exception as error:  # safetensors / torch raise several types for corrupt files
         raise CheckpointUnusable(f"a file does not load ({error})") from error
     current = trainer._trainable()
@@ -300,7 +312,7 @@ def _read(trainer: Any, folder: Path) -> _Loaded:
     saved_groups = optimizer.get("param_groups", [])
     if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in groups]:
         raise CheckpointUnusable("its optimiser parameter groups differ from this trainer's")
-    return _Loaded(folder, state, tensors, optimizer, rng)
+    return _Loaded(folder, state, tensors, optimizer, rng, images)
 
 
 def _apply(trainer: Any, loaded: _Loaded) -> None:
@@ -319,6 +331,7 @@ def _apply(trainer: Any, loaded: _Loaded) -> None:
     validator = getattr(trainer, "validator", None)
     if validator is not None:
         validator.load_state(loaded.state.get("validation"))
+        validator.images = loaded.images
 
 
 def load_checkpoint(trainer: Any, folder: str | Path) -> None:

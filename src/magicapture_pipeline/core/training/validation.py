@@ -21,9 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from magicapture_pipeline.core.training.validation_images import STEP_PREFIX
+
 HISTORY_COLUMNS = ("stage", "step", "objective", "eligible", "best_step", "reason")
 EXPORT_COLUMNS = ("exported", "export_reason")
-STEP_PREFIX = "step_"  # image partitions: step_<6 digits>/<name>
 
 
 def resolve(pattern: str, metrics: Mapping[str, Any]) -> str | None:
