@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 CONCEPT ?= demo
 comma := ,
 
-.PHONY: batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu gpu-bundle bench-flops promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop export gallery
+.PHONY: browser batch install demo demo-sdxl dvc-yaml test test-fast test-integration check-config bench bench-gpu gpu-bundle bench-flops promote rollback ui viz lint lock serve batch-generate tracking-server tracking-server-stop export gallery
 
 install: $(STAMP)  ## create .venv with every pinned dependency (idempotent)
 
@@ -47,13 +47,22 @@ demo-sdxl: install  ## the same chain on a tiny random SDXL (two text encoders, 
 PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 UNIT := not integration and not service
 
-test: install  ## every test: unit, integration (Kedro, DVC, notebook) and service tiers
+# The browser test of the MLflow run page drives Debian's chromium through Playwright (a pinned
+# Python dependency; no browser download). As root the test target installs chromium; otherwise
+# that one test says loudly that the page was not checked.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "Installing Debian chromium for the run-page browser test"; \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "  chromium missing: sudo apt-get install -y chromium (the run-page browser test is skipped until then)"; fi; }
+
+test: install browser  ## every test: unit, integration (Kedro, DVC, notebook) and service tiers
 	$(PYTEST)
 
 test-fast: install  ## the unit tier (no Kedro session, DVC, notebook or service), less the slow tests
 	$(PYTEST) -m "$(UNIT) and not slow"
 
-test-integration: install  ## the integration and service tiers only
+test-integration: install browser  ## the integration and service tiers only
 	$(PYTEST) -m "not ($(UNIT))"
 
 dvc-yaml: install  ## regenerate dvc.yaml from the pipelines, the catalog and params.yaml's kedro_env

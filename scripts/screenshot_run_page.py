@@ -1,11 +1,11 @@
 """Open a run's MLflow pages in a real browser, screenshot them and check what a person should see.
 
-Not part of the project's dependencies: it needs Playwright's Python package and Debian's
-``chromium`` (Playwright drives that binary; no browser download). Rerun after a demo::
+It needs Playwright's Python package (pinned in requirements.txt) and Debian's ``chromium``
+(Playwright drives that binary; no browser download). Rerun after a demo::
 
     make demo
-    pip install --target /tmp/pw playwright==1.65.3      # once, outside the project's venv
-    PYTHONPATH=/tmp/pw .venv/bin/python scripts/screenshot_run_page.py --experiment magicapture-demo
+    sudo apt-get install -y chromium      # once; make test does it when run as root
+    .venv/bin/python scripts/screenshot_run_page.py --experiment magicapture-demo
 
 It starts ``mlflow server`` on a free 127.0.0.1 port over a local store (an http tracking URI is
 used as it is), opens the experiment's latest run (or ``--run-id``) in headless Chromium with a
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     entry, binary = sync_playwright(), args.chromium or chromium_binary()
     if entry is None or binary is None:
         missing = "Playwright's Python package" if entry is None else "Debian's chromium"
-        hint = "pip install --target /tmp/pw playwright==1.65.3, then PYTHONPATH=/tmp/pw"
+        hint = "make install (playwright is pinned in requirements.txt)"
         if entry is not None:
             hint = "apt-get install -y chromium"
         print(f"NOT CHECKED: {missing} is missing ({hint})")  # noqa: T201

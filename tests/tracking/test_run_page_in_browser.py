@@ -3,11 +3,9 @@ over a small MLflow store: it passes on a run whose charts and validation images
 its slider screenshots show each step's own image, and it fails on a run whose images/ folder
 holds a static file (MLflow's UI then drops every image chart of the run).
 
-Playwright is not a project dependency: without it (or without Chromium) the test says loudly
-that the page was NOT checked, and skips. To run it::
-
-    pip install --target /tmp/pw playwright==1.65.3
-    PYTHONPATH=/tmp/pw .venv/bin/python -m pytest tests/tracking/test_run_page_in_browser.py
+Playwright is a pinned project dependency (requirements.txt): without it the test fails, as any
+broken install should. Chromium is Debian's (``make test`` installs it when run as root, as CI
+is); without it the test says loudly that the page was NOT checked, and skips.
 """
 
 from __future__ import annotations
@@ -61,11 +59,11 @@ def _share(path: Path, colour: tuple[int, int, int]) -> float:
 
 def test_the_run_page_shows_charts_and_the_step_slider_walks_the_grids(tmp_path, capsys):
     script = load_script()
-    if script.sync_playwright() is None or script.chromium_binary() is None:
+    assert script.sync_playwright() is not None, "playwright (requirements.txt) is not installed"
+    if script.chromium_binary() is None:
         message = (
-            "PLAYWRIGHT OR CHROMIUM NOT INSTALLED: the MLflow run page was NOT checked in a "
-            "browser (pip install --target /tmp/pw playwright==1.65.3; PYTHONPATH=/tmp/pw; "
-            "apt-get install -y chromium)"
+            "CHROMIUM NOT INSTALLED: the MLflow run page was NOT checked in a browser "
+            "(apt-get install -y chromium; make test does it as root)"
         )
         warnings.warn(message, pytest.PytestWarning, stacklevel=1)
         pytest.skip(message)
