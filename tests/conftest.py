@@ -11,6 +11,7 @@ guard below fails a test that runs Kedro, DVC, a kernel or a service without its
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -133,22 +134,52 @@ def _examples(res: int, rows, cols, per_role: int, landmarks) -> list:
     ]
 
 
+def random_identity(**overrides):
+    """Eq. 7 as the trainer tests run it: a random-weight IResNet r18 (no ArcFace weights ship),
+    ``T' = 1.0`` and the identity branch in fp32 (``autocast_dtype="fp32"``, the authors'), unless
+    ``overrides`` say otherwise.
+
+    Not the default bf16 autocast: this machine's CPU has no native bf16, and one r18 forward of
+    two faces took 5.5 s CPU under bf16 autocast against 0.2 s in fp32, most of every identity
+    test's time. What those tests check (which steps run Eq. 7, its target, that its gradient
+    reaches the LoRA) does not depend on the dtype; the bf16 branch keeps its own tests
+    (``test_identity_loss_reaches_lora[single_pass-bf16]``, the product default, and
+    ``test_face_window_identity_gradient_reaches_the_unet``).
+    """
+    from magicapture_pipeline.config.loss_terms import IdentityConfig
+
+    values = {"random_init": True, "arch": "r18", "threshold_fraction": 1.0}
+    return IdentityConfig(**{**values, "autocast_dtype": "fp32", **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory: pytest.TempPathFactory):
-    """Build (once per session and size) the tiny random SD of ``core.models.build_tiny_sd``.
+    """Build (once per test run and size, shared by the xdist workers) the tiny random SD of
+    ``core.models.build_tiny_sd``.
 
     Returns a function ``tiny_sd(sample_size=128) -> Path`` of the saved folder. The weights are
     seeded, so every test sees the same model; tests only read the folder (``from_pretrained``).
     """
     from magicapture_pipeline.config.model import TinyModelConfig
     from magicapture_pipeline.core.models.builders import build_tiny_sd
+    from magicapture_pipeline.core.models.loading import is_local_model
 
     built: dict[int, Path] = {}
+    # Under pytest-xdist every worker has its own base temp inside the run's; the model is built
+    # once per run in that shared parent (one worker builds under a file lock, the others load).
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
 
     def get(sample_size: int = TinyModelConfig().sample_size) -> Path:
         if sample_size not in built:
-            folder = tmp_path_factory.mktemp(f"tiny_sd_{sample_size}") / "tiny_sd"
-            built[sample_size] = build_tiny_sd(folder, TinyModelConfig(sample_size=sample_size))
+            folder = root / f"tiny_sd_{sample_size}" / "tiny_sd"
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            with open(folder.parent / ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not is_local_model(folder):
+                    build_tiny_sd(folder, TinyModelConfig(sample_size=sample_size))
+            built[sample_size] = folder
         return built[sample_size]
 
     return get

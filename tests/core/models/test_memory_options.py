@@ -8,8 +8,8 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from test_attention import _inputs, _tiny_unet
 
-from conftest import make_examples
-from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+from conftest import make_examples, random_identity
+from magicapture_pipeline.config.loss_terms import AttentionConfig
 from magicapture_pipeline.config.memory import MemoryConfig
 from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core.models.attention import CrossAttentionCapture, _CaptureProcessor
@@ -57,7 +57,7 @@ def _stage_two(tiny_dir, memory: MemoryConfig) -> StageTwoTrainer:
         max_steps=1, gradient_accumulation_steps=1, mixed_precision="no", heatmap_every=0,
         memory=memory,
         attention=AttentionConfig(resolution=8),
-        identity=IdentityConfig(random_init=True, arch="r18", threshold_fraction=1.0),
+        identity=random_identity(),
     )  # fmt: skip
     return StageTwoTrainer(load_components(tiny_dir), make_examples(), config)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import LANDMARKS, RES
+from conftest import LANDMARKS, RES, random_identity
 from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
 from magicapture_pipeline.config.training import StageTwoConfig
 from magicapture_pipeline.core.models.loading import load_components
@@ -150,7 +150,7 @@ def test_a_flipped_example_carries_the_flipped_mask(tiny_dir):
 
 # ---------------------------------------------------------------------------------- Eq. 7
 def _identity_config(mode: str, threshold: float) -> IdentityConfig:
-    return IdentityConfig(mode=mode, random_init=True, arch="r18", threshold_fraction=threshold)
+    return random_identity(mode=mode, threshold_fraction=threshold)
 
 
 def test_identity_target_is_the_source_photos_embedding(tiny_dir):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_examples
-from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
+from conftest import make_examples, random_identity
+from magicapture_pipeline.config.loss_terms import AttentionConfig
 from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core.models.loading import load_components
 from magicapture_pipeline.core.models.random_weights import SD15_TEXT, SD15_UNET
@@ -49,9 +49,7 @@ def stage_one(tiny_dir, **values) -> StageOneTrainer:
 def stage_two(tiny_dir, **values) -> StageTwoTrainer:
     values.setdefault("attention", AttentionConfig(resolution=8))
     values.setdefault("heatmap_every", 0)
-    values.setdefault(
-        "identity", IdentityConfig(random_init=True, arch="r18", threshold_fraction=1.0)
-    )
+    values.setdefault("identity", random_identity())
     return StageTwoTrainer(
         load_components(tiny_dir),
         make_examples(),
@@ -233,7 +231,7 @@ def test_reconstruction_timesteps_stay_below_the_fraction(tiny_dir):
 
 @pytest.mark.parametrize(("tasks", "active"), [(["composed"], 0.0), (["source", "composed"], 1.0)])
 def test_identity_loss_on_source_samples_when_asked(tiny_dir, tasks, active):
-    identity = IdentityConfig(random_init=True, arch="r18", threshold_fraction=1.0, tasks=tasks)
+    identity = random_identity(tasks=tasks)
     trainer = stage_two(tiny_dir, identity=identity, task_weights=[1, 0, 0])
     _, terms, task = trainer._micro_step()
     assert task == "source" and terms["id_active"] == active

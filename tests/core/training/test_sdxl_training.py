@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_training import make_examples
 
+from conftest import random_identity
 from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
 from magicapture_pipeline.config.training import LoraConfigModel, StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core import losses
@@ -112,7 +113,7 @@ def test_resume_equals_uninterrupted(tiny_xl, tmp_path, kind):
 
 
 def test_stage_two_losses_add_up_on_sdxl(tiny_xl):
-    identity = IdentityConfig(random_init=True, arch="r18", threshold_fraction=1.0)
+    identity = random_identity()
     trainer = _trainer("two", tiny_xl, identity=identity, task_weights=[0, 0, 1])
     blocks = [name.split(".attentions.")[0] for name in trainer.attention_layers]
     assert blocks == ["down_blocks.1", "up_blocks.0", "up_blocks.0"]  # every attn2 at 4x4
@@ -124,7 +125,7 @@ def test_stage_two_losses_add_up_on_sdxl(tiny_xl):
 
 
 def test_identity_loss_alone_reaches_the_unet_lora_on_sdxl(tiny_xl):
-    identity = IdentityConfig(random_init=True, arch="r18", threshold_fraction=1.0)
+    identity = random_identity()
     trainer = _trainer("two", tiny_xl, identity=identity, task_weights=[0, 0, 1])
     variant = trainer.variants["reference"][0][0]
     latents = trainer._latents(variant)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from conftest import make_examples
+from conftest import make_examples, random_identity
 from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
 from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core.models.loading import load_components
@@ -113,9 +113,7 @@ def _two_pass(tiny_dir) -> StageTwoTrainer:
     return _stage_two(
         tiny_dir,
         task_weights=[0, 0, 1],
-        identity=IdentityConfig(
-            mode="two_pass", random_init=True, arch="r18", threshold_fraction=0.5
-        ),
+        identity=random_identity(mode="two_pass", threshold_fraction=0.5),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_examples
+from conftest import make_examples, random_identity
 from magicapture_pipeline.config.loss_terms import AttentionConfig, IdentityConfig
 from magicapture_pipeline.config.training import StageOneConfig, StageTwoConfig
 from magicapture_pipeline.core import losses
@@ -25,7 +25,7 @@ def stage_two(tiny_dir, **overrides) -> StageTwoTrainer:
         "mixed_precision": "no",
         "heatmap_every": 0,
         "attention": AttentionConfig(resolution=8),
-        "identity": IdentityConfig(random_init=True, arch="r18", threshold_fraction=1.0),
+        "identity": random_identity(),
     }
     return StageTwoTrainer(
         load_components(tiny_dir),
@@ -102,7 +102,7 @@ def test_step_loss_is_recon_plus_weighted_attention_plus_weighted_identity(tiny_
         max_steps=2,
         style_weight=2.0,
         attention=AttentionConfig(resolution=8, weight=2.5, scale_order=order),
-        identity=IdentityConfig(random_init=True, arch="r18", threshold_fraction=1.0, weight=0.7),
+        identity=random_identity(weight=0.7),
     )
     for step, style in ((0, 2.0), (1, 1.0)):
         trainer.global_step = step
@@ -218,7 +218,7 @@ def test_eq7_alone_moves_the_lora_weights(tiny_dir, mode):
         tiny_dir,
         task_weights=[0, 0, 1],
         attention=AttentionConfig(enabled=False, resolution=8),
-        identity=IdentityConfig(mode=mode, random_init=True, arch="r18", threshold_fraction=1.0),
+        identity=random_identity(mode=mode),
     )
     grads = _identity_only_lora_grads(trainer)
     assert grads and max(grads) > 0
