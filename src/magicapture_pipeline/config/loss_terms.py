@@ -126,7 +126,8 @@ class IdentityConfig(_Strict):
             "a speed option: bf16 keeps fp32's range without loss scaling", authors="fp32"
         ),
         description="Autocast of the identity branch only (VAE decode + ArcFace; alignment stays "
-        "fp32): bf16 (ours, a speed option: fp32 range, no loss scaling, CPU and CUDA); fp16 "
+        "fp32): bf16 (ours, a speed option: fp32 range, no loss scaling; on CUDA with bf16, and "
+        "on CPUs with native bf16, else off with a warning); fp16 "
         "(CUDA only, else off); fp32 = autocast off (authors' code: decode_latents runs outside "
         "their fp16 autocast, but their ArcFace, loss_utils.py get_model('r100', fp16=True), "
         "runs its body under its own fp16 autocast); none = the trainer's own mixed precision.",

@@ -123,11 +123,11 @@ class _Config(dict):
     __getattr__ = dict.__getitem__
 
 
-def _identity(mode: str, threshold: float) -> IdentityTerm:
+def _identity(mode: str, threshold: float, **config) -> IdentityTerm:
     scheduler = SimpleNamespace(config=SimpleNamespace(num_train_timesteps=1000))
     vae = SimpleNamespace(config=_Config(scaling_factor=0.18215, block_out_channels=[8] * 4))
     return IdentityTerm(
-        IdentityConfig(mode=mode, threshold_fraction=threshold),
+        IdentityConfig(mode=mode, threshold_fraction=threshold, **config),
         encoder=None, source_embedding=torch.zeros(4), vae=vae, decoder=None,
         family="sd15", noise_scheduler=scheduler, device=CPU,
     )  # fmt: skip
@@ -144,3 +144,31 @@ def test_identity_term_runs_below_t_prime(t, active):
 def test_identity_term_two_pass_draws_below_t_prime_at_least_one():
     assert _identity("two_pass", 0.4).two_pass
     assert _identity("two_pass", 0.0001).timestep_limit == 1
+
+
+@pytest.mark.parametrize(("native", "expected"), [(False, None), (True, torch.bfloat16)])
+def test_identity_bf16_autocast_on_cpu_only_where_the_cpu_has_native_bf16(
+    monkeypatch, caplog, native, expected
+):
+    """bf16 is a speed option only where the hardware computes it: emulated bf16 made one ArcFace
+    forward ~27x slower than fp32 on the build machine, so there it is left off, with a warning;
+    with native bf16 (AVX512-BF16/AMX) the identity branch autocasts to bf16."""
+    from magicapture_pipeline.core.training import identity_term
+
+    monkeypatch.setattr(identity_term, "cpu_has_native_bf16", lambda: native)
+    term = _identity("single_pass", 0.8, autocast_dtype="bf16")
+    with caplog.at_level("WARNING"), term._autocast():
+        enabled = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if enabled else None
+    assert dtype == expected
+    assert ("no native bfloat16" in caplog.text) is (not native)
+
+
+def test_cpu_bf16_probe_reads_torch_and_defaults_to_no(monkeypatch):
+    from magicapture_pipeline.core.training.identity_term import cpu_has_native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert cpu_has_native_bf16() is True
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert cpu_has_native_bf16() is False
