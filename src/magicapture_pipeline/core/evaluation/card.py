@@ -78,8 +78,10 @@ def concept_card(  # noqa: PLR0913 (the card's parts)
     exported_step = int(exported.iloc[-1]) if len(exported) else None
     last_step = max(images_by_step) if images_by_step else None
     columns = THUMBS
-    fig = plt.figure(figsize=(2 * columns, 14))
-    grid = fig.add_gridspec(6, columns, height_ratios=[1, 1, 1, 1, 1.6, 1.4])
+    # constrained layout: no band of white under the title, the curves' axis label clear of the
+    # metrics text below it (the README's card showed both with a fixed grid)
+    fig = plt.figure(figsize=(2 * columns, 14), layout="constrained")
+    grid = fig.add_gridspec(6, columns, height_ratios=[1, 1, 1, 1, 1.3, 1.2])
     _row([fig.add_subplot(grid[0, c]) for c in range(columns)], sources, "source photos")
     _row([fig.add_subplot(grid[1, c]) for c in range(columns)], references, "references")
     for row, (step, label) in enumerate(((exported_step, "exported"), (last_step, "last"))):
