@@ -1,0 +1,49 @@
+"""The suite's ``xdist_group`` marks must hold: tests sharing a session fixture (``demo_run``) or a
+machine-wide service (one Ray at a time) rely on running in one worker.
+
+pytest 9.2 stores node ids in a structured field, and pytest-xdist 3.8's ``--dist loadgroup``
+still writes the old one, so every group was silently ignored (pytest-dev/pytest-xdist#1386):
+the demo chain ran twice and two Rays started side by side. ``requirements.txt`` pins a pytest
+that works; this test runs a tiny suite the way ``make test`` does and fails if grouping breaks.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+TINY_SUITE = textwrap.dedent(
+    """
+    import os
+    import pytest
+
+    def _record(name):
+        with open(os.path.join(os.path.dirname(__file__), name + ".worker"), "w") as handle:
+            handle.write(os.environ["PYTEST_XDIST_WORKER"])
+
+    @pytest.mark.xdist_group("together")
+    @pytest.mark.parametrize("index", range(6))
+    def test_grouped(index):
+        _record(f"grouped{index}")
+
+    @pytest.mark.parametrize("index", range(6))
+    def test_free(index):
+        _record(f"free{index}")
+    """
+)
+
+
+def test_xdist_group_keeps_a_group_on_one_worker(tmp_path: Path):
+    (tmp_path / "test_tiny.py").write_text(TINY_SUITE)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
+         "--dist", "loadgroup", "-c", "/dev/null", "--rootdir", str(tmp_path), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    workers = {p.stem: p.read_text() for p in tmp_path.glob("*.worker")}
+    assert len(workers) == 12, sorted(workers)
+    grouped = {workers[f"grouped{i}"] for i in range(6)}
+    assert len(grouped) == 1, f"one xdist_group ran on several workers: {sorted(grouped)}"
