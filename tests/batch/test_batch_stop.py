@@ -33,7 +33,10 @@ def test_sigterm_to_the_driver_stops_the_worker_and_writes_the_summary(project_c
            "KEDRO_DISABLE_TELEMETRY": "1"}
     driver = subprocess.Popen(
         [sys.executable, "-m", "magicapture_pipeline.batch", str(manifest), "--env", "demo",
-         "--project", str(project_copy), "--engine", "local", "--threads", "1"],
+         "--project", str(project_copy), "--engine", "local", "--threads", "1",
+         # the worker must close its run by itself here (the grace running out is the hang
+         # test's, test_batch_stop_engines): in a full run at load 7 it took over the default 30 s
+         "--stop-grace-s", "240"],
         cwd=project_copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     batch = project_copy / "data/08_reporting/batch"
