@@ -88,12 +88,11 @@ def measure_preprocess_demo(workers: int = 2, repeats: int = 3) -> dict[str, Any
     photos = [sample.pixels for sample in build_sample_set("source", len(SOURCE_VARIANTS))]
     photos += [s.pixels for s in build_sample_set("reference", len(_reference_subjects()))]
     load_before = os.getloadavg()[0]
-    serial = measure_throughput(photos, resolution=512, repeats=repeats)["full"]
-    serial_cpu = _serial_cpu_ms(photos, repeats)
+    serial = measure_throughput(photos, resolution=512, repeats=repeats)
     result: dict[str, Any] = {
         "preprocess_demo_photos": len(photos),
-        "preprocess_demo_images_per_s": round(serial, 2),
-        "preprocess_demo_cpu_ms": round(serial_cpu, 2),
+        "preprocess_demo_images_per_s": round(serial["full"], 2),
+        "preprocess_demo_cpu_ms": round(serial["full_cpu_ms"], 2),
         "preprocess_demo_images_per_s_pool": None,
     }
     if workers >= 2:  # 8 copies a pass: enough work to keep every worker busy
@@ -108,24 +107,6 @@ def measure_preprocess_demo(workers: int = 2, repeats: int = 3) -> dict[str, Any
         })  # fmt: skip
     result["preprocess_demo_load_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return result
-
-
-def _serial_cpu_ms(photos: list[np.ndarray], repeats: int) -> float:
-    """Median CPU milliseconds per photo of the serial ``full`` path (one warm-up pass)."""
-    from magicapture_pipeline.core.faces.analysis import analyze_source
-    from magicapture_pipeline.core.faces.detection import FaceAnalyzer
-    from magicapture_pipeline.core.faces.quality import phash
-
-    passes = []
-    with FaceAnalyzer() as analyzer:
-        for index in range(max(1, repeats) + 1):
-            start = time.process_time()
-            for rgb in photos:
-                _ = analyze_source(rgb, analyzer, 512).overlay
-                phash(rgb)
-            if index:
-                passes.append(time.process_time() - start)
-    return 1e3 * statistics.median(passes) / len(photos)
 
 
 def measure_generation(steps: int = 20, repeats: int = 3) -> dict[str, Any]:
