@@ -22,7 +22,7 @@ from typing import Any
 IMAGES_DIR = "validation_images"
 STEP_PREFIX = "step_"  # image partitions and checkpoint folders: step_<6 digits>/<name>
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-_RELATIVE = re.compile(rf"{IMAGES_DIR}/{STEP_PREFIX}(\d+)/([A-Za-z0-9][A-Za-z0-9_.+-]*)\.png")
+_RELATIVE = re.compile(rf"{IMAGES_DIR}/{STEP_PREFIX}(\d+)/({_NAME.pattern})\.png")
 
 
 def relative_path(step: int, name: str) -> str:
