@@ -66,6 +66,30 @@ def run_kedro(project: Path, *args: str, timeout: int = 900) -> subprocess.Compl
     )
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def skip_loudly_without_chromium(script, what: str) -> None:
+    """Skip, with a warning in the summary, when Debian's chromium (``script.chromium_binary``)
+    is missing: ``what`` was NOT checked in a browser. (``make test`` installs it as root.)"""
+    import warnings
+
+    if script.chromium_binary() is None:
+        message = (
+            f"CHROMIUM NOT INSTALLED: {what} was NOT checked in a browser "
+            "(apt-get install -y chromium; make test does it as root)"
+        )
+        warnings.warn(message, pytest.PytestWarning, stacklevel=2)
+        pytest.skip(message)
+
+
 @pytest.fixture
 def project_copy(tmp_path: Path) -> Path:
     """A fresh copy of the project in a temporary folder (data/ empty)."""

@@ -3,9 +3,7 @@ metrics with intervals, aliases; escaped; logged by the registry step; rendered 
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import load_script, skip_loudly_without_chromium
 from magicapture_pipeline.serving.gallery import (
     VersionView,
     build_gallery,
@@ -22,7 +21,6 @@ from magicapture_pipeline.serving.gallery import (
     write_gallery,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 EVIL = '<script>alert("x")</script>'
 
 
@@ -168,27 +166,13 @@ def test_registry_step_logs_a_gallery_of_every_version(tmp_path: Path, tmp_path_
         build_gallery(MODEL, uri, tmp_path / "x", ["a", "b"], [1])
 
 
-def load_script():
-    path = ROOT / "scripts" / "screenshot_gallery.py"
-    spec = importlib.util.spec_from_file_location("screenshot_gallery", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 @pytest.mark.service
 def test_gallery_renders_in_headless_chromium(tmp_path: Path):
     """Every image beside the page loads in Chromium (relative paths) and the screenshot shows
     the versions' colours."""
-    script = load_script()
-    if script.chromium_binary() is None:
-        message = (
-            "CHROMIUM NOT INSTALLED: the gallery was NOT checked in a browser "
-            "(apt-get install -y chromium)"
-        )
-        warnings.warn(message, pytest.PytestWarning, stacklevel=1)
-        pytest.skip(message)
+    script = load_script("screenshot_gallery")
+    skip_loudly_without_chromium(script, "the gallery")
     page = write_gallery(tmp_path / "gallery", f"magicapture-{EVIL}", views(), ["p0", "p1"], [1, 2])
     shot = tmp_path / "shot.png"
     assert script.main([str(page), "--out", str(shot)]) == 0

@@ -10,26 +10,17 @@ is); without it the test says loudly that the page was NOT checked, and skips.
 
 from __future__ import annotations
 
-import importlib.util
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import load_script, skip_loudly_without_chromium
+
 RED, BLUE = (220, 0, 0), (0, 0, 220)
 
 pytestmark = [pytest.mark.slow, pytest.mark.service]
-
-
-def load_script():
-    path = ROOT / "scripts" / "screenshot_run_page.py"
-    spec = importlib.util.spec_from_file_location("screenshot_run_page", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _log_run(client, experiment_id: str, static_image: Path | None = None) -> str:
@@ -58,15 +49,9 @@ def _share(path: Path, colour: tuple[int, int, int]) -> float:
 
 
 def test_the_run_page_shows_charts_and_the_step_slider_walks_the_grids(tmp_path, capsys):
-    script = load_script()
+    script = load_script("screenshot_run_page")
     assert script.sync_playwright() is not None, "playwright (requirements.txt) is not installed"
-    if script.chromium_binary() is None:
-        message = (
-            "CHROMIUM NOT INSTALLED: the MLflow run page was NOT checked in a browser "
-            "(apt-get install -y chromium; make test does it as root)"
-        )
-        warnings.warn(message, pytest.PytestWarning, stacklevel=1)
-        pytest.skip(message)
+    skip_loudly_without_chromium(script, "the MLflow run page")
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
