@@ -29,7 +29,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,18 +37,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from magicapture_pipeline.tracking.server import free_port
+
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 VIEW = "?workflowType=machine_learning"  # MLflow 3.17's UI opens the GenAI view otherwise
 CARD_ID = "experiment-view-compare-runs-card"
 CARD_MENU = f"[data-testid={CARD_ID}-menu]"
 WAIT_MS = 60_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_ui(backend: str) -> tuple[subprocess.Popen, str]:

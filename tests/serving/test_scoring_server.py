@@ -33,18 +33,13 @@ from magicapture_pipeline.core.generation.postprocess import read_provenance
 from magicapture_pipeline.pipelines.register.nodes import register_concept
 from magicapture_pipeline.serving.concept_model import decode_image
 from magicapture_pipeline.serving.promotion import promote
+from magicapture_pipeline.tracking.server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scoring_server")]  # one registry
 
 MODEL = "magicapture-demo"
 PROMPT = "a photo of a [V1] person in the [V2] style"
 SAMPLING = GenerationConfig(resolution=32, num_inference_steps=3, seed=0, concept_name="demo")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -30,17 +30,10 @@ from mlflow import MlflowClient
 from magicapture_pipeline.tracking import spool
 from magicapture_pipeline.tracking.hook import MlflowTrackingHook
 from magicapture_pipeline.tracking.logged import UNAVAILABLE_ARTIFACT
+from magicapture_pipeline.tracking.server import free_port
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 MLFLOW = Path(sys.executable).parent / "mlflow"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +17,9 @@ import pytest
 
 from magicapture_pipeline.config.model import TinyModelConfig
 from magicapture_pipeline.core.models.builders import build_tiny_sd
+from magicapture_pipeline.tracking.server import free_port
 
 SCRIPT = Path(__file__).with_name("ddp_lr_check.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _json_objects(text: str) -> list[dict]:
@@ -49,7 +43,7 @@ def test_two_processes_follow_the_whole_schedule(tmp_path):
     root = build_tiny_sd(tmp_path / "tiny_sd", TinyModelConfig())
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
         str(SCRIPT), str(root),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
