@@ -163,12 +163,12 @@ def random_identity(**overrides):
     ``T' = 1.0`` and the identity branch in fp32 (``autocast_dtype="fp32"``, the authors'), unless
     ``overrides`` say otherwise.
 
-    Not the default bf16 autocast: this machine's CPU has no native bf16, and one r18 forward of
-    two faces took 5.5 s CPU under bf16 autocast against 0.2 s in fp32, most of every identity
-    test's time. What those tests check (which steps run Eq. 7, its target, that its gradient
-    reaches the LoRA) does not depend on the dtype; the bf16 branch keeps its own tests
-    (``test_identity_loss_reaches_lora[single_pass-bf16]``, the product default, and
-    ``test_face_window_identity_gradient_reaches_the_unet``).
+    Not the default bf16 autocast: on a CPU without native bf16 the trainer now leaves it off
+    (``identity_term.cpu_has_native_bf16``; emulated, one r18 forward of two faces took 5.5 s CPU
+    against 0.2 s in fp32), but a CI machine with AVX512-BF16 would run it, so the tests pin fp32
+    and stay the same everywhere. What they check (which steps run Eq. 7, its target, that its
+    gradient reaches the LoRA) does not depend on the dtype; the bf16 branch has its own test,
+    ``test_identity_loss_reaches_lora[single_pass-bf16]``, which forces native bf16.
     """
     from magicapture_pipeline.config.loss_terms import IdentityConfig
 

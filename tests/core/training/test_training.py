@@ -299,7 +299,8 @@ def _identity_inputs(trainer):
     "decoder", ["vae", pytest.param("tiny_autoencoder", marks=pytest.mark.slow)]
 )
 def test_face_window_identity_gradient_reaches_the_unet(tiny_dir, decoder):
-    # the speed options face_window + bf16; the TAESD stand-in has random weights
+    # the speed option face_window with the default autocast_dtype (bf16 where the CPU has it
+    # natively, else fp32: identity_term.cpu_has_native_bf16); the TAESD stand-in is random
     trainer = _window_trainer(
         tiny_dir, decoder=decoder, tiny_autoencoder=None, decode_region="face_window"
     )
