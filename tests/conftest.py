@@ -272,6 +272,9 @@ def pytest_configure(config: pytest.Config) -> None:
         _require("integration", "creates a KedroSession")
         return create.__func__(cls, *args, **kwargs)
 
+    import cpu_time
+
+    config.pluginmanager.register(cpu_time, "magicapture_cpu_time")
     subprocess.Popen._execute_child = checked_child
     KedroSession.create = classmethod(checked_create)
     config.add_cleanup(lambda: setattr(subprocess.Popen, "_execute_child", execute_child))
