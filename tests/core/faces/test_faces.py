@@ -269,19 +269,25 @@ def test_measure_stages_names_every_part_in_milliseconds(astronaut, monkeypatch)
                       "sharpness", "analyze_source", "overlay", "phash")}  # fmt: skip
 
 
-def test_measure_pool_throughput_reports_rate_and_cpu_per_image(monkeypatch):
-    """Four images a pass, each pass 0.25 s of wall; every process_time reading 4 ms after the
-    last: 4 ms of worker CPU per image, and the parent's readings around the pass span the
-    2 x 4 worker readings + 1 (breaks caught: seconds instead of ms, the count left out,
-    worker CPU summed over the wrong pass)."""
+def test_measure_pool_throughput_reports_rate_startup_and_cpu_per_image(monkeypatch):
+    """Four photos, 2 copies: 8 tasks a pass, 3 passes; every perf_counter reading 0.25 s after
+    the last (start-up 0.25 s, each pass 0.25 s), every process_time reading 4 ms after the last,
+    and the two workers' whole-process CPU growing 50 and 30 ms per reading. Checks the start-up
+    apart and with the passes, the analysis-only and whole-worker CPU per photo, the parent's,
+    and that each task reads the photo it names from the preload (breaks caught: seconds as ms,
+    the copies left out of the count, start-up counted in the warm rate, the index ignored)."""
     import time
 
     from magicapture_pipeline.core.faces import pool as pool_module
     from magicapture_pipeline.core.faces import throughput
 
     class InProcessPool:
-        def __init__(self, workers, *rest):
+        def __init__(self, workers, *rest, preload=None):
             self.workers = workers
+            pool_module._STATE["preload"] = preload
+
+        def worker_pids(self):
+            return [1, 2]
 
         def map(self, function, arguments):
             return [function(*args, None, None) for args in arguments]
@@ -290,13 +296,27 @@ def test_measure_pool_throughput_reports_rate_and_cpu_per_image(monkeypatch):
             return self
 
         def __exit__(self, *exc):
-            return None
+            pool_module._STATE.pop("preload", None)
 
+    readings = {1: 0.0, 2: 0.0}
+
+    def process_cpu(pid):
+        readings[pid] += {1: 0.05, 2: 0.03}[pid]
+        return readings[pid]
+
+    photos = [np.full((8, 8, 3), value, np.uint8) for value in range(4)]
+    seen = []
     monkeypatch.setattr(pool_module, "FacePool", InProcessPool)
-    monkeypatch.setattr(throughput, "_full_in_worker", lambda *args: None)
+    monkeypatch.setattr(throughput, "process_cpu_s", process_cpu)
+    monkeypatch.setattr(throughput, "_full_in_worker", lambda rgb, *rest: seen.append(rgb[0, 0, 0]))
     monkeypatch.setattr(time, "perf_counter", _Clock(0.25))
     monkeypatch.setattr(time, "process_time", _Clock(0.004))
-    found = throughput.measure_pool_throughput([np.zeros((8, 8, 3), np.uint8)] * 4, 2)
-    assert found["images_per_s"] == pytest.approx(16.0)
-    assert found["worker_cpu_ms"] == pytest.approx(4.0)
-    assert found["parent_cpu_ms"] == pytest.approx(1e3 * 0.004 * (2 * 4 + 1) / 4)
+    found = throughput.measure_pool_throughput(photos, 2, repeats=3, copies=2)
+    assert seen == [0, 1, 2, 3] + [0, 1, 2, 3, 0, 1, 2, 3] * 3  # warm-up 2 x workers, passes
+    assert found["photos_per_pass"] == 8
+    assert found["startup_s"] == pytest.approx(0.25)
+    assert found["images_per_s"] == pytest.approx(8 / 0.25)
+    assert found["images_per_s_with_startup"] == pytest.approx(24 / (0.25 + 3 * 0.25))
+    assert found["function_cpu_ms"] == pytest.approx(4.0)
+    assert found["worker_cpu_ms"] == pytest.approx(1e3 * (0.05 + 0.03) / 8)
+    assert found["parent_cpu_ms"] == pytest.approx(1e3 * 0.004 * (2 * 8 + 1) / 8)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from magicapture_pipeline.config.preprocess import PreprocessConfig
@@ -28,6 +31,36 @@ def _demo_raw_sets() -> dict[str, dict[str, RawImage]]:
     return sets
 
 
+def outputs_digest(found) -> str:
+    """SHA-256 of everything preprocessing's face stage produces for a set: every metadata row
+    (pHash and identity distance included) and every crop, mask and overlay's key, dtype, shape
+    and bytes, in order."""
+    digest = hashlib.sha256(json.dumps(found.rows, sort_keys=True, default=str).encode())
+    for name in ("crops", "masks", "overlays"):
+        for key, array in getattr(found, name).items():
+            digest.update(f"{name}/{key}/{array.dtype.str}/{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+# The serial path's outputs on the demo set at 512 px, recorded with the code before issue 19's
+# speed work on the pool transport and the overlay (commit b5a093a), mediapipe 0.10.21, OpenCV
+# 4.11.0.86, numpy 1.26.4, dlib 20.0.1. A change of any output byte changes it; so can an
+# upgrade of those libraries (then check the pictures and re-record it, saying so).
+DEMO_SERIAL_DIGEST_512 = "e7e062cb3d816d8ac2eb631eb61d79f562b29a027cf93c916d434430548dc39a"
+
+
+def test_serial_and_pool_outputs_equal_the_recorded_ones_byte_for_byte():
+    """Issue 19 §5: speed work must not move a byte. The serial path and a pool of 2 at the
+    default 512 px give the digest recorded before that work."""
+    raw = _demo_raw_sets()
+    serial = analyze_image_set(raw, PreprocessConfig())
+    assert outputs_digest(serial) == DEMO_SERIAL_DIGEST_512
+    assert outputs_digest(analyze_image_set(raw, PreprocessConfig(workers=2))) == (
+        DEMO_SERIAL_DIGEST_512
+    )
+
+
 def test_pool_output_equals_serial_output_byte_for_byte():
     raw = _demo_raw_sets()
     serial = analyze_image_set(raw, PreprocessConfig(resolution=256))
@@ -49,3 +82,48 @@ def test_pool_refuses_one_worker_and_the_config_refuses_zero():
         FacePool(1)
     with pytest.raises(ValueError, match="workers"):
         PreprocessConfig(workers=0)
+
+
+def test_large_result_arrays_travel_through_shared_memory_byte_for_byte():
+    """The worker-side packing and parent-side unpacking of a chunk: every large array comes
+    back with its dtype, shape and bytes (a non-contiguous view included), small ones and other
+    values travel as they are, and the block is gone afterwards (breaks caught: a wrong offset,
+    the dtype or shape lost, the block left in /dev/shm)."""
+    from multiprocessing import shared_memory
+
+    import numpy as np
+
+    from magicapture_pipeline.core.faces import pool
+
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    mask = rng.integers(0, 256, (256, 256), dtype=np.uint8)
+    wide = rng.standard_normal((300, 200)).astype(np.float32)[:, ::2]  # a strided view
+    small = np.arange(10, dtype=np.int16)
+    results = [({"id": "a", "n": 1}, (crop, mask, small), wide), ({"id": "b"}, None, [mask])]
+    name, packed = pool._pack(results)
+    assert name is not None
+    assert isinstance(packed[0][1][0], pool._Slot) and packed[0][1][2] is small
+    back = pool._unpack(name, packed)
+    assert back[0][0] == {"id": "a", "n": 1} and back[1][0] == {"id": "b"} and back[1][1] is None
+    for ours, theirs in ((back[0][1][0], crop), (back[0][1][1], mask), (back[0][2], wide),
+                         (back[1][2][0], mask), (back[0][1][2], small)):  # fmt: skip
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        assert ours.tobytes() == theirs.tobytes()
+    with pytest.raises(FileNotFoundError):
+        shared_memory.SharedMemory(name=name)
+
+
+def test_results_travel_pickled_when_shared_memory_cannot_be_made(monkeypatch):
+    import numpy as np
+
+    from magicapture_pipeline.core.faces import pool
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pool.shared_memory, "SharedMemory", no_room)
+    big = np.zeros((512, 512), np.uint8)
+    name, packed = pool._pack([(big,)])
+    assert name is None and packed[0][0] is big
+    assert pool._unpack(name, packed)[0][0] is big

@@ -20,7 +20,9 @@ def overlay(
     The tint is blended only over the rows the mask touches (issue 19 §5: the blend was a
     third of the overlay's time): elsewhere the blend's weights are 1 and 0, which gives the
     crop's own bytes, so the picture is the whole-image blend's byte for byte
-    (``tests/core/faces/test_overlay.py`` compares it with the whole-image blend).
+    (``tests/core/faces/test_overlay.py`` compares it with the whole-image blend). The tint
+    is filled one channel at a time: ``tint[:] = colour`` broadcast the 3-tuple over the pixels
+    at 1.2-1.5 ms of the overlay's 3.3 ms CPU (512 px), the three plane fills take 0.14 ms.
     """
     out = crop.copy()
     rows = np.flatnonzero(mask.any(axis=1))
@@ -29,7 +31,8 @@ def overlay(
         band = slice(int(rows[0]), int(rows[-1]) + 1)
         tint_weight = mask[band].astype(np.float32) * (alpha / 255.0)
         tint = np.empty_like(crop[band])
-        tint[:] = colour
+        for channel, value in enumerate(colour):  # one plane at a time: ~10x faster than
+            tint[..., channel] = value  # broadcasting the 3-tuple over the pixels (same bytes)
         out[band] = cv2.blendLinear(crop[band], tint, 1.0 - tint_weight, tint_weight)
         contours, _ = cv2.findContours(
             (mask[band] > 127).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,

@@ -115,44 +115,83 @@ def _full_in_worker(rgb: np.ndarray, resolution: int, analyzer: FaceAnalyzer, _:
     return result.crop, result.mask, result.latent_mask, result.overlay, phash(rgb)
 
 
-def _timed_in_worker(rgb: np.ndarray, resolution: int, analyzer: FaceAnalyzer, _: Any) -> tuple:
-    """:func:`_full_in_worker` and the CPU seconds it took in the worker."""
+def _timed_in_worker(index: int, resolution: int, analyzer: FaceAnalyzer, _: Any) -> tuple:
+    """:func:`_full_in_worker` on the worker's preloaded photo ``index``, and the CPU seconds
+    the function took in the worker (its process, all threads)."""
     import time
 
+    from magicapture_pipeline.core.faces.pool import preloaded
+
     start = time.process_time()
-    result = _full_in_worker(rgb, resolution, analyzer, None)
+    result = _full_in_worker(preloaded("photos")[index], resolution, analyzer, None)
     return result, time.process_time() - start
 
 
-def measure_pool_throughput(
-    images: list[np.ndarray], workers: int, resolution: int = 512, repeats: int = 3
-) -> dict[str, float]:
-    """Images per second of the ``full`` path (see :func:`measure_throughput`) run by a
-    :class:`~.pool.FacePool` of ``workers`` processes, the images sent to the workers and the
-    crops, masks and overlays sent back. The pool is started and warmed up first (its start-up,
-    ~1-2 s a worker, is not counted: preprocessing pays it once per run).
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux ``/proc``;
+    None elsewhere). 10 ms ticks: read it around passes of seconds, not around one image."""
+    import os
 
-    Returns ``images_per_s`` (median over ``repeats`` passes over ``images``), and for that
-    pass the CPU milliseconds per image in the workers (``worker_cpu_ms``) and in this process
-    (``parent_cpu_ms``: sending and receiving the arrays): on a shared machine the CPU time is
-    what the work costs, the rate what it got.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_pool_throughput(
+    images: list[np.ndarray], workers: int, resolution: int = 512, repeats: int = 3,
+    copies: int = 1,
+) -> dict[str, float | None]:
+    """Images per second of the ``full`` path (see :func:`measure_throughput`) run by a warm
+    :class:`~.pool.FacePool` of ``workers`` processes: ``images`` are sent to each worker once,
+    at start-up (``preload``); each task names a photo, and the crops, masks and overlays come
+    back to this process (through shared memory, as in preprocessing). A pass is ``copies``
+    rounds over ``images``.
+
+    Returns:
+        ``startup_s``: from creating the pool until a first batch of ``2 x workers`` photos
+        came back (spawn, imports, mediapipe graphs, the photos sent once, the first images).
+        ``images_per_s``: photos per wall second of the median of ``repeats`` passes of the
+        warm pool (start-up excluded). ``images_per_s_with_startup``: every photo of every
+        pass over start-up + every pass (what a run of that many photos would see).
+        ``worker_cpu_ms``: the workers' whole-process CPU per photo during that pass (the
+        analysis plus receiving tasks, packing results and mediapipe's threads; None without
+        ``/proc``); ``function_cpu_ms``: the analysis alone, timed inside the function;
+        ``parent_cpu_ms``: this process (submitting, copying the arrays out).
     """
     import time
 
     from magicapture_pipeline.core.faces.pool import FacePool
 
-    tasks = [(rgb, resolution) for rgb in images]
+    tasks = [(index, resolution) for index in range(len(images))] * max(1, copies)
+    warm = [(index % len(images), resolution) for index in range(2 * workers)]
     passes = []
-    with FacePool(workers) as pool:
-        list(pool.map(_timed_in_worker, tasks))  # warm-up: every worker built and used
+    started = time.perf_counter()
+    with FacePool(workers, preload={"photos": images}) as pool:
+        list(pool.map(_timed_in_worker, warm))  # every worker built and used
+        startup = time.perf_counter() - started
+        pids = pool.worker_pids()
         for _ in range(max(1, repeats)):
+            before = [process_cpu_s(pid) for pid in pids]
             start, parent = time.perf_counter(), time.process_time()
             done = list(pool.map(_timed_in_worker, tasks))
             wall, parent = time.perf_counter() - start, time.process_time() - parent
-            passes.append((wall, sum(cpu for _, cpu in done), parent))
-    wall, worker_cpu, parent_cpu = sorted(passes)[len(passes) // 2]  # the median pass
+            after = [process_cpu_s(pid) for pid in pids]
+            whole = None
+            if None not in before and None not in after:
+                whole = sum(b - a for a, b in zip(before, after, strict=True))  # type: ignore
+            passes.append((wall, sum(cpu for _, cpu in done), parent, whole))
+    median = sorted(passes, key=lambda found: found[0])[len(passes) // 2]
+    wall, function_cpu, parent_cpu, worker_cpu = median
+    count = len(tasks)
     return {
-        "images_per_s": len(images) / wall,
-        "worker_cpu_ms": 1e3 * worker_cpu / len(images),
-        "parent_cpu_ms": 1e3 * parent_cpu / len(images),
+        "startup_s": startup,
+        "images_per_s": count / wall,
+        "images_per_s_with_startup": count * len(passes) / (startup + sum(p[0] for p in passes)),
+        "photos_per_pass": count,
+        "worker_cpu_ms": None if worker_cpu is None else 1e3 * worker_cpu / count,
+        "function_cpu_ms": 1e3 * function_cpu / count,
+        "parent_cpu_ms": 1e3 * parent_cpu / count,
     }
