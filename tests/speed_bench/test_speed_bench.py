@@ -144,3 +144,50 @@ def test_run_records_wall_and_cpu_seconds_of_every_part(monkeypatch, tmp_path, c
     assert found["bench_wall_s"] >= max(part["wall_s"] for part in parts.values())
     printed = capsys.readouterr().out
     assert "[bench] size tiny: " in printed and "s CPU (1-min load" in printed
+
+
+def test_a_profiled_variant_the_timed_rounds_warmed_is_not_warmed_again():
+    """At sd15_unet_256 a step costs ~10 s of CPU: _profile runs a timed variant once (the
+    profiled step), an untimed one twice (warm-up + profiled) (break caught: the warm-up step
+    run always, as before issue 19 §5's cut)."""
+    from magicapture_pipeline.speed_bench import measure
+
+    clock = type("Clock", (), {"now": 0.0})()
+    bench = _ScriptedBench(clock)
+    bench.durations = {"a": [1.0] * 4, "b": [1.0] * 4}
+    bench.minimum = {"a": 1.0}  # a was timed, b was not
+    for name in ("a", "b"):
+        table = measure._profile(bench, name)
+        assert table["clock"] == "self CPU time"
+    assert bench.rounds == {"a": 1, "b": 2}
+
+
+def test_the_real_size_cpu_sizes_time_one_step_and_the_report_says_so(monkeypatch, tmp_path,
+                                                                      capsys):
+    """make bench within 10 min on 2 cores (issue 19 §5): the SD 1.5-architecture and SDXL-like
+    CPU sizes time one warm-up + one step per variant, the progress line and the markdown say
+    that their figures are single steps, and the sizes timed more often say how often."""
+    from magicapture_pipeline.speed_bench import report
+    from magicapture_pipeline.speed_bench.sizes import ONE_STEP_NOTE, SIZES
+
+    for name in ("sd15_unet_256", "sdxl_like_256"):
+        assert (SIZES[name].warmup, SIZES[name].repeats) == (1, 1), name
+    assert SIZES["tiny"].repeats >= 3 and SIZES["sd_like_256"].repeats >= 3
+
+    monkeypatch.setattr(report, "_run_size_in_child",
+                        lambda name, *rest: {"size": name, "error": "not measured: stubbed"})
+    for name in ("measure_preprocess", "measure_generation", "measure_evaluation"):
+        stub = functools.partial(dict, {name: 1.0})
+        stub.__name__ = name
+        monkeypatch.setattr(report, name, stub)
+    report.run(["tiny", "sd15_unet_256"], tmp_path, profile=False)
+    printed = capsys.readouterr().out
+    assert f"[bench] size sd15_unet_256 ({ONE_STEP_NOTE}) ..." in printed
+    assert "[bench] size tiny (1 warm-up + 5 timed step(s) per variant) ..." in printed
+
+    size = {key: 1.0 for key in (*speed_bench.STAGE_TWO_FIGURES, *speed_bench.RATIOS)}
+    size.update(description="d", model={"parameters_m": {}}, arcface_arch="r100",
+                capture_layers=[], repeats=1, warmup=1, timing_note=ONE_STEP_NOTE)  # fmt: skip
+    env = {"date_utc": "now", "torch": "x", "device": "cpu", "torch_threads": 2}
+    text = speed_bench._markdown({"environment": env, "sizes": {"sd15_unet_256": size}})
+    assert f"1 timed rounds after 1 warm-up ({ONE_STEP_NOTE})." in text

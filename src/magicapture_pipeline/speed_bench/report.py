@@ -25,6 +25,7 @@ from magicapture_pipeline.speed_bench.per_image import (
 )
 from magicapture_pipeline.speed_bench.sizes import (
     GOALS,
+    ONE_STEP_NOTE,
     PREPROCESS_GOAL,
     REPORT_DIR,
     SIZES,
@@ -104,7 +105,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "# MagiCapture step benchmark",
         "",
         f"{env['date_utc']} · torch {env['torch']} · {where}."
-        " Median seconds per optimiser step (batch 1); ratios of medians of the same run.",
+        " Median seconds per optimiser step (batch 1; the one timed step where a size times"
+        " one); ratios of medians of the same run.",
         "",
         "| figure | " + " | ".join(names) + " | goal |",
         "|---|" + "---|" * len(names) + "---|",
@@ -150,7 +152,7 @@ def _markdown(report: dict[str, Any]) -> str:
             f"- **{name}**: {size['description']}; parameters (M) {size['model']['parameters_m']};"
             f" ArcFace {size['arcface_arch']}; AR capture {size['capture_layers']}; steps timed "
             f"with: {engine}; {size.get('repeats')} timed rounds after {size.get('warmup')} "
-            "warm-up."
+            "warm-up" + (f" ({size['timing_note']})." if size.get("timing_note") else ".")
         )
     lines += [
         "",
@@ -238,7 +240,11 @@ def run(
     }
     parts: dict[str, dict[str, float]] = {}
     for name in sizes:
-        print(f"[bench] size {name} ...", flush=True)  # noqa: T201 - CLI progress
+        spec = SIZES[name]
+        rounds = f"{spec.warmup} warm-up + {spec.repeats} timed step(s) per variant"
+        if spec.repeats == 1:
+            rounds = ONE_STEP_NOTE
+        print(f"[bench] size {name} ({rounds}) ...", flush=True)  # noqa: T201 - CLI progress
         with _PartClock(parts, f"size {name}"):
             report["sizes"][name] = _run_size_in_child(
                 name, profile, engine, device, mixed_precision
