@@ -85,10 +85,9 @@ def test_pool_refuses_one_worker_and_the_config_refuses_zero():
 
 
 def test_large_result_arrays_travel_through_shared_memory_byte_for_byte():
-    """The worker-side packing and parent-side unpacking of a chunk: every large array comes
-    back with its dtype, shape and bytes (a non-contiguous view included), small ones and other
-    values travel as they are, and the block is gone afterwards (breaks caught: a wrong offset,
-    the dtype or shape lost, the block left in /dev/shm)."""
+    """The worker-side packing and parent-side copy of a chunk: every large array comes back
+    with its dtype, shape and bytes (a non-contiguous view included), small ones and other
+    values travel as they are (breaks caught: a wrong offset, the dtype or shape lost)."""
     from multiprocessing import shared_memory
 
     import numpy as np
@@ -104,14 +103,75 @@ def test_large_result_arrays_travel_through_shared_memory_byte_for_byte():
     name, packed = pool._pack(results)
     assert name is not None
     assert isinstance(packed[0][1][0], pool._Slot) and packed[0][1][2] is small
-    back = pool._unpack(name, packed)
+    block = shared_memory.SharedMemory(name=name)
+    try:
+        back = pool._copy_out(block, packed)
+    finally:
+        block.close()
+        block.unlink()
     assert back[0][0] == {"id": "a", "n": 1} and back[1][0] == {"id": "b"} and back[1][1] is None
     for ours, theirs in ((back[0][1][0], crop), (back[0][1][1], mask), (back[0][2], wide),
                          (back[1][2][0], mask), (back[0][1][2], small)):  # fmt: skip
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
         assert ours.tobytes() == theirs.tobytes()
-    with pytest.raises(FileNotFoundError):
-        shared_memory.SharedMemory(name=name)
+
+
+def _echo(side, seed, analyzer, embedder):
+    """A worker function: a ``side`` x ``side`` RGB array and its mask, from ``seed``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 256, (side, side, 3), np.uint8)
+    return seed, rgb, rng.integers(0, 256, (side, side), np.uint8)
+
+
+def test_the_pool_reuses_its_blocks_and_leaves_none_behind(monkeypatch):
+    """FacePool's block rotation, run in-process (a thread executor standing in for the
+    processes): results in order and byte for byte; over 3 maps of 8 chunks, no more blocks
+    created than ``in_flight`` per size (reuse: a new block costs its page faults every time);
+    a larger result replaces a too-small block; nothing left in /dev/shm after close (breaks caught:
+    blocks never freed for reuse, a block handed to two chunks at once, blocks leaked)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from multiprocessing import shared_memory
+
+    from magicapture_pipeline.core.faces import pool
+
+    created = []
+    real = shared_memory.SharedMemory
+
+    def counting(*args, **kwargs):
+        block = real(*args, **kwargs)
+        if kwargs.get("create"):
+            created.append(block.name)
+        return block
+
+    def in_process(max_workers, mp_context, initializer, initargs):
+        executor = ThreadPoolExecutor(max_workers=max_workers)
+        pool._STATE.update(analyzer=None, preload=initargs[2])
+        return executor
+
+    monkeypatch.setattr(pool.shared_memory, "SharedMemory", counting)
+    monkeypatch.setattr(pool, "ProcessPoolExecutor", in_process)
+    try:
+        with pool.FacePool(2) as faces:
+            for side in (160, 160, 240):  # 240: larger than the blocks made for 160
+                found = list(faces.map(_echo, [(side, seed) for seed in range(320)]))
+                assert [seed for seed, *_ in found] == list(range(320))
+                for seed, rgb, mask in found:
+                    want = _echo(side, seed, None, None)
+                    assert rgb.tobytes() == want[1].tobytes()
+                    assert mask.tobytes() == want[2].tobytes()
+                assert len(faces.blocks()) <= faces.in_flight
+            kept = faces.blocks()
+            assert len(created) <= 2 * faces.in_flight  # 24 chunks, two sizes of block
+    finally:
+        for block in pool._STATE.pop("blocks", {}).values():
+            block.close()
+        pool._STATE.pop("analyzer", None)
+    for name in set(created):
+        with pytest.raises(FileNotFoundError):
+            real(name=name)
+    assert kept
 
 
 def test_results_travel_pickled_when_shared_memory_cannot_be_made(monkeypatch):
@@ -126,4 +186,3 @@ def test_results_travel_pickled_when_shared_memory_cannot_be_made(monkeypatch):
     big = np.zeros((512, 512), np.uint8)
     name, packed = pool._pack([(big,)])
     assert name is None and packed[0][0] is big
-    assert pool._unpack(name, packed)[0][0] is big
