@@ -162,6 +162,22 @@ def test_a_profiled_variant_the_timed_rounds_warmed_is_not_warmed_again():
     assert bench.rounds == {"a": 1, "b": 2}
 
 
+def test_warm_first_only_warms_each_stage_once_then_times_every_variant(monkeypatch):
+    """The one-step sizes: the warm-up round runs the stage's first variant only, then every
+    variant is timed once (break caught: the warm-up round run for every variant, or the
+    warm-up step counted as a figure)."""
+    from magicapture_pipeline.speed_bench import measure
+
+    clock = type("Clock", (), {"now": 0.0})()
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock.now)
+    bench = _ScriptedBench(clock)
+    bench.durations = {"a": [50.0, 1.0], "b": [3.0]}
+    found = measure._interleaved_medians(bench, ("a", "b"), repeats=1, warmup=1,
+                                         warm_first_only=True)  # fmt: skip
+    assert found == {"a": 1.0, "b": 3.0}
+    assert bench.rounds == {"a": 2, "b": 1}
+
+
 def test_the_real_size_cpu_sizes_time_one_step_and_the_report_says_so(monkeypatch, tmp_path,
                                                                       capsys):
     """make bench within 10 min on 2 cores (issue 19 §5): the SD 1.5-architecture and SDXL-like
@@ -171,7 +187,8 @@ def test_the_real_size_cpu_sizes_time_one_step_and_the_report_says_so(monkeypatc
     from magicapture_pipeline.speed_bench.sizes import ONE_STEP_NOTE, SIZES
 
     for name in ("sd15_unet_256", "sdxl_like_256"):
-        assert (SIZES[name].warmup, SIZES[name].repeats) == (1, 1), name
+        spec = SIZES[name]
+        assert (spec.warmup, spec.repeats, spec.warm_first_only) == (1, 1, True), name
     assert SIZES["tiny"].repeats >= 3 and SIZES["sd_like_256"].repeats >= 3
 
     monkeypatch.setattr(report, "_run_size_in_child",

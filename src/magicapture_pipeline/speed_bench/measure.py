@@ -39,9 +39,13 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _interleaved_medians(
-    bench: Any, names: tuple[str, ...], repeats: int, warmup: int
+    bench: Any, names: tuple[str, ...], repeats: int, warmup: int, warm_first_only: bool = False
 ) -> dict[str, float]:
     """Median seconds per step of each variant, run round-robin after warm-up.
+
+    ``warm_first_only``: the warm-up rounds run the first variant only (one warm-up step per
+    stage instead of one per variant; the one-step CPU sizes, issue 19 §5): a later variant's
+    timed step then includes whatever its own first call costs beyond the shared model's.
 
     On CUDA each step is bracketed by ``torch.cuda.synchronize`` and the peak allocated GPU memory
     of each variant's last step goes to ``bench.peak_gpu_mb``.
@@ -51,7 +55,7 @@ def _interleaved_medians(
     samples: dict[str, list[float]] = {name: [] for name in names}
     last = warmup + repeats - 1
     for round_index in range(warmup + repeats):
-        for name in names:
+        for name in names[:1] if warm_first_only and round_index < warmup else names:
             step, context = bench.variant(name)
             with context:
                 if on_gpu and round_index == last:
@@ -212,10 +216,12 @@ def _figures(bench: Any, spec: SizeSpec) -> dict[str, float]:
     figures: dict[str, float] = {}
     if spec.stage_one:
         bench.setup_stage_one()
-        figures.update(_interleaved_medians(bench, STAGE_ONE_FIGURES, spec.repeats, spec.warmup))
+        figures.update(_interleaved_medians(bench, STAGE_ONE_FIGURES, spec.repeats, spec.warmup,
+                                            spec.warm_first_only))  # fmt: skip
     bench.setup_stage_two()
     names = STAGE_TWO_FIGURES + (TRAINER_FIGURES if isinstance(bench, TrainerBench) else ())
-    figures.update(_interleaved_medians(bench, names, spec.repeats, spec.warmup))
+    figures.update(_interleaved_medians(bench, names, spec.repeats, spec.warmup,
+                                        spec.warm_first_only))  # fmt: skip
     return figures
 
 
