@@ -62,7 +62,7 @@ def tracking(monkeypatch):
         pytest.fail("PostgreSQL binaries not found: install Debian's `postgresql`")
     folder = Path(tempfile.mkdtemp(prefix="magicapture-tracking-"))
     folder.chmod(0o755)  # the cluster belongs to the postgres user when run as root
-    state = tracking_server.start(folder)
+    state = tracking_server.start(folder, workers=1)  # three clients, a few calls a second
     try:
         yield state.tracking_uri
     finally:
