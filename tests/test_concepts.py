@@ -157,6 +157,26 @@ def test_lock_of_a_dead_process_is_recovered(tmp_path):
     assert not lock.path.exists()
 
 
+def test_lock_of_a_killed_process_not_yet_reaped_is_recovered(tmp_path):
+    """A SIGKILLed holder that nobody has reaped yet (a zombie: its parent, a Ray raylet or a
+    container's PID 1, has not waited for it) still answers kill(pid, 0); it holds nothing. Seen:
+    a Ray node lost mid-run, the retry refused for the dead attempt's zombie."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder.kill()
+        stat = Path(f"/proc/{holder.pid}/stat")
+        deadline = time.monotonic() + 30
+        while stat.read_text().rsplit(") ", 1)[1][0] != "Z":  # dead, not reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        write_lock(tmp_path, pid=holder.pid)
+        lock = ConceptLock(tmp_path, "alice").acquire()
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        lock.release()
+    finally:
+        holder.wait()
+
+
 def test_lock_of_a_reused_pid_is_recovered(tmp_path):
     write_lock(tmp_path, process_start="1")  # our pid, but another process start time
     ConceptLock(tmp_path, "alice").acquire().release()

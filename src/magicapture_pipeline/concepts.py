@@ -69,13 +69,18 @@ def validate_concept_name(name: Any) -> str:
 
 
 def _process_alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (dead, not yet reaped: a SIGKILLed Ray worker whose
+    node was lost, under a parent or container PID 1 that has not waited for it)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux) or gone meanwhile: kill() decided
         return True
-    return True
 
 
 def _process_start(pid: int) -> str | None:

@@ -6,7 +6,9 @@ joins it with ``--address`` as on a real cluster. The Kedro session in each work
 of ``standin/sitecustomize.py``: ``hold-a`` writes a checkpoint and waits; the test kills the node
 it runs on; Ray retries it on the other node, where it resumes from that checkpoint.
 
-Real training and the PostgreSQL tracking server as the store: ``test_ray_cluster_real.py``.
+Real training and the PostgreSQL tracking server as the store: ``test_ray_cluster_real.py``. A
+batch given no ``--address`` beside such a cluster starts its own Ray (it never joins it): the Ray
+batch of ``test_batch.py`` runs beside one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_batch import HEAD
 from test_batch_outcomes import manifest
 
 STANDIN = Path(__file__).parent / "standin"
@@ -39,7 +42,7 @@ def test_a_killed_node_s_concept_resumes_on_another_node(project_copy, tmp_path,
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray starts: loopback
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args=HEAD)
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     address = cluster.address
@@ -81,37 +84,3 @@ def test_a_killed_node_s_concept_resumes_on_another_node(project_copy, tmp_path,
     assert by_name["hold-a"]["status"] == by_name["good-b"]["status"] == "succeeded"
     assert summary["engine_info"]["address"] == address
 
-
-def test_without_an_address_the_batch_starts_its_own_ray_beside_another_cluster(
-    project_copy, tmp_path, monkeypatch
-):
-    """Another Ray cluster on this machine (``ray.cluster_utils`` records it as the latest one in
-    ``/tmp/ray/ray_current_cluster``, as ``ray start`` does): a batch given no ``--address`` starts
-    its own local Ray with this machine's CPUs, it never joins that cluster (``ray.init()`` with no
-    address would, and then refuses ``num_cpus``: CI's failure of stop 23)."""
-    calls = tmp_path / "calls.jsonl"
-    paths = [str(STANDIN), os.environ.get("PYTHONPATH", "")]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
-    monkeypatch.setenv("STANDIN_CALLS", str(calls))
-    monkeypatch.setenv("MAGICAPTURE_MLFLOW", "0")
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    from ray.cluster_utils import Cluster
-
-    bystander = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    try:
-        driver = subprocess.run(
-            [sys.executable, "-m", "magicapture_pipeline.batch",
-             str(manifest(tmp_path, "good-b")), "--engine", "ray", "--workers", "1",
-             "--retries", "0", "--threads", "1", "--project", str(project_copy),
-             "--batch-id", "own"],
-            check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
-        )  # fmt: skip
-    finally:
-        bystander.shutdown()
-    assert driver.returncode == 0, driver.stdout[-3000:]
-    summary = json.loads((project_copy / "data/08_reporting/batch/own.json").read_text())
-    assert summary["engine_info"]["address"].startswith("local")
-    assert summary["engine_info"]["cluster_resources"]["CPU"] == (os.cpu_count() or 1)
-    [concept] = summary["concepts"]
-    assert concept["status"] == "succeeded"

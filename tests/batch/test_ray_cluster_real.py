@@ -24,6 +24,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from test_batch import (
+    HEAD,
     KILL_AFTER,
     LONG_TWO,
     assert_killed_resumed_to_the_steady_weights,
@@ -61,7 +62,7 @@ def tracking(monkeypatch):
         pytest.fail("PostgreSQL binaries not found: install Debian's `postgresql`")
     folder = Path(tempfile.mkdtemp(prefix="magicapture-tracking-"))
     folder.chmod(0o755)  # the cluster belongs to the postgres user when run as root
-    state = tracking_server.start(folder)
+    state = tracking_server.start(folder, workers=1)  # three clients, a few calls a second
     try:
         yield state.tracking_uri
     finally:
@@ -81,7 +82,7 @@ def test_a_node_lost_mid_run_on_a_cluster_with_the_tracking_server(project_copy,
     manifest.write_text(yaml.safe_dump({"concepts": [
         {"name": name, "source_dir": photos, "params": LONG_TWO} for name in ("steady", "killed")
     ]}))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args=HEAD)
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     address = cluster.address
