@@ -392,56 +392,64 @@ def test_champion_loads_elsewhere_from_its_own_code_and_requirements(
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def promote_in_process(project: Path, env: str | None, params: dict) -> None:
+    """``kedro run --pipelines=promote --env=<env> --params=<params>`` in this process: the same
+    session, hooks (MLflow run included) and nodes, without paying Kedro's and MLflow's imports
+    again in a child process (several CPU seconds each)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
+        session.run(pipeline_names=["promote"])
+
+
 @pytest.mark.integration
 @pytest.mark.slow
-def test_promote_and_rollback_from_the_command_line(project_copy, tiny_concept):
+def test_promote_and_rollback_from_the_command_line(project_copy, tiny_concept, monkeypatch,
+                                                    capsys):
+    """``kedro run --pipelines=promote`` refuses (exit status, message, a FAILED run that names the
+    node, champion and versions untouched: formerly also ``test_hook``'s failed-run test, which
+    ran one more ``kedro run`` for the same checks) and rolls back from the command line; the
+    successful promotions before them run the same session in this process, and
+    ``where_to_look`` / ``serving.registry`` are called through their ``main``."""
     uri = f"sqlite:///{project_copy / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("t", artifact_location=(project_copy / "art").as_uri())
     store = (uri, client, experiment)
     register(store, tiny_concept, csim=0.6)
     register(store, tiny_concept, csim=0.1)
     name = f"--params=model_name={MODEL}"
-    done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},model_version=1")
-    assert done.returncode == 0, done.stderr[-3000:]
+    promote_in_process(project_copy, None, {"model_name": MODEL, "model_version": 1})
+    assert aliases(client) == {"candidate": 2, "champion": 1}
     done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},model_version=2")
     assert done.returncode != 0
     assert "min_metrics.csim_arcface: csim_arcface=0.1 < 0.4" in done.stdout + done.stderr
     assert aliases(client) == {"candidate": 2, "champion": 1}
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 2
     experiment = client.get_experiment_by_name("magicapture-my-concept")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
     assert "min_metrics.csim_arcface" in runs[1].data.tags["error"]
+    assert runs[1].data.tags["error.node"] == "apply_promotion"
     assert runs[1].data.tags["kedro.pipelines"] == "promote"
     # the demo env's lenient gates let it through; then one command rolls back
-    done = run_kedro(
-        project_copy, "run", "--pipelines=promote", "--env=demo", f"{name},model_version=2"
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    promote_in_process(project_copy, "demo", {"model_name": MODEL, "model_version": 2})
     assert aliases(client) == {"candidate": 2, "champion": 2, "previous": 1}
     done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},action=rollback")
     assert done.returncode == 0, done.stderr[-3000:]
     assert aliases(client) == {"candidate": 2, "champion": 1, "previous": 2}
     record = json.loads((project_copy / "data/08_reporting/my-concept/promotion.json").read_text())
     assert record["action"] == "rollback" and record["champion"] == 1
-    summary = subprocess.run(
-        [sys.executable, "-m", "magicapture_pipeline.where_to_look", "--env=demo"],
-        cwd=project_copy,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-    ).stdout
+    from magicapture_pipeline import where_to_look
+    from magicapture_pipeline.serving import registry
+
+    capsys.readouterr()
+    where_to_look.main(["--env=demo", "--project", str(project_copy)])
+    summary = capsys.readouterr().out
     assert "make ui" in summary and "data/08_reporting/demo/promotion.json" in summary
     # the same without Kedro's runner: python -m magicapture_pipeline.serving.registry
-    subprocess.run(
-        [sys.executable, "-m", "magicapture_pipeline.serving.registry", "rollback", MODEL],
-        cwd=project_copy,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-    )
+    monkeypatch.chdir(project_copy)
+    registry.main(["rollback", MODEL])
     assert aliases(client) == {"candidate": 2, "champion": 2, "previous": 1}
