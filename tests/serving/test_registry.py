@@ -327,25 +327,39 @@ def test_refused_request_does_no_work(store, tiny_concept, monkeypatch):
 
 
 _HIDE_INSTALLED = """
-import sys
+import os, sys, traceback
 from pathlib import Path
 # hide this project's installed copy (editable .pth, PYTHONPATH): only the model's code remains
 sys.path = [p for p in sys.path if not (Path(p or '.') / 'magicapture_pipeline').is_dir()]
+result, model_uri, elsewhere, root = sys.argv[1:5]
 import mlflow, pandas as pd
-model = mlflow.pyfunc.load_model(sys.argv[2])
+model = mlflow.pyfunc.load_model(model_uri)
 import magicapture_pipeline
 assert '/code/magicapture_pipeline/' in magicapture_pipeline.__file__, magicapture_pipeline.__file__
 out = model.predict(pd.DataFrame({'prompt': ['a photo of [V1] in the style of [V2]'], 'seed': [3]}))
-out.to_json(sys.argv[1])
+out.to_json(result)
+# from another folder, without the project root: the missing base model is named
+os.chdir(elsewhere)
+try:
+    mlflow.pyfunc.load_model(model_uri)
+except Exception:
+    print('ELSEWHERE REFUSED', traceback.format_exc(), file=sys.stderr)
+else:
+    print('ELSEWHERE LOADED', file=sys.stderr)
+# ... and with it set, the model loads there and samples
+os.environ['MAGICAPTURE_PROJECT_ROOT'] = root
+mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({'prompt': ['[V1]'], 'seed': [1]}))
+print('WITH ROOT LOADED', file=sys.stderr)
 """
 
 
-def _run_isolated(cwd: Path, uri: str, result: Path, extra_env: dict | None = None):
+def _run_isolated(cwd: Path, uri: str, result: Path, elsewhere: Path, root: Path):
     hidden = {"PYTHONPATH", "MAGICAPTURE_PROJECT_ROOT"}
     env = {k: v for k, v in os.environ.items() if k not in hidden}
-    env |= {"MLFLOW_TRACKING_URI": uri, **(extra_env or {})}
+    env |= {"MLFLOW_TRACKING_URI": uri}
+    model = f"models:/{MODEL}@champion"
     return subprocess.run(
-        [sys.executable, "-c", _HIDE_INSTALLED, str(result), f"models:/{MODEL}@champion"],
+        [sys.executable, "-c", _HIDE_INSTALLED, str(result), model, str(elsewhere), str(root)],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -360,13 +374,18 @@ def test_champion_loads_elsewhere_from_its_own_code_and_requirements(
     store, tiny_concept, tmp_path
 ):
     """A fresh process without this project installed: the model's code_paths and pinned
-    requirements are enough; from another folder the missing base model is named."""
+    requirements are enough; from another folder the missing base model is named, and
+    ``MAGICAPTURE_PROJECT_ROOT`` finds it. One child process makes the three loads (in the
+    project folder, elsewhere, elsewhere with the variable set): each child pays torch's,
+    diffusers' and MLflow's imports, several CPU seconds."""
     uri, client, _ = store
     base, _ = tiny_concept
     record = register(store, tiny_concept, csim=0.6)
     promote(client, MODEL, record["version"], GATES)
     result = tmp_path / "out.json"
-    done = _run_isolated(base.parent, uri, result)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _run_isolated(base.parent, uri, result, elsewhere, base.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     out = pd.read_json(result)
     assert out.loc[0, "prompt"] == "a photo of <v1> in the style of <v2>"
@@ -382,14 +401,11 @@ def test_champion_loads_elsewhere_from_its_own_code_and_requirements(
     for package in ("torch==", "diffusers==", "transformers==", "peft==", "pydantic=="):
         assert package in pins
     assert (local / "code" / "magicapture_pipeline" / "serving" / "concept_model.py").is_file()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    done = _run_isolated(elsewhere, uri, result)
-    assert done.returncode != 0
-    assert "base model is the project folder 'tiny_sd'" in done.stderr
-    assert "MAGICAPTURE_PROJECT_ROOT" in done.stderr
-    done = _run_isolated(elsewhere, uri, result, {"MAGICAPTURE_PROJECT_ROOT": str(base.parent)})
-    assert done.returncode == 0, done.stderr[-3000:]
+    refused = done.stderr.split("ELSEWHERE REFUSED", 1)
+    assert len(refused) == 2, done.stderr[-3000:]  # elsewhere, the load failed
+    assert "base model is the project folder 'tiny_sd'" in refused[1]
+    assert "MAGICAPTURE_PROJECT_ROOT" in refused[1]
+    assert "WITH ROOT LOADED" in refused[1], done.stderr[-3000:]
 
 
 def promote_in_process(project: Path, env: str | None, params: dict) -> None:
