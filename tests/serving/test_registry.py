@@ -73,9 +73,36 @@ def build_tiny_concept(folder: Path) -> tuple[Path, Path]:
     return base, concept
 
 
+def tiny_concept_in(folder: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """:func:`build_tiny_concept`'s ``(base_model_dir, concept_dir)``, copied into ``folder``
+    from one build per test run (shared by the xdist workers under a file lock, like
+    ``conftest.tiny_sd``): the registry, scoring-server, migration and gallery tests each built
+    the same seeded files."""
+    import fcntl
+    import os
+    import shutil
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    cache = root / "tiny_concept"
+    cache.mkdir(exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cache / "built" / "concept" / "concept.json").is_file():
+            shutil.rmtree(cache / "building", ignore_errors=True)
+            (cache / "building").mkdir()
+            build_tiny_concept(cache / "building")
+            (cache / "building").rename(cache / "built")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tiny_sd", "concept"):
+        shutil.copytree(cache / "built" / name, folder / name)
+    return folder / "tiny_sd", folder / "concept"
+
+
 @pytest.fixture(scope="module")
 def tiny_concept(tmp_path_factory) -> tuple[Path, Path]:
-    return build_tiny_concept(tmp_path_factory.mktemp("concept"))
+    return tiny_concept_in(tmp_path_factory.mktemp("concept"), tmp_path_factory)
 
 
 @pytest.fixture

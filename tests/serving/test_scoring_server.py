@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from test_registry import build_tiny_concept
+from test_registry import tiny_concept_in
 
 from conftest import PROJECT_ROOT, run_kedro
 from magicapture_pipeline.config.generation import GenerationConfig
@@ -46,7 +46,7 @@ SAMPLING = GenerationConfig(resolution=32, num_inference_steps=3, seed=0, concep
 def registry(tmp_path_factory) -> tuple[Path, str]:
     """A project folder holding the tiny SD, a registry with the concept as @champion."""
     root = tmp_path_factory.mktemp("served")
-    base, concept = build_tiny_concept(root)
+    base, concept = tiny_concept_in(root, tmp_path_factory)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("t", artifact_location=(root / "art").as_uri())
