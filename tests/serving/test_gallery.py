@@ -132,8 +132,8 @@ def test_registry_step_logs_a_gallery_of_every_version(tmp_path: Path, tmp_path_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     store = (uri, client, client.create_experiment("g", (tmp_path / "art").as_uri()))
-    register(store, (base, concept), csim=0.6)
-    second = register(store, (base, other), csim=0.7)
+    register(store, (base, concept), csim=0.6, gallery_prompts=2)
+    second = register(store, (base, other), csim=0.7, gallery_prompts=2)
     assert second["gallery"] == "gallery/index.html"
     local = Path(client.download_artifacts(second["run_id"], "gallery", str(tmp_path / "dl")))
     page = (local / "index.html").read_text()

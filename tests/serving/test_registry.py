@@ -113,7 +113,10 @@ def store(tmp_path: Path) -> tuple[str, MlflowClient]:
     return uri, client, experiment
 
 
-def register(store, tiny_concept, csim: float | None) -> dict:
+def register(store, tiny_concept, csim: float | None, gallery_prompts: int = 0) -> dict:
+    """Register ``tiny_concept`` as a new version with ``csim`` (None: unavailable). No gallery
+    unless ``gallery_prompts`` says so: sampling every version again at each registration is
+    what ``test_gallery`` checks, and cost the other tests seconds per version."""
     uri, client, experiment = store
     base, concept = tiny_concept
     run = client.create_run(experiment)
@@ -127,7 +130,7 @@ def register(store, tiny_concept, csim: float | None) -> dict:
         {"path": str(base), "tiny": True},
         metrics,
         {"run_id": run.info.run_id, "tracking_uri": uri, "project_path": str(base.parent)},
-        RegistryConfig(model_name=MODEL),
+        RegistryConfig(model_name=MODEL, gallery_prompts=gallery_prompts),
         SAMPLING,
         ServingConfig(),
     )
