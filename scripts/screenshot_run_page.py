@@ -75,7 +75,11 @@ def start_ui(backend: str) -> tuple[subprocess.Popen, str]:
 def stop_ui(process: subprocess.Popen | None) -> None:
     if process is not None:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # seen at load 25: do not wait on a graceful stop
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 def chromium_binary() -> str | None:
