@@ -1,5 +1,5 @@
 """The shared tracking server: PostgreSQL + ``mlflow server`` started by the test, two concept
-runs at once against its one worker (the demo concept among them); nothing lost. Then, on the
+runs at once against it (the demo concept among them); nothing lost. Then, on the
 same cluster, ``make tracking-server`` recovers by itself and refuses a mixed setting (issue 21
 §3). The server and the cluster are stopped by the fixture (``.ci/run`` leaves nothing running).
 
@@ -51,9 +51,9 @@ def server():
     # cluster belongs to the postgres user, who must reach it.
     folder = Path(tempfile.mkdtemp(prefix="magicapture-tracking-"))
     folder.chmod(0o755)
-    # one worker: two concurrent runs already outnumber it (requests queue), as three runs did
-    # the default two; each further run costs a whole Kedro run (~30 CPU s), each worker ~5 s
-    state = tracking_server.start(folder, workers=1)
+    # the default two workers: with one, a run's artifact listing timed out (the hook's 5 s
+    # client timeout) at load 70 while the other run uploaded
+    state = tracking_server.start(folder)
     try:
         yield state
     finally:
@@ -115,13 +115,13 @@ def check_concept_run(client: MlflowClient, project: Path, concept: str) -> None
 
 @pytest.mark.integration
 def test_two_concurrent_concepts_demo_among_them_on_postgres(server, project_copy, monkeypatch):
-    """The demo concept and a team concept start at once on the fresh server (more runs than
-    its one worker, so requests queue), each shrunk to a few steps: what is checked is the
-    tracking on PostgreSQL, every step and metric of every run (the full `make demo` chain is the
-    shared demo_run's). The runs build the tiny SD side by side (``save_tiny_pipeline`` renames
-    it into place) and create their experiments and registered models on the server at the same
-    moment. Two runs against one worker, not three against two (session 7): the same queueing
-    for one Kedro run (~30 CPU s) less; before that, the demo alone and then four."""
+    """The demo concept and a team concept start at once on the fresh server (two workers),
+    each shrunk to a few steps: what is checked is the tracking on PostgreSQL, every step and
+    metric of every run (the full `make demo` chain is the shared demo_run's). The runs build the
+    tiny SD side by side (``save_tiny_pipeline`` renames it into place) and create their
+    experiments and registered models on the server at the same moment. Two runs, not three
+    (session 7): each run is a whole Kedro run, 43 CPU s measured alone; the third only added
+    queueing behind the two workers. Before session 6, the demo alone and then four."""
     uri = server.tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert server.backend_store_uri.startswith("postgresql+psycopg2://")
