@@ -73,9 +73,36 @@ def build_tiny_concept(folder: Path) -> tuple[Path, Path]:
     return base, concept
 
 
+def tiny_concept_in(folder: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """:func:`build_tiny_concept`'s ``(base_model_dir, concept_dir)``, copied into ``folder``
+    from one build per test run (shared by the xdist workers under a file lock, like
+    ``conftest.tiny_sd``): the registry, scoring-server, migration and gallery tests each built
+    the same seeded files."""
+    import fcntl
+    import os
+    import shutil
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    cache = root / "tiny_concept"
+    cache.mkdir(exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cache / "built" / "concept" / "concept.json").is_file():
+            shutil.rmtree(cache / "building", ignore_errors=True)
+            (cache / "building").mkdir()
+            build_tiny_concept(cache / "building")
+            (cache / "building").rename(cache / "built")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("tiny_sd", "concept"):
+        shutil.copytree(cache / "built" / name, folder / name)
+    return folder / "tiny_sd", folder / "concept"
+
+
 @pytest.fixture(scope="module")
 def tiny_concept(tmp_path_factory) -> tuple[Path, Path]:
-    return build_tiny_concept(tmp_path_factory.mktemp("concept"))
+    return tiny_concept_in(tmp_path_factory.mktemp("concept"), tmp_path_factory)
 
 
 @pytest.fixture
@@ -86,7 +113,10 @@ def store(tmp_path: Path) -> tuple[str, MlflowClient]:
     return uri, client, experiment
 
 
-def register(store, tiny_concept, csim: float | None) -> dict:
+def register(store, tiny_concept, csim: float | None, gallery_prompts: int = 0) -> dict:
+    """Register ``tiny_concept`` as a new version with ``csim`` (None: unavailable). No gallery
+    unless ``gallery_prompts`` says so: sampling every version again at each registration is
+    what ``test_gallery`` checks, and cost the other tests seconds per version."""
     uri, client, experiment = store
     base, concept = tiny_concept
     run = client.create_run(experiment)
@@ -100,7 +130,7 @@ def register(store, tiny_concept, csim: float | None) -> dict:
         {"path": str(base), "tiny": True},
         metrics,
         {"run_id": run.info.run_id, "tracking_uri": uri, "project_path": str(base.parent)},
-        RegistryConfig(model_name=MODEL),
+        RegistryConfig(model_name=MODEL, gallery_prompts=gallery_prompts),
         SAMPLING,
         ServingConfig(),
     )
@@ -327,25 +357,39 @@ def test_refused_request_does_no_work(store, tiny_concept, monkeypatch):
 
 
 _HIDE_INSTALLED = """
-import sys
+import os, sys, traceback
 from pathlib import Path
 # hide this project's installed copy (editable .pth, PYTHONPATH): only the model's code remains
 sys.path = [p for p in sys.path if not (Path(p or '.') / 'magicapture_pipeline').is_dir()]
+result, model_uri, elsewhere, root = sys.argv[1:5]
 import mlflow, pandas as pd
-model = mlflow.pyfunc.load_model(sys.argv[2])
+model = mlflow.pyfunc.load_model(model_uri)
 import magicapture_pipeline
 assert '/code/magicapture_pipeline/' in magicapture_pipeline.__file__, magicapture_pipeline.__file__
 out = model.predict(pd.DataFrame({'prompt': ['a photo of [V1] in the style of [V2]'], 'seed': [3]}))
-out.to_json(sys.argv[1])
+out.to_json(result)
+# from another folder, without the project root: the missing base model is named
+os.chdir(elsewhere)
+try:
+    mlflow.pyfunc.load_model(model_uri)
+except Exception:
+    print('ELSEWHERE REFUSED', traceback.format_exc(), file=sys.stderr)
+else:
+    print('ELSEWHERE LOADED', file=sys.stderr)
+# ... and with it set, the model loads there and samples
+os.environ['MAGICAPTURE_PROJECT_ROOT'] = root
+mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({'prompt': ['[V1]'], 'seed': [1]}))
+print('WITH ROOT LOADED', file=sys.stderr)
 """
 
 
-def _run_isolated(cwd: Path, uri: str, result: Path, extra_env: dict | None = None):
+def _run_isolated(cwd: Path, uri: str, result: Path, elsewhere: Path, root: Path):
     hidden = {"PYTHONPATH", "MAGICAPTURE_PROJECT_ROOT"}
     env = {k: v for k, v in os.environ.items() if k not in hidden}
-    env |= {"MLFLOW_TRACKING_URI": uri, **(extra_env or {})}
+    env |= {"MLFLOW_TRACKING_URI": uri}
+    model = f"models:/{MODEL}@champion"
     return subprocess.run(
-        [sys.executable, "-c", _HIDE_INSTALLED, str(result), f"models:/{MODEL}@champion"],
+        [sys.executable, "-c", _HIDE_INSTALLED, str(result), model, str(elsewhere), str(root)],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -360,13 +404,18 @@ def test_champion_loads_elsewhere_from_its_own_code_and_requirements(
     store, tiny_concept, tmp_path
 ):
     """A fresh process without this project installed: the model's code_paths and pinned
-    requirements are enough; from another folder the missing base model is named."""
+    requirements are enough; from another folder the missing base model is named, and
+    ``MAGICAPTURE_PROJECT_ROOT`` finds it. One child process makes the three loads (in the
+    project folder, elsewhere, elsewhere with the variable set): each child pays torch's,
+    diffusers' and MLflow's imports, several CPU seconds."""
     uri, client, _ = store
     base, _ = tiny_concept
     record = register(store, tiny_concept, csim=0.6)
     promote(client, MODEL, record["version"], GATES)
     result = tmp_path / "out.json"
-    done = _run_isolated(base.parent, uri, result)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = _run_isolated(base.parent, uri, result, elsewhere, base.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     out = pd.read_json(result)
     assert out.loc[0, "prompt"] == "a photo of <v1> in the style of <v2>"
@@ -382,66 +431,71 @@ def test_champion_loads_elsewhere_from_its_own_code_and_requirements(
     for package in ("torch==", "diffusers==", "transformers==", "peft==", "pydantic=="):
         assert package in pins
     assert (local / "code" / "magicapture_pipeline" / "serving" / "concept_model.py").is_file()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    done = _run_isolated(elsewhere, uri, result)
-    assert done.returncode != 0
-    assert "base model is the project folder 'tiny_sd'" in done.stderr
-    assert "MAGICAPTURE_PROJECT_ROOT" in done.stderr
-    done = _run_isolated(elsewhere, uri, result, {"MAGICAPTURE_PROJECT_ROOT": str(base.parent)})
-    assert done.returncode == 0, done.stderr[-3000:]
+    refused = done.stderr.split("ELSEWHERE REFUSED", 1)
+    assert len(refused) == 2, done.stderr[-3000:]  # elsewhere, the load failed
+    assert "base model is the project folder 'tiny_sd'" in refused[1]
+    assert "MAGICAPTURE_PROJECT_ROOT" in refused[1]
+    assert "WITH ROOT LOADED" in refused[1], done.stderr[-3000:]
+
+
+def promote_in_process(project: Path, env: str | None, params: dict) -> None:
+    """``kedro run --pipelines=promote --env=<env> --params=<params>`` in this process: the same
+    session, hooks (MLflow run included) and nodes, without paying Kedro's and MLflow's imports
+    again in a child process (several CPU seconds each)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env, runtime_params=params) as session:
+        session.run(pipeline_names=["promote"])
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_promote_and_rollback_from_the_command_line(project_copy, tiny_concept):
+def test_promote_and_rollback_from_the_command_line(project_copy, tiny_concept, monkeypatch,
+                                                    capsys):
+    """``kedro run --pipelines=promote`` refuses (exit status, message, a FAILED run that names the
+    node, champion and versions untouched: formerly also ``test_hook``'s failed-run test, which
+    ran one more ``kedro run`` for the same checks) and rolls back from the command line; the
+    successful promotions before them run the same session in this process, and
+    ``where_to_look`` / ``serving.registry`` are called through their ``main``."""
     uri = f"sqlite:///{project_copy / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("t", artifact_location=(project_copy / "art").as_uri())
     store = (uri, client, experiment)
     register(store, tiny_concept, csim=0.6)
     register(store, tiny_concept, csim=0.1)
     name = f"--params=model_name={MODEL}"
-    done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},model_version=1")
-    assert done.returncode == 0, done.stderr[-3000:]
+    promote_in_process(project_copy, None, {"model_name": MODEL, "model_version": 1})
+    assert aliases(client) == {"candidate": 2, "champion": 1}
     done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},model_version=2")
     assert done.returncode != 0
     assert "min_metrics.csim_arcface: csim_arcface=0.1 < 0.4" in done.stdout + done.stderr
     assert aliases(client) == {"candidate": 2, "champion": 1}
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 2
     experiment = client.get_experiment_by_name("magicapture-my-concept")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
     assert "min_metrics.csim_arcface" in runs[1].data.tags["error"]
+    assert runs[1].data.tags["error.node"] == "apply_promotion"
     assert runs[1].data.tags["kedro.pipelines"] == "promote"
     # the demo env's lenient gates let it through; then one command rolls back
-    done = run_kedro(
-        project_copy, "run", "--pipelines=promote", "--env=demo", f"{name},model_version=2"
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    promote_in_process(project_copy, "demo", {"model_name": MODEL, "model_version": 2})
     assert aliases(client) == {"candidate": 2, "champion": 2, "previous": 1}
     done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},action=rollback")
     assert done.returncode == 0, done.stderr[-3000:]
     assert aliases(client) == {"candidate": 2, "champion": 1, "previous": 2}
     record = json.loads((project_copy / "data/08_reporting/my-concept/promotion.json").read_text())
     assert record["action"] == "rollback" and record["champion"] == 1
-    summary = subprocess.run(
-        [sys.executable, "-m", "magicapture_pipeline.where_to_look", "--env=demo"],
-        cwd=project_copy,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-    ).stdout
+    from magicapture_pipeline import where_to_look
+    from magicapture_pipeline.serving import registry
+
+    capsys.readouterr()
+    where_to_look.main(["--env=demo", "--project", str(project_copy)])
+    summary = capsys.readouterr().out
     assert "make ui" in summary and "data/08_reporting/demo/promotion.json" in summary
     # the same without Kedro's runner: python -m magicapture_pipeline.serving.registry
-    subprocess.run(
-        [sys.executable, "-m", "magicapture_pipeline.serving.registry", "rollback", MODEL],
-        cwd=project_copy,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-    )
+    monkeypatch.chdir(project_copy)
+    registry.main(["rollback", MODEL])
     assert aliases(client) == {"candidate": 2, "champion": 2, "previous": 1}

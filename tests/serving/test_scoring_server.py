@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from test_registry import build_tiny_concept
+from test_registry import tiny_concept_in
 
 from conftest import PROJECT_ROOT, run_kedro
 from magicapture_pipeline.config.generation import GenerationConfig
@@ -46,7 +46,7 @@ SAMPLING = GenerationConfig(resolution=32, num_inference_steps=3, seed=0, concep
 def registry(tmp_path_factory) -> tuple[Path, str]:
     """A project folder holding the tiny SD, a registry with the concept as @champion."""
     root = tmp_path_factory.mktemp("served")
-    base, concept = build_tiny_concept(root)
+    base, concept = tiny_concept_in(root, tmp_path_factory)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("t", artifact_location=(root / "art").as_uri())
@@ -336,15 +336,18 @@ def test_batch_pipeline_writes_images_and_records(registry, project_copy):
         (project_copy / "data/07_model_output/my-concept/batch").rename(
             project_copy / "first_batch"
         )
-        done = run_kedro(
-            project_copy,
-            "run",
-            "--pipelines=batch_generate",
-            f"--params=prompts_file={bad},serving.model_uri=models:/{MODEL}@champion",
-        )
-        assert done.returncode != 0
-        said = " ".join((done.stdout + done.stderr).split())  # rich wraps long lines
-        assert "row 1: 'steps' is 500; it must be an integer in [1, 150]" in said
+        # the refusal in this process (the CLI ran above): the same session, hooks and nodes,
+        # without a second child paying Kedro's, torch's and MLflow's imports
+        from kedro.framework.session import KedroSession
+        from kedro.framework.startup import bootstrap_project
+
+        bootstrap_project(project_copy)
+        params = {"prompts_file": str(bad), "serving": {"model_uri": f"models:/{MODEL}@champion"}}
+        with KedroSession.create(project_path=project_copy, runtime_params=params) as session:
+            with pytest.raises(Exception) as refused:  # noqa: PT011 - the message is checked
+                session.run(pipeline_names=["batch_generate"])
+        said = " ".join(str(refused.value).split())
+        assert "row 1: 'steps' is 500; it must be an integer in [1, 150]" in said, said
         assert not (
             project_copy / "data/07_model_output/my-concept/batch"
         ).exists()  # refused before work

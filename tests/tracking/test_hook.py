@@ -2,7 +2,9 @@
 
 Fast tests drive the hook on a small self-made pipeline (real Kedro datasets, SequentialRunner, the
 hook registered on a hook manager), so they do not depend on the training pipelines. The slow test
-runs the real ``customize`` chain in a copy of the project.
+runs the real ``customize`` chain in a copy of the project. A real failing ``kedro run`` (FAILED,
+the error and its node as tags, the champion untouched) is checked by the refused promotion of
+``tests/serving/test_registry.py::test_promote_and_rollback_from_the_command_line``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from kedro_datasets.partitions import PartitionedDataset
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import run_kedro
 from magicapture_pipeline.tracking.catalog import RUN_DATASET, dataset_path
 from magicapture_pipeline.tracking.hook import MlflowTrackingHook
 from magicapture_pipeline.tracking.logged import flatten, option_tags
@@ -224,33 +225,6 @@ def test_thread_runner_logs_to_the_same_run(tmp_path, tracking):
     run = only_run(tracking)
     assert len(tracking.get_metric_history(run.info.run_id, "stage_one/loss")) == 3
     assert run.data.metrics["csim"] == pytest.approx(0.42)
-
-
-@pytest.mark.integration
-def test_failed_kedro_run_is_marked_failed_and_champion_untouched(project_copy):
-    """A real failing ``kedro run`` (a promotion refused by the base env's gates)."""
-    uri = f"sqlite:///{project_copy / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.create_registered_model("magicapture-toy")
-    source = project_copy / "old_model"
-    source.mkdir()
-    champion = client.create_model_version("magicapture-toy", source=str(source))
-    client.set_registered_model_alias("magicapture-toy", "champion", champion.version)
-    candidate = client.create_model_version("magicapture-toy", source=str(source))
-    done = run_kedro(
-        project_copy,
-        "run",
-        "--pipelines=promote",
-        f"--params=model_name=magicapture-toy,model_version={candidate.version}",
-    )
-    assert done.returncode != 0
-    experiment = client.get_experiment_by_name("magicapture-my-concept")
-    [run] = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FAILED"
-    assert "required_metrics: 'csim_arcface' is missing" in run.data.tags["error"]
-    assert run.data.tags["error.node"] == "apply_promotion"
-    assert str(client.get_model_version_by_alias("magicapture-toy", "champion").version) == "1"
-    assert len(client.search_model_versions("name='magicapture-toy'")) == 2
 
 
 def test_disabled_by_env_var_logs_nothing(tmp_path, tracking, monkeypatch):

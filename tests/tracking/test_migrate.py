@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from test_registry import GATES, MODEL, build_tiny_concept, promote, register
+from test_registry import GATES, MODEL, promote, register, tiny_concept_in
 
 from magicapture_pipeline.tracking.migrate import MIGRATED_TAG, migrate
 
@@ -17,7 +17,7 @@ from magicapture_pipeline.tracking.migrate import MIGRATED_TAG, migrate
 @pytest.fixture(scope="module")
 def concept(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny random SD and a concept for it: ``(base_model_dir, concept_dir)``."""
-    return build_tiny_concept(tmp_path_factory.mktemp("concept"))
+    return tiny_concept_in(tmp_path_factory.mktemp("concept"), tmp_path_factory)
 
 
 def fill_source(tmp_path: Path, concept) -> tuple[str, MlflowClient, str]:

@@ -61,8 +61,21 @@ def test_the_run_page_shows_charts_and_the_step_slider_walks_the_grids(tmp_path,
         tags={"mlflow.experimentKind": "custom_model_development"},
     )  # fmt: skip
     good = _log_run(client, experiment)
+    card = tmp_path / "concept_card.png"
+    Image.new("RGB", (8, 8)).save(card)
+    broken = _log_run(client, experiment, static_image=card)
+    # one mlflow server for both runs (the script's own start_ui, as main uses it over a local
+    # store): a second start would cost several CPU seconds more
+    process, url = script.start_ui(uri)
+    try:
+        _check_both(script, url, good, broken, tmp_path, capsys)
+    finally:
+        script.stop_ui(process)
+
+
+def _check_both(script, url: str, good: str, broken: str, tmp_path, capsys) -> None:
     out = tmp_path / "shots"
-    args = ["--tracking-uri", uri, "--experiment", "magicapture-tiny", "--out", str(out)]
+    args = ["--tracking-uri", url, "--experiment", "magicapture-tiny", "--out", str(out)]
     assert script.main([*args, "--run-id", good]) == 0, capsys.readouterr().out
     # each slider position shows its own step's image, not the other's
     for step, colour, other in ((2, RED, BLUE), (4, BLUE, RED)):
@@ -72,9 +85,6 @@ def test_the_run_page_shows_charts_and_the_step_slider_walks_the_grids(tmp_path,
     assert (out / "charts_stage_two_loss.png").is_file()
     assert (out / "run_overview.png").is_file()
 
-    card = tmp_path / "concept_card.png"
-    Image.new("RGB", (8, 8)).save(card)
-    broken = _log_run(client, experiment, static_image=card)
     capsys.readouterr()
     assert script.main([*args, "--run-id", broken, "--out", str(tmp_path / "broken")]) == 1
     printed = capsys.readouterr().out

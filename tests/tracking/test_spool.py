@@ -68,24 +68,36 @@ class Server:
             self.process.wait()
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    (tmp_path / "server").mkdir()
-    running = Server(tmp_path / "server")
-    running.start()
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """One ``mlflow server`` (and store) for the module: each start costs several CPU seconds,
+    and each test kills and restarts it anyway (the tests log to experiments of their own)."""
+    running = Server(tmp_path_factory.mktemp("server"))
     yield running
     running.kill()
 
 
-PARAMS = {"tracking": {"experiment_name": "magicapture-outage"}}
+@pytest.fixture
+def server(module_server: Server) -> Server:
+    """The module's server, running (started again if a test before left it dead)."""
+    if not module_server.running():
+        module_server.start()
+    return module_server
 
 
 def history(parameters: dict) -> pd.DataFrame:
     return pd.DataFrame({"step": [0, 1, 2], "loss": [0.9, 0.5, 0.3]})
 
 
-def run_with_outage(folder: Path, server: Server) -> tuple[MlflowTrackingHook, float]:
-    """Log a history, kill the server, log metrics and a report (the hook as Kedro calls it)."""
+def run_with_outage(
+    folder: Path, server: Server, experiment: str
+) -> tuple[MlflowTrackingHook, float]:
+    """Log a history, kill the server, log metrics and a report (the hook as Kedro calls it), in
+    the MLflow experiment ``experiment``."""
 
     def outage(frame: pd.DataFrame) -> int:
         server.kill()
@@ -110,7 +122,7 @@ def run_with_outage(folder: Path, server: Server) -> tuple[MlflowTrackingHook, f
         "metrics": JSONDataset(filepath=str(folder / "metrics.json")),
         "validation_report": JSONDataset(filepath=str(folder / "report.json")),
     })
-    catalog["parameters"] = PARAMS
+    catalog["parameters"] = {"tracking": {"experiment_name": experiment}}
     hook = MlflowTrackingHook()
     manager = _create_hook_manager()
     manager.register(hook)
@@ -132,7 +144,7 @@ def test_killed_server_spools_the_run_and_sync_delivers_it(tmp_path, server, mon
     project = tmp_path / "project"
     project.mkdir()
     client = MlflowClient(tracking_uri=server.uri)
-    _, seconds = run_with_outage(project, server)
+    _, seconds = run_with_outage(project, server, "magicapture-outage")
     assert seconds < 60, f"the run waited {seconds:.0f} s for a dead server"
     [spooled] = (project / spool.SPOOL_DIR).glob("*.jsonl")
     calls = [json.loads(line)["call"] for line in spooled.read_text().splitlines()[1:]]
@@ -173,14 +185,15 @@ def test_a_full_spool_drops_and_the_run_ends_failed_never_finished(tmp_path, ser
     monkeypatch.setattr(spool, "MAX_SPOOL_BYTES", 400)  # room for the header and one call
     project = tmp_path / "project"
     project.mkdir()
-    hook, _ = run_with_outage(project, server)
+    hook, _ = run_with_outage(project, server, "magicapture-outage-full")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     server.start()
     [spooled] = (project / spool.SPOOL_DIR).glob("*.jsonl")
     assert spool.sync(project / spool.SPOOL_DIR) == 0
     client = MlflowClient(tracking_uri=server.uri)
-    [run] = client.search_runs([client.get_experiment_by_name("magicapture-outage").experiment_id])
+    experiment = client.get_experiment_by_name("magicapture-outage-full")
+    [run] = client.search_runs([experiment.experiment_id])
     assert not spooled.exists()
     # the bound dropped calls, the run's end was kept: FAILED and saying so, never FINISHED
     assert hook.active_run_id is None
