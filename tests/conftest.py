@@ -98,18 +98,18 @@ def project_copy(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
-    """One ``kedro run --pipelines=customize --env=demo`` (tracked in the copy's sqlite store),
-    shared by the tests that read what the whole demo chain writes.
+    """One ``kedro run --pipelines=customize --env=demo`` with every stage shrunk to a few steps
+    (``e2e/demo_fingerprint.py``'s ``SHRINK``: checkpoints, heatmaps, a validation, Real-ESRGAN and
+    the registration still happen), tracked in the copy's sqlite store, shared by the tests that
+    read what the whole demo chain writes, the bitwise golden test among them.
 
     Returns ``(project, finished_process)``. Those tests only read the project; they carry
     ``@pytest.mark.xdist_group("demo_run")`` so that one worker runs the chain once.
     """
+    from e2e.demo_fingerprint import run_shrunk_demo
+
     project = copy_project(tmp_path_factory.mktemp("demo_run") / "project")
-    with pytest.MonkeyPatch.context() as patch:  # tracked in the copy, whatever ran before
-        patch.delenv("MAGICAPTURE_MLFLOW", raising=False)
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        done = run_kedro(project, "run", "--pipelines=customize", "--env=demo", timeout=1800)
-    return project, done
+    return project, run_shrunk_demo(project)
 
 
 # --- one tiny random SD per session, one example builder ------------------------------------

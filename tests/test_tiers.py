@@ -19,7 +19,7 @@ from conftest import tier_of_command
 TESTS = Path(__file__).resolve().parent
 
 # Names and string arguments that mean a Kedro run or session, DVC or a notebook kernel.
-INTEGRATION_NAMES = {"run_kedro", "KedroSession", "NotebookClient", "run_demo"}
+INTEGRATION_NAMES = {"run_kedro", "KedroSession", "NotebookClient", "run_shrunk_demo"}
 INTEGRATION_STRINGS = {"kedro", "dvc"}
 
 
