@@ -33,6 +33,7 @@ if [ "$DRY" = 0 ] && ! "$PYTHON" -c "import diffusers, pydantic" 2>/dev/null; th
     "$PYTHON" -m pip install -q --no-deps --no-index gpu_bundle/*.whl
   fi
 fi
-"$PYTHON" -c "import sys, torch, diffusers, transformers, peft; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+# gpu_run prints the versions first (python, torch, cuda, diffusers, transformers, peft): in its
+# own interpreter, not one more that imports them all again (~9 s CPU)
 exec timeout -k 10 "$LIMIT_S" "$PYTHON" -m magicapture_pipeline.speed_bench.gpu_run \
   --out "$OUT" --deadline-s "$DEADLINE_S" "$@"

@@ -1,4 +1,4 @@
-"""A real training process for the SIGKILL test (tests/core/test_kill_resume.py); not a test.
+"""A real training process for tests/core/training/test_kill_resume.py (SIGKILL); not a test.
 
 ``python kill_worker.py TINY_SD WORK_DIR [--die-in-save STAGE:N]`` trains stage one then stage two
 on the tiny model with a checkpoint after every step and ``resume: true``, printing
@@ -9,11 +9,19 @@ the middle of writing that checkpoint (after the tensors, before ``state.json``)
 attaches a validator to each stage (every 2 steps, a stand-in scorer whose image is the live
 trainable weights as pixels) and writes each stage's validation history and images to
 ``WORK_DIR/validation/<stage>/`` at the end.
+
+``python kill_worker.py --zygote`` imports what a run needs once and then starts each run as a
+forked child of itself (one JSON request a line on stdin: ``{"argv": [...], "out": path, "err":
+path}``; it answers ``started <pid>`` and, when the child has ended, ``ended <pid> <code>``): each
+run is still its own process, killed with a real SIGKILL, but does not pay the ~8 s CPU of
+importing torch, diffusers, transformers and peft again (tests/core/training/test_kill_resume.py
+starts six runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -107,13 +115,78 @@ def _announce(trainer_class, die_in_save: tuple[str, int] | None) -> None:
     checkpoints.save_checkpoint = save_and_say
 
 
-def main() -> None:
+def preload() -> None:
+    """Import everything a run imports (diffusers and transformers load their classes lazily)."""
+    import accelerate  # noqa: F401
+    import diffusers
+    import peft  # noqa: F401
+    import peft.utils  # noqa: F401
+    import safetensors.torch  # noqa: F401
+    import transformers
+    from diffusers.utils import convert_state_dict_to_diffusers  # noqa: F401
+    from PIL import Image  # noqa: F401
+
+    from magicapture_pipeline.config.training import StageOneConfig  # noqa: F401
+    from magicapture_pipeline.core.models import loading, tokens  # noqa: F401
+    from magicapture_pipeline.core.training import StageTwoTrainer, validation  # noqa: F401
+
+    for module, names in (
+        (diffusers, ("AutoencoderKL", "DDPMScheduler", "UNet2DConditionModel")),
+        (transformers, ("CLIPTextModel", "CLIPTokenizer")),
+        (accelerate, ("Accelerator",)),
+        (peft, ("LoraConfig", "inject_adapter_in_model")),
+    ):
+        for name in names:
+            getattr(module, name)
+
+
+def zygote() -> None:
+    """Serve runs as forked children of this process (see the module's docstring). Nothing but
+    imports happens here before a fork: no torch op, no thread, no RNG draw."""
+    preload()
+    for request in sys.stdin:
+        job = json.loads(request)
+        # the files exist before the test hears "started" (it opens stdout's at once)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        files = [os.open(job[key], flags, 0o644) for key in ("out", "err")]
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: one run, then out without the parent's cleanup
+            code = 1
+            try:
+                for fd, target in zip((1, 2), files, strict=True):
+                    os.dup2(target, fd)
+                    os.close(target)
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+                try:
+                    main(job["argv"])
+                    code = 0
+                except SystemExit as end:
+                    code = end.code if isinstance(end.code, int) else 1
+            except BaseException:  # noqa: BLE001 (reported on the run's stderr)
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        for target in files:
+            os.close(target)
+        print(f"started {pid}", flush=True)  # noqa: T201
+        _, status = os.waitpid(pid, 0)
+        print(f"ended {pid} {os.waitstatus_to_exitcode(status)}", flush=True)  # noqa: T201
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("tiny_sd")
     parser.add_argument("work_dir")
     parser.add_argument("--die-in-save", default=None)
     parser.add_argument("--validate", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     die = None
     if args.die_in_save:
         stage, number = args.die_in_save.split(":")
@@ -165,4 +238,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--zygote"]:
+        zygote()
+    else:
+        main()

@@ -70,6 +70,7 @@ def test_dry_run_of_the_script_writes_every_figure_without_kedro_or_mlflow(tmp_p
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("python 3.") and " diffusers 0." in done.stdout.split("\n")[0]
     modules = set(json.loads(loaded.read_text()))
     assert "magicapture_pipeline" in modules and "diffusers" in modules  # the run really ran
     assert not modules & ABSENT_ON_THE_GPU_MACHINE

@@ -150,6 +150,7 @@ def measure_size(  # noqa: PLR0913
     build_s = time.perf_counter() - start
     optimizer = torch.optim.AdamW(ms.trainable_parameters(model), lr=1e-4)
     _, peak = card_peak(device)
+    flop_cache: dict[Any, Any] = {}  # the variants share most segments: each counted once
     steps: dict[str, Any] = {}
     for variant in fl.VARIANTS:
         if time.monotonic() > deadline:
@@ -162,7 +163,7 @@ def measure_size(  # noqa: PLR0913
             torch.cuda.empty_cache()
             steps[variant] = {"skipped": "out of memory"}
             continue
-        row["flops"] = fl.count_step(meta, variant)["total"]
+        row["flops"] = fl.count_step(meta, variant, flop_cache)["total"]
         row["tflops_per_s"] = row["flops"] / row["seconds"] / 1e12
         row["utilisation"] = row["tflops_per_s"] / peak if peak else None
         if variant in mem.VARIANTS:
@@ -240,6 +241,19 @@ def _write(out: Path, result: dict[str, Any]) -> None:
         tmp.replace(out / name)
 
 
+def versions() -> str:
+    """The line ``scripts/gpu_bench.sh`` starts with: what the run imports, at which versions."""
+    import diffusers
+    import peft
+    import transformers
+
+    return (
+        f"python {sys.version.split()[0]} torch {torch.__version__} cuda "
+        f"{torch.cuda.is_available()} diffusers {diffusers.__version__} transformers "
+        f"{transformers.__version__} peft {peft.__version__}"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="data/08_reporting/bench_gpu", type=Path)
@@ -250,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--deadline-s", type=float, default=400.0, help="for the whole run")
     parser.add_argument("--dry", action="store_true", help="tiny sizes on CPU (a test)")
     args = parser.parse_args(argv)
+    print(versions(), flush=True)  # noqa: T201
     deadline = time.monotonic() + args.deadline_s
     sizes = dry_sizes() if args.dry else ms.REAL_SIZES
     device = torch.device("cpu" if args.dry else args.device)

@@ -36,6 +36,9 @@ def stage_two(tiny_dir, **overrides) -> StageTwoTrainer:
 
 
 # ------------------------------------------------------------------------------ Eq. 8
+STEPS_EQ8 = 40
+
+
 @pytest.mark.parametrize("order", ["average_then_scale", "scale_then_average"])
 def test_eq8_alone_moves_the_tokens_attention_into_its_region(tiny_dir, order):
     """The demo's tiny SD (random weights), one fixed latent, "a photo of a person", LoRA on
@@ -44,7 +47,9 @@ def test_eq8_alone_moves_the_tokens_attention_into_its_region(tiny_dir, order):
 
     Measured (60 steps): average_then_scale 0.50 -> 0.98 and scale_then_average 0.50 -> 0.88
     with min/max held constant; 0.50 -> 0.57 with a differentiable min/max and the default order
-    (break tried: remove the ``.detach()`` in ``losses.min_max_scale``).
+    (break tried: remove the ``.detach()`` in ``losses.min_max_scale``). Re-measured 2026-12-06
+    every 5 steps: average_then_scale 0.50, 0.48 (15), 0.88 (25), 0.98 (40); scale_then_average
+    0.50, 0.58 (20), 0.80 (30), 0.89 (40), 0.94 (60): 40 steps keep a margin, at 2/3 of the cost.
     """
     from peft import LoraConfig
 
@@ -79,7 +84,7 @@ def test_eq8_alone_moves_the_tokens_attention_into_its_region(tiny_dir, order):
             return float(attention_mass_inside(capture.token_maps([position]), region))
 
     before = share()
-    for _ in range(60):
+    for _ in range(STEPS_EQ8):
         optimiser.zero_grad()
         unet(latents, timestep, hidden)
         maps = capture.token_maps([position], per_map=per_map)
