@@ -20,8 +20,10 @@ and ``image``, a base64 PNG carrying the ``magicapture`` provenance chunk.
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import mlflow.pyfunc
@@ -91,6 +93,25 @@ def signature() -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+def token_counter(tokenizer: Any) -> Callable[[str], int]:
+    """Count a prompt's tokens with a private copy of ``tokenizer``, one call at a time.
+
+    Hugging Face tokenizers keep their truncation and padding settings on the object and set
+    them on every call, so counting on the pipeline's own tokenizer (``truncation=False``, no
+    padding) while another request's generation tokenizes its negative prompt (padding to 77)
+    can leave that prompt unpadded: under concurrent requests the scoring server answered 400
+    ("Expected size 2 but got size 77"). Validation runs outside the generation lock, so it gets
+    its own tokenizer and lock.
+    """
+    private, lock = copy.deepcopy(tokenizer), threading.Lock()
+
+    def count(prompt: str) -> int:
+        with lock:
+            return len(private(prompt, truncation=False).input_ids)
+
+    return count
+
+
 class ConceptModel(mlflow.pyfunc.PythonModel):
     """A MagiCapture concept on its base Stable Diffusion (see the module docstring)."""
 
@@ -121,9 +142,7 @@ class ConceptModel(mlflow.pyfunc.PythonModel):
         # index between calls) and the scoring server runs requests in threads: one at a time
         # per loaded model; scale with --workers (one model per worker process).
         self._lock = threading.Lock()
-
-    def _count_tokens(self, prompt: str) -> int:
-        return len(self._pipe.tokenizer(prompt, truncation=False).input_ids)
+        self._count_tokens = token_counter(self._pipe.tokenizer)
 
     def validate(self, model_input: Any, max_rows: int | None = None) -> list[Any]:
         """The request's rows checked against the limits (``requests.validate_request``).
