@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -173,12 +174,27 @@ def _status(url: str, credentials: tuple[str, str] | None) -> int:
 
 
 def test_team_setting_refuses_wrong_passwords(monkeypatch):
-    """--team: PostgreSQL asks for a password and MLflow's basic-auth app for credentials."""
+    """--team: PostgreSQL asks for a password and MLflow's basic-auth app for credentials.
+
+    Also: the port picked for mlflow is taken by another process before mlflow binds it (a
+    full suite once failed so, "Address already in use"): start picks another and goes on."""
     folder = Path(tempfile.mkdtemp(prefix="magicapture-team-"))
     folder.chmod(0o755)
     monkeypatch.delenv(tracking_server.PG_PASSWORD_ENV, raising=False)
     monkeypatch.delenv(tracking_server.ADMIN_PASSWORD_ENV, raising=False)
-    state = tracking_server.start(folder, team=True)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    taken_port = taken.getsockname()[1]
+    real_free_port = tracking_server.free_port
+    picks = iter([real_free_port(), taken_port])  # PostgreSQL's, then mlflow's first
+    monkeypatch.setattr(tracking_server, "free_port", lambda: next(picks, None) or real_free_port())
+    try:
+        state = tracking_server.start(folder, team=True)
+    finally:
+        taken.close()
+    assert state.port != taken_port
+    assert "Address already in use" in (folder / "mlflow-server.log").read_text(errors="replace")
     try:
         secrets_dir = folder / "secrets"
         assert oct((secrets_dir / "pg_password").stat().st_mode)[-3:] == "600"

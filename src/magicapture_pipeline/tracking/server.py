@@ -81,6 +81,9 @@ class ServerState:
         return f"http://{self.host}:{self.port}"
 
 
+PORT_ATTEMPTS = 3  # launches of mlflow server on a port we picked, when another process took it
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:
@@ -161,7 +164,7 @@ def start(
         )
     make_private(folder)
     pg_port = pg_port or free_port()
-    port = port or free_port()
+    chosen = port is None  # ours to pick again if another process takes it before mlflow binds
     password = secret(folder, "pg_password", PG_PASSWORD_ENV) if team else None
     admin = secret(folder, "pg_admin_password", PG_ADMIN_PASSWORD_ENV) if team else None
     # a cluster still running from before (the mlflow server died) is reused, port and all
@@ -169,12 +172,12 @@ def start(
     artifacts = folder / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     backend = f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{pg_port}/{DB_NAME}"
-    log = (folder / "mlflow-server.log").open("ab")
+    log_path = folder / "mlflow-server.log"
     binary = Path(sys.executable).parent / "mlflow"
     env = {**os.environ, "PATH": f"{binary.parent}:{os.environ.get('PATH', '')}"}
     command = [str(binary), "server", "--backend-store-uri", backend]
     command += ["--artifacts-destination", artifacts.as_uri(), "--host", host]
-    command += ["--port", str(port), "--workers", str(workers)]
+    command += ["--workers", str(workers)]
     if team:
         env["PGPASSWORD"] = password  # libpq reads it; never on the command line
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(auth_config(folder))
@@ -182,26 +185,43 @@ def start(
         # the auth app's CSRF protection needs one key shared by every worker
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secret(folder, "flask_secret_key", SECRET_KEY_ENV)
         command += ["--app-name", "basic-auth"]
-    process = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-        umask=0o077,  # artifacts, the auth database: private to the server's user
-    )
-    state = ServerState(
-        str(folder), pg_port, port, process.pid, backend, str(artifacts), team, host
-    )
-    (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-    try:
-        wait_for_http(f"{state.tracking_uri}/health", timeout, process)
-    except TrackingServerError as error:
-        stop(folder)
-        tail = (folder / "mlflow-server.log").read_text(errors="replace")[-3000:]
-        raise TrackingServerError(f"mlflow server did not start: {error}\n{tail}") from error
-    return state
+    for attempt in range(PORT_ATTEMPTS):
+        # picked just before the launch, never PostgreSQL's: a port picked before the seconds
+        # PostgreSQL takes to start was once taken meanwhile ("Address already in use")
+        if chosen:
+            port = free_port()
+            while port == pg_port:
+                port = free_port()
+        logged = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [*command, "--port", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                umask=0o077,  # artifacts, the auth database: private to the server's user
+            )
+        state = ServerState(
+            str(folder), pg_port, port, process.pid, backend, str(artifacts), team, host
+        )
+        (folder / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        try:
+            wait_for_http(f"{state.tracking_uri}/health", timeout, process)
+            return state
+        except TrackingServerError as error:
+            with log_path.open("rb") as log:
+                log.seek(logged)
+                this_try = log.read().decode(errors="replace")
+            if chosen and attempt + 1 < PORT_ATTEMPTS and "Address already in use" in this_try:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                continue  # PostgreSQL stays up for the next port
+            stop(folder)
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise TrackingServerError(f"mlflow server did not start: {error}\n{tail}") from error
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def make_private(folder: Path) -> None:
