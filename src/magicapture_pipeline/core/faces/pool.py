@@ -110,21 +110,21 @@ def _pack(results: list[Any], target: str | None = None) -> tuple[str | None, li
     unlinks). Returns the block's name (None when nothing was moved or no block could be made:
     then the results travel pickled) and the results with :class:`_Slot` in the arrays' place.
     """
-    arrays: list[np.ndarray] = []
+    placed: list[tuple[np.ndarray, int]] = []  # (array, offset in the block)
     size = 0
 
     def slot(value: Any) -> Any:
         nonlocal size
         if (type(value) is np.ndarray and value.nbytes >= SHARED_MIN_BYTES
                 and not value.dtype.hasobject):  # fmt: skip
-            arrays.append(value)
+            placed.append((value, size))
             found = _Slot(size, value.shape, value.dtype.str)
             size += -(-value.nbytes // _ALIGN) * _ALIGN
             return found
         return value
 
     packed = _walk(results, slot)
-    if not arrays:
+    if not placed:
         return None, results
     block = _worker_block(target) if target else None
     fresh = block is None or block.size < size
@@ -134,20 +134,13 @@ def _pack(results: list[Any], target: str | None = None) -> tuple[str | None, li
         except OSError:  # no room in /dev/shm: the pipe, as before
             return None, results
     assert block is not None
-    offsets = (found.offset for found in _slots(packed))
-    for array, offset in zip(arrays, offsets, strict=True):
+    for array, offset in placed:
         into = np.ndarray(array.shape, array.dtype, buffer=block.buf, offset=offset)
         into[...] = array
         del into
     if fresh:
         block.close()  # the parent adopts it (or unlinks it) once it has copied the arrays
     return block.name, packed
-
-
-def _slots(packed: Any) -> list[_Slot]:
-    found: list[_Slot] = []
-    _walk(packed, lambda value: found.append(value) if isinstance(value, _Slot) else None)
-    return found
 
 
 def _copy_out(block: shared_memory.SharedMemory, packed: list[Any]) -> list[Any]:
