@@ -77,19 +77,23 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         pass
+    fields = _proc_stat(pid)
+    return fields is None or fields[0] != "Z"  # no /proc (not Linux) or gone: kill() decided
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (not Linux) or gone meanwhile: kill() decided
-        return True
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields or None
 
 
 def _process_start(pid: int) -> str | None:
     """The process start time in clock ticks (/proc), to tell a reused pid from the holder."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[19]
-    except (OSError, IndexError):
-        return None
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 @dataclass(frozen=True)
