@@ -37,7 +37,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from magicapture_pipeline.tracking.server import free_port
+from magicapture_pipeline.tracking.server import free_port, server_environment
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
@@ -58,7 +58,7 @@ def start_ui(backend: str) -> tuple[subprocess.Popen, str]:
                "--port", str(port), "--workers", "1"]  # fmt: skip
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "PATH": f"{mlflow.parent}:{os.environ.get('PATH', '')}"},
+        env=server_environment(mlflow),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180

@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from magicapture_pipeline.tracking import spool
 from magicapture_pipeline.tracking.hook import MlflowTrackingHook
 from magicapture_pipeline.tracking.logged import UNAVAILABLE_ARTIFACT
-from magicapture_pipeline.tracking.server import free_port
+from magicapture_pipeline.tracking.server import free_port, server_environment
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 MLFLOW = Path(sys.executable).parent / "mlflow"
@@ -49,7 +49,7 @@ class Server:
                    (self.folder / "artifacts").as_uri(), "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", "1"]
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server's lifetime
-        env = {**os.environ, "PATH": f"{MLFLOW.parent}:{os.environ['PATH']}"}
+        env = server_environment(MLFLOW)
         self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env,
                                         start_new_session=True)
         deadline = time.time() + 120

@@ -67,6 +67,20 @@ def server():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def job_runners(session: int) -> list[str]:
+    """Command lines of the Huey job consumers in process session ``session``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            sid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if sid == session and "huey" in command:
+            found.append(command)
+    return found
+
+
 def kedro(project: Path, uri: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     return subprocess.Popen(
@@ -135,6 +149,9 @@ def test_two_concurrent_concepts_demo_among_them_on_postgres(server, project_cop
     assert {m.name for m in client.search_registered_models()} >= {
         f"magicapture-{n}" for n in names
     }
+    # the server runs no MLflow job runner (tracking.server.JOBS_ENV): after two whole runs
+    # against it, no huey consumer in its session (MLflow 3's default would have six)
+    assert job_runners(server.mlflow_pid) == [], "mlflow server started a job runner"
     # the registered concept loads through the server (artifacts over mlflow-artifacts:/)
     from magicapture_pipeline.serving.batch import load_registered
 
