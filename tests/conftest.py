@@ -288,3 +288,28 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
         yield
     finally:
         _current.pop()
+
+
+HEAVY_MARKS = ("integration", "service", "slow")
+
+
+def heavy_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """Modules holding an integration, service or slow test first; each module's order kept.
+
+    pytest-xdist's ``loadgroup`` hands out its groups (largest first) and then single tests in
+    collection order, a few at a time to whichever worker is free. The minute-long end-to-end,
+    service and slow tests therefore start first and the thousand sub-second unit tests fill the two
+    workers at the end, instead of one worker starting a 100 s test while the other runs out of
+    work. Whole modules move together so module fixtures are set up once per worker."""
+    heavy = {
+        item.module.__name__ if item.module else item.nodeid
+        for item in items
+        if any(item.get_closest_marker(tier) for tier in HEAVY_MARKS)
+    }
+    return sorted(
+        items, key=lambda item: (item.module.__name__ if item.module else item.nodeid) not in heavy
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items[:] = heavy_first(items)

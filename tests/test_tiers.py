@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tier_of_command
+from conftest import heavy_first, tier_of_command
 
 TESTS = Path(__file__).resolve().parent
 
@@ -105,3 +105,22 @@ def test_every_kedro_dvc_or_notebook_test_is_marked_integration():
                 if "integration" not in _marks(function.decorator_list) | module_marks:
                     unmarked.append(f"{path.relative_to(TESTS)}::{name}")
     assert not unmarked, f"run Kedro, DVC or a notebook but are not marked integration: {unmarked}"
+
+
+class _Item:
+    def __init__(self, module: str, mark: str | None) -> None:
+        self.module, self.nodeid, self.mark = type(sys)(module), f"{module}::t", mark
+
+    def get_closest_marker(self, name: str):
+        return name if name == self.mark else None
+
+
+def test_heavy_modules_are_handed_out_first_whole_and_in_order():
+    """conftest.heavy_first: a module with one integration/service/slow test moves before the
+    unit-only modules with all its tests, and every module keeps its own order."""
+    items = [_Item("unit_a", None), _Item("mixed", None), _Item("unit_a", None),
+             _Item("mixed", "slow"), _Item("svc", "service"), _Item("unit_b", None)]
+    ordered = heavy_first(items)
+    assert [i.module.__name__ for i in ordered] == [
+        "mixed", "mixed", "svc", "unit_a", "unit_a", "unit_b"]
+    assert ordered[0] is items[1] and ordered[3] is items[0]
