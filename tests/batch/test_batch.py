@@ -1,7 +1,9 @@
 """Batches of concepts (issue 11 §2-§3): the manifest, the live table, the engines end to end.
 
 The end-to-end tests train real (tiny) demo concepts from real photos, so they are slow: every
-concept runs the whole ``customize`` chain in its own process with a few optimiser steps.
+concept runs the whole ``customize`` chain in its own process with a few optimiser steps. The Ray
+engine's batch of real concepts is ``test_ray_cluster_real.py`` (it makes this file's end-to-end
+checks with :func:`check_three_concepts` on Ray and the tracking server).
 """
 
 from __future__ import annotations
