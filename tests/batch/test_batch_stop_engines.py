@@ -2,7 +2,11 @@
 
 * a local worker that hangs while closing is SIGKILLed after ``--stop-grace-s``;
 * with the Ray engine, the driver cancels its tasks, writes the summary with the stopped
-  concepts marked, and dies by SIGTERM.
+  concepts marked, and dies by SIGTERM. It runs beside another Ray cluster on this machine
+  (``ray.cluster_utils`` records it as the latest one in ``/tmp/ray/ray_current_cluster``, as
+  ``ray start`` does): given no ``--address``, the batch starts its own local Ray with this
+  machine's CPUs and never joins that cluster (``ray.init()`` with no address would, and then
+  refuses ``num_cpus``: CI's failure of stop 23).
 
 Real driver processes, real worker processes (the Kedro session inside them is the stand-in of
 ``standin/sitecustomize.py``), real signals.
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_batch import HEAD
 from test_batch_outcomes import STANDIN, manifest
 
 
@@ -79,20 +84,35 @@ def test_a_worker_hanging_while_closing_is_sigkilled_after_the_grace(project_cop
 @pytest.mark.service
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")  # one local Ray at a time
-def test_sigterm_to_a_ray_driver_cancels_its_tasks_and_marks_them_stopped(project_copy, tmp_path):
+def test_sigterm_to_a_ray_driver_cancels_its_tasks_and_marks_them_stopped(
+    project_copy, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # the bystander on loopback
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    from ray.cluster_utils import Cluster
+
     path = manifest(tmp_path, "hold-a", "good-b")
-    driver = _driver(project_copy, path, tmp_path, "--engine", "ray", "--workers", "1",
-                     "--stop-grace-s", "20")  # fmt: skip
+    bystander = Cluster(initialize_head=True, head_node_args=HEAD)
+    driver = None
     try:
+        driver = _driver(project_copy, path, tmp_path, "--engine", "ray", "--workers", "1",
+                         "--stop-grace-s", "20")  # fmt: skip
         pid = _wait_for_call(driver, tmp_path / "calls.jsonl", "hold-a", 240)["pid"]
+        bystander.shutdown()  # the batch's own Ray runs its task: the bystander played its part
         driver.send_signal(signal.SIGTERM)
         output, _ = driver.communicate(timeout=120)
     finally:
-        if driver.poll() is None:
+        bystander.shutdown()
+        if driver is not None and driver.poll() is None:
             driver.kill()
     assert driver.returncode == -signal.SIGTERM, output[-3000:]
     assert _gone(pid)
     summary = _summary(project_copy)
+    # beside another cluster: its own Ray, this machine's CPUs, all of them for its one worker
+    cpus = os.cpu_count() or 1
+    assert summary["engine_info"]["address"].startswith("local"), summary["engine_info"]
+    assert summary["engine_info"]["cluster_resources"]["CPU"] == cpus
+    assert summary["engine_info"]["task_options"] == {"num_cpus": cpus}
     assert (summary["stopped_by"], summary["stopped"]) == ("SIGTERM", 2), summary
     by_name = {c["name"]: c for c in summary["concepts"]}
     assert by_name["hold-a"]["status"] == by_name["good-b"]["status"] == "stopped"

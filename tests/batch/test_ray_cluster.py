@@ -4,7 +4,10 @@
 one CPU each, every port on 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``). The batch driver
 joins it with ``--address`` as on a real cluster. The Kedro session in each worker is the stand-in
 of ``standin/sitecustomize.py``: ``hold-a`` writes a checkpoint and waits; the test kills the node
-it runs on; Ray retries it on the other node, where it resumes from that checkpoint.
+it runs on; Ray retries it on the other node, where it resumes from that checkpoint. Beside it, four
+concepts on two workers (so they queue): ``good-b`` succeeds; ``broken-c`` fails and is reported
+failed, never retried (a failure is not a death); ``flaky-d``'s worker process dies by SIGKILL
+(Ray retries it in a fresh process, which resumes its checkpoint).
 
 Real training and the PostgreSQL tracking server as the store: ``test_ray_cluster_real.py``. A
 batch given no ``--address`` beside such a cluster starts its own Ray (it never joins it): the Ray
@@ -48,7 +51,7 @@ def test_a_killed_node_s_concept_resumes_on_another_node(project_copy, tmp_path,
     address = cluster.address
     driver = None
     try:
-        path = manifest(tmp_path, "hold-a", "good-b")
+        path = manifest(tmp_path, "hold-a", "good-b", "broken-c", "flaky-d")
         driver = subprocess.Popen(
             [sys.executable, "-m", "magicapture_pipeline.batch", str(path), "--engine", "ray",
              "--address", address, "--workers", "2", "--retries", "2", "--threads", "1",
@@ -66,7 +69,7 @@ def test_a_killed_node_s_concept_resumes_on_another_node(project_copy, tmp_path,
         survivor = next(n for n in workers if n is not victim)
         cluster.remove_node(victim, allow_graceful=False)  # the node is lost, processes and all
         output, _ = driver.communicate(timeout=300)
-        assert driver.returncode == 0, output[-3000:]
+        assert driver.returncode == 1, output[-3000:]  # broken-c failed
     finally:
         if driver is not None and driver.poll() is None:
             driver.kill()
@@ -83,4 +86,19 @@ def test_a_killed_node_s_concept_resumes_on_another_node(project_copy, tmp_path,
     by_name = {c["name"]: c for c in summary["concepts"]}
     assert by_name["hold-a"]["status"] == by_name["good-b"]["status"] == "succeeded"
     assert summary["engine_info"]["address"] == address
+    # a failure on Ray: reported with its reason, not retried
+    broken = by_name["broken-c"]
+    assert (broken["status"], broken["attempts"]) == ("failed", 1), broken
+    assert "no face found in source photo 3" in broken["reason"]
+    assert "no face found in source photo 3" in output
+    assert [c["concept"] for c in _calls(calls)].count("broken-c") == 1
+    # a worker process killed on Ray: retried in a fresh process that resumes its checkpoint
+    assert (by_name["flaky-d"]["status"], by_name["flaky-d"]["attempts"]) == ("succeeded", 2)
+    first, second = [c for c in _calls(calls) if c["concept"] == "flaky-d"]
+    assert first["pid"] != second["pid"]
+    assert [(r["resume"], r["found"]) for r in (first, second)] == [
+        ([False, False], []),
+        ([True, True], ["checkpoint-1"]),
+    ]
+    assert (summary["succeeded"], summary["failed"]) == (3, 1)
 
