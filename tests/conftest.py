@@ -66,6 +66,45 @@ def run_kedro(project: Path, *args: str, timeout: int = 900) -> subprocess.Compl
     )
 
 
+def run_kedro_here(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """``kedro <args>`` in ``project`` through Kedro's own command line (the same click commands,
+    option parsing, session, hooks and nodes) in this process, returning what :func:`run_kedro`
+    returns: exit status, stdout, and stderr (with the traceback of an uncaught error, as a child's
+    would print it). For tests of what a run writes or refuses, not of the process itself: a child
+    pays Python's, torch's, diffusers', MLflow's and great-expectations' imports again (5-12 CPU s
+    a run, issue 17), this process pays them once. The working directory and
+    ``MLFLOW_TRACKING_URI`` (the copy's sqlite store unless set) hold for the run only."""
+    import contextlib
+    import io
+    import traceback
+
+    from kedro.framework.cli.cli import KedroCLI, _init_plugins
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    previous_cwd = Path.cwd()
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    os.chdir(project)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                _init_plugins()
+                KedroCLI(project_path=project).main(args=list(args), prog_name="kedro")
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except Exception:  # noqa: BLE001 - a child would print it and exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(previous_cwd)
+        if previous_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
+    return subprocess.CompletedProcess(["kedro", *args], code, out.getvalue(), err.getvalue())
+
+
 def load_script(name: str):
     """``scripts/<name>.py`` as a module (the scripts are not a package)."""
     import importlib.util

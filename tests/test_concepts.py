@@ -253,11 +253,12 @@ def test_dvc_concepts_and_catalog_agree():
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_rerun_after_the_photos_changed_keeps_nothing_of_the_old_ones(project_copy, tmp_path):
+def test_rerun_after_the_photos_changed_keeps_nothing_of_the_old_ones(project_copy, tmp_path,
+                                                                      monkeypatch):
     """Same concept, a new source folder: its partitions and tables hold only the new photos."""
     from PIL import Image
 
-    from conftest import run_kedro
+    from conftest import run_kedro_here
     from magicapture_pipeline.core.faces.sample_data import build_sample_set
 
     images = build_sample_set("source", 5)
@@ -266,9 +267,10 @@ def test_rerun_after_the_photos_changed_keeps_nothing_of_the_old_ones(project_co
         folder.mkdir()
         for image in picks:
             Image.fromarray(image.pixels).save(folder / image.file_name)
+    monkeypatch.setenv("MAGICAPTURE_MLFLOW", "0")  # the files are under test, not the tracking
     for folder in (first, second):
-        done = run_kedro(project_copy, "run", "--pipelines=preprocess", "--env=demo",
-                         f"--params=concept=alice,source_dir={folder}")
+        done = run_kedro_here(project_copy, "run", "--pipelines=preprocess", "--env=demo",
+                              f"--params=concept=alice,source_dir={folder}")
         assert done.returncode == 0, done.stderr[-3000:]
     new = {image.file_name.removesuffix(".png") for image in images[3:]}
     for layer in ("data/02_intermediate/alice/face_crops", "data/02_intermediate/alice/face_masks",

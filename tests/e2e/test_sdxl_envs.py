@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import PROJECT_ROOT, run_kedro
+from conftest import PROJECT_ROOT, run_kedro_here
 from e2e.demo_fingerprint import NO_UPSCALE, SHRINK
 
 CONF = PROJECT_ROOT / "conf"
@@ -66,9 +66,11 @@ def test_demo_sdxl_customize_runs_end_to_end(project_copy):
     # (checkpoints, heatmaps and a validation still fall inside them): what is under test is that
     # the demo-sdxl env runs the SDXL family end to end, not the demo's 60 + 80 training steps, nor
     # Real-ESRGAN (the same for every family, ~10 CPU s; the shared demo_run upscales).
-    done = run_kedro(
+    # Kedro's command line in this process (``run_kedro_here``); ``demo_run`` runs the same
+    # chain (demo env) as a real ``kedro`` process
+    done = run_kedro_here(
         project_copy, "run", "--pipelines=customize", "--env=demo-sdxl",
-        f"--params={SHRINK},{NO_UPSCALE}", timeout=1800,
+        f"--params={SHRINK},{NO_UPSCALE}",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     base = json.loads((project_copy / "data/06_models/demo-sdxl/base_model.json").read_text())

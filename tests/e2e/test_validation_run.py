@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_kedro
+from conftest import run_kedro_here
 
 # face_detected_rate is computed on any image (tiny random models draw no faces: 0.0 at every
 # validation, and a tie keeps the earlier step), so "best" is a step before the last one; the
@@ -42,7 +42,9 @@ def test_demo_trains_with_validation_and_exports_the_chosen_step(project_copy, m
 
     monkeypatch.delenv("MAGICAPTURE_MLFLOW", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    done = run_kedro(project_copy, "run", PIPELINES, "--env=demo", f"--params={PARAMS}")
+    # Kedro's command line in this process (``run_kedro_here``): what the run writes is under
+    # test; the demo chain of ``demo_run`` is the real ``kedro`` process of these stages
+    done = run_kedro_here(project_copy, "run", PIPELINES, "--env=demo", f"--params={PARAMS}")
     assert done.returncode == 0, done.stderr[-4000:]
     reports = project_copy / "data/08_reporting/demo"
     models = project_copy / "data/06_models/demo"

@@ -1,6 +1,7 @@
 """``kedro run --pipelines=export`` as a user runs it, in a project copy: from the concept
-folder (the same files ``make export`` writes), from a registered version by alias and by
-number (its run's grid in the card), and a path-like alias refused before anything runs."""
+folder (the same files ``make export`` writes; a real ``kedro`` process), from a registered
+version by alias and by number (its run's grid in the card), and a path-like alias refused before
+anything runs (these three through Kedro's command line in this process: ``run_kedro_here``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from mlflow import MlflowClient
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import run_kedro
+from conftest import run_kedro, run_kedro_here
 from magicapture_pipeline.config.generation import GenerationConfig
 from magicapture_pipeline.config.serving import ServingConfig
 from magicapture_pipeline.config.tracking import RegistryConfig
@@ -91,7 +92,7 @@ def test_export_pipeline_from_folder_and_registry(project_copy: Path, tiny_dir, 
     _register(project_copy, tiny_dir, grid)
     for params, folder in (("export.alias=candidate", "export-candidate"),
                            ("export.model_version=1", "export-v1")):  # fmt: skip
-        done = run_kedro(project_copy, *EXPORT, f"--params=concept=alice,{params}")
+        done = run_kedro_here(project_copy, *EXPORT, f"--params=concept=alice,{params}")
         assert done.returncode == 0, done.stderr[-4000:]
         magic = _front(models / folder)["magicapture"]
         assert magic["source"].startswith("models:/magicapture-alice")
@@ -106,6 +107,6 @@ def test_export_pipeline_from_folder_and_registry(project_copy: Path, tiny_dir, 
     kept = [sorted(f.path for f in store.list_artifacts(r.info.run_id, "export")) for r in runs]
     assert kept == [["export/README.md", "export/sample_grid.png"]] * 3, kept
 
-    done = run_kedro(project_copy, *EXPORT, "--params=concept=alice,export.alias=../x")
+    done = run_kedro_here(project_copy, *EXPORT, "--params=concept=alice,export.alias=../x")
     assert done.returncode != 0 and "params:export.alias" in done.stdout + done.stderr
     assert not (project_copy / "data/06_models/x").exists()

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from conftest import run_kedro
+from conftest import run_kedro_here
 from magicapture_pipeline.config.model import TinyModelConfig
 from magicapture_pipeline.core.generation.postprocess import verify_provenance
 from magicapture_pipeline.core.models.builders import build_tiny_sd
@@ -78,8 +78,10 @@ def test_kedro_run_generate_postprocess_evaluate(project_copy: Path, monkeypatch
     (env / "catalog_inputs.yml").write_text(IT_CATALOG)
     (env / "parameters_generate.yml").write_text(IT_PARAMETERS)
 
-    done = run_kedro(project_copy, "run", "--pipelines=generate,postprocess,evaluate", "--env=it",
-                      "--params=concept=it")
+    # Kedro's command line in this process (``run_kedro_here``): the stages' outputs are under
+    # test, not the process; real ``kedro`` processes run these stages in tests/e2e/test_dvc.py
+    done = run_kedro_here(project_copy, "run", "--pipelines=generate,postprocess,evaluate",
+                          "--env=it", "--params=concept=it")
     assert done.returncode == 0, done.stderr[-4000:]
 
     generated = project_copy / "data/07_model_output/it/generated/p00_s000.png"

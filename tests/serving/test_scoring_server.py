@@ -25,7 +25,7 @@ import pytest
 from mlflow import MlflowClient
 from test_registry import tiny_concept_in
 
-from conftest import PROJECT_ROOT, run_kedro
+from conftest import PROJECT_ROOT, run_kedro_here
 from magicapture_pipeline.config.generation import GenerationConfig
 from magicapture_pipeline.config.serving import ServingConfig, ServingLimits
 from magicapture_pipeline.config.tracking import RegistryConfig
@@ -321,7 +321,9 @@ def test_batch_pipeline_writes_images_and_records(registry, project_copy):
     env_before = dict(os.environ)
     os.environ.update(MLFLOW_TRACKING_URI=uri, MAGICAPTURE_PROJECT_ROOT=str(root))
     try:
-        done = run_kedro(project_copy, "run", "--pipelines=batch_generate", params)
+        # Kedro's command line in this process (``run_kedro_here``): the images and records are
+        # under test, not the process (real ``kedro`` processes: the demo chain, the DVC stages)
+        done = run_kedro_here(project_copy, "run", "--pipelines=batch_generate", params)
         assert done.returncode == 0, done.stderr[-4000:]
         records = pd.read_csv(project_copy / "data/07_model_output/my-concept/batch_records.csv")
         assert list(records["key"]) == ["b0000", "b0001", "b0002"]
@@ -336,8 +338,7 @@ def test_batch_pipeline_writes_images_and_records(registry, project_copy):
         (project_copy / "data/07_model_output/my-concept/batch").rename(
             project_copy / "first_batch"
         )
-        # the refusal in this process (the CLI ran above): the same session, hooks and nodes,
-        # without a second child paying Kedro's, torch's and MLflow's imports
+        # the refusal: the same session, hooks and nodes, its error raised here
         from kedro.framework.session import KedroSession
         from kedro.framework.startup import bootstrap_project
 
