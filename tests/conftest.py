@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from full_disk import pytest_terminal_summary  # noqa: F401 - the "could not run" report
 
@@ -176,6 +175,8 @@ def make_examples(res: int = RES) -> list:
     Each has a centred square face mask on the latent grid (the middle half of each side) and
     :data:`LANDMARKS` scaled to ``res``. Seeded, so every call returns the same tensors.
     """
+    import torch
+
     latent = res // 8
     middle = (latent // 4, 3 * latent // 4)
     return _examples(res, middle, middle, per_role=2, landmarks=torch.tensor(LANDMARKS) * res / 64)
@@ -189,6 +190,8 @@ def make_pair(res: int, rows: tuple[int, int], cols: tuple[int, int]) -> list:
 
 
 def _examples(res: int, rows, cols, per_role: int, landmarks) -> list:
+    import torch
+
     from magicapture_pipeline.core.training import TrainingExample
 
     generator = torch.Generator().manual_seed(0)
@@ -303,7 +306,15 @@ def _require(tier: str, what: str) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Install the tier guard: every child process and every in-process Kedro session is checked
     against the current test's markers (fixtures of any scope included, since the guard is on
-    from the first setup to the last teardown)."""
+    from the first setup to the last teardown).
+
+    The pytest-xdist controller runs no test: it only registers the CPU report, and imports
+    neither Kedro nor (this module no longer does at import) torch, ~3 CPU s it paid for nothing."""
+    import cpu_time
+
+    config.pluginmanager.register(cpu_time, "magicapture_cpu_time")
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
     from kedro.framework.session import KedroSession
 
     execute_child = subprocess.Popen._execute_child
@@ -319,9 +330,6 @@ def pytest_configure(config: pytest.Config) -> None:
         _require("integration", "creates a KedroSession")
         return create.__func__(cls, *args, **kwargs)
 
-    import cpu_time
-
-    config.pluginmanager.register(cpu_time, "magicapture_cpu_time")
     subprocess.Popen._execute_child = checked_child
     KedroSession.create = classmethod(checked_create)
     config.add_cleanup(lambda: setattr(subprocess.Popen, "_execute_child", execute_child))
