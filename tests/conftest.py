@@ -11,6 +11,7 @@ guard below fails a test that runs Kedro, DVC, a kernel or a service without its
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -19,7 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from full_disk import pytest_terminal_summary  # noqa: F401 - the "could not run" report
 
@@ -151,6 +151,54 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     return project, run_shrunk_demo(project)
 
 
+def run_shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder that every xdist worker of this run sees (the workers' base temps' parent),
+    for things built once per run under a file lock."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+@pytest.fixture(scope="session")
+def sqlite_store(tmp_path_factory: pytest.TempPathFactory):
+    """``sqlite_store(path) -> uri``: a new MLflow sqlite store at ``path``, as MLflow makes it.
+
+    MLflow creates a store by running its ~60 alembic migrations, about 2 CPU s each time (16
+    unit tests did so). Here that is done once per run (shared by the xdist workers under a file
+    lock) and each store is a copy of the result with its ``Default`` experiment removed, so that
+    MLflow's first open creates that experiment as it does in a fresh store (its artifact root
+    from the opening process's working folder, its creation time now). Tests whose subject is
+    creating a store (``test_store``'s concurrent runs, the migration's target) do not use it.
+    """
+    import sqlite3
+
+    template = run_shared_root(tmp_path_factory) / "mlflow_store" / "empty.db"
+
+    def fresh(path: Path) -> str:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with open(template.parent / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not template.is_file():
+                _build_store_template(template, sqlite3)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, path)
+        return f"sqlite:///{path}"
+
+    return fresh
+
+
+def _build_store_template(template: Path, sqlite3) -> None:  # noqa: ANN001 - the module
+    from mlflow import MlflowClient
+
+    building = template.with_suffix(".building")
+    building.unlink(missing_ok=True)
+    uri = f"sqlite:///{building}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
+    with contextlib.closing(sqlite3.connect(building)) as db, db:
+        db.execute("DELETE FROM experiment_tags")
+        db.execute("DELETE FROM experiments")
+    building.rename(template)
+
+
 # --- one tiny random SD per session, one example builder ------------------------------------
 
 RES = 64
@@ -166,6 +214,8 @@ def make_examples(res: int = RES) -> list:
     Each has a centred square face mask on the latent grid (the middle half of each side) and
     :data:`LANDMARKS` scaled to ``res``. Seeded, so every call returns the same tensors.
     """
+    import torch
+
     latent = res // 8
     middle = (latent // 4, 3 * latent // 4)
     return _examples(res, middle, middle, per_role=2, landmarks=torch.tensor(LANDMARKS) * res / 64)
@@ -179,6 +229,8 @@ def make_pair(res: int, rows: tuple[int, int], cols: tuple[int, int]) -> list:
 
 
 def _examples(res: int, rows, cols, per_role: int, landmarks) -> list:
+    import torch
+
     from magicapture_pipeline.core.training import TrainingExample
 
     generator = torch.Generator().manual_seed(0)
@@ -230,9 +282,7 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory):
     built: dict[int, Path] = {}
     # Under pytest-xdist every worker has its own base temp inside the run's; the model is built
     # once per run in that shared parent (one worker builds under a file lock, the others load).
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
+    root = run_shared_root(tmp_path_factory)
 
     def get(sample_size: int = TinyModelConfig().sample_size) -> Path:
         if sample_size not in built:
@@ -295,7 +345,15 @@ def _require(tier: str, what: str) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Install the tier guard: every child process and every in-process Kedro session is checked
     against the current test's markers (fixtures of any scope included, since the guard is on
-    from the first setup to the last teardown)."""
+    from the first setup to the last teardown).
+
+    The pytest-xdist controller runs no test: it only registers the CPU report, and imports
+    neither Kedro nor (this module no longer does at import) torch, ~3 CPU s it paid for nothing."""
+    import cpu_time
+
+    config.pluginmanager.register(cpu_time, "magicapture_cpu_time")
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
     from kedro.framework.session import KedroSession
 
     execute_child = subprocess.Popen._execute_child
@@ -311,9 +369,6 @@ def pytest_configure(config: pytest.Config) -> None:
         _require("integration", "creates a KedroSession")
         return create.__func__(cls, *args, **kwargs)
 
-    import cpu_time
-
-    config.pluginmanager.register(cpu_time, "magicapture_cpu_time")
     subprocess.Popen._execute_child = checked_child
     KedroSession.create = classmethod(checked_create)
     config.add_cleanup(lambda: setattr(subprocess.Popen, "_execute_child", execute_child))

@@ -22,6 +22,7 @@ from pathlib import Path
 from magicapture_pipeline import concepts
 
 root, go, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+out.with_suffix(".ready").touch()  # imported: the parent may start the race
 judge = concepts.ConceptLock.stale_reason
 
 def slow_judge(self):
@@ -36,7 +37,10 @@ lock = concepts.ConceptLock(root, "race")
 try:
     lock.acquire()
     outcome = {"took": True}
-    time.sleep(3.0)  # hold it while the other one decides
+    # hold it until the other one has decided and written its outcome (both took it: 20 s)
+    until = time.monotonic() + 20
+    while time.monotonic() < until and not [p for p in out.parent.glob("out*.json") if p != out]:
+        time.sleep(0.01)
     lock.release()
 except concepts.ConceptLockedError as error:
     outcome = {"took": False, "error": str(error)}
@@ -64,7 +68,10 @@ def test_two_processes_find_the_same_stale_lock_and_one_takes_it(tmp_path: Path)
         subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(go), str(out)])
         for out in outs
     ]
-    time.sleep(2.0)  # both imported and waiting
+    deadline = time.monotonic() + 60
+    while not all(out.with_suffix(".ready").exists() for out in outs):  # both imported, waiting
+        assert time.monotonic() < deadline, "the children did not start"
+        time.sleep(0.01)
     go.touch()
     for child in children:
         assert child.wait(timeout=60) == 0

@@ -106,8 +106,8 @@ def tiny_concept(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> tuple[str, MlflowClient]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(tmp_path: Path, sqlite_store) -> tuple[str, MlflowClient]:
+    uri = sqlite_store(tmp_path / "mlflow.db")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
     return uri, client, experiment

@@ -26,14 +26,14 @@ def _export_folder(folder: Path) -> dict:
             "card": str(folder / "README.md")}  # fmt: skip
 
 
-def test_the_export_card_and_grid_are_logged_to_the_run_not_the_weights(tmp_path):
+def test_the_export_card_and_grid_are_logged_to_the_run_not_the_weights(tmp_path, sqlite_store):
     from mlflow.tracking import MlflowClient
 
     from magicapture_pipeline.config.tracking import TrackingConfig
     from magicapture_pipeline.datasets.concept_export import ConceptExportDataset
     from magicapture_pipeline.tracking.hook import MlflowTrackingHook, _ActiveRun
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(experiment).info.run_id

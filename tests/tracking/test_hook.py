@@ -132,8 +132,8 @@ def run_toy(folder: Path, fail: bool = False, runner=None) -> tuple[MlflowTracki
 
 
 @pytest.fixture
-def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_store) -> MlflowClient:
+    uri = sqlite_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MAGICAPTURE_MLFLOW", raising=False)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -20,8 +20,8 @@ def concept(tmp_path_factory) -> tuple[Path, Path]:
     return tiny_concept_in(tmp_path_factory.mktemp("concept"), tmp_path_factory)
 
 
-def fill_source(tmp_path: Path, concept) -> tuple[str, MlflowClient, str]:
-    uri = f"sqlite:///{tmp_path / 'source.db'}"
+def fill_source(tmp_path: Path, concept, sqlite_store) -> tuple[str, MlflowClient, str]:
+    uri = sqlite_store(tmp_path / "source.db")  # the target below is created by migrate
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment(
         "magicapture-test",
@@ -37,8 +37,8 @@ def fill_source(tmp_path: Path, concept) -> tuple[str, MlflowClient, str]:
     return uri, client, record["run_id"]
 
 
-def test_migrate_copies_runs_models_and_aliases(tmp_path, concept, monkeypatch):
-    source_uri, source, run_id = fill_source(tmp_path, concept)
+def test_migrate_copies_runs_models_and_aliases(tmp_path, concept, monkeypatch, sqlite_store):
+    source_uri, source, run_id = fill_source(tmp_path, concept, sqlite_store)
     target_uri = f"sqlite:///{tmp_path / 'target.db'}"
     counts = migrate(source_uri, target_uri)
     assert counts == {"experiments": 2, "runs": 1, "logged_models": 1, "model_versions": 1}

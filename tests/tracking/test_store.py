@@ -7,6 +7,7 @@ already exists", each runs the schema migrations); ``tracking_store.tracking_cli
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import subprocess
 import sys
@@ -61,8 +62,8 @@ def test_four_concurrent_runs_on_a_fresh_sqlite_store_lose_nothing(tmp_path):
         assert sorted(m.step for m in history) == list(range(steps))
 
 
-def test_calls_wait_for_the_store_lock(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_calls_wait_for_the_store_lock(tmp_path, sqlite_store):
+    uri = sqlite_store(tmp_path / "mlflow.db")
     client = tracking_client(uri)
     assert isinstance(client, SerialisedClient)
     lock = sqlite_lock_path(uri)
@@ -96,3 +97,38 @@ def test_the_default_store_lock_is_git_ignored():
         cwd=PROJECT_ROOT, check=False,
     )
     assert done.returncode == 0, f"{lock.name} is not in .gitignore"
+
+
+def _schema(path) -> list:
+    """Every table and index of a sqlite store, each statement as the sorted set of its lines:
+    MLflow's migrations write a table's named constraints in an order that varies between two
+    fresh stores too."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
+        revision = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    lines = {(kind, name): sorted(line.strip(" ,") for line in (sql or "").split("\n"))
+             for kind, name, sql in rows}  # fmt: skip
+    return [revision, sorted(lines.items())]
+
+
+def test_the_suites_store_copies_open_like_a_fresh_store(tmp_path, sqlite_store, monkeypatch):
+    """``conftest.sqlite_store`` copies one migrated store instead of migrating each: a copy must
+    open as MLflow's own fresh store does (its Default experiment made on first open, now, with
+    this working folder's artifact root; the next experiment numbered after it; same schema)."""
+    sqlite_store(tmp_path / "first.db")  # the run's template exists (made elsewhere, earlier)
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    for name, uri in (("fresh", f"sqlite:///{tmp_path / 'fresh.db'}"),
+                      ("copy", sqlite_store(tmp_path / "copy.db"))):  # fmt: skip
+        opened = int(time.time() * 1000)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        experiments = [(e.experiment_id, e.name, e.artifact_location, e.lifecycle_stage)
+                       for e in client.search_experiments()]  # fmt: skip
+        created = client.create_experiment("next")
+        (default,) = client.search_experiments(filter_string="name = 'Default'")
+        assert default.creation_time >= opened  # made on this open, not copied
+        seen[name] = (experiments, created, _schema(tmp_path / f"{name}.db"))
+    assert seen["copy"] == seen["fresh"]
+    assert str(tmp_path) in seen["copy"][0][0][2]  # the Default artifact root is here

@@ -7,10 +7,10 @@ from PIL import Image
 from magicapture_pipeline.tracking.validation import log_validation
 
 
-def test_images_and_metrics_are_logged_with_their_step(tmp_path):
+def test_images_and_metrics_are_logged_with_their_step(tmp_path, sqlite_store):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=sqlite_store(tmp_path / "mlflow.db"))
     experiment = client.create_experiment("v", artifact_location=(tmp_path / "art").as_uri())
     run_id = client.create_run(experiment).info.run_id
     history = [
@@ -32,10 +32,10 @@ def test_images_and_metrics_are_logged_with_their_step(tmp_path):
     assert all("stage_two~validation~grid" in p for p in steps)
 
 
-def _store(tmp_path):
+def _store(tmp_path, sqlite_store):
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("v", artifact_location=(tmp_path / "art").as_uri())
     return uri, client, client.create_run(experiment).info.run_id
@@ -46,7 +46,7 @@ def _steps(client, run_id: str, name: str) -> list[str]:
     return [p.split("+step+")[1].split("+")[0] for p in files if p.endswith(".png")]
 
 
-def test_the_hook_logs_validation_partitions_and_the_exported_step(tmp_path):
+def test_the_hook_logs_validation_partitions_and_the_exported_step(tmp_path, sqlite_store):
     """The Kedro hook's path, through the spooling client it wraps every run's client in."""
     import pandas as pd
 
@@ -54,7 +54,7 @@ def test_the_hook_logs_validation_partitions_and_the_exported_step(tmp_path):
     from magicapture_pipeline.tracking.hook import MlflowTrackingHook, _ActiveRun
     from magicapture_pipeline.tracking.spool import SpoolingClient
 
-    uri, client, run_id = _store(tmp_path)
+    uri, client, run_id = _store(tmp_path, sqlite_store)
     hook = MlflowTrackingHook()
     spooling = SpoolingClient(client, run_id, tmp_path / "spool", uri)
     hook._run = _ActiveRun(spooling, run_id, "0", uri, TrackingConfig(), catalog=None)
@@ -72,10 +72,10 @@ def test_the_hook_logs_validation_partitions_and_the_exported_step(tmp_path):
     assert tags["stage_two_validation.export_reason"] == "export: best, why"
 
 
-def test_a_step_image_waits_in_the_spool_through_an_outage(tmp_path):
+def test_a_step_image_waits_in_the_spool_through_an_outage(tmp_path, sqlite_store):
     from magicapture_pipeline.tracking.spool import SpoolingClient, deliver
 
-    uri, client, run_id = _store(tmp_path)
+    uri, client, run_id = _store(tmp_path, sqlite_store)
 
     class Down:
         def log_image(self, *args, **kwargs):
@@ -95,7 +95,7 @@ def test_a_step_image_waits_in_the_spool_through_an_outage(tmp_path):
 STEP_FILE = r"[^/+]+\+step\+\d+\+timestamp\+\d+\+[0-9a-f-]+(\+compressed)?\.(png|webp)"
 
 
-def test_no_static_artifact_lands_directly_in_the_step_image_folder(tmp_path):
+def test_no_static_artifact_lands_directly_in_the_step_image_folder(tmp_path, sqlite_store):
     import re
 
     import pytest
@@ -109,7 +109,7 @@ def test_no_static_artifact_lands_directly_in_the_step_image_folder(tmp_path):
     with pytest.raises(ValidationError, match="artifact_datasets.concept_card: folder 'images'"):
         TrackingConfig(artifact_datasets={"concept_card": "images"})
     # the concept card and a step image through the real logging calls: the UI can parse images/
-    _, client, run_id = _store(tmp_path)
+    _, client, run_id = _store(tmp_path, sqlite_store)
     card = tmp_path / "concept_card.png"
     Image.new("RGB", (8, 8)).save(card)
     log_saved(client, run_id, card, None, folders["concept_card"], "concept_card", 10)
