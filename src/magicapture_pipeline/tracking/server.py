@@ -86,10 +86,10 @@ PORT_ATTEMPTS = 3  # launches of mlflow server on a port we picked, when another
 
 JOBS_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 """MLflow 3 starts a Huey job runner with each ``mlflow server`` (six ``huey_consumer`` processes,
-each importing MLflow: 40 of the 50 CPU seconds a one-worker server spends starting, measured
-here) for its GenAI jobs (prompt optimisation, scorers, trace roll-ups). No command of this
-project submits a job, so servers it starts run without one (ours); a value the user exports
-still wins."""
+each importing MLflow: 33 of the 47 CPU seconds a two-worker server spent starting here, 33 of
+43 with one worker) for its GenAI jobs (prompt optimisation, scorers, trace roll-ups). No command
+of this project submits a job, so servers it starts run without one (ours); a value the user
+exports still wins."""
 
 
 def server_environment(binary: Path) -> dict[str, str]:
