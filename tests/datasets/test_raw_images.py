@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from kedro.io import DatasetError
 
@@ -58,6 +60,44 @@ def test_sample_folder_materialises_once(tmp_path):
     stamp = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert dataset.load().keys() == loaded.keys()
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamp  # not rewritten
+
+
+def test_a_load_while_another_writes_the_demo_set_waits_for_the_whole_set(tmp_path, monkeypatch):
+    """Two concepts of a batch start at once on the same demo folder: the one that finds some
+    images already there (the other is still writing) must wait for the writer and read all of
+    them, not the part written so far (a Ray batch's concept once trained on a partial set)."""
+    import threading
+
+    from magicapture_pipeline.core.faces import sample_data
+
+    first_written, release = threading.Event(), threading.Event()
+
+    def slow_writer(folder, role, count):  # the real writer's files, one at a time
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            (folder / f"{role}_{index}.png").write_bytes(b"png")
+            first_written.set()
+            release.wait(5)
+
+    monkeypatch.setattr(sample_data, "write_sample_set", slow_writer)
+    folder, root = tmp_path / "demo" / "reference", tmp_path / "demo"
+
+    def dataset():
+        return SampleImageFolderDataset(path=str(folder), role="reference", count=3,
+                                        sample_root=str(root))  # fmt: skip
+
+    writer = threading.Thread(target=dataset().load)
+    writer.start()
+    assert first_written.wait(5)
+    found = {}
+    reader = threading.Thread(target=lambda: found.update(dataset().load()))
+    reader.start()
+    reader.join(0.5)  # the reader must still be waiting for the writer here
+    release.set()
+    writer.join(5)
+    reader.join(5)
+    assert sorted(found) == ["reference_0", "reference_1", "reference_2"]
 
 
 def test_sample_folder_keeps_user_photos(tmp_path):

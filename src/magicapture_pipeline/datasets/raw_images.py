@@ -234,20 +234,21 @@ class SampleImageFolderDataset(RawImageFolderDataset):
     def load(self) -> dict[str, RawImage]:
         if not self._is_demo_folder():
             return super().load()  # a user folder: read only, never filled
-        if not self._image_files():
-            import fcntl
+        import fcntl
 
-            from magicapture_pipeline.core.faces.sample_data import write_sample_set
+        from magicapture_pipeline.core.faces.sample_data import write_sample_set
 
-            # Several concepts may start at once on the same demo folder: one writes, the
-            # others wait and then read the complete set (never a half-written one).
-            guard = Path(self._path).parent / f".{Path(self._path).name}.lock"
-            guard.parent.mkdir(parents=True, exist_ok=True)
-            with open(guard, "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                if not self._image_files():
-                    logger.info("Writing the %s demo set into %s", self._role, self._path)
-                    write_sample_set(self._path, self._role, self._count)
+        # Several concepts may start at once on the same demo folder: one writes, the others
+        # wait and then read the complete set. Every load takes the lock, also when the folder
+        # already holds images: a folder seen without it may be one the writer is still filling
+        # (a concept of a Ray batch once trained on a partial reference set so).
+        guard = Path(self._path).parent / f".{Path(self._path).name}.lock"
+        guard.parent.mkdir(parents=True, exist_ok=True)
+        with open(guard, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            if not self._image_files():
+                logger.info("Writing the %s demo set into %s", self._role, self._path)
+                write_sample_set(self._path, self._role, self._count)
         return super().load()
 
     def _exists(self) -> bool:
