@@ -74,7 +74,6 @@ def run_kedro_here(project: Path, *args: str) -> subprocess.CompletedProcess:
     pays Python's, torch's, diffusers', MLflow's and great-expectations' imports again (5-12 CPU s
     a run, issue 17), this process pays them once. The working directory and
     ``MLFLOW_TRACKING_URI`` (the copy's sqlite store unless set) hold for the run only."""
-    import contextlib
     import io
     import traceback
 
@@ -395,14 +394,15 @@ def heavy_first(items: list[pytest.Item]) -> list[pytest.Item]:
     service and slow tests therefore start first and the thousand sub-second unit tests fill the two
     workers at the end, instead of one worker starting a 100 s test while the other runs out of
     work. Whole modules move together so module fixtures are set up once per worker."""
+
+    def module(item: pytest.Item) -> str:
+        return item.module.__name__ if item.module else item.nodeid
+
     heavy = {
-        item.module.__name__ if item.module else item.nodeid
-        for item in items
-        if any(item.get_closest_marker(tier) for tier in HEAVY_MARKS)
-    }
-    return sorted(
-        items, key=lambda item: (item.module.__name__ if item.module else item.nodeid) not in heavy
-    )
+        module(item) for item in items
+        if any(item.get_closest_marker(mark) for mark in HEAVY_MARKS)
+    }  # fmt: skip
+    return sorted(items, key=lambda item: module(item) not in heavy)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
