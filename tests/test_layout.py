@@ -24,7 +24,7 @@ ARCHITECTURE = PROJECT_ROOT / "docs" / "architecture.md"
 # module or package of magicapture_pipeline, or a module/package of core/ (longest prefix wins).
 LAYERS: list[tuple[str, ...]] = [
     # 0 plain values: pydantic configs, the concept rule, the loss equations, atomic writes
-    ("config", "concepts", "core.losses", "core.atomic"),
+    ("config", "concepts", "core.losses", "core.atomic", "core.procfs"),
     # 1 what the method is made of: faces, the diffusion model, identity embeddings
     ("core.faces", "core.models", "core.identity"),
     # 2 the method's steps

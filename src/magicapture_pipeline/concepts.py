@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from magicapture_pipeline.core import procfs
+
 logger = logging.getLogger(__name__)
 
 CONCEPT_NAME_RULE = "lower-case letters, digits and '-', 1 to 64 characters"
@@ -77,23 +79,8 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         pass
-    fields = _proc_stat(pid)
-    return fields is None or fields[0] != "Z"  # no /proc (not Linux) or gone: kill() decided
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields or None
-
-
-def _process_start(pid: int) -> str | None:
-    """The process start time in clock ticks (/proc), to tell a reused pid from the holder."""
-    fields = _proc_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else None
+    fields = procfs.stat_fields(pid)
+    return fields is None or not procfs.is_zombie(fields)  # no /proc or gone: kill() decided
 
 
 @dataclass(frozen=True)
@@ -163,7 +150,7 @@ class ConceptLock:
         if owner.host == socket.gethostname():
             if not _process_alive(owner.pid):
                 return f"holder pid {owner.pid} on {owner.host} is gone"
-            start = _process_start(owner.pid)
+            start = procfs.start_time(owner.pid)
             if owner.process_start and start and start != owner.process_start:
                 return f"pid {owner.pid} on {owner.host} now belongs to another process"
             return None
@@ -218,7 +205,7 @@ class ConceptLock:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": time.time(),
-            "process_start": _process_start(os.getpid()),
+            "process_start": procfs.start_time(os.getpid()),
             "note": self.note,
         }
 

@@ -43,6 +43,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from magicapture_pipeline.core import procfs
 from magicapture_pipeline.tracking.postgres import (  # noqa: F401 - re-exported for callers
     DB_NAME,
     DB_USER,
@@ -261,14 +262,7 @@ def read_state(folder: Path) -> ServerState | None:
 def _alive(pgid: int) -> bool:
     """True while a process of group ``pgid`` still runs (zombies, which wait for their parent
     to reap them, do not count)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return next(procfs.group_members(pgid), None) is not None
 
 
 def _reap(pid: int) -> None:

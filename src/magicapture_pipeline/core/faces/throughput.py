@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from magicapture_pipeline.core import procfs
 from magicapture_pipeline.core.faces.analysis import analyze_source
 from magicapture_pipeline.core.faces.crops import crop_resize, detection_in_crop, square_box_around
 from magicapture_pipeline.core.faces.detection import FaceAnalyzer
@@ -130,14 +131,7 @@ def _timed_in_worker(index: int, resolution: int, analyzer: FaceAnalyzer, _: Any
 def process_cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of process ``pid`` so far, all its threads (Linux ``/proc``;
     None elsewhere). 10 ms ticks: read it around passes of seconds, not around one image."""
-    import os
-
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return procfs.cpu_seconds(pid)
 
 
 def measure_pool_throughput(
