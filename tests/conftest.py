@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from full_disk import pytest_terminal_summary  # noqa: F401 - the "could not run" report
+from scheduling import group_shared_fixtures, heavy_first
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -383,27 +384,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
         _current.pop()
 
 
-HEAVY_MARKS = ("integration", "service", "slow")
-
-
-def heavy_first(items: list[pytest.Item]) -> list[pytest.Item]:
-    """Modules holding an integration, service or slow test first; each module's order kept.
-
-    pytest-xdist's ``loadgroup`` hands out its groups (largest first) and then single tests in
-    collection order, a few at a time to whichever worker is free. The minute-long end-to-end,
-    service and slow tests therefore start first and the thousand sub-second unit tests fill the two
-    workers at the end, instead of one worker starting a 100 s test while the other runs out of
-    work. Whole modules move together so module fixtures are set up once per worker."""
-
-    def module(item: pytest.Item) -> str:
-        return item.module.__name__ if item.module else item.nodeid
-
-    heavy = {
-        module(item) for item in items
-        if any(item.get_closest_marker(mark) for mark in HEAVY_MARKS)
-    }  # fmt: skip
-    return sorted(items, key=lambda item: module(item) not in heavy)
-
-
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which turns the groups into node-id suffixes
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    group_shared_fixtures(items)
     items[:] = heavy_first(items)

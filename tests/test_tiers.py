@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import heavy_first, tier_of_command
+from conftest import tier_of_command
+from scheduling import heavy_first
 
 TESTS = Path(__file__).resolve().parent
 
