@@ -21,6 +21,7 @@ from magicapture_pipeline.pipelines.train_stage_one import create_pipeline
 from magicapture_pipeline.pipelines.train_stage_one.nodes import prepare_base_model
 
 RES = 64
+ACCEPTED = {"resolution": RES, "items": []}  # prepare_base_model only waits for it
 
 
 def demo_inputs(resolution: int = RES, count: int = 3) -> dict:
@@ -53,7 +54,7 @@ def demo_inputs(resolution: int = RES, count: int = 3) -> dict:
 @pytest.mark.parametrize("runs", [1, 2])
 def test_prepare_base_model_builds_the_tiny_model_once(tmp_path, runs):
     params = {"pretrained": str(tmp_path / "tiny_sd"), "tiny": {"sample_size": RES}}
-    records = [prepare_base_model(params) for _ in range(runs)]
+    records = [prepare_base_model(params, ACCEPTED) for _ in range(runs)]
     assert is_local_model(tmp_path / "tiny_sd")
     assert [r["built"] for r in records] == [True, False][:runs]
     assert records[-1] == {**records[-1], "path": str(tmp_path / "tiny_sd"), "tiny": True}
@@ -63,12 +64,23 @@ def test_prepare_base_model_builds_the_tiny_model_once(tmp_path, runs):
 def test_prepare_base_model_refuses_an_unloadable_hub_id(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="neither a local diffusers folder"):
-        prepare_base_model({"pretrained": "nobody/no-such-model-magicapture"})
+        prepare_base_model({"pretrained": "nobody/no-such-model-magicapture"}, ACCEPTED)
 
 
 def test_prepare_base_model_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown_key"):
-        prepare_base_model({"pretrained": "x", "unknown_key": 1})
+        prepare_base_model({"pretrained": "x", "unknown_key": 1}, ACCEPTED)
+
+
+def test_the_base_model_is_prepared_only_after_the_photos_are_accepted():
+    """In the main job, the (at real size, several GB) model load comes after validation: a
+    rejected photo fails the run before it. Kedro runs nodes in an order their data allows,
+    breaking ties by name, which put ``prepare_base_model`` first."""
+    from magicapture_pipeline.pipeline_registry import ProjectPipelines
+
+    order = [node.name for node in ProjectPipelines()["customize"].nodes]
+    validation = ("preprocess_faces", "validate_face_set", "accept_training_set")
+    assert max(order.index(name) for name in validation) < order.index("prepare_base_model")
 
 
 def test_stage_one_pipeline_on_the_demo_photos(tmp_path):

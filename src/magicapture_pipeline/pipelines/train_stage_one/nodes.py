@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pandas as pd
@@ -18,15 +19,23 @@ from magicapture_pipeline.core.training.figures import loss_curves_figure
 from magicapture_pipeline.core.training.validation import validation_outputs
 from magicapture_pipeline.pipelines.shared import stage_validation, validation_history_frame
 
+logger = logging.getLogger(__name__)
 
-def prepare_base_model(params: dict[str, Any]) -> dict[str, Any]:
+
+def prepare_base_model(params: dict[str, Any], training_set: dict[str, Any]) -> dict[str, Any]:
     """Make sure the base model loads; in the demos build the tiny random SD / SDXL first if
     missing (:func:`core.models.builders.prepare_base_model`).
+
+    ``training_set`` (the accepted photos) is an input so that the model is loaded only once the
+    photos have passed validation: a rejected photo fails the run in seconds, before a load of
+    several GB at real size (Kedro orders nodes by their data, not by their place in the file).
 
     Returns:
         ``base_model``: ``{"path", "tiny", "revision", "built", "family"}``.
     """
     config = ModelConfig(**params)
+    examples = len(training_set.get("items", []))
+    logger.info("Preparing the base model for %d accepted training images", examples)
     return builders.prepare_base_model(config.pretrained, config.tiny, config.revision)
 
 

@@ -10,13 +10,14 @@ from magicapture_pipeline.pipelines.train_stage_one.nodes import (
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """``params:model`` -> ``base_model``; training set + crops + masks -> embeddings, history,
-    validation history and images (sampled as ``generate`` does, scored as ``evaluate`` does)."""
+    """``params:model`` (once ``training_set`` is accepted) -> ``base_model``; training set +
+    crops + masks -> embeddings, history, validation history and images (sampled as ``generate``
+    does, scored as ``evaluate`` does)."""
     return Pipeline(
         [
             Node(
                 func=prepare_base_model,
-                inputs="params:model",
+                inputs=["params:model", "training_set"],  # after the photos are accepted
                 outputs="base_model",
                 name="prepare_base_model",
             ),
