@@ -26,6 +26,13 @@ SIGKILLed mid stage two, two more real concepts) into this test; where its check
   (``flaky-d``);
 * given no ``--address`` beside another cluster, the batch starts its own local Ray with this
   machine's CPUs: ``test_batch_stop_engines.py``'s Ray test.
+
+It is also the suite's run of two concepts at once on a fresh PostgreSQL tracking server (session
+9 merged ``test_tracking_server.py``'s two concurrent ``kedro run``s into it, two whole concept
+runs less): both create their experiments and registered models on the server at the same
+moment and build the tiny SD side by side; ``steady``'s run holds every logged step and metric,
+its artifacts and its logged model (``check_concept_run``), the server started no MLflow job
+runner, and the registered concept loads and samples through the server.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -51,6 +59,7 @@ from test_batch import (
 )
 
 from magicapture_pipeline.tracking import server as tracking_server
+from tracking_checks import check_concept_run, job_runners
 
 pytestmark = [pytest.mark.integration, pytest.mark.service, pytest.mark.slow,
               pytest.mark.xdist_group("ray")]  # fmt: skip
@@ -82,7 +91,7 @@ def tracking(monkeypatch):
     folder.chmod(0o755)  # the cluster belongs to the postgres user when run as root
     state = tracking_server.start(folder, workers=1)  # three clients, a few calls a second
     try:
-        yield state.tracking_uri
+        yield state
     finally:
         tracking_server.stop(folder)
         shutil.rmtree(folder, ignore_errors=True)
@@ -90,6 +99,7 @@ def tracking(monkeypatch):
 
 def test_a_node_lost_mid_run_on_a_cluster_with_the_tracking_server(project_copy, tmp_path,
                                                                    tracking, monkeypatch):
+    server, tracking = tracking, tracking.tracking_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)  # the drivers and every Ray worker
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before ray starts: loopback
     monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")
@@ -156,3 +166,14 @@ def test_a_node_lost_mid_run_on_a_cluster_with_the_tracking_server(project_copy,
     [steady_run] = runs["steady"]
     assert set(retry.data.metrics) == set(steady_run.data.metrics)
     assert len(steady_run.data.metrics) >= 10, sorted(steady_run.data.metrics)
+    check_concept_run(client, project_copy, "steady")
+    # the server runs no MLflow job runner (tracking.server.JOBS_ENV): after the concept runs
+    # against it, no huey consumer in its session (MLflow 3's default would have six)
+    assert job_runners(server.mlflow_pid) == [], "mlflow server started a job runner"
+    # the registered concept loads through the server (artifacts over mlflow-artifacts:/)
+    from magicapture_pipeline.serving.batch import load_registered
+
+    monkeypatch.setenv("MAGICAPTURE_PROJECT_ROOT", str(project_copy))
+    model = load_registered("models:/magicapture-steady@candidate", tracking)
+    out = model.predict(pd.DataFrame({"prompt": ["a photo of a [V1] person"], "seed": [1]}))
+    assert out.loc[0, "seed"] == 1 and len(out.loc[0, "image"]) > 100

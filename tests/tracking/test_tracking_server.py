@@ -1,12 +1,15 @@
-"""The shared tracking server: PostgreSQL + ``mlflow server`` started by the test, two concept
-runs at once against it (the demo concept among them); nothing lost. Then, on the
-same cluster, ``make tracking-server`` recovers by itself and refuses a mixed setting (issue 21
-§3). The server and the cluster are stopped by the fixture (``.ci/run`` leaves nothing running).
+"""The shared tracking server: PostgreSQL + ``mlflow server`` started by the test; on the same
+cluster, ``make tracking-server`` recovers by itself and refuses a mixed setting (issue 21 §3).
+The server and the cluster are stopped by the fixture (``.ci/run`` leaves nothing running).
+
+Two concepts at once on a fresh tracking server (nothing lost, every step and metric, no MLflow
+job runner, the registered concept served through the server) are checked by the Ray cluster test
+(``tests/batch/test_ray_cluster_real.py``), whose two concepts run against its own fresh server:
+this module's two concurrent ``kedro run``s repeated them (session 9).
 
 One cluster for the module: starting PostgreSQL (initdb, MLflow's schema migrations) and an
 ``mlflow server`` costs about 30 CPU s here, so the recovery test, which used to start its own,
-kills and restarts the module's server after the concurrent runs, and is the module's last test
-that uses it."""
+kills and restarts the module's server, and is the module's last test that uses it."""
 
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import RestException
@@ -38,12 +40,6 @@ pytestmark = [
         "tracking-server tests",
     ),
 ]
-
-# Real-ESRGAN off: ~10 s CPU per run on this machine, and what is checked here is the tracking
-# (postprocessing is covered by the shared demo_run and the golden test).
-SMALL = ("stage_one.max_steps=6,stage_two.max_steps=6,generation.images_per_prompt=1,"
-         "stage_one.validation.every_n_steps=0,stage_two.validation.every_n_steps=0,"
-         "postprocess.super_resolution.enabled=false")
 
 
 @pytest.fixture(scope="module")
@@ -65,100 +61,6 @@ def server():
             assert not tracking_server._alive(pid), "mlflow server outlived the test"
         assert not (folder / "postgres" / "data" / "postmaster.pid").exists(), "PostgreSQL runs"
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def job_runners(session: int) -> list[str]:
-    """Command lines of the Huey job consumers in process session ``session``."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            sid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
-            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-        if sid == session and "huey" in command:
-            found.append(command)
-    return found
-
-
-def kedro(project: Path, uri: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    return subprocess.Popen(
-        [sys.executable, "-m", "kedro", "run", "--pipelines=customize", "--env=demo", *args],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def finished(process: subprocess.Popen, timeout: int = 3000) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output[-4000:]
-    return output
-
-
-def only_run(client: MlflowClient, concept: str):
-    experiment = client.get_experiment_by_name(f"magicapture-{concept}")
-    assert experiment is not None, f"no experiment for {concept}"
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    [run] = client.search_runs([experiment.experiment_id])
-    return run
-
-
-def check_concept_run(client: MlflowClient, project: Path, concept: str) -> None:
-    """FINISHED, every loss step and metric there, artifacts served, the version registered."""
-    run = only_run(client, concept)
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["kedro.pipelines"] == "customize"
-    history = pd.read_csv(project / "data/08_reporting" / concept / "stage_two_history.csv")
-    logged = client.get_metric_history(run.info.run_id, "stage_two/loss")
-    assert len(logged) == len(history) > 1  # every step, none lost
-    metrics = pd.read_json(project / "data/08_reporting" / concept / "metrics.json", typ="series")
-    numeric = {
-        k for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    assert numeric <= set(run.data.metrics)
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"images", "reports"} <= artifacts
-    version = client.get_model_version_by_alias(f"magicapture-{concept}", "candidate")
-    assert version.run_id == run.info.run_id and version.source.startswith("models:/m-")
-    [model] = client.search_logged_models(experiment_ids=[run.info.experiment_id])
-    assert model.source_run_id == run.info.run_id
-
-
-@pytest.mark.integration
-def test_two_concurrent_concepts_demo_among_them_on_postgres(server, project_copy, monkeypatch):
-    """The demo concept and a team concept start at once on the fresh server (two workers),
-    each shrunk to a few steps: what is checked is the tracking on PostgreSQL, every step and
-    metric of every run (the full `make demo` chain is the shared demo_run's). The runs build the
-    tiny SD side by side (``save_tiny_pipeline`` renames it into place) and create their
-    experiments and registered models on the server at the same moment. Two runs, not three
-    (session 7): each run is a whole Kedro run, 43 CPU s measured alone; the third only added
-    queueing behind the two workers. Before session 6, the demo alone and then four."""
-    uri = server.tracking_uri
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    assert server.backend_store_uri.startswith("postgresql+psycopg2://")
-    names = ["demo", "team-0"]
-    runs = [kedro(project_copy, uri, f"--params=concept={name},{SMALL}") for name in names]
-    for process in runs:
-        finished(process)
-    for name in names:
-        check_concept_run(client, project_copy, name)
-    assert {m.name for m in client.search_registered_models()} >= {
-        f"magicapture-{n}" for n in names
-    }
-    # the server runs no MLflow job runner (tracking.server.JOBS_ENV): after two whole runs
-    # against it, no huey consumer in its session (MLflow 3's default would have six)
-    assert job_runners(server.mlflow_pid) == [], "mlflow server started a job runner"
-    # the registered concept loads through the server (artifacts over mlflow-artifacts:/)
-    from magicapture_pipeline.serving.batch import load_registered
-
-    monkeypatch.setenv("MAGICAPTURE_PROJECT_ROOT", str(project_copy))
-    model = load_registered("models:/magicapture-demo@candidate", uri)
-    out = model.predict(pd.DataFrame({"prompt": ["a photo of a [V1] person"], "seed": [1]}))
-    assert out.loc[0, "seed"] == 1 and len(out.loc[0, "image"]) > 100
 
 
 def test_make_targets_use_the_server_module():
@@ -263,7 +165,7 @@ def psql(state, query: str) -> str:
 def test_restart_after_mlflow_died_team_refused_private_and_ordinary_role(server):
     """A real PostgreSQL cluster and a real ``mlflow server``, the latter SIGKILLed: ``start``
     reuses the running cluster, refuses ``--team`` beside the unauthenticated server, and clears a
-    stale ``postmaster.pid``. The module's server (the concurrent runs are done with it); the
+    stale ``postmaster.pid``. The module's server (its other tests are done with it); the
     restarts run one worker, as the number of workers is not what is checked here."""
     state = server
     folder = Path(state.folder)
