@@ -39,13 +39,19 @@ demo-sdxl: install  ## the same chain on a tiny random SDXL (two text encoders, 
 	$(BIN)/kedro run --pipelines=customize --env=demo-sdxl
 	@$(BIN)/python -m magicapture_pipeline.where_to_look --env=demo-sdxl
 
-# The suite runs in two worker processes (pytest-xdist), one per core, each torch on one thread
-# (two threads per worker on two cores oversubscribe and slow everything); tests that share a
-# session fixture (the demo run) carry one xdist_group and go to the same worker. The Ray tests
-# share the group "ray": one Ray at a time on this machine (together 1156 s of the 8608 s summed
-# over a loaded full run on 2026-12-06, not the critical path). The groups hold only with the
-# pinned pytest 9.1.1 (9.2 + xdist 3.8 ignore them: tests/test_xdist_groups.py).
-PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
+# The suite runs in pytest-xdist worker processes, each torch on one thread (two threads per
+# worker on two cores oversubscribe and slow everything); tests that share a session fixture (the
+# demo run) carry one xdist_group and go to the same worker, and the tests of a module-scoped
+# fixture are grouped by module (tests/scheduling.py). The Ray tests share the group "ray": one Ray
+# at a time on this machine. The groups hold only with the pinned pytest 9.1.1 (9.2 + xdist 3.8
+# ignore them: tests/test_xdist_groups.py). The unit tier is pure CPU and runs in two workers, one
+# per core. The whole suite runs in three: its service and end-to-end tests wait on servers,
+# clusters and subprocesses, and with two workers both cores were busy 95 % of a run (sampled
+# every 2 s), with three 99.8 % (session 9). --no-loadscope-reorder keeps the collection order
+# (tests/scheduling.py: heavy_first), which xdist would otherwise replace by group size.
+PYTEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+PYTEST := $(PYTEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadgroup
+PYTEST_ALL := $(PYTEST_ENV) $(BIN)/python -m pytest -n 3 --dist loadgroup --no-loadscope-reorder
 UNIT := not integration and not service
 
 # The browser test of the MLflow run page drives Debian's chromium through Playwright (a pinned
@@ -59,13 +65,13 @@ browser:
 	  else echo "  chromium missing: sudo apt-get install -y chromium (the run-page browser test is skipped until then)"; fi; }
 
 test: install browser  ## every test: unit, integration (Kedro, DVC, notebook) and service tiers
-	$(PYTEST)
+	$(PYTEST_ALL)
 
 test-fast: install  ## the unit tier (no Kedro session, DVC, notebook or service), less the slow tests
 	$(PYTEST) -m "$(UNIT) and not slow"
 
 test-integration: install browser  ## the integration and service tiers only
-	$(PYTEST) -m "not ($(UNIT))"
+	$(PYTEST_ALL) -m "not ($(UNIT))"
 
 dvc-yaml: install  ## regenerate dvc.yaml from the pipelines, the catalog and params.yaml's kedro_env
 	$(BIN)/python -m magicapture_pipeline.dvc_stages

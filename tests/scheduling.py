@@ -1,4 +1,4 @@
-"""How the suite is handed to pytest-xdist's two workers (``make test``: ``-n 2 --dist loadgroup``).
+"""How the suite is handed to pytest-xdist's workers (Makefile: ``PYTEST``, ``PYTEST_ALL``).
 
 Imported by ``conftest.py``'s collection hook and by ``test_xdist_groups.py``'s tiny suite, so it
 imports nothing but pytest.
@@ -14,8 +14,9 @@ HEAVY_MARKS = ("integration", "service", "slow")
 def heavy_first(items: list[pytest.Item]) -> list[pytest.Item]:
     """Modules holding an integration, service or slow test first; each module's order kept.
 
-    pytest-xdist's ``loadgroup`` hands out its groups (largest first) and then single tests in
-    collection order, a few at a time to whichever worker is free. The minute-long end-to-end,
+    ``make test`` runs ``--dist loadgroup --no-loadscope-reorder``: xdist hands out its work
+    units (a group, or a single test) in collection order, a few at a time to whichever worker
+    is free (without the option, groups would go first, largest first). The minute-long end-to-end,
     service and slow tests therefore start first and the thousand sub-second unit tests fill the two
     workers at the end, instead of one worker starting a 100 s test while the other runs out of
     work. Whole modules move together so module fixtures are set up once per worker."""
