@@ -65,9 +65,9 @@ def test_xdist_group_keeps_a_group_on_one_worker(tmp_path: Path):
     # grouping and, autoloaded by the runner and both workers, cost ~5 of the ~7 CPU seconds.
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "xdist", "-p", "no:cacheprovider", "-n", "3",
+        [sys.executable, "-m", "pytest", "-q", "-p", "xdist", "-p", "no:cacheprovider", "-n", "2",
          "--dist", "loadgroup", "--no-loadscope-reorder", "-c", "/dev/null", "--rootdir",
-         str(tmp_path), str(tmp_path)],  # make test's PYTEST_ALL
+         str(tmp_path), str(tmp_path)],  # make test's PYTEST_ALL, with two workers
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
