@@ -23,6 +23,7 @@ from magicapture_pipeline.concepts import (
     ConceptNameError,
     validate_concept_name,
 )
+from magicapture_pipeline.core import procfs
 from magicapture_pipeline.settings import CONFIG_LOADER_ARGS
 
 
@@ -164,9 +165,8 @@ def test_lock_of_a_killed_process_not_yet_reaped_is_recovered(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         holder.kill()
-        stat = Path(f"/proc/{holder.pid}/stat")
         deadline = time.monotonic() + 30
-        while stat.read_text().rsplit(") ", 1)[1][0] != "Z":  # dead, not reaped
+        while not procfs.is_zombie(procfs.stat_fields(holder.pid)):  # dead, not reaped
             assert time.monotonic() < deadline
             time.sleep(0.01)
         write_lock(tmp_path, pid=holder.pid)

@@ -117,7 +117,7 @@ class _Item:
 
 
 def test_heavy_modules_are_handed_out_first_whole_and_in_order():
-    """conftest.heavy_first: a module with one integration/service/slow test moves before the
+    """scheduling.heavy_first: a module with one integration/service/slow test moves before the
     unit-only modules with all its tests, and every module keeps its own order."""
     items = [_Item("unit_a", None), _Item("mixed", None), _Item("unit_a", None),
              _Item("mixed", "slow"), _Item("svc", "service"), _Item("unit_b", None)]

@@ -7,17 +7,21 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
+from magicapture_pipeline.core import procfs
+
 
 def job_runners(session: int) -> list[str]:
     """Command lines of the Huey job consumers in process session ``session``."""
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            sid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
-            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
+        fields = procfs.stat_fields(proc.name)
+        if fields is None or int(fields[procfs.SESSION]) != session:
             continue
-        if sid == session and "huey" in command:
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if "huey" in command:
             found.append(command)
     return found
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from magicapture_pipeline.batch.manifest import ManifestError, load_manifest
 from magicapture_pipeline.batch.summary import build_summary, concept_state
+from magicapture_pipeline.core import procfs
 from magicapture_pipeline.core.faces.sample_data import build_sample_set
 
 # A few steps of everything; checkpoints often enough to resume mid stage two. Validation off:
@@ -340,8 +341,8 @@ def test_ctrl_c_stops_the_local_workers(project_copy):
         except ProcessLookupError:
             break
         # a zombie is reaped by its parent (gone now); check /proc state as well
-        state = Path(f"/proc/{pid}/stat")
-        if not state.exists() or state.read_text().split(")")[1].split()[0] == "Z":
+        fields = procfs.stat_fields(pid)
+        if fields is None or procfs.is_zombie(fields):
             break
         time.sleep(0.2)
     else:

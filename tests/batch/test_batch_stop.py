@@ -10,11 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
+
+from magicapture_pipeline.core import procfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LONG = {  # validation off: the demo's every 40 steps exceeds this stage two
@@ -54,7 +55,8 @@ def test_sigterm_to_the_driver_stops_the_worker_and_writes_the_summary(project_c
     driver.send_signal(signal.SIGTERM)
     output, _ = driver.communicate(timeout=300)
     assert driver.returncode == -signal.SIGTERM, output[-3000:]
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+    fields = procfs.stat_fields(pid)  # gone, or dead and not yet reaped
+    assert fields is None or procfs.is_zombie(fields), fields
     [summary_file] = batch.glob("*.json")
     summary = json.loads(summary_file.read_text())
     assert summary["stopped_by"] == "SIGTERM" and summary["stopped"] == 1, summary

@@ -26,6 +26,8 @@ import pytest
 from test_batch import HEAD
 from test_batch_outcomes import STANDIN, manifest
 
+from magicapture_pipeline.core import procfs
+
 
 def _driver(project: Path, path: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
     calls = tmp_path / "calls.jsonl"
@@ -53,8 +55,8 @@ def _wait_for_call(driver: subprocess.Popen, calls: Path, name: str, limit_s: fl
 
 
 def _gone(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().split(") ", 1)[1].startswith("Z")
+    fields = procfs.stat_fields(pid)
+    return fields is None or procfs.is_zombie(fields)
 
 
 def _summary(project: Path) -> dict:

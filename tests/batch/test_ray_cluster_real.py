@@ -58,6 +58,7 @@ from test_batch import (
     summary_of,
 )
 
+from magicapture_pipeline.core import procfs
 from magicapture_pipeline.tracking import server as tracking_server
 from tracking_checks import check_concept_run, job_runners
 
@@ -69,10 +70,10 @@ def _ancestors(pid: int) -> set[int]:
     seen = set()
     while pid > 1 and pid not in seen:
         seen.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
-        except (FileNotFoundError, IndexError):
+        fields = procfs.stat_fields(pid)
+        if fields is None:
             break
+        pid = int(fields[procfs.PPID])
     return seen
 
 

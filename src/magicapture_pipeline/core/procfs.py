@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # Indices into stat_fields(): `man 5 proc` field numbers minus 3.
-STATE, PGRP, UTIME, STIME, START_TIME = 0, 2, 11, 12, 19
+STATE, PPID, PGRP, SESSION, UTIME, STIME, START_TIME = 0, 1, 2, 3, 11, 12, 19
 
 
 def stat_fields(pid: int | str) -> list[str] | None:
