@@ -2,7 +2,8 @@
 parameter change reruns only what is downstream of it.
 
 The repro behaviour is checked fast on a small self-contained dvc.yaml in a temporary git repo; the
-real chain (``dvc repro`` on the demo env in a copy of the project) is the slow test.
+real stages are the slow test: DVC over the outputs of the suite's shared demo chain (``demo_run``),
+committed, then a knob that reruns three of the stages for real.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import PROJECT_ROOT
-from e2e.demo_fingerprint import NO_UPSCALE, SHRINK
+from e2e.demo_fingerprint import SHRINK
 
 DVC_ENV = {
     **os.environ,
@@ -137,9 +138,12 @@ def test_outs_are_catalog_paths_and_never_versioned():
 
 
 def test_each_stage_lists_what_its_pipeline_writes():
-    """Every file output of a pipeline is an out of its stage (else DVC would miss a change)."""
+    """Every file output of a pipeline is an out of its stage (else DVC would miss a change), and
+    every input of a stage is a parameter or a file (a stage is its own ``kedro run``)."""
     from kedro.framework.project import pipelines
     from kedro.framework.startup import bootstrap_project
+
+    from magicapture_pipeline.tracking.catalog import RUN_DATASET
 
     bootstrap_project(PROJECT_ROOT)
     catalog = catalog_paths()
@@ -151,6 +155,10 @@ def test_each_stage_lists_what_its_pipeline_writes():
         assert written <= out_paths(stage), f"stage {name} misses {written - out_paths(stage)}"
         deps = set(stage["deps"])
         for dataset in pipelines[name].inputs():
+            # each stage runs in a process of its own: what it reads must be on disk (or be the
+            # run's own MLflow run, which the tracking hook puts in every run's catalog)
+            persisted = dataset in catalog or dataset.startswith("params:")
+            assert persisted or dataset in ("parameters", RUN_DATASET), f"{name} reads {dataset}"
             if dataset in catalog and not catalog[dataset].startswith("data/01_raw"):
                 assert catalog[dataset] in deps, f"stage {name} misses dep {catalog[dataset]}"
 
@@ -307,47 +315,71 @@ def test_foreach_concepts_rerun_only_the_changed_concept(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_real_chain_repro_then_noop_then_partial(tmp_path, monkeypatch):
+@pytest.mark.xdist_group("demo_run")
+def test_real_chain_commit_then_noop_then_partial(demo_run, tmp_path, monkeypatch):
+    """DVC over the real stages, on the outputs of the suite's shared demo chain.
+
+    ``demo_run`` ran the seven pipelines of ``customize`` once (the golden test reads it); a
+    second whole chain under ``dvc repro`` (eight fresh ``kedro`` processes, ~75 CPU s) would redo
+    that work. Instead its outputs are copied into a DVC repo and committed: ``dvc commit`` fails
+    if any stage's declared out or dep is missing, so dvc.yaml is checked against everything the
+    real chain writes. Then: nothing reruns; a post-processing and a serving knob rerun exactly
+    postprocess, evaluate and register, for real (``kedro run`` per stage, each from its persisted
+    inputs, after DVC deleted its outs); and that rerun leaves nothing stale. That every stage
+    reads only files and parameters is checked above (each stage is a process of its own).
+    """
+    source, done = demo_run
+    assert done.returncode == 0, done.stderr[-4000:]
     project = tmp_path / "project"
     ignore = shutil.ignore_patterns(
-        ".venv",
-        ".git",
-        "data",
-        "mlflow.db",
-        "mlartifacts",
-        "build",
-        "__pycache__",
-        "*.egg-info",
-        "local",
-    )
+        ".venv", ".git", "data", "mlflow.db", "mlartifacts", "build", "__pycache__",
+        "*.egg-info", "local",
+    )  # fmt: skip
     shutil.copytree(PROJECT_ROOT, project, ignore=ignore)
-    for folder in (PROJECT_ROOT / "data").iterdir():
-        if folder.is_dir():
-            (project / "data" / folder.name).mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source / "data", project / "data", ignore=shutil.ignore_patterns(".locks"))
     (project / "conf" / "local").mkdir(exist_ok=True)
     shutil.rmtree(project / ".dvc", ignore_errors=True)
     (project / ".dvcignore").unlink(missing_ok=True)
-    # What is under test is DVC's orchestration of the real stages, not the demo's training (the
-    # shared demo_run runs the chain with Real-ESRGAN and tracking, for the golden test): the
-    # concept's kedro_params add the golden test's few steps of every stage and turn the ~10 CPU s
-    # upscale off, as a user's per-concept override would; the stages run untracked (below).
+    # the concept's kedro_params are those the demo chain ran with (a change there reruns all)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["concepts"]["demo"]["kedro_params"] += f",{SHRINK},{NO_UPSCALE}"
+    params["concepts"]["demo"]["kedro_params"] += f",{SHRINK}"
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     git_repo(project)
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-qm", "copy")
     monkeypatch.setitem(DVC_ENV, "MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    # Eight untracked Kedro runs: no MLflow start-up, store or registration in each (DVC decides
-    # what reruns from dvc.yaml, the params and the files, none of which tracking touches).
+    # Untracked Kedro runs: no MLflow start-up, store or registration in each (DVC decides what
+    # reruns from dvc.yaml, the params and the files, none of which tracking touches).
     monkeypatch.setitem(DVC_ENV, "MAGICAPTURE_MLFLOW", "0")
-    first = run(project, "dvc", "repro", timeout=3000).stdout
-    for stage in dvc_stages():
-        assert f"Running stage '{stage}@demo'" in first
+    run(project, "dvc", "commit", "--force", timeout=600)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert set(lock) == {f"{stage}@demo" for stage in dvc_stages()}
     assert "Running stage" not in run(project, "dvc", "repro", timeout=600).stdout
+
+    upscaled = _image_sizes(project / "data/07_model_output/demo")
+    knob = project / "conf" / "demo" / "parameters_postprocess.yml"
+    knob.write_text(knob.read_text() + "  super_resolution: {enabled: false}\n")
+    # the demo's metrics do not change with the upscale (no face is found, CLIP is offline), so
+    # register reruns only for a knob of its own
     serving = project / "conf" / "base" / "parameters_serving.yml"
     serving.write_text(serving.read_text() + "  limits: {max_rows: 5}\n")
-    third = run(project, "dvc", "repro", timeout=600).stdout
-    assert "Running stage 'register@demo'" in third
-    assert "Running stage 'preprocess@demo'" not in third
-    assert "Running stage 'evaluate@demo'" not in third
+    third = run(project, "dvc", "repro", timeout=900).stdout
+    rerun = {stage for stage in dvc_stages() if f"Running stage '{stage}@demo'" in third}
+    assert rerun == {"postprocess", "evaluate", "register"}, third[-3000:]
+    # postprocess really ran with the new knob: its images are no longer Real-ESRGAN's x4
+    plain = _image_sizes(project / "data/07_model_output/demo")
+    assert plain and set(plain) == set(upscaled)
+    assert all(4 * plain[name][0] == upscaled[name][0] for name in plain), (plain, upscaled)
+    assert "Running stage" not in run(project, "dvc", "repro", timeout=600).stdout
+
+
+def _image_sizes(folder: Path) -> dict[str, tuple[int, int]]:
+    """The post-processed images under ``folder`` (relative path -> (width, height))."""
+    from PIL import Image
+
+    sizes = {}
+    for path in sorted(folder.rglob("*.png")):
+        if "postprocess" in str(path.relative_to(folder)):
+            with Image.open(path) as image:
+                sizes[str(path.relative_to(folder))] = image.size
+    return sizes
