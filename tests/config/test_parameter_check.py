@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kedro.pipeline import Node, Pipeline
 
-from conftest import run_kedro
+from conftest import run_kedro_here
 from magicapture_pipeline.check_config import _runtime_params
 from magicapture_pipeline.config.docs import config_models
 from magicapture_pipeline.config.ranges import field_range
@@ -157,15 +157,15 @@ def test_refused_knob_takes_no_concept_lock(tmp_path: Path):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_kedro_run_with_a_bad_late_knob_fails_before_the_first_node(project_copy: Path):
-    """A real `kedro run` of the whole chain: bad stage-two and generation knobs stop it before
+    """`kedro run` of the whole chain (Kedro's command line, in this process: the refusal is under
+    test, not a child's start-up): bad stage-two and generation knobs stop it before
     preprocessing, every one named."""
-    done = run_kedro(
+    done = run_kedro_here(
         project_copy,
         "run",
         "--pipelines=customize",
         "--env=demo",
         "--params=generation.resolution=100,stage_two.max_steps=-1,stage_two.lora.rank=0",
-        timeout=300,
     )
     output = done.stdout + done.stderr
     assert done.returncode != 0

@@ -179,10 +179,9 @@ def test_gallery_renders_in_headless_chromium(tmp_path: Path, capsys):
     capsys.readouterr()
     assert script.main([str(page), "--out", str(shot)]) == 0
     assert capsys.readouterr().out == f"{shot}: 4/4 images decoded\n"
-    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).tolist()
-    colours = {tuple(p) for p in pixels}
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
     for colour in [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]:
-        assert colour in colours, colour
+        assert (pixels == colour).all(axis=1).any(), colour
 
 
 def test_rows_cycle_the_prompts_with_successive_seeds():

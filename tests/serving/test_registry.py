@@ -18,7 +18,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import run_kedro
+from conftest import run_kedro, run_kedro_here
 from magicapture_pipeline.config.generation import GenerationConfig
 from magicapture_pipeline.config.serving import ServingConfig
 from magicapture_pipeline.config.tracking import PromotionGates, RegistryConfig
@@ -454,10 +454,10 @@ def promote_in_process(project: Path, env: str | None, params: dict) -> None:
 @pytest.mark.slow
 def test_promote_and_rollback_from_the_command_line(project_copy, tiny_concept, monkeypatch,
                                                     capsys):
-    """``kedro run --pipelines=promote`` refuses (exit status, message, a FAILED run that names the
-    node, champion and versions untouched: formerly also ``test_hook``'s failed-run test, which
-    ran one more ``kedro run`` for the same checks) and rolls back from the command line; the
-    successful promotions before them run the same session in this process, and
+    """``kedro run --pipelines=promote`` refuses (a ``kedro`` process: exit status, message, a
+    FAILED run that names the node, champion and versions untouched: formerly also ``test_hook``'s
+    failed-run test, which ran one more ``kedro run`` for the same checks) and rolls back from
+    Kedro's command line (in this process, as the successful promotions before them), and
     ``where_to_look`` / ``serving.registry`` are called through their ``main``."""
     uri = f"sqlite:///{project_copy / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -483,7 +483,8 @@ def test_promote_and_rollback_from_the_command_line(project_copy, tiny_concept, 
     # the demo env's lenient gates let it through; then one command rolls back
     promote_in_process(project_copy, "demo", {"model_name": MODEL, "model_version": 2})
     assert aliases(client) == {"candidate": 2, "champion": 2, "previous": 1}
-    done = run_kedro(project_copy, "run", "--pipelines=promote", f"{name},action=rollback")
+    # the rollback through Kedro's command line in this process (the refusal above is the child)
+    done = run_kedro_here(project_copy, "run", "--pipelines=promote", f"{name},action=rollback")
     assert done.returncode == 0, done.stderr[-3000:]
     assert aliases(client) == {"candidate": 2, "champion": 1, "previous": 2}
     record = json.loads((project_copy / "data/08_reporting/my-concept/promotion.json").read_text())
